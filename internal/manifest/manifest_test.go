@@ -1,0 +1,189 @@
+package manifest
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// header reads the "# path:" and "# want:" lines an invalid test manifest starts with.
+func header(t *testing.T, data []byte) (path, want string) {
+	t.Helper()
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "# path: "); ok {
+			path = v
+		}
+		if v, ok := strings.CutPrefix(line, "# want: "); ok {
+			want = v
+		}
+	}
+	if path == "" || want == "" {
+		t.Fatalf("test manifest lacks # path: / # want: header")
+	}
+	return path, want
+}
+
+func TestInvalidManifests(t *testing.T) {
+	files, err := filepath.Glob("../../testdata/invalid/*.toml")
+	if err != nil || len(files) < 15 {
+		t.Fatalf("want at least 15 invalid manifests, found %d (%v)", len(files), err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path, want := header(t, data)
+			_, err = Load(f, data)
+			var errs *Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("Load: want *Errors, got %T %v", err, err)
+			}
+			for _, fe := range errs.List {
+				if fe.Path == path && strings.Contains(fe.Error(), want) {
+					if !strings.HasPrefix(fe.Error(), f) {
+						t.Errorf("error does not name the file: %s", fe)
+					}
+					if fe.Fix == "" {
+						t.Errorf("error says nothing about the fix: %s", fe)
+					}
+					return
+				}
+			}
+			t.Fatalf("no error at %s containing %q; got:\n%v", path, want, err)
+		})
+	}
+}
+
+func TestExamplesAndDefaultAreValid(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/*.toml")
+	if len(files) < 3 {
+		t.Fatalf("want at least 3 examples, found %d", len(files))
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(f, data); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	m, err := Load(DefaultName, Default())
+	if err != nil {
+		t.Fatalf("embedded default: %v", err)
+	}
+	r := m.Bottles["claude"].EgressProxy.Routes[0]
+	if r.Host != "api.anthropic.com" || r.TokenRef != "CLAUDE_CODE_OAUTH_TOKEN" || !r.HasRole(RoleClaudeCodeOAuth) {
+		t.Errorf("default route = %+v, want api.anthropic.com / CLAUDE_CODE_OAUTH_TOKEN / claude_code_oauth", r)
+	}
+}
+
+func TestRoleForms(t *testing.T) {
+	for _, tc := range []struct {
+		role string
+		want []string
+	}{
+		{``, nil},
+		{`role = "claude_code_oauth"`, []string{"claude_code_oauth"}},
+		{`role = ["claude_code_oauth"]`, []string{"claude_code_oauth"}},
+		{`role = []`, []string{}},
+	} {
+		src := "[agents.a]\nbottle = \"b\"\nimage = \"i\"\n[[bottles.b.egress_proxy.routes]]\nhost = \"h.example\"\ntoken_ref = \"T\"\n" + tc.role + "\n"
+		m, err := Load("t.toml", []byte(src))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.role, err)
+		}
+		got := m.Bottles["b"].EgressProxy.Routes[0].Roles()
+		if len(got) != len(tc.want) || (len(got) > 0 && got[0] != tc.want[0]) {
+			t.Errorf("%s: roles %v, want %v", tc.role, got, tc.want)
+		}
+	}
+}
+
+func TestRouteDefaults(t *testing.T) {
+	r := &Route{}
+	if r.HeaderName() != "Authorization" || r.SchemeName() != "Bearer" {
+		t.Errorf("defaults: %q %q", r.HeaderName(), r.SchemeName())
+	}
+	r = &Route{Header: "x-api-key", Scheme: "none"}
+	if r.HeaderName() != "x-api-key" || r.SchemeName() != "" {
+		t.Errorf("raw: %q %q", r.HeaderName(), r.SchemeName())
+	}
+}
+
+func TestGitURLKind(t *testing.T) {
+	good := map[string]string{
+		"ssh://git@github.com/a/b.git":      "ssh",
+		"ssh://git@example.com:2222/a.git":  "ssh",
+		"git@github.com:a/b.git":            "ssh",
+		"github.com:a/b.git":                "ssh",
+		"https://github.com/a/b.git":        "https",
+		"https://git.example.test:8443/x/y": "https",
+	}
+	for u, want := range good {
+		if got, err := GitURLKind(u); err != nil || got != want {
+			t.Errorf("%s: got %q, %v; want %q", u, got, err, want)
+		}
+	}
+	for _, u := range []string{"", "http://github.com/a.git", "file:///tmp/x", "https://user:pw@github.com/a.git",
+		"ext::sh -c evil", "github.com", "https://github.com", "-oProxyCommand=x:y", "git@bad_host:a.git"} {
+		if _, err := GitURLKind(u); err == nil {
+			t.Errorf("%q: accepted, want error", u)
+		}
+	}
+}
+
+func TestLocateOrder(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+	src, _, err := Locate("", getenv)
+	if err != nil || src.Path != DefaultName {
+		t.Fatalf("no manifest around: got %+v %v, want the embedded default", src, err)
+	}
+	if err := os.WriteFile("bottle.toml", []byte("# cwd\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if src, _, _ = Locate("", getenv); src.Path != "bottle.toml" {
+		t.Errorf("with ./bottle.toml: got %s", src.Path)
+	}
+	envFile := filepath.Join(dir, "env.toml")
+	os.WriteFile(envFile, []byte("# env\n"), 0o644)
+	env["BOTTLE_MANIFEST"] = envFile
+	if src, _, _ = Locate("", getenv); src.Path != envFile {
+		t.Errorf("with $BOTTLE_MANIFEST: got %s", src.Path)
+	}
+	os.WriteFile("flag.toml", []byte("# flag\n"), 0o644)
+	if src, _, _ = Locate("flag.toml", getenv); src.Path != "flag.toml" {
+		t.Errorf("with --manifest: got %s", src.Path)
+	}
+	if _, _, err := Locate(filepath.Join(dir, "missing.toml"), getenv); err == nil || !strings.Contains(err.Error(), "missing.toml") {
+		t.Errorf("missing --manifest file: err %v", err)
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	files, _ := filepath.Glob("../../testdata/invalid/*.toml")
+	ex, _ := filepath.Glob("../../examples/*.toml")
+	for _, p := range append(files, ex...) {
+		if data, err := os.ReadFile(p); err == nil {
+			f.Add(data)
+		}
+	}
+	f.Add(Default())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Load("fuzz.toml", data)
+		if err == nil {
+			for _, name := range m.AgentNames() {
+				if m.Bottles[m.Agents[name].Bottle] == nil {
+					t.Fatalf("valid manifest with agent %q on a missing bottle", name)
+				}
+			}
+		}
+	})
+}

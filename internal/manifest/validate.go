@@ -1,0 +1,389 @@
+package manifest
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
+	envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	remoteRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	headerRE  = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	scpLikeRE = regexp.MustCompile(`^(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9.-]+):([^/].*|/.+)$`)
+)
+
+// Runtime and filter choices accepted in a manifest (and by the matching flags).
+var (
+	RuntimeChoices = []string{"auto", "runsc", "runsc-runc", "runc"}
+	FilterChoices  = []string{"auto", "pipelock", "builtin"}
+)
+
+// Validate checks the manifest and returns *Errors listing every problem, or nil.
+func (m *Manifest) Validate(file string) error {
+	errs := &Errors{}
+	bad := func(path, problem, fix string) {
+		errs.add(&FieldError{File: file, Path: path, Problem: problem, Fix: fix})
+	}
+	if len(m.Agents) == 0 {
+		bad("agents", "no agent defined", "add an [agents.NAME] table (see `bottle manifest` for a starting file)")
+	}
+	for _, name := range sortedKeys(m.Bottles) {
+		validateBottle(bad, name, m.Bottles[name])
+	}
+	for _, name := range sortedKeys(m.Agents) {
+		validateAgent(bad, m, name, m.Agents[name])
+	}
+	return errs.orNil()
+}
+
+type reporter func(path, problem, fix string)
+
+func validateAgent(bad reporter, m *Manifest, name string, a *Agent) {
+	p := "agents." + name
+	if !nameRE.MatchString(name) {
+		bad(p, fmt.Sprintf("invalid agent name %q", name), "use 1-24 characters: lowercase letters, digits and '-', starting with a letter")
+	}
+	if a == nil {
+		bad(p, "empty agent", "give it at least `bottle` and `image`")
+		return
+	}
+	var bottle *Bottle
+	switch {
+	case a.Bottle == "":
+		bad(p+".bottle", "agent has no bottle", "set `bottle = \"NAME\"` to one of the [bottles.NAME] tables")
+	case m.Bottles[a.Bottle] == nil:
+		bad(p+".bottle", fmt.Sprintf("unknown bottle %q", a.Bottle), "define [bottles."+a.Bottle+"] or use one of: "+strings.Join(sortedKeys(m.Bottles), ", "))
+	default:
+		bottle = m.Bottles[a.Bottle]
+	}
+	if strings.TrimSpace(a.Image) == "" {
+		bad(p+".image", "agent has no image", "set `image = \"REFERENCE\"`")
+	}
+	for i, arg := range a.Command {
+		if strings.ContainsRune(arg, 0) {
+			bad(fmt.Sprintf("%s.command[%d]", p, i), "argument contains a NUL byte", "remove it")
+		}
+	}
+	if strings.ContainsRune(a.Prompt, 0) {
+		bad(p+".prompt", "prompt contains a NUL byte", "remove it")
+	}
+	for _, k := range sortedKeys(a.Env) {
+		kp := p + ".env." + k
+		if !envNameRE.MatchString(k) {
+			bad(kp, fmt.Sprintf("invalid environment variable name %q", k), "use letters, digits and '_', not starting with a digit")
+		}
+		if strings.ContainsAny(a.Env[k], "\n\r\x00") {
+			bad(kp, "value contains a newline or NUL byte", "environment values must be one line; put long text in the prompt or a file in the workspace")
+		}
+	}
+	routed := map[string]string{}
+	if bottle != nil {
+		for i, r := range bottle.EgressProxy.Routes {
+			if r != nil && r.TokenRef != "" {
+				routed[r.TokenRef] = fmt.Sprintf("bottles.%s.egress_proxy.routes[%d].token_ref", a.Bottle, i)
+			}
+		}
+		for i, g := range bottle.Git {
+			if g != nil && g.TokenRef != "" {
+				routed[g.TokenRef] = fmt.Sprintf("bottles.%s.git[%d].token_ref", a.Bottle, i)
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for _, list := range []struct {
+		key   string
+		names []string
+	}{{"forward_env", a.ForwardEnv}, {"optional_env", a.OptionalEnv}} {
+		for i, n := range list.names {
+			np := fmt.Sprintf("%s.%s[%d]", p, list.key, i)
+			switch {
+			case !envNameRE.MatchString(n):
+				bad(np, fmt.Sprintf("invalid environment variable name %q", n), "use letters, digits and '_', not starting with a digit")
+			case seen[n]:
+				bad(np, fmt.Sprintf("%q is forwarded twice", n), "list each name once, in forward_env or optional_env")
+			case routed[n] != "":
+				bad(np, fmt.Sprintf("%q is the credential of %s; a routed credential never enters the agent", n, routed[n]), "remove it from the agent's env: the sidecar injects it")
+			}
+			if _, lit := a.Env[n]; lit {
+				bad(np, fmt.Sprintf("%q is both a literal and forwarded", n), "keep one of them")
+			}
+			seen[n] = true
+		}
+	}
+	if a.User != "" {
+		if _, _, err := ParseUser(a.User); err != nil {
+			bad(p+".user", err.Error(), "use numeric \"UID:GID\", e.g. \"1000:1000\"")
+		}
+	}
+}
+
+// ParseUser parses "uid:gid".
+func ParseUser(s string) (uid, gid uint32, err error) {
+	u, g, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, 0, fmt.Errorf("user %q is not UID:GID", s)
+	}
+	uid64, err1 := strconv.ParseUint(u, 10, 32)
+	gid64, err2 := strconv.ParseUint(g, 10, 32)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("user %q is not numeric UID:GID", s)
+	}
+	return uint32(uid64), uint32(gid64), nil
+}
+
+func validateBottle(bad reporter, name string, b *Bottle) {
+	p := "bottles." + name
+	if !nameRE.MatchString(name) {
+		bad(p, fmt.Sprintf("invalid bottle name %q", name), "use 1-24 characters: lowercase letters, digits and '-', starting with a letter")
+	}
+	if b == nil {
+		return
+	}
+	for i, h := range b.Allowlist {
+		if err := checkAllowlistEntry(h); err != nil {
+			bad(fmt.Sprintf("%s.allowlist[%d]", p, i), err.Error(), "use a host name like \"api.github.com\" or a suffix pattern like \"*.github.com\"")
+		}
+	}
+	if b.Runtime != "" && !contains(RuntimeChoices, b.Runtime) {
+		bad(p+".runtime", fmt.Sprintf("unknown runtime %q", b.Runtime), "use one of: "+strings.Join(RuntimeChoices, ", "))
+	}
+	if b.Filter != "" && !contains(FilterChoices, b.Filter) {
+		bad(p+".filter", fmt.Sprintf("unknown filter %q", b.Filter), "use one of: "+strings.Join(FilterChoices, ", "))
+	}
+	if b.Resources.MemoryMB < 0 || (b.Resources.MemoryMB > 0 && b.Resources.MemoryMB < 64) {
+		bad(p+".resources.memory_mb", fmt.Sprintf("memory_mb %d is too small", b.Resources.MemoryMB), "use at least 64, or leave it out for the default")
+	}
+	if b.Resources.CPUs < 0 {
+		bad(p+".resources.cpus", "cpus is negative", "use a positive number of CPUs, e.g. 2 or 0.5")
+	}
+	if b.Resources.Pids < 0 || (b.Resources.Pids > 0 && b.Resources.Pids < 16) {
+		bad(p+".resources.pids", fmt.Sprintf("pids %d is too small", b.Resources.Pids), "use at least 16, or leave it out for the default")
+	}
+	validateRoutes(bad, p+".egress_proxy.routes", b.EgressProxy.Routes)
+	validateGit(bad, p+".git", b.Git)
+}
+
+func validateRoutes(bad reporter, p string, routes []*Route) {
+	hosts := map[string]int{}
+	singleton := map[string]int{}
+	for i, r := range routes {
+		rp := fmt.Sprintf("%s[%d]", p, i)
+		if r == nil {
+			continue
+		}
+		if err := checkHostName(r.Host); err != nil {
+			bad(rp+".host", err.Error(), "use the upstream's host name, e.g. \"api.anthropic.com\"")
+		} else if j, dup := hosts[strings.ToLower(r.Host)]; dup {
+			bad(rp+".host", fmt.Sprintf("duplicate route host %q (also %s[%d])", r.Host, p, j), "keep one route per host")
+		} else {
+			hosts[strings.ToLower(r.Host)] = i
+		}
+		switch {
+		case r.TokenRef == "":
+			bad(rp+".token_ref", "empty token_ref", "name the host environment variable that holds the credential, e.g. token_ref = \"MY_API_TOKEN\"")
+		case !envNameRE.MatchString(r.TokenRef):
+			bad(rp+".token_ref", fmt.Sprintf("invalid environment variable name %q", r.TokenRef), "use letters, digits and '_', not starting with a digit")
+		}
+		roles, err := rolesOf(r.Role)
+		if err != nil {
+			bad(rp+".role", err.Error(), "use a string or a list of strings from: "+strings.Join(KnownRoles, ", "))
+		}
+		for _, role := range roles {
+			if !contains(KnownRoles, role) {
+				bad(rp+".role", fmt.Sprintf("unknown role %q", role), "use one of: "+strings.Join(KnownRoles, ", "))
+				continue
+			}
+			if contains(SingletonRoles, role) {
+				if j, dup := singleton[role]; dup {
+					bad(rp+".role", fmt.Sprintf("role %q is already on %s[%d]; at most one route per bottle may carry it", role, p, j), "remove the role from one of the routes")
+				} else {
+					singleton[role] = i
+				}
+			}
+		}
+		if r.Header != "" && !headerRE.MatchString(r.Header) {
+			bad(rp+".header", fmt.Sprintf("invalid header name %q", r.Header), "use an HTTP header name such as \"Authorization\" or \"x-api-key\"")
+		}
+		if strings.ContainsAny(r.Scheme, " \t\r\n\x00") {
+			bad(rp+".scheme", fmt.Sprintf("invalid scheme %q", r.Scheme), "use one word such as \"Bearer\", or \"none\" for a raw value")
+		}
+	}
+}
+
+// rolesOf decodes a role value: absent, a string, or a list of strings.
+func rolesOf(v any) ([]string, error) {
+	switch x := v.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		return []string{x}, nil
+	case []any:
+		out := make([]string, 0, len(x))
+		for i, e := range x {
+			s, ok := e.(string)
+			if !ok {
+				return nil, fmt.Errorf("role list item %d is %s, not a string", i, tomlType(e))
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("role is %s, not a string or a list of strings", tomlType(v))
+}
+
+func tomlType(v any) string {
+	switch v.(type) {
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case map[string]any:
+		return "a table"
+	case []any:
+		return "a list"
+	}
+	return fmt.Sprintf("a %T", v)
+}
+
+func validateGit(bad reporter, p string, remotes []*GitRemote) {
+	names := map[string]bool{}
+	for i, g := range remotes {
+		gp := fmt.Sprintf("%s[%d]", p, i)
+		if g == nil {
+			continue
+		}
+		switch {
+		case !remoteRE.MatchString(g.Name):
+			bad(gp+".name", fmt.Sprintf("invalid remote name %q", g.Name), "use letters, digits, '.', '_' and '-', e.g. \"origin\"")
+		case names[g.Name]:
+			bad(gp+".name", fmt.Sprintf("duplicate remote name %q", g.Name), "give each remote its own name")
+		}
+		names[g.Name] = true
+		kind, err := GitURLKind(g.URL)
+		if err != nil {
+			bad(gp+".url", err.Error(), "use ssh://user@host/path.git, user@host:path.git or https://host/path.git")
+		}
+		if kind == "ssh" && g.SSHKey == "" {
+			bad(gp+".ssh_key", "ssh remote without ssh_key", "set ssh_key to the path of the private key file on the host")
+		}
+		if kind == "https" && g.SSHKey != "" {
+			bad(gp+".ssh_key", "ssh_key on an https remote", "use token_ref for https remotes")
+		}
+		if g.TokenRef != "" && !envNameRE.MatchString(g.TokenRef) {
+			bad(gp+".token_ref", fmt.Sprintf("invalid environment variable name %q", g.TokenRef), "use letters, digits and '_', not starting with a digit")
+		}
+		if kind == "ssh" && g.TokenRef != "" {
+			bad(gp+".token_ref", "token_ref on an ssh remote", "use ssh_key for ssh remotes")
+		}
+		if strings.ContainsRune(g.KnownHosts, 0) {
+			bad(gp+".known_hosts", "contains a NUL byte", "paste the host's known_hosts line")
+		}
+		for j, r := range g.Push {
+			if r == nil || !strings.HasPrefix(r.Ref, "refs/") || strings.ContainsAny(r.Ref, " \t\n\x00~^:?[\\") {
+				bad(fmt.Sprintf("%s.push[%d].ref", gp, j), "push rule is not a ref pattern", "use a pattern like \"refs/heads/bottle/*\"")
+			}
+		}
+	}
+}
+
+// GitURLKind classifies a git remote URL as "ssh" or "https", or says why it is malformed.
+func GitURLKind(raw string) (string, error) {
+	if raw == "" {
+		return "", fmt.Errorf("empty git url")
+	}
+	if strings.ContainsAny(raw, " \t\r\n\x00") {
+		return "", fmt.Errorf("git url %q contains whitespace or control characters", raw)
+	}
+	if strings.Contains(raw, "://") {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return "", fmt.Errorf("malformed git url %q: %v", raw, err)
+		}
+		if u.Host == "" || u.Hostname() == "" || u.Path == "" || u.Path == "/" {
+			return "", fmt.Errorf("git url %q needs a host and a repository path", raw)
+		}
+		if err := checkHostName(u.Hostname()); err != nil && !isIPLiteral(u.Hostname()) {
+			return "", fmt.Errorf("git url %q: %v", raw, err)
+		}
+		switch u.Scheme {
+		case "ssh":
+			return "ssh", nil
+		case "https":
+			if u.User != nil {
+				return "", fmt.Errorf("git url %q carries credentials; use token_ref instead", raw)
+			}
+			return "https", nil
+		}
+		return "", fmt.Errorf("git url %q: scheme %q is not supported", raw, u.Scheme)
+	}
+	mm := scpLikeRE.FindStringSubmatch(raw)
+	if mm == nil || strings.HasPrefix(raw, "-") {
+		return "", fmt.Errorf("malformed git url %q", raw)
+	}
+	if err := checkHostName(mm[2]); err != nil {
+		return "", fmt.Errorf("git url %q: %v", raw, err)
+	}
+	return "ssh", nil
+}
+
+func isIPLiteral(h string) bool {
+	return strings.Count(h, ".") == 3 && strings.Trim(h, "0123456789.") == "" || strings.Contains(h, ":")
+}
+
+func checkAllowlistEntry(h string) error {
+	if suffix, ok := strings.CutPrefix(h, "*."); ok {
+		if err := checkHostName(suffix); err != nil {
+			return fmt.Errorf("allowlist entry %q: %v", h, err)
+		}
+		if !strings.Contains(suffix, ".") {
+			return fmt.Errorf("allowlist entry %q would allow a whole top-level domain", h)
+		}
+		return nil
+	}
+	if err := checkHostName(h); err != nil {
+		return fmt.Errorf("allowlist entry %q: %v", h, err)
+	}
+	return nil
+}
+
+// checkHostName accepts a DNS host name (no IP literals, ports, wildcards or schemes).
+func checkHostName(h string) error {
+	if h == "" {
+		return fmt.Errorf("empty host name")
+	}
+	h = strings.TrimSuffix(h, ".")
+	if len(h) > 253 {
+		return fmt.Errorf("host name longer than 253 characters")
+	}
+	labels := strings.Split(h, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > 63 {
+			return fmt.Errorf("%q is not a host name (empty or too long label)", h)
+		}
+		for i, c := range l {
+			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' && i > 0 && i < len(l)-1
+			if !ok {
+				return fmt.Errorf("%q is not a host name (character %q)", h, c)
+			}
+		}
+	}
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return fmt.Errorf("%q looks like an IP address; name hosts, not addresses", h)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

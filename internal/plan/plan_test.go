@@ -1,0 +1,379 @@
+package plan
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bottle-dev/bottle/internal/manifest"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func load(t *testing.T, path string) *manifest.Manifest {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Load(path, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func input(m *manifest.Manifest, agent string, env map[string]string) Input {
+	return Input{
+		Manifest:          m,
+		ManifestPath:      "bottle.toml",
+		AgentName:         agent,
+		LookupEnv:         func(k string) (string, bool) { v, ok := env[k]; return v, ok },
+		NewSuffix:         func() (string, error) { return "abc123", nil },
+		Workspace:         "/home/me/project",
+		StateDir:          "/var/lib/bottle",
+		Internal:          netip.MustParsePrefix("10.213.4.0/24"),
+		Egress:            netip.MustParsePrefix("10.213.5.0/24"),
+		SidecarImage:      "bottle.local/sidecar:test",
+		SidecarResolvConf: "nameserver 192.0.2.53\n",
+	}
+}
+
+func TestGoldenPlans(t *testing.T) {
+	env := map[string]string{
+		"CLAUDE_CODE_OAUTH_TOKEN": "sk-golden-oauth", "MY_CLAUDE_OAUTH": "sk-golden-2",
+		"GITHUB_TOKEN": "ghp-golden", "GITHUB_USER": "octo-golden-user", "UPSTREAM_GIT_TOKEN": "upstream-golden",
+	}
+	for _, tc := range []struct{ file, agent string }{
+		{"claude.toml", "claude"}, {"minimal.toml", "shell"}, {"team.toml", "coder"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			m := load(t, filepath.Join("../../examples", tc.file))
+			p, err := Build(input(m, tc.agent, env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := p.JSON()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Contains(got, []byte(`=<redacted>"`)) && tc.file != "minimal.toml" {
+				t.Error("no <redacted> value in the plan output")
+			}
+			golden := filepath.Join("testdata", strings.TrimSuffix(tc.file, ".toml")+".golden.json")
+			if *update {
+				if err := os.WriteFile(golden, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run `go test ./internal/plan -update` to create it)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("plan differs from %s (run with -update after checking the change):\n%s", golden, firstDiff(string(want), string(got)))
+			}
+			for _, secret := range env {
+				if bytes.Contains(got, []byte(secret)) {
+					t.Errorf("secret %q in plan output", secret)
+				}
+			}
+		})
+	}
+}
+
+func firstDiff(a, b string) string {
+	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
+	for i := 0; i < len(al) && i < len(bl); i++ {
+		if al[i] != bl[i] {
+			return fmt.Sprintf("line %d:\n- %s\n+ %s", i+1, al[i], bl[i])
+		}
+	}
+	return fmt.Sprintf("length %d vs %d lines", len(al), len(bl))
+}
+
+func envOf(c *Container) map[string]string {
+	out := map[string]string{}
+	for _, kv := range c.Spec.Process.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		out[k] = v
+	}
+	return out
+}
+
+func TestClaudeEnvRules(t *testing.T) {
+	m := load(t, "../../examples/claude.toml")
+	a := m.Agents["claude"]
+	a.Env = map[string]string{"DISABLE_ERROR_REPORTING": "0", "CLAUDE_CODE_OAUTH_TOKEN_X": "lit"}
+	p, err := Build(input(m, "claude", map[string]string{"CLAUDE_CODE_OAUTH_TOKEN": "sk-real"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(p.Container(RoleAgent))
+	want := map[string]string{
+		"CLAUDE_CODE_OAUTH_TOKEN":                  ClaudePlaceholderToken,
+		"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+		"DISABLE_ERROR_REPORTING":                  "0", // already set: kept
+		"ANTHROPIC_BASE_URL":                       "http://egress-proxy:9000/api.anthropic.com",
+		"HTTPS_PROXY":                              "http://filter:8888",
+	}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("agent env %s=%q, want %q", k, env[k], v)
+		}
+	}
+	if got := envOf(p.Container(RoleEgressProxy))["CLAUDE_CODE_OAUTH_TOKEN"]; got != "sk-real" {
+		t.Errorf("egress-proxy env token = %q, want the real one", got)
+	}
+}
+
+func TestNoClaudePlaceholderWithoutRole(t *testing.T) {
+	m := load(t, "../../examples/claude.toml")
+	m.Bottles["claude"].EgressProxy.Routes[0].Role = nil
+	p, err := Build(input(m, "claude", map[string]string{"CLAUDE_CODE_OAUTH_TOKEN": "sk-real"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := envOf(p.Container(RoleAgent))["CLAUDE_CODE_OAUTH_TOKEN"]; ok {
+		t.Error("agent got CLAUDE_CODE_OAUTH_TOKEN without a claude_code_oauth route")
+	}
+}
+
+func TestForwardedEnv(t *testing.T) {
+	m := load(t, "../../examples/team.toml")
+	in := input(m, "coder", map[string]string{"MY_CLAUDE_OAUTH": "x", "GITHUB_TOKEN": "y", "UPSTREAM_GIT_TOKEN": "z"})
+	in.Strict = true
+	if _, err := Build(in); err == nil || !strings.Contains(err.Error(), "GITHUB_USER") {
+		t.Fatalf("unset forwarded name: err %v, want one naming GITHUB_USER", err)
+	}
+	in.Strict = false
+	p, err := Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(p.Unresolved, ",") != "GITHUB_USER" {
+		t.Errorf("unresolved %v, want [GITHUB_USER] (TZ is optional)", p.Unresolved)
+	}
+	in.LookupEnv = func(k string) (string, bool) { return "v-" + k, true }
+	in.Strict = true
+	p, err = Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(p.Container(RoleAgent))
+	if env["GITHUB_USER"] != "v-GITHUB_USER" || env["TZ"] != "v-TZ" || env["EDITOR"] != "vi" {
+		t.Errorf("agent env lacks forwarded/literal values: %v", env)
+	}
+	if _, ok := env["GITHUB_TOKEN"]; ok {
+		t.Error("routed credential GITHUB_TOKEN reached the agent")
+	}
+}
+
+func TestIdentity(t *testing.T) {
+	m := load(t, "../../examples/claude.toml")
+	in := input(m, "claude", nil)
+	p, err := Build(in)
+	if err != nil || p.Identity != "claude-abc123" {
+		t.Fatalf("fresh identity %q, %v", p.Identity, err)
+	}
+	in.Identity = "claude-00ff00"
+	in.NewSuffix = nil
+	if p, err = Build(in); err != nil || p.Identity != "claude-00ff00" || p.Container(RoleAgent).Name != "bottle-claude-00ff00" {
+		t.Fatalf("resume identity: %+v %v", p, err)
+	}
+	for _, bad := range []string{"other-00ff00", "claude-XYZ", "claude"} {
+		in.Identity = bad
+		if _, err := Build(in); err == nil {
+			t.Errorf("identity %q accepted", bad)
+		}
+	}
+	in.Identity = ""
+	in.NewSuffix = func() (string, error) { return "not-hex", nil }
+	if _, err := Build(in); err == nil {
+		t.Error("malformed suffix accepted")
+	}
+}
+
+func TestSpecHardening(t *testing.T) {
+	m := load(t, "../../examples/team.toml")
+	p, err := Build(input(m, "coder", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := map[string]bool{}
+	for _, c := range p.Containers {
+		roles[c.Role] = true
+		s := c.Spec
+		if !s.Process.NoNewPrivileges {
+			t.Errorf("%s: no_new_privileges off", c.Role)
+		}
+		if caps := s.Process.Capabilities; len(caps.Bounding)+len(caps.Effective)+len(caps.Permitted) != 0 {
+			t.Errorf("%s: capabilities %v", c.Role, caps)
+		}
+		if s.Process.User.UID == 0 {
+			t.Errorf("%s: runs as root", c.Role)
+		}
+		if c.Role != RoleAgent && !s.Root.Readonly {
+			t.Errorf("%s: sidecar rootfs writable", c.Role)
+		}
+		if len(s.Linux.MaskedPaths) == 0 || len(s.Linux.ReadonlyPaths) == 0 {
+			t.Errorf("%s: no masked/read-only paths", c.Role)
+		}
+		for _, a := range c.Attachments {
+			if a.Network == NetEgress && c.Role == RoleAgent {
+				t.Error("agent attached to the egress network")
+			}
+		}
+		if c.Labels[LabelIdentity] != p.Identity || c.Labels[LabelRole] != c.Role || c.Labels[LabelName] != c.Name {
+			t.Errorf("%s: labels %v", c.Role, c.Labels)
+		}
+	}
+	for _, r := range []string{RoleAgent, RoleFilter, RoleEgressProxy, RoleGitGate, RoleSupervise} {
+		if !roles[r] {
+			t.Errorf("team plan lacks %s", r)
+		}
+	}
+	if mem := p.Container(RoleAgent).Spec.Linux.Resources.Memory; mem == nil || *mem.Limit != 4096<<20 {
+		t.Errorf("agent memory limit %v, want 4096 MiB", mem)
+	}
+}
+
+func TestMinimalPlanHasNoOptionalSidecars(t *testing.T) {
+	p, err := Build(input(load(t, "../../examples/minimal.toml"), "shell", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Containers) != 2 || p.Container(RoleFilter) == nil {
+		t.Errorf("minimal plan containers: %d, want agent + filter", len(p.Containers))
+	}
+	if len(p.Allowlist) != 0 || !strings.Contains(p.AllowlistSummary, "empty") {
+		t.Errorf("allowlist %v / %q", p.Allowlist, p.AllowlistSummary)
+	}
+}
+
+func TestFilterChoice(t *testing.T) {
+	m := load(t, "../../examples/claude.toml")
+	in := input(m, "claude", nil)
+	for _, tc := range []struct {
+		override string
+		present  bool
+		want     string
+	}{{"", false, FilterBuiltin}, {"", true, FilterPipelock}, {"builtin", true, FilterBuiltin}, {"pipelock", false, FilterPipelock}} {
+		in.FilterOverride, in.PipelockPresent = tc.override, tc.present
+		p, err := Build(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Filter != tc.want {
+			t.Errorf("override %q present %v: filter %s, want %s", tc.override, tc.present, p.Filter, tc.want)
+		}
+	}
+}
+
+func TestPipelockConfig(t *testing.T) {
+	cfg := PipelockConfig([]string{"api.anthropic.com", "*.github.com"}, DefaultInternalCIDRs)
+	for _, want := range []string{
+		"\nmode: strict\n", "api_allowlist:\n  - \"api.anthropic.com\"\n  - \"*.github.com\"\n",
+		"forward_proxy:\n  enabled: true\n", "internal:\n  - \"0.0.0.0/8\"\n", "  - \"169.254.0.0/16\"\n",
+	} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("pipelock config lacks %q:\n%s", want, cfg)
+		}
+	}
+}
+
+func TestEffectiveAllowlist(t *testing.T) {
+	b := &manifest.Bottle{
+		Allowlist:   []string{"GitHub.com.", "*.npmjs.org", "github.com"},
+		EgressProxy: manifest.EgressProxy{Routes: []*manifest.Route{{Host: "api.anthropic.com"}}},
+	}
+	got := strings.Join(EffectiveAllowlist(b), " ")
+	if got != "*.npmjs.org api.anthropic.com github.com" {
+		t.Errorf("effective allowlist %q", got)
+	}
+	long := AllowlistSummary([]string{"a.x", "b.x", "c.x", "d.x", "e.x", "f.x"})
+	if strings.Contains(long, "\n") || !strings.Contains(long, "+2 more") {
+		t.Errorf("summary %q", long)
+	}
+}
+
+// TestSecretsNeverLeak is a property test: for random secret values and random manifests
+// built from the examples, no secret is in any container's args, labels or annotations, or
+// in the redacted plan (JSON and summary); and each route credential is only in the
+// egress-proxy's env.
+func TestSecretsNeverLeak(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	secret := func() string {
+		const abc = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./+="
+		b := make([]byte, 12+rng.IntN(40))
+		for i := range b {
+			b[i] = abc[rng.IntN(len(abc))]
+		}
+		return "S3CR3T" + string(b)
+	}
+	for i := 0; i < 200; i++ {
+		file, agent := "../../examples/team.toml", "coder"
+		if i%2 == 0 {
+			file, agent = "../../examples/claude.toml", "claude"
+		}
+		m := load(t, file)
+		env := map[string]string{}
+		routed := map[string]bool{}
+		for _, r := range m.Bottles[m.Agents[agent].Bottle].EgressProxy.Routes {
+			env[r.TokenRef] = secret()
+			routed[env[r.TokenRef]] = true
+		}
+		for _, n := range append(m.Agents[agent].ForwardEnv, m.Agents[agent].OptionalEnv...) {
+			env[n] = secret()
+		}
+		p, err := Build(input(m, agent, env))
+		if err != nil {
+			t.Fatal(err)
+		}
+		red := p.Redacted()
+		out, _ := json.Marshal(red)
+		text := string(out) + red.Summary()
+		for _, c := range p.Containers {
+			for _, a := range c.Spec.Process.Args {
+				text += "\x00" + a
+			}
+			for k, v := range c.Labels {
+				text += "\x00" + k + "=" + v
+			}
+			for k, v := range c.Spec.Annotations {
+				text += "\x00" + k + "=" + v
+			}
+			for _, kv := range c.Spec.Process.Env {
+				_, v, _ := strings.Cut(kv, "=")
+				if routed[v] && c.Role != RoleEgressProxy {
+					t.Fatalf("route credential in %s env", c.Role)
+				}
+			}
+		}
+		for _, sf := range p.StageFiles {
+			text += "\x00" + sf.Content
+		}
+		for name, v := range env {
+			if strings.Contains(text, v) {
+				t.Fatalf("value of %s leaked into args/labels/annotations/stage files/plan output", name)
+			}
+		}
+		ep := p.Container(RoleEgressProxy)
+		for v := range routed {
+			found := false
+			for _, kv := range ep.Spec.Process.Env {
+				found = found || strings.HasSuffix(kv, "="+v)
+			}
+			if !found {
+				t.Fatal("route credential missing from the egress-proxy env")
+			}
+		}
+	}
+}

@@ -1,0 +1,52 @@
+// Package testutil holds helpers shared by end-to-end tests.
+package testutil
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// InCI reports whether the tests run under CI, where a missing prerequisite is a failure.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Missing fails the test under CI and skips it otherwise; the message says what is missing.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("prerequisite missing under CI: "+format, args...)
+	}
+	t.Skipf("prerequisite missing (run as root with the test harness, `sudo make test`): "+format, args...)
+}
+
+// RequireRoot skips (or fails under CI) unless the test runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, "root privileges")
+	}
+}
+
+// RequireBinary returns the path of name on PATH, or skips/fails.
+func RequireBinary(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		Missing(t, "binary %q not on PATH", name)
+	}
+	return p
+}
+
+// ContainerdAddress returns the socket of the test containerd started by the harness
+// (env BOTTLE_TEST_CONTAINERD_ADDRESS), or skips/fails.
+func ContainerdAddress(t testing.TB) string {
+	t.Helper()
+	a := os.Getenv("BOTTLE_TEST_CONTAINERD_ADDRESS")
+	if a == "" {
+		Missing(t, "BOTTLE_TEST_CONTAINERD_ADDRESS (the harness scripts/test.sh starts a private containerd and sets it)")
+	}
+	if _, err := os.Stat(a); err != nil {
+		Missing(t, "containerd socket %s: %v", a, err)
+	}
+	return a
+}
