@@ -37,7 +37,9 @@ func main() {
 }
 
 func report(err error) int {
-	fmt.Fprintln(os.Stderr, "bottle: "+err.Error())
+	if msg := err.Error(); msg != "" {
+		fmt.Fprintln(os.Stderr, "bottle: "+msg)
+	}
 	var me *manifest.Errors
 	var ue usageError
 	if errors.As(err, &me) || errors.As(err, &ue) {
@@ -69,13 +71,13 @@ func newApp() *cli.App {
 			if c.Bool("debug") {
 				level = slog.LevelDebug
 			}
-			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+			slog.SetDefault(slog.New(newLineHandler(os.Stderr, level)))
 			return nil
 		},
-		Commands: []*cli.Command{
+		Commands: append(lifecycleCommands(),
 			planCommand(),
 			manifestCommand(),
-			{
+			&cli.Command{
 				Name:  "version",
 				Usage: "print bottle's version",
 				Action: func(c *cli.Context) error {
@@ -83,7 +85,9 @@ func newApp() *cli.App {
 					return nil
 				},
 			},
-		},
+			imageCommand(),
+			sidecarCommand(),
+		),
 	}
 }
 
@@ -102,7 +106,7 @@ func interspersed(app *cli.App, args []string) []string {
 		a := args[i]
 		if a == "--" || !strings.HasPrefix(a, "-") {
 			cmd := app.Command(a)
-			if cmd == nil || a == "--" {
+			if cmd == nil || a == "--" || len(cmd.Subcommands) > 0 {
 				return args
 			}
 			return append(args[:i+1:i+1], permute(cmd, args[i+1:])...)

@@ -42,7 +42,7 @@ func planCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			agent, err := agentArg(c, m, src)
+			agent, err := agentName(c.Args().Slice(), m, src, "plan")
 			if err != nil {
 				return err
 			}
@@ -62,6 +62,7 @@ func planCommand() *cli.Command {
 				LookupEnv:         os.LookupEnv,
 				NewSuffix:         hostenv.NewSuffix,
 				Workspace:         cwd,
+				WorkspaceOwner:    hostenv.Owner(cwd),
 				CopyWorkspace:     c.Bool("cwd"),
 				StateDir:          absOr(c.String("state-dir")),
 				Internal:          netip.MustParsePrefix("10.213.0.0/24"),
@@ -99,24 +100,6 @@ func loadManifest(c *cli.Context) (*manifest.Manifest, manifest.Source, error) {
 		return nil, src, err
 	}
 	return m, src, nil
-}
-
-// agentArg returns the AGENT argument, or the only agent of the manifest.
-func agentArg(c *cli.Context, m *manifest.Manifest, src manifest.Source) (string, error) {
-	if c.NArg() > 1 {
-		return "", usageError{fmt.Errorf("expected at most one AGENT argument, got %d", c.NArg())}
-	}
-	if name := c.Args().First(); name != "" {
-		if m.Agents[name] == nil {
-			return "", usageError{fmt.Errorf("unknown agent %q in %s; known agents: %v", name, src.Path, m.AgentNames())}
-		}
-		return name, nil
-	}
-	names := m.AgentNames()
-	if len(names) != 1 {
-		return "", usageError{fmt.Errorf("%s defines agents %v; name one: bottle %s AGENT", src.Path, names, c.Command.Name)}
-	}
-	return names[0], nil
 }
 
 func sidecarImageRef() string { return "bottle.local/sidecar:" + version }

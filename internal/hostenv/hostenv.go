@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // NewSuffix returns 6 random lowercase hex digits for a bottle identity.
@@ -59,4 +60,13 @@ func allLoopback(addrs []netip.Addr) bool {
 		}
 	}
 	return true
+}
+
+// Owner returns "uid:gid" of path's owner, or "" when it cannot be read.
+func Owner(path string) string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d", st.Uid, st.Gid)
 }

@@ -9,11 +9,13 @@ import (
 )
 
 var (
-	nameRE    = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
-	envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	remoteRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	headerRE  = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-	scpLikeRE = regexp.MustCompile(`^(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9.-]+):([^/].*|/.+)$`)
+	nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
+	// identitySegmentRE finds a "-xxxxxx-" hex segment like the suffix of an identity.
+	identitySegmentRE = regexp.MustCompile(`-[0-9a-f]{6}(-|$)`)
+	envNameRE         = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	remoteRE          = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	headerRE          = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	scpLikeRE         = regexp.MustCompile(`^(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9.-]+):([^/].*|/.+)$`)
 )
 
 // Runtime and filter choices accepted in a manifest (and by the matching flags).
@@ -46,6 +48,8 @@ func validateAgent(bad reporter, m *Manifest, name string, a *Agent) {
 	p := "agents." + name
 	if !nameRE.MatchString(name) {
 		bad(p, fmt.Sprintf("invalid agent name %q", name), "use 1-24 characters: lowercase letters, digits and '-', starting with a letter")
+	} else if identitySegmentRE.MatchString(name) {
+		bad(p, fmt.Sprintf("agent name %q has a 6-hex-digit segment, which would make its bottles' names collide with other bottles'", name), "rename the agent")
 	}
 	if a == nil {
 		bad(p, "empty agent", "give it at least `bottle` and `image`")

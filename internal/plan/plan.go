@@ -92,6 +92,9 @@ type Input struct {
 	// copy (made by the runtime in the stage dir) instead of the directory itself.
 	Workspace     string
 	CopyWorkspace bool
+	// WorkspaceOwner is "uid:gid" of the workspace's owner; the agent runs as that user
+	// (so its files belong to the user) unless the manifest sets one or the owner is root.
+	WorkspaceOwner string
 	// Command overrides the agent's command when non-empty.
 	Command  []string
 	StateDir string
@@ -195,11 +198,10 @@ func ParseIdentity(id string) (agent, suffix string, err error) {
 	return m[1], m[2], nil
 }
 
-// ContainerName returns the containerd name of a bottle's container.
+// ContainerName returns the containerd name of a bottle's container. Every role has a
+// suffix because runsc also finds containers by ID prefix: no name may be a prefix of
+// another (agent names cannot contain an identity-like segment, see manifest).
 func ContainerName(identity, role string) string {
-	if role == RoleAgent {
-		return "bottle-" + identity
-	}
 	return "bottle-" + identity + "-" + role
 }
 
@@ -406,10 +408,14 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 	if len(b.in.Command) > 0 {
 		args = b.in.Command
 	}
+	user := b.agent.User
+	if user == "" && b.in.WorkspaceOwner != "" && !strings.HasPrefix(b.in.WorkspaceOwner, "0:") {
+		user = b.in.WorkspaceOwner
+	}
 	uid, gid := uint32(1000), uint32(1000)
-	if b.agent.User != "" {
+	if user != "" {
 		var err error
-		if uid, gid, err = manifest.ParseUser(b.agent.User); err != nil {
+		if uid, gid, err = manifest.ParseUser(user); err != nil {
 			return nil, err
 		}
 	}
@@ -433,6 +439,9 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 		WithBind(path.Join(stage, "agent/hosts"), "/etc/hosts", true),
 		WithBind(path.Join(stage, "agent/resolv.conf"), "/etc/resolv.conf", true),
 		WithBind(path.Join(stage, "agent/prompt.txt"), "/run/bottle/prompt.txt", true),
+		// runsc keeps rootfs writes in a sandbox-private overlay by default, lost when the
+		// sandbox ends; writing through to the snapshot is what lets resume continue.
+		WithAnnotation("dev.gvisor.flag.overlay2", "none"),
 		WithMemoryLimit(mem<<20),
 		WithCPUs(res.CPUs),
 		WithPidsLimit(pids),
@@ -452,11 +461,13 @@ func (b *builder) sidecarSpec(role string, args []string, env map[string]string,
 	opts := []SpecOpt{
 		WithArgs(args...),
 		WithEnv(env),
-		WithUser(65534, 65534),
+		WithUser(SidecarUID, SidecarUID),
 		WithReadonlyRootfs,
 		WithHostname(role),
 		WithBind(path.Join(stage, "sidecar/hosts"), "/etc/hosts", true),
 		WithBind(path.Join(stage, "sidecar/resolv.conf"), "/etc/resolv.conf", true),
+		// The only writable place: the sidecar reports readiness there (SidecarReadyFile).
+		WithBind(path.Join(stage, SidecarRunDir(role)), "/run/bottle", false),
 		WithMemoryLimit(512 << 20),
 		WithPidsLimit(512),
 	}
@@ -529,6 +540,16 @@ func (b *builder) lookup(name string) (string, bool) {
 	}
 	return b.in.LookupEnv(name)
 }
+
+// SidecarRunDir is the stage subdirectory mounted writable at /run/bottle in a sidecar;
+// the runtime creates it owned by SidecarUID.
+func SidecarRunDir(role string) string { return path.Join("run", role) }
+
+// SidecarReadyFile is created in /run/bottle by a sidecar once it serves.
+const SidecarReadyFile = "ready"
+
+// SidecarUID is the unprivileged user every sidecar runs as.
+const SidecarUID = 65534
 
 // RouteURL is the base URL through which the agent reaches a route's upstream.
 func RouteURL(host string) string {

@@ -185,7 +185,7 @@ func TestIdentity(t *testing.T) {
 	}
 	in.Identity = "claude-00ff00"
 	in.NewSuffix = nil
-	if p, err = Build(in); err != nil || p.Identity != "claude-00ff00" || p.Container(RoleAgent).Name != "bottle-claude-00ff00" {
+	if p, err = Build(in); err != nil || p.Identity != "claude-00ff00" || p.Container(RoleAgent).Name != "bottle-claude-00ff00-agent" {
 		t.Fatalf("resume identity: %+v %v", p, err)
 	}
 	for _, bad := range []string{"other-00ff00", "claude-XYZ", "claude"} {

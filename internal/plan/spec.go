@@ -170,3 +170,14 @@ func WithPidsLimit(n int64) SpecOpt {
 		return nil
 	}
 }
+
+// WithAnnotation sets a spec annotation (runtime options; never a secret).
+func WithAnnotation(key, value string) SpecOpt {
+	return func(s *specs.Spec) error {
+		if s.Annotations == nil {
+			s.Annotations = map[string]string{}
+		}
+		s.Annotations[key] = value
+		return nil
+	}
+}

@@ -1,0 +1,48 @@
+# bottle. The one test command is `sudo make test` (scripts/test.sh).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export PATH := /usr/local/go/bin:/usr/local/bin:$(PATH)
+
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Pinned: staticcheck 2026.2.2 supports Go 1.26.
+STATICCHECK_VERSION ?= v0.8.2
+GOBIN_DIR := $(shell d=$$($(GO) env GOBIN); [ -n "$$d" ] || d=$$($(GO) env GOPATH)/bin; echo $$d)
+STATICCHECK := $(GOBIN_DIR)/staticcheck
+
+.PHONY: all build test lint fmt vet staticcheck tools setup clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/bottle ./cmd/bottle
+
+test:
+	scripts/test.sh
+
+lint: fmt vet staticcheck
+
+fmt:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt: these files need formatting (run gofmt -w):"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	@[ -x "$(STATICCHECK)" ] || { echo "staticcheck not found at $(STATICCHECK); run: make tools"; exit 1; }
+	$(STATICCHECK) ./...
+
+# Installs the pinned staticcheck unless that exact version is already there.
+tools:
+	@if $(GO) version -m "$(STATICCHECK)" 2>/dev/null | grep -qE '^\s+mod\s+honnef\.co/go/tools\s+$(STATICCHECK_VERSION)\s'; then \
+		echo "staticcheck $(STATICCHECK_VERSION) present"; \
+	else \
+		echo "installing staticcheck $(STATICCHECK_VERSION) into $(GOBIN_DIR)"; \
+		GOBIN="$(GOBIN_DIR)" $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); \
+	fi
+
+setup:
+	scripts/setup-host.sh --system
+
+clean:
+	rm -rf bin

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/bottle-dev/bottle/internal/hostenv"
+	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/runtime"
+)
+
+// runFlags are shared by start and resume.
+func runFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "start the agent in the background (output goes to `bottle logs`)"},
+		&cli.StringFlag{Name: "runtime", Usage: "override the runtime: " + strings.Join(manifest.RuntimeChoices, ", ")},
+		&cli.StringFlag{Name: "filter", Usage: "override the allowlist filter: " + strings.Join(manifest.FilterChoices, ", ")},
+		&cli.StringFlag{Name: "runsc", Usage: "path of the runsc binary (default: search PATH, then /usr/local/bin)"},
+		&cli.BoolFlag{Name: "allow-unsafe-runc", Usage: "allow runtime runc (NO gVisor sandbox: the agent shares the host kernel)"},
+		&cli.StringFlag{Name: "pool", Value: runtime.DefaultPool.String(), Usage: "address pool for bottle networks"},
+		&cli.StringFlag{Name: "resolv-conf", Usage: "resolver config for sidecars that leave the bottle (default: the host's)"},
+		&cli.StringFlag{Name: "runc-root", Hidden: true, Usage: "runc state root (tests)"},
+	}
+}
+
+// openEngine builds engine options from the global and command flags.
+func openEngine(c *cli.Context) (*runtime.Engine, error) {
+	opts := runtime.Options{
+		Address:         lineageString(c, "address"),
+		Namespace:       lineageString(c, "namespace"),
+		StateDir:        absOr(lineageString(c, "state-dir")),
+		RuntimeOverride: c.String("runtime"),
+		FilterOverride:  c.String("filter"),
+		AllowUnsafeRunc: c.Bool("allow-unsafe-runc"),
+		RuncRoot:        c.String("runc-root"),
+		RunscPath:       c.String("runsc"),
+		Version:         version,
+		KillAt:          os.Getenv("BOTTLE_TEST_KILL_AT"),
+		Log:             slog.Default(),
+	}
+	if p := c.String("pool"); p != "" {
+		pool, err := netip.ParsePrefix(p)
+		if err != nil || !pool.Addr().Is4() || pool.Bits() > 23 {
+			return nil, usageError{fmt.Errorf("--pool %q: want an IPv4 prefix of /23 or wider, e.g. 10.213.0.0/16", p)}
+		}
+		opts.Pool = pool
+	}
+	if c.IsSet("resolv-conf") {
+		data, err := os.ReadFile(c.String("resolv-conf"))
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--resolv-conf: %w", err)}
+		}
+		opts.SidecarResolvConf = string(data)
+	} else if c.Command.Name == "start" || c.Command.Name == "resume" {
+		rc, err := hostenv.SidecarResolvConf()
+		if err != nil {
+			return nil, fmt.Errorf("%w; pass one with --resolv-conf FILE", err)
+		}
+		opts.SidecarResolvConf = rc
+	}
+	return runtime.Open(c.Context, opts)
+}
+
+func stdio() runtime.Stdio {
+	return runtime.Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr, TTY: term.IsTerminal(int(os.Stdin.Fd()))}
+}
+
+// exitWith turns an agent's exit status into bottle's.
+func exitWith(code int, err error) error {
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return cli.Exit("", code)
+	}
+	return nil
+}
+
+func identityArg(c *cli.Context) (string, error) {
+	if c.NArg() != 1 {
+		return "", usageError{fmt.Errorf("expected one bottle identity (see `bottle ps`), got %d arguments", c.NArg())}
+	}
+	id := c.Args().First()
+	if _, _, err := plan.ParseIdentity(id); err != nil {
+		return "", usageError{err}
+	}
+	return id, nil
+}
+
+func lifecycleCommands() []*cli.Command {
+	return []*cli.Command{
+		{
+			Name:         "start",
+			Usage:        "start an agent in a new bottle on the current directory",
+			ArgsUsage:    "[AGENT] [-- CMD ARGS...]",
+			OnUsageError: onUsageError,
+			Flags: append(runFlags(), manifestFlag(),
+				&cli.BoolFlag{Name: "cwd", Usage: "give the agent a copy of the current directory instead of the directory itself"}),
+			Action: func(c *cli.Context) error {
+				m, src, err := loadManifest(c)
+				if err != nil {
+					return err
+				}
+				args, command := splitCommand(c)
+				agent, err := agentName(args, m, src, "start")
+				if err != nil {
+					return err
+				}
+				cwd, err := os.Getwd()
+				if err != nil {
+					return fmt.Errorf("current directory: %w", err)
+				}
+				e, err := openEngine(c)
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				return exitWith(e.Start(c.Context, runtime.StartOptions{
+					Manifest: m, ManifestPath: src.Path, Agent: agent, Workspace: cwd,
+					CopyCwd: c.Bool("cwd"), Command: command, Detach: c.Bool("detach"), Stdio: stdio(),
+				}))
+			},
+		},
+		{
+			Name:         "resume",
+			Usage:        "start a stopped bottle again, with the same identity",
+			ArgsUsage:    "ID",
+			OnUsageError: onUsageError,
+			Flags:        runFlags(),
+			Action: func(c *cli.Context) error {
+				id, err := identityArg(c)
+				if err != nil {
+					return err
+				}
+				e, err := openEngine(c)
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				load := func(path string) (*manifest.Manifest, string, error) {
+					if path == manifest.DefaultName {
+						path = ""
+					}
+					src, data, err := manifest.Locate(path, func(string) string { return "" })
+					if err != nil {
+						return nil, "", err
+					}
+					m, err := manifest.Load(src.Path, data)
+					return m, src.Path, err
+				}
+				return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
+			},
+		},
+		{
+			Name:         "ps",
+			Usage:        "list bottles",
+			OnUsageError: onUsageError,
+			Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+			Action: func(c *cli.Context) error {
+				e, err := openEngine(c)
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				list, err := e.List(c.Context)
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					enc := json.NewEncoder(c.App.Writer)
+					enc.SetIndent("", "  ")
+					return enc.Encode(list)
+				}
+				tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "IDENTITY\tAGENT\tPHASE\tCONTAINERS\tWORKSPACE")
+				for _, s := range list {
+					phase := s.Phase
+					if s.Orphaned {
+						phase += " (orphaned: bottle cleanup)"
+					}
+					var parts []string
+					for _, role := range []string{plan.RoleAgent, plan.RoleFilter, plan.RoleEgressProxy, plan.RoleGitGate, plan.RoleSupervise} {
+						if st, ok := s.Containers[role]; ok {
+							parts = append(parts, role+":"+st)
+						}
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Identity, s.Agent, phase, strings.Join(parts, " "), s.Workspace)
+				}
+				return tw.Flush()
+			},
+		},
+		identityCommand("stop", "stop a bottle (its containers stay for `bottle resume`)", func(ctx context.Context, e *runtime.Engine, id string) error {
+			return e.Stop(ctx, id)
+		}),
+		identityCommand("rm", "remove a bottle and everything it left", func(ctx context.Context, e *runtime.Engine, id string) error {
+			return e.Remove(ctx, id)
+		}),
+		{
+			Name:         "logs",
+			Usage:        "print a bottle's container log",
+			ArgsUsage:    "ID",
+			OnUsageError: onUsageError,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "role", Value: plan.RoleAgent, Usage: "which container: agent, filter, egress-proxy"},
+				&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing while the container runs"},
+			},
+			Action: func(c *cli.Context) error {
+				id, err := identityArg(c)
+				if err != nil {
+					return err
+				}
+				e, err := openEngine(c)
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				return e.Logs(c.Context, id, c.String("role"), c.Bool("follow"), c.App.Writer)
+			},
+		},
+		{
+			Name:         "exec",
+			Usage:        "run a command in a running bottle's agent container",
+			ArgsUsage:    "ID -- CMD ARGS...",
+			OnUsageError: onUsageError,
+			Action: func(c *cli.Context) error {
+				args, command := splitCommand(c)
+				if len(args) != 1 || len(command) == 0 {
+					return usageError{errors.New("usage: bottle exec ID -- CMD [ARGS]")}
+				}
+				if _, _, err := plan.ParseIdentity(args[0]); err != nil {
+					return usageError{err}
+				}
+				e, err := openEngine(c)
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				return exitWith(e.Exec(c.Context, args[0], command, stdio()))
+			},
+		},
+		{
+			Name:         "cleanup",
+			Usage:        "remove orphaned bottles and every bottle object no bottle owns",
+			OnUsageError: onUsageError,
+			Flags:        []cli.Flag{&cli.BoolFlag{Name: "all", Usage: "remove every bottle, running or not"}},
+			Action: func(c *cli.Context) error {
+				e, err := openEngine(c)
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				rep, err := e.Cleanup(c.Context, c.Bool("all"))
+				fmt.Fprintln(c.App.Writer, rep.String())
+				return err
+			},
+		},
+	}
+}
+
+func identityCommand(name, usage string, fn func(context.Context, *runtime.Engine, string) error) *cli.Command {
+	return &cli.Command{
+		Name:         name,
+		Usage:        usage,
+		ArgsUsage:    "ID",
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			id, err := identityArg(c)
+			if err != nil {
+				return err
+			}
+			e, err := openEngine(c)
+			if err != nil {
+				return err
+			}
+			defer e.Close()
+			return fn(c.Context, e, id)
+		},
+	}
+}
+
+// splitCommand separates positional arguments from a command after "--". Flag parsing
+// may or may not have eaten the "--", so the original argv tells where the command starts.
+func splitCommand(c *cli.Context) (args, command []string) {
+	all := c.Args().Slice()
+	if i := slices.Index(all, "--"); i >= 0 {
+		return all[:i], all[i+1:]
+	}
+	if i := slices.Index(os.Args, "--"); i >= 0 {
+		if n := len(os.Args) - i - 1; n <= len(all) {
+			return all[:len(all)-n], all[len(all)-n:]
+		}
+	}
+	return all, nil
+}
+
+// agentName picks the AGENT argument, or the manifest's only agent.
+func agentName(args []string, m *manifest.Manifest, src manifest.Source, cmd string) (string, error) {
+	if len(args) > 1 {
+		return "", usageError{fmt.Errorf("expected at most one AGENT argument, got %v", args)}
+	}
+	if len(args) == 1 {
+		if m.Agents[args[0]] == nil {
+			return "", usageError{fmt.Errorf("unknown agent %q in %s; known agents: %v", args[0], src.Path, m.AgentNames())}
+		}
+		return args[0], nil
+	}
+	names := m.AgentNames()
+	if len(names) != 1 {
+		return "", usageError{fmt.Errorf("%s defines agents %v; name one: bottle %s AGENT", src.Path, names, cmd)}
+	}
+	return names[0], nil
+}

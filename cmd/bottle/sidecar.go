@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bottle-dev/bottle/internal/egress"
+)
+
+// sidecarCommand runs bottle's own sidecars inside their containers (hidden: users never
+// call it). Each serves until SIGTERM and reports readiness by creating --ready-file once
+// its listener is bound.
+func sidecarCommand() *cli.Command {
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "config", Required: true, Usage: "JSON config file"},
+		&cli.StringFlag{Name: "ready-file", Value: "/run/bottle/ready", Usage: "created once the sidecar serves"},
+	}
+	return &cli.Command{
+		Name:   "sidecar",
+		Hidden: true,
+		Usage:  "run one of bottle's sidecars (inside its container)",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "filter",
+				Usage: "the builtin allowlist filter (HTTP forward proxy)",
+				Flags: flags,
+				Action: func(c *cli.Context) error {
+					var cfg egress.FilterConfig
+					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
+						return err
+					}
+					f, err := egress.NewFilter(cfg, sidecarLogger())
+					if err != nil {
+						return err
+					}
+					return serveSidecar(c, cfg.Listen, f.Serve)
+				},
+			},
+			{
+				Name:  "egress-proxy",
+				Usage: "the credential-injecting egress-proxy",
+				Flags: flags,
+				Action: func(c *cli.Context) error {
+					var cfg egress.ProxyConfig
+					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
+						return err
+					}
+					// The credentials come from this container's own process env only.
+					p, err := egress.NewEgressProxy(cfg, os.Getenv, sidecarLogger())
+					if err != nil {
+						return err
+					}
+					return serveSidecar(c, cfg.Listen, p.Serve)
+				},
+			},
+		},
+	}
+}
+
+func sidecarLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(os.Stdout, nil)) }
+
+func readStrictJSON(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+func serveSidecar(c *cli.Context, addr string, serve func(context.Context, net.Listener) error) error {
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	if ready := c.String("ready-file"); ready != "" {
+		if err := os.WriteFile(ready, nil, 0o644); err != nil {
+			ln.Close()
+			return fmt.Errorf("report readiness in %s: %w", filepath.Dir(ready), err)
+		}
+	}
+	return serve(ctx, ln)
+}

@@ -1,0 +1,318 @@
+// Package e2e tests the bottle binary end to end: a real containerd (started by the test
+// harness, scripts/test.sh), real runsc, real CNI plugins and iptables.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/netns"
+	"github.com/bottle-dev/bottle/internal/ociarchive"
+	"github.com/bottle-dev/bottle/internal/testutil"
+)
+
+const (
+	namespace = "bottle-e2e"
+	testImage = "bottle.local/test-busybox:e2e"
+	// pool is a test-only address pool; slots that clash with host routes are skipped.
+	pool = "10.214.0.0/20"
+)
+
+// bottleBin is a static build of ./cmd/bottle.
+var bottleBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "bottle-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	bottleBin = filepath.Join(dir, "bottle")
+	// Static, like `make build`: the binary becomes the sidecar image's executable.
+	build := exec.Command("go", "build", "-trimpath", "-o", bottleBin, "../cmd/bottle")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build bottle: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is one test's bottle environment: its own state dir on the shared test containerd.
+type env struct {
+	t        *testing.T
+	address  string
+	stateDir string
+	resolv   string
+	manifest string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	testutil.RequireRoot(t)
+	address := testutil.ContainerdAddress(t)
+	testutil.RequireBinary(t, "runsc")
+	testutil.RequireBinary(t, "iptables")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		testutil.Missing(t, "/bin/busybox (Debian busybox-static)")
+	}
+	importTestImage(t, address)
+	dir := t.TempDir()
+	e := &env{t: t, address: address, stateDir: filepath.Join(dir, "state"), resolv: filepath.Join(dir, "resolv.conf"), manifest: filepath.Join(dir, "bottle.toml")}
+	// Sidecars that could leave get a resolver that points nowhere outside: loopback.
+	if err := os.WriteFile(e.resolv, []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, errOut, code := e.bottle(nil, "cleanup", "--all")
+		if code != 0 {
+			t.Errorf("final cleanup: exit %d: %s", code, errOut)
+		}
+	})
+	return e
+}
+
+// writeManifest writes a manifest with one test agent per name.
+func (e *env) writeManifest(agents ...string) {
+	e.t.Helper()
+	var b strings.Builder
+	for _, a := range agents {
+		fmt.Fprintf(&b, "[agents.%s]\nbottle = \"b\"\nimage = %q\ncommand = [\"/bin/sh\", \"-c\", \"echo default\"]\n\n", a, testImage)
+	}
+	b.WriteString("[bottles.b]\nruntime = \"runsc-runc\"\nfilter = \"builtin\"\n")
+	if err := os.WriteFile(e.manifest, []byte(b.String()), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// args puts the test's global flags first; start and resume also get the test's pool,
+// resolver and runc root.
+func (e *env) args(args []string) []string {
+	out := []string{"--address", e.address, "--namespace", namespace, "--state-dir", e.stateDir, "--manifest", e.manifest}
+	for i, a := range args {
+		if a == "start" || a == "resume" {
+			extra := []string{"--pool", pool, "--resolv-conf", e.resolv}
+			if root := os.Getenv("BOTTLE_TEST_RUNC_ROOT"); root != "" {
+				extra = append(extra, "--runc-root", root)
+			}
+			return append(append(append(out, args[:i+1]...), extra...), args[i+1:]...)
+		}
+	}
+	return append(out, args...)
+}
+
+func (e *env) command(extraEnv []string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bottleBin, e.args(args)...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, extraEnv...)
+	cmd.Dir = filepath.Dir(e.manifest)
+	return cmd
+}
+
+// bottle runs the binary and returns stdout, stderr and the exit status (-1 for a signal).
+func (e *env) bottle(extraEnv []string, args ...string) (string, string, int) {
+	e.t.Helper()
+	cmd := e.command(extraEnv, args...)
+	var o, er bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &er
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("run bottle: %v", err)
+	}
+	return o.String(), er.String(), code
+}
+
+// must runs bottle and fails the test unless it exits 0.
+func (e *env) must(args ...string) string {
+	e.t.Helper()
+	out, errOut, code := e.bottle(nil, args...)
+	if code != 0 {
+		e.t.Fatalf("bottle %v: exit %d\nstdout: %s\nstderr: %s", args, code, out, errOut)
+	}
+	return out
+}
+
+type psEntry struct {
+	Identity   string            `json:"identity"`
+	Agent      string            `json:"agent"`
+	Phase      string            `json:"phase"`
+	Containers map[string]string `json:"containers"`
+}
+
+func (e *env) ps() []psEntry {
+	e.t.Helper()
+	var list []psEntry
+	if err := json.Unmarshal([]byte(e.must("ps", "--json")), &list); err != nil {
+		e.t.Fatalf("ps --json: %v", err)
+	}
+	return list
+}
+
+// identityOf returns the identity of the only bottle of agent.
+func (e *env) identityOf(agent string) string {
+	e.t.Helper()
+	var ids []string
+	for _, p := range e.ps() {
+		if p.Agent == agent {
+			ids = append(ids, p.Identity)
+		}
+	}
+	if len(ids) != 1 {
+		e.t.Fatalf("bottles of agent %s: %v, want exactly one", agent, ids)
+	}
+	return ids[0]
+}
+
+// assertNothingLeft checks containerd, the host network and the state dir for anything
+// of the given identities.
+func (e *env) assertNothingLeft(ids ...string) {
+	e.t.Helper()
+	ctx := context.Background()
+	c, err := ctr.Connect(ctx, e.address, namespace)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer c.Close()
+	left, err := c.Leftovers(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n, err := netns.New(netns.Options{StateDir: e.stateDir})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	netLeft, err := n.Leftovers(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, id := range ids {
+		for _, ci := range left.Containers {
+			if strings.Contains(ci.Name, id) {
+				e.t.Errorf("container %s of %s left", ci.Name, id)
+			}
+		}
+		for _, s := range append(left.Tasks, left.Snapshots...) {
+			if strings.Contains(s, id) {
+				e.t.Errorf("task or snapshot %s of %s left", s, id)
+			}
+		}
+		hash := netns.IdentityHash(id)
+		for _, l := range netLeft {
+			if l.Identity == id || l.Hash == hash || strings.Contains(l.Name, id) || strings.Contains(l.Name, hash) {
+				e.t.Errorf("%s of %s left", l, id)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(e.stateDir, "bottles", id)); err == nil {
+			e.t.Errorf("state dir of %s left", id)
+		}
+		for _, f := range []string{"/run/netns/bottle-bottle-" + id + "-agent", "/run/netns/bottle-bottle-" + id + "-filter"} {
+			if _, err := os.Stat(f); err == nil {
+				e.t.Errorf("netns file %s left", f)
+			}
+		}
+		if out, _ := exec.Command("ip", "-o", "link", "show").Output(); strings.Contains(string(out), hash) {
+			e.t.Errorf("bridge of %s left:\n%s", id, out)
+		}
+		if out, _ := exec.Command("iptables-save").Output(); strings.Contains(string(out), strings.ToUpper(hash)) || strings.Contains(string(out), hash) {
+			e.t.Errorf("firewall rules of %s left", id)
+		}
+	}
+}
+
+// importTestImage puts the busybox test image into the test namespace (once).
+func importTestImage(t *testing.T, address string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := ctr.Connect(ctx, address, namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ok, err := c.ImageExists(ctx, testImage); err != nil {
+		t.Fatal(err)
+	} else if ok {
+		return
+	}
+	if err := c.ImportImage(ctx, ociarchive.BusyboxImage(testImage, "/bin/busybox"), nil); err != nil {
+		t.Fatalf("import test image: %v", err)
+	}
+}
+
+// hostListener serves a banner on a TCP address the test created; it returns the port.
+func hostListener(t *testing.T, addr, banner string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(banner + "\n"))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// testBridge creates a host bridge with addr (a "host-side address" owned by the test).
+func testBridge(t *testing.T, name string, addr netip.Prefix) {
+	t.Helper()
+	exec.Command("ip", "link", "del", name).Run()
+	for _, args := range [][]string{
+		{"link", "add", name, "type", "bridge"},
+		{"addr", "add", addr.String(), "dev", name},
+		{"link", "set", name, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+}
+
+// waitPhase waits until agent's bottle reaches phase.
+func (e *env) waitPhase(agent, phase string, timeout time.Duration) string {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, p := range e.ps() {
+			if p.Agent == agent && p.Phase == phase && p.Containers["agent"] == "running" {
+				return p.Identity
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("bottle of %s not %s after %s: %+v", agent, phase, timeout, e.ps())
+	return ""
+}
+
+func killedBySignal(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}

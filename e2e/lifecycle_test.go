@@ -1,0 +1,255 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestStartPropagatesExitStatusAndStdout(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("exit")
+	out, errOut, code := e.bottle(nil, "start", "exit", "--", "/bin/sh", "-c", "echo hello-from-the-agent; echo to-stderr >&2; exit 7")
+	if code != 7 {
+		t.Fatalf("exit status %d, want 7\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if !strings.Contains(out, "hello-from-the-agent") || !strings.Contains(errOut, "to-stderr") {
+		t.Fatalf("agent output missing\nstdout: %s\nstderr: %s", out, errOut)
+	}
+	id := e.identityOf("exit")
+	e.must("rm", id)
+	e.assertNothingLeft(id)
+}
+
+// agentProbe is a shell script run in the agent: it prints its interfaces and routes and
+// tries TCP to each target (a banner means the connection went through).
+const agentProbe = `
+ip -o link | awk '{print "LINK " $2}'
+ip route | sed 's/^/ROUTE /'
+a=$(ip -o -4 addr show eth0 | awk '{print $4}' | cut -d/ -f1)
+base=${a%.*}; third=${base##*.}
+gw="${base%.*}.$((third+1)).1"
+echo "ADDR $a GW $gw"
+for target in "hostside $HOSTSIDE" "gateway $gw" "egress-filter ${base%.*}.$((third+1)).2"; do
+  set -- $target
+  if echo | nc -w 2 "$2" "$PORT" 2>/dev/null | grep -q BANNER; then echo "REACHED $1"; else echo "BLOCKED $1"; fi
+done
+if printf 'GET /healthz HTTP/1.0\r\n\r\n' | nc -w 2 "$base.2" 8888 2>/dev/null | grep -q '200 OK'; then echo "REACHED own-filter"; else echo "BLOCKED own-filter"; fi
+`
+
+func TestAgentNetworkIsolation(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("iso")
+	hostSide := netip.MustParsePrefix("10.215.77.1/24")
+	testBridge(t, "bte2e-iso", hostSide)
+	// One listener on every host address: the test bridge's and the bottle's gateway.
+	port := hostListener(t, fmt.Sprintf("0.0.0.0:%d", 0), "BANNER")
+	script := fmt.Sprintf("HOSTSIDE=%s PORT=%d; %s", hostSide.Addr(), port, agentProbe)
+	out, errOut, code := e.bottle(nil, "start", "iso", "--", "/bin/sh", "-c", script)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	t.Logf("agent saw:\n%s", out)
+	var links []string
+	for _, l := range strings.Split(out, "\n") {
+		if s, ok := strings.CutPrefix(l, "LINK "); ok {
+			links = append(links, strings.TrimSuffix(strings.SplitN(s, "@", 2)[0], ":"))
+		}
+		if strings.HasPrefix(l, "ROUTE default") {
+			t.Errorf("agent has a default route: %s", l)
+		}
+	}
+	if strings.Join(links, ",") != "lo,eth0" {
+		t.Errorf("agent interfaces %v, want lo and eth0 only", links)
+	}
+	// The control: the agent's own filter answers, so the probe can see reachability.
+	if !strings.Contains(out, "REACHED own-filter") {
+		t.Fatalf("agent cannot reach its own filter; the probe proves nothing:\n%s", out)
+	}
+	for _, target := range []string{"hostside", "gateway", "egress-filter"} {
+		if !strings.Contains(out, "BLOCKED "+target) {
+			t.Errorf("agent reached %s:\n%s", target, out)
+		}
+	}
+	e.must("rm", e.identityOf("iso"))
+}
+
+func TestConcurrentBottlesAreSeparated(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("two-a", "two-b")
+	errs := make(chan string, 2)
+	for _, a := range []string{"two-a", "two-b"} {
+		go func() {
+			out, errOut, code := e.bottle(nil, "start", "--detach", a, "--", "/bin/sleep", "300")
+			if code != 0 {
+				errs <- fmt.Sprintf("%s: exit %d: %s %s", a, code, out, errOut)
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range 2 {
+		if msg := <-errs; msg != "" {
+			t.Fatal(msg)
+		}
+	}
+	idA, idB := e.identityOf("two-a"), e.identityOf("two-b")
+	addr := func(id string) netip.Addr {
+		out := e.must("exec", id, "--", "/bin/sh", "-c", "ip -o -4 addr show eth0 | awk '{print $4}' | cut -d/ -f1")
+		a, err := netip.ParseAddr(strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("address of %s: %q", id, out)
+		}
+		return a
+	}
+	a, b := addr(idA), addr(idB)
+	if netip.PrefixFrom(a, 24).Masked() == netip.PrefixFrom(b, 24).Masked() {
+		t.Fatalf("both bottles on subnet %s", netip.PrefixFrom(a, 24).Masked())
+	}
+	filterOf := func(x netip.Addr) string { b4 := x.As4(); b4[3] = 2; return netip.AddrFrom4(b4).String() }
+	probe := func(id, target string) string {
+		script := fmt.Sprintf(`if printf 'GET /healthz HTTP/1.0\r\n\r\n' | nc -w 2 %s 8888 2>/dev/null | grep -q '200 OK'; then echo REACHED; else echo BLOCKED; fi`, target)
+		return strings.TrimSpace(e.must("exec", id, "--", "/bin/sh", "-c", script))
+	}
+	if got := probe(idA, filterOf(a)); got != "REACHED" {
+		t.Fatalf("A cannot reach its own filter (%s): the probe proves nothing", got)
+	}
+	if got := probe(idA, filterOf(b)); got != "BLOCKED" {
+		t.Errorf("A reached B's filter at %s", filterOf(b))
+	}
+	if got := probe(idB, filterOf(a)); got != "BLOCKED" {
+		t.Errorf("B reached A's filter at %s", filterOf(a))
+	}
+	for _, id := range []string{idA, idB} {
+		e.must("stop", id)
+		e.must("rm", id)
+	}
+	e.assertNothingLeft(idA, idB)
+}
+
+func TestStopRmAndCleanupLeaveNothing(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("gone", "swept")
+	e.must("start", "--detach", "gone", "--", "/bin/sleep", "300")
+	id := e.identityOf("gone")
+	e.must("stop", id)
+	if p := e.ps(); len(p) != 1 || p[0].Phase != "stopped" {
+		t.Fatalf("after stop: %+v", p)
+	}
+	e.must("rm", id)
+	e.assertNothingLeft(id)
+
+	e.must("start", "--detach", "swept", "--", "/bin/sleep", "300")
+	id2 := e.identityOf("swept")
+	if out := e.must("cleanup"); !strings.Contains(out, "nothing to clean up") {
+		t.Errorf("cleanup removed something of a healthy detached bottle: %s", out)
+	}
+	e.must("cleanup", "--all")
+	e.assertNothingLeft(id2)
+	if len(e.ps()) != 0 {
+		t.Errorf("ps after cleanup --all: %+v", e.ps())
+	}
+}
+
+func TestKillDuringStartThenCleanup(t *testing.T) {
+	e := newEnv(t)
+	points := []string{"meta", "firewall", "containers", "sidecars"}
+	var agents []string
+	for _, p := range points {
+		agents = append(agents, "kill-"+p)
+	}
+	agents = append(agents, "kill-attached")
+	e.writeManifest(agents...)
+	var ids []string
+	for _, p := range points {
+		cmd := e.command([]string{"BOTTLE_TEST_KILL_AT=" + p}, "start", "kill-"+p, "--", "/bin/true")
+		out, err := cmd.CombinedOutput()
+		if !killedBySignal(err) {
+			t.Fatalf("kill at %s: start was not killed (%v):\n%s", p, err, out)
+		}
+		ids = append(ids, e.identityOf("kill-"+p))
+	}
+	// Killed while the agent runs attached.
+	cmd := e.command(nil, "start", "kill-attached", "--", "/bin/sleep", "300")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, e.waitPhase("kill-attached", "running", 30*time.Second))
+	cmd.Process.Kill()
+	cmd.Wait()
+
+	out := e.must("cleanup")
+	for _, id := range ids {
+		if !strings.Contains(out, id) {
+			t.Errorf("cleanup did not report %s:\n%s", id, out)
+		}
+	}
+	e.assertNothingLeft(ids...)
+}
+
+func TestResumeKeepsIdentity(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("again")
+	script := `echo "I am $BOTTLE_IDENTITY on $(hostname)"; echo run >> /workspace/runs`
+	workspace := filepath.Dir(e.manifest)
+	// The agent runs as the workspace's owner.
+	if err := os.Chown(workspace, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	e.must("start", "again", "--", "/bin/sh", "-c", script)
+	id := e.identityOf("again")
+	out := e.must("resume", id)
+	if !strings.Contains(out, "I am "+id+" on "+id) {
+		t.Errorf("resumed bottle output %q, want its identity %s", out, id)
+	}
+	runs, _ := os.ReadFile(filepath.Join(workspace, "runs"))
+	if strings.Count(string(runs), "run") != 2 {
+		t.Errorf("workspace runs file %q, want two runs", runs)
+	}
+	if p := e.ps(); len(p) != 1 || p[0].Identity != id || p[0].Phase != "stopped" {
+		t.Errorf("after resume: %+v", p)
+	}
+	e.must("rm", id)
+	e.assertNothingLeft(id)
+}
+
+func TestBadInputCreatesNothing(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("bad")
+	// A manifest whose image is not in containerd.
+	missing := filepath.Join(t.TempDir(), "missing.toml")
+	os.WriteFile(missing, []byte("[agents.bad]\nbottle = \"b\"\nimage = \"bottle.local/nothing-here:1\"\n[bottles.b]\nruntime = \"runsc-runc\"\nfilter = \"builtin\"\n"), 0o644)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown identity", []string{"stop", "bad-000000"}, "bottle ps"},
+		{"malformed identity", []string{"rm", "nonsense"}, "not a bottle identity"},
+		{"containerd missing", []string{"--address", "/nonexistent/containerd.sock", "start", "bad", "--", "/bin/true"}, "make setup"},
+		{"runsc missing", []string{"start", "--runsc", "/nonexistent/runsc", "bad", "--", "/bin/true"}, "setup-host.sh"},
+		{"image missing", []string{"--manifest", missing, "start", "bad", "--", "/bin/true"}, "bottle image import"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := e.bottle(nil, tc.args...)
+			lines := strings.Split(strings.TrimSpace(errOut), "\n")
+			last := lines[len(lines)-1]
+			if code == 0 || !strings.HasPrefix(last, "bottle: ") || !strings.Contains(last, tc.want) {
+				t.Errorf("exit %d, stderr %q; want a one-line error mentioning %q", code, errOut, tc.want)
+			}
+			if out != "" {
+				t.Errorf("stdout %q", out)
+			}
+			if entries, _ := os.ReadDir(filepath.Join(e.stateDir, "bottles")); len(entries) != 0 {
+				t.Errorf("bad input created bottle state: %v", entries)
+			}
+		})
+	}
+	if ps := e.ps(); len(ps) != 0 {
+		t.Errorf("bottles after bad input: %+v", ps)
+	}
+}

@@ -1,0 +1,248 @@
+package ctr
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/bottle-dev/bottle/internal/ociarchive"
+)
+
+// SidecarRepository is the local name of bottle's own sidecar image.
+const SidecarRepository = "bottle.local/sidecar"
+
+// ProgressFunc receives short human-readable progress messages; it may be nil.
+type ProgressFunc func(msg string)
+
+func (p ProgressFunc) say(format string, args ...any) {
+	if p != nil {
+		p(fmt.Sprintf(format, args...))
+	}
+}
+
+// ImageExists reports whether the image ref is known to containerd.
+func (c *Client) ImageExists(ctx context.Context, ref string) (bool, error) {
+	if _, err := c.c.ImageService().Get(c.ctx(ctx), ref); err != nil {
+		if errdefs.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("image %s: %w", ref, err)
+	}
+	return true, nil
+}
+
+// EnsureImage checks that the image ref exists and is unpacked for the client's
+// snapshotter, unpacking it when needed. A missing image is an error wrapping
+// errdefs.ErrNotFound that says how to get it.
+func (c *Client) EnsureImage(ctx context.Context, ref string) error {
+	ctx = c.ctx(ctx)
+	img, err := c.c.GetImage(ctx, ref)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("image %s is not in containerd namespace %s: import it (OCI archive) or pull it first: %w", ref, c.namespace, err)
+		}
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	return c.unpack(ctx, img)
+}
+
+func (c *Client) unpack(ctx context.Context, img client.Image) error {
+	ok, err := img.IsUnpacked(ctx, c.snapshotter)
+	if err != nil {
+		return fmt.Errorf("image %s: check unpacked for snapshotter %s: %w", img.Name(), c.snapshotter, err)
+	}
+	if ok {
+		return nil
+	}
+	if err := img.Unpack(ctx, c.snapshotter); err != nil {
+		return fmt.Errorf("image %s: unpack for snapshotter %s: %w", img.Name(), c.snapshotter, err)
+	}
+	return nil
+}
+
+// ImportArchive imports an OCI image layout tar (or docker save tar) from r and unpacks
+// every image in it. It returns the names of the imported images.
+func (c *Client) ImportArchive(ctx context.Context, r io.Reader, progress ProgressFunc) ([]string, error) {
+	ctx = c.ctx(ctx)
+	progress.say("importing image archive")
+	imgs, err := c.c.Import(ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("import image archive: %w", err)
+	}
+	if len(imgs) == 0 {
+		return nil, errors.New("import image archive: it names no image (index.json needs an org.opencontainers.image.ref.name annotation)")
+	}
+	var names []string
+	for _, i := range imgs {
+		progress.say("unpacking %s (%s)", i.Name, i.Target.Digest)
+		if err := c.unpack(ctx, client.NewImage(c.c, i)); err != nil {
+			return names, err
+		}
+		names = append(names, i.Name)
+	}
+	return names, nil
+}
+
+// ImportArchiveFile imports the OCI image layout tar at path; see ImportArchive.
+func (c *Client) ImportArchiveFile(ctx context.Context, path string, progress ProgressFunc) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("import image archive %s: %w", path, err)
+	}
+	defer f.Close()
+	names, err := c.ImportArchive(ctx, f, progress)
+	if err != nil {
+		return names, fmt.Errorf("%s: %w", path, err)
+	}
+	return names, nil
+}
+
+// ImportImage writes img with ociarchive and imports it (streamed, no temp file).
+func (c *Client) ImportImage(ctx context.Context, img ociarchive.Image, progress ProgressFunc) error {
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := ociarchive.Write(pw, img)
+		pw.CloseWithError(err)
+	}()
+	_, err := c.ImportArchive(ctx, pr, progress)
+	pr.CloseWithError(errors.New("import finished")) // unblocks the writer on early failure
+	if err != nil {
+		return fmt.Errorf("image %s: %w", img.Ref, err)
+	}
+	return nil
+}
+
+// Pull fetches ref from its registry and unpacks it. Short names are expanded the
+// Docker way (alpine -> docker.io/library/alpine:latest). It returns the full name.
+func (c *Client) Pull(ctx context.Context, ref string, progress ProgressFunc) (string, error) {
+	named, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return "", fmt.Errorf("pull %s: invalid reference: %w", ref, err)
+	}
+	full := named.String()
+	progress.say("pulling %s", full)
+	handler := images.HandlerFunc(func(_ context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		progress.say("fetching %s %s (%d bytes)", desc.MediaType, desc.Digest, desc.Size)
+		return nil, nil
+	})
+	if _, err := c.c.Pull(c.ctx(ctx), full,
+		client.WithPullUnpack,
+		client.WithPullSnapshotter(c.snapshotter),
+		client.WithImageHandler(handler),
+	); err != nil {
+		return "", fmt.Errorf("pull %s: %w", full, err)
+	}
+	return full, nil
+}
+
+// ImageEnv returns the Env of the image's config (used as the base of a container's env).
+func (c *Client) ImageEnv(ctx context.Context, ref string) ([]string, error) {
+	cfg, err := c.imageConfig(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Config.Env, nil
+}
+
+// ImageConfig returns the image's OCI config (env, entrypoint, cmd, user, workdir).
+func (c *Client) ImageConfig(ctx context.Context, ref string) (ocispec.ImageConfig, error) {
+	cfg, err := c.imageConfig(ctx, ref)
+	return cfg.Config, err
+}
+
+func (c *Client) imageConfig(ctx context.Context, ref string) (ocispec.Image, error) {
+	ctx = c.ctx(ctx)
+	img, err := c.c.GetImage(ctx, ref)
+	if err != nil {
+		return ocispec.Image{}, fmt.Errorf("image %s: %w", ref, err)
+	}
+	spec, err := img.Spec(ctx)
+	if err != nil {
+		return ocispec.Image{}, fmt.Errorf("image %s: config: %w", ref, err)
+	}
+	return spec, nil
+}
+
+// RemoveImage deletes the image ref and lets containerd collect its unused content and
+// snapshots. A missing image is not an error.
+func (c *Client) RemoveImage(ctx context.Context, ref string) error {
+	ctx, cancel := c.teardownCtx(ctx)
+	defer cancel()
+	if err := c.c.ImageService().Delete(ctx, ref, images.SynchronousDelete()); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("remove image %s: %w", ref, err)
+	}
+	return nil
+}
+
+var tagUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.-]`)
+
+// SidecarImageRef is the name of the sidecar image for a bottle version and the
+// digest of its executable: bottle.local/sidecar:<version>-<12 hex>.
+func SidecarImageRef(version string, executableDigest string) string {
+	v := strings.TrimLeft(tagUnsafe.ReplaceAllString(version, "_"), ".-")
+	if v == "" {
+		v = "dev"
+	}
+	if len(v) > 100 {
+		v = v[:100]
+	}
+	return SidecarRepository + ":" + v + "-" + executableDigest[:12]
+}
+
+// EnsureSidecarImage makes sure bottle's own sidecar image exists for the running
+// executable (which must be static: it runs in a rootfs without libc) and returns its
+// name. The image holds the executable at /bottle and the host CA bundle.
+func (c *Client) EnsureSidecarImage(ctx context.Context, version string) (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("sidecar image: locate own executable: %w", err)
+	}
+	return c.ensureSidecarImage(ctx, version, exe, ociarchive.HostCABundle)
+}
+
+func (c *Client) ensureSidecarImage(ctx context.Context, version, exe, caBundle string) (string, error) {
+	sum, err := fileSHA256(exe)
+	if err != nil {
+		return "", fmt.Errorf("sidecar image: hash executable %s: %w", exe, err)
+	}
+	ref := SidecarImageRef(version, sum)
+	exists, err := c.ImageExists(ctx, ref)
+	if err != nil {
+		return "", fmt.Errorf("sidecar image: %w", err)
+	}
+	if exists {
+		return ref, c.EnsureImage(ctx, ref)
+	}
+	if _, err := os.Stat(caBundle); err != nil {
+		return "", fmt.Errorf("sidecar image %s: host CA bundle %s is missing (install the ca-certificates package): %w", ref, caBundle, err)
+	}
+	if err := c.ImportImage(ctx, ociarchive.SidecarImage(ref, exe, caBundle), nil); err != nil {
+		return "", fmt.Errorf("sidecar image: %w", err)
+	}
+	return ref, nil
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

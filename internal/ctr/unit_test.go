@@ -1,0 +1,229 @@
+package ctr
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	tasktypes "github.com/containerd/containerd/api/types/task"
+)
+
+// withLookPath replaces PATH lookup and the /usr/local/bin fallback for one test.
+func withLookPath(t *testing.T, dir string, fallback string) {
+	t.Helper()
+	oldLook, oldFallback := lookPath, fallbackRunscDir
+	lookPath = func(name string) (string, error) {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err != nil {
+			return "", exec.ErrNotFound
+		}
+		return p, nil
+	}
+	fallbackRunscDir = fallback
+	t.Cleanup(func() { lookPath, fallbackRunscDir = oldLook, oldFallback })
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Skipf("test needs %s: %v", src, err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// staticELF returns a statically linked executable of the host.
+func staticELF(t *testing.T) string {
+	for _, p := range []string{"/bin/busybox", "/usr/local/bin/runsc"} {
+		if _, err := os.Stat(p); err == nil && checkStatic(p) == nil {
+			return p
+		}
+	}
+	t.Skip("no static ELF executable on this host (install busybox-static)")
+	return ""
+}
+
+// dynamicELF returns a dynamically linked executable of the host.
+func dynamicELF(t *testing.T) string {
+	for _, p := range []string{"/bin/ls", "/usr/bin/env", "/bin/cat"} {
+		if _, err := os.Stat(p); err == nil && checkStatic(p) != nil {
+			return p
+		}
+	}
+	t.Skip("no dynamic ELF executable on this host")
+	return ""
+}
+
+func TestDetectRuntimeRunscMissing(t *testing.T) {
+	withLookPath(t, t.TempDir(), t.TempDir())
+	for _, want := range []string{"auto", "", "runsc-runc"} {
+		_, err := DetectRuntime(want, "", false)
+		if err == nil {
+			t.Fatalf("DetectRuntime(%q) succeeded without runsc", want)
+		}
+		for _, hint := range []string{"runsc not found", "sudo make setup", "scripts/setup-host.sh --system", "CGO_ENABLED=0"} {
+			if !strings.Contains(err.Error(), hint) {
+				t.Errorf("DetectRuntime(%q) error lacks %q: %v", want, hint, err)
+			}
+		}
+	}
+	if _, err := DetectRuntime("auto", "/nonexistent/runsc", false); err == nil || !strings.Contains(err.Error(), "/nonexistent/runsc") {
+		t.Errorf("explicit missing runsc path: %v", err)
+	}
+}
+
+func TestDetectRuntimeDynamicRunsc(t *testing.T) {
+	dir := t.TempDir()
+	copyFile(t, dynamicELF(t), filepath.Join(dir, "runsc"))
+	withLookPath(t, dir, t.TempDir())
+	_, err := DetectRuntime("auto", "", false)
+	if err == nil {
+		t.Fatal("DetectRuntime accepted a dynamically linked runsc")
+	}
+	for _, hint := range []string{"dynamically linked", "umounter", "CGO_ENABLED=0", filepath.Join(dir, "runsc")} {
+		if !strings.Contains(err.Error(), hint) {
+			t.Errorf("error lacks %q: %v", hint, err)
+		}
+	}
+	// A file that is not ELF at all.
+	notELF := filepath.Join(t.TempDir(), "runsc")
+	if err := os.WriteFile(notELF, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DetectRuntime("runsc-runc", notELF, false); err == nil || !strings.Contains(err.Error(), "not a readable ELF") {
+		t.Errorf("non-ELF runsc: %v", err)
+	}
+}
+
+func TestDetectRuntimeStaticRunsc(t *testing.T) {
+	dir := t.TempDir()
+	copyFile(t, staticELF(t), filepath.Join(dir, "runsc"))
+	withLookPath(t, dir, t.TempDir())
+	rt, err := DetectRuntime("auto", "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt.Handler != HandlerRunscRunc || rt.Type != RuntimeTypeRunc || rt.RunscPath != filepath.Join(dir, "runsc") || !rt.Sandboxed() {
+		t.Fatalf("auto resolved to %+v", rt)
+	}
+	// Fallback directory when not on PATH.
+	fallback := t.TempDir()
+	copyFile(t, staticELF(t), filepath.Join(fallback, "runsc"))
+	withLookPath(t, t.TempDir(), fallback)
+	rt, err = DetectRuntime("runsc-runc", "", false)
+	if err != nil || rt.RunscPath != filepath.Join(fallback, "runsc") {
+		t.Fatalf("fallback: %+v, %v", rt, err)
+	}
+	// The gVisor shim handler also needs containerd-shim-runsc-v1.
+	if _, err := DetectRuntime("runsc", "", false); err == nil || !strings.Contains(err.Error(), RunscShimBinary) {
+		t.Fatalf("runsc handler without shim: %v", err)
+	}
+	copyFile(t, staticELF(t), filepath.Join(fallback, RunscShimBinary))
+	withLookPath(t, fallback, t.TempDir())
+	rt, err = DetectRuntime("runsc", "", false)
+	if err != nil || rt.Type != RuntimeTypeRunsc {
+		t.Fatalf("runsc handler: %+v, %v", rt, err)
+	}
+}
+
+func TestDetectRuntimeRuncNeedsOptIn(t *testing.T) {
+	if _, err := DetectRuntime("runc", "", false); err == nil || !strings.Contains(err.Error(), "WITHOUT the gVisor sandbox") {
+		t.Fatalf("runc without opt-in: %v", err)
+	}
+	rt, err := DetectRuntime("runc", "", true)
+	if err != nil || rt.Handler != HandlerRunc || rt.Sandboxed() {
+		t.Fatalf("runc with opt-in: %+v, %v", rt, err)
+	}
+	if _, err := DetectRuntime("kata", "", true); err == nil {
+		t.Fatal("unknown runtime accepted")
+	}
+	if _, err := (Runtime{Handler: HandlerAuto}).containerOpt(); err == nil {
+		t.Fatal("unresolved runtime accepted by containerOpt")
+	}
+}
+
+func TestConnectErrors(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, err := Connect(ctx, filepath.Join(dir, "missing.sock"), "bottle")
+	if err == nil || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), "sudo make setup") {
+		t.Fatalf("missing socket: %v", err)
+	}
+	plain := filepath.Join(dir, "plain")
+	if err := os.WriteFile(plain, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Connect(ctx, plain, "bottle"); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("plain file: %v", err)
+	}
+	if _, err := Connect(ctx, plain, "bad namespace!"); err == nil {
+		t.Fatal("invalid namespace accepted")
+	}
+
+	// A socket nobody answers gRPC on: must fail within the dial timeout.
+	sock := filepath.Join(dir, "mute.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(io.Discard, conn); conn.Close() }()
+		}
+	}()
+	start := time.Now()
+	_, err = Connect(ctx, "unix://"+sock, "bottle")
+	if err == nil || !strings.Contains(err.Error(), "does not answer") || !strings.Contains(err.Error(), "sudo make setup") {
+		t.Fatalf("mute socket: %v", err)
+	}
+	if d := time.Since(start); d > 2*dialTimeout {
+		t.Fatalf("Connect to a mute socket took %v", d)
+	}
+}
+
+func TestLabelFilter(t *testing.T) {
+	got := LabelFilter(map[string]string{"bottle.role": "agent", "bottle.identity": "claude-a1b2c3"})
+	want := `labels."bottle.identity"=="claude-a1b2c3",labels."bottle.role"=="agent"`
+	if got != want {
+		t.Fatalf("LabelFilter = %s, want %s", got, want)
+	}
+}
+
+func TestSidecarImageRef(t *testing.T) {
+	sum := strings.Repeat("ab", 32)
+	if got := SidecarImageRef("v1.2.3+dirty", sum); got != "bottle.local/sidecar:v1.2.3_dirty-abababababab" {
+		t.Fatalf("ref = %s", got)
+	}
+	if got := SidecarImageRef("", sum); got != "bottle.local/sidecar:dev-abababababab" {
+		t.Fatalf("ref = %s", got)
+	}
+	if got := SidecarImageRef(".-x", sum); got != "bottle.local/sidecar:x-abababababab" {
+		t.Fatalf("ref = %s", got)
+	}
+}
+
+func TestTaskStatusNames(t *testing.T) {
+	want := map[tasktypes.Status]TaskStatus{
+		tasktypes.Status_CREATED: TaskCreated, tasktypes.Status_RUNNING: TaskRunning,
+		tasktypes.Status_STOPPED: TaskStopped, tasktypes.Status_PAUSED: TaskPaused,
+		tasktypes.Status_PAUSING: TaskPausing, tasktypes.Status_UNKNOWN: TaskUnknown, 99: TaskUnknown,
+	}
+	for in, out := range want {
+		if got := taskStatus(in); got != out {
+			t.Errorf("taskStatus(%v) = %s, want %s", in, got, out)
+		}
+	}
+}

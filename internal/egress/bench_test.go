@@ -1,0 +1,139 @@
+package egress
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const benchBodySize = 50 << 20
+
+// benchEnv is one loopback HTTPS upstream reachable three ways: directly, through the
+// egress-proxy, and through a filter CONNECT tunnel. All clients verify TLS.
+type benchEnv struct {
+	paths map[string]struct {
+		client *http.Client
+		base   string
+	}
+}
+
+func newBenchEnv(b *testing.B) *benchEnv {
+	b.Helper()
+	ca := newTestCA(b)
+	chunk := make([]byte, 1<<20)
+	up := newTLSUpstream(b, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			w.Header().Set("Content-Length", strconv.Itoa(benchBodySize))
+			for i := 0; i < benchBodySize/len(chunk); i++ {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}), "api.example.test")
+	logger := slog.New(slog.NewJSONHandler(io.Discard, nil)) // realistic: records are encoded
+
+	proxyAddr := startProxy(b, ProxyConfig{Routes: []Route{{Host: "api.example.test", TokenRef: "T", Upstream: up.URL, CAFile: ca.file(b)}}},
+		map[string]string{"T": "bench-token"}, logger)
+	var dials atomic.Int64
+	filterAddr := startFilter(b, FilterConfig{
+		Allowlist: []string{"api.example.test"},
+		Ports:     []uint16{up.port},
+		Internal:  []string{"10.0.0.0/8"},
+		Resolver:  mapResolver(map[string][]string{"api.example.test": {"127.0.0.1"}}),
+		Dial:      loopbackOnlyDial(b, &dials),
+	}, logger)
+
+	tlsTransport := func() *http.Transport {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.Proxy = nil
+		t.TLSClientConfig.RootCAs = ca.pool
+		t.ForceAttemptHTTP2 = false
+		t.DisableCompression = true
+		return t
+	}
+	filterTransport := tlsTransport()
+	filterTransport.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: filterAddr})
+	plain := &http.Transport{DisableCompression: true}
+	for _, tr := range []*http.Transport{filterTransport, plain} {
+		b.Cleanup(tr.CloseIdleConnections)
+	}
+	direct := tlsTransport()
+	b.Cleanup(direct.CloseIdleConnections)
+	env := &benchEnv{paths: map[string]struct {
+		client *http.Client
+		base   string
+	}{
+		"direct":       {&http.Client{Transport: direct}, up.URL},
+		"egress-proxy": {&http.Client{Transport: plain}, "http://" + proxyAddr + "/api.example.test"},
+		"filter":       {&http.Client{Transport: filterTransport}, fmt.Sprintf("https://api.example.test:%d", up.port)},
+	}}
+	return env
+}
+
+var benchPaths = []string{"direct", "egress-proxy", "filter"}
+
+func fetch(b *testing.B, c *http.Client, u string) int64 {
+	resp, err := c.Get(u)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		b.Fatalf("GET %s: %d %v", u, resp.StatusCode, err)
+	}
+	return n
+}
+
+// BenchmarkThroughput downloads a 50 MB body; the MB/s metric compares the paths.
+func BenchmarkThroughput(b *testing.B) {
+	env := newBenchEnv(b)
+	for _, name := range benchPaths {
+		p := env.paths[name]
+		b.Run(name, func(b *testing.B) {
+			fetch(b, p.client, p.base+"/small") // warm the connection
+			var total int64
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if n := fetch(b, p.client, p.base+"/big"); n != benchBodySize {
+					b.Fatalf("got %d bytes, want %d", n, benchBodySize)
+				} else {
+					total += n
+				}
+			}
+			b.ReportMetric(float64(total)/1e6/b.Elapsed().Seconds(), "MB/s")
+		})
+	}
+}
+
+// BenchmarkSmallRequest measures keep-alive round trips of a tiny response; p50-ns is
+// the median latency of one request.
+func BenchmarkSmallRequest(b *testing.B) {
+	env := newBenchEnv(b)
+	for _, name := range benchPaths {
+		p := env.paths[name]
+		b.Run(name, func(b *testing.B) {
+			fetch(b, p.client, p.base+"/small")
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				fetch(b, p.client, p.base+"/small")
+				lat = append(lat, time.Since(start))
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+		})
+	}
+}

@@ -1,0 +1,57 @@
+// Package egress implements bottle's two egress sidecars as plain net/http servers:
+// the builtin allowlist filter (an HTTP forward proxy) and the egress-proxy (a
+// credential-injecting reverse proxy). The agent container has no route to the outside;
+// these two servers are its only ways out, so both fail closed.
+//
+// # Filter
+//
+// The filter is a forward proxy for CONNECT tunnels and plain absolute-URI HTTP requests
+// (the agent sets HTTPS_PROXY/HTTP_PROXY to it). For every request it decides, in order:
+//
+//  1. the target port is in FilterConfig.Ports (default 443 and 80);
+//  2. the target is a DNS name, never an IP literal;
+//  3. the name matches the allowlist (exact names, or "*.x.com" for x.com and every
+//     subdomain; case-insensitive; a trailing dot is ignored);
+//  4. the name is resolved exactly once and refused if ANY address lies in an internal
+//     range (FilterConfig.Internal, default DefaultInternal: loopback, RFC 1918, link-local
+//     and metadata, CGNAT, ULA, multicast, NAT64/6to4 embeddings, ...);
+//  5. the connection goes to one of those validated addresses, so a second DNS answer
+//     cannot rebind the name to an internal address;
+//  6. for CONNECT, the TLS ClientHello of the tunnel is peeked and the tunnel is refused
+//     unless its SNI equals the CONNECT host (case-insensitive). A tunnel without TLS or
+//     without SNI is refused. This refusal happens after "200 Connection established" (the
+//     client sends its ClientHello only then), so it is a TLS access_denied alert and a
+//     closed connection instead of a 403.
+//
+// Every other refusal is a 403 with a one-line text reason. Each decision is logged as
+// one structured record ("egress decision": client, method, host, port, decision
+// allow|deny, reason, bytes_up, bytes_down, duration) on the given slog.Logger; give it a
+// slog.JSONHandler to get one JSON line per decision. Tunnels close after
+// FilterConfig.TunnelIdleTimeout (default 2h) without traffic in either direction; there
+// is no overall limit, so hour-long model streams survive.
+//
+// # Egress-proxy
+//
+// The egress-proxy listens on one port and chooses the route by the first path segment:
+// a request to
+//
+//	http://<egress-proxy>:<port>/<route host>/<path>?<query>
+//
+// is forwarded to https://<route host>/<path>?<query>. The agent therefore only needs a
+// base URL, e.g. ANTHROPIC_BASE_URL=http://egress-proxy:9000/api.anthropic.com. A request
+// whose first segment is not a configured route host gets a 404 with a text reason.
+//
+// Per request the proxy drops every credential the agent sent (Authorization,
+// Proxy-Authorization, X-Api-Key, Cookie and the route's own header), strips hop-by-hop
+// and X-Forwarded/Forwarded headers, sets Host to the route host and injects
+// "<header>: <scheme> <token>" (only "<token>" when the scheme is empty). The token is
+// read once at start from the host environment variable named by the route's token_ref; a
+// missing or empty variable is a startup error that names the variable, never a value.
+// Upstream TLS is verified against the system roots plus the route's optional ca_file.
+// Responses stream without buffering (each write is flushed), so SSE and chunked bodies
+// arrive incrementally; there is no overall request timeout, only header timeouts. One
+// record per request is logged (route, method, path without query, status, bytes,
+// duration); header values and tokens are never logged or put in errors.
+//
+// GET /healthz answers 200 on both servers (the filter also answers GET /health).
+package egress

@@ -1,0 +1,323 @@
+package egress
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Route is one egress-proxy destination and the credential injected for it.
+type Route struct {
+	// Host is the upstream host name; the agent addresses the route as /<Host>/....
+	Host string `json:"host"`
+	// TokenRef names the host environment variable holding the real credential.
+	TokenRef string `json:"token_ref"`
+	// Header is the header carrying the credential (default "Authorization").
+	Header string `json:"header,omitempty"`
+	// Scheme prefixes the token (default "Bearer"); an explicit "" sends the raw token
+	// (e.g. header "x-api-key").
+	Scheme *string `json:"scheme,omitempty"`
+	// Roles are markers interpreted by the planner (validated by the manifest).
+	Roles []string `json:"roles,omitempty"`
+	// Upstream overrides where requests go, as scheme://host:port (tests). The Host
+	// header stays Host; TLS is verified for the override's host.
+	Upstream string `json:"upstream,omitempty"`
+	// CAFile is a PEM file of extra CAs trusted for this route, besides the system roots.
+	CAFile string `json:"ca_file,omitempty"`
+}
+
+// ProxyConfig configures the egress-proxy.
+type ProxyConfig struct {
+	// Listen is the TCP address to listen on (default DefaultProxyListen).
+	Listen string  `json:"listen"`
+	Routes []Route `json:"routes"`
+}
+
+const (
+	// DefaultProxyListen is the egress-proxy's default listen address.
+	DefaultProxyListen = ":9000"
+	// DefaultCredentialHeader and DefaultCredentialScheme apply when a route leaves
+	// header and scheme out.
+	DefaultCredentialHeader = "Authorization"
+	DefaultCredentialScheme = "Bearer"
+)
+
+// agentCredentialHeaders are dropped from every request: the agent holds only
+// placeholders, and nothing it sends may reach the upstream as a credential.
+var agentCredentialHeaders = []string{"Authorization", "Proxy-Authorization", "X-Api-Key", "Cookie"}
+
+// EgressProxy is the credential-injecting reverse proxy. It is an http.Handler; Serve
+// runs it with the right server timeouts.
+type EgressProxy struct {
+	routes map[string]*route
+	log    *slog.Logger
+	listen string
+}
+
+type route struct {
+	host   string
+	header string // canonical header name
+	value  string // secret: "<scheme> <token>"; never logged
+	target *url.URL
+	proxy  *httputil.ReverseProxy
+}
+
+// NewEgressProxy validates cfg and reads every route's token once through getenv.
+// A missing or empty token is an error naming the variable (never a value).
+func NewEgressProxy(cfg ProxyConfig, getenv func(string) string, logger *slog.Logger) (*EgressProxy, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if getenv == nil {
+		return nil, fmt.Errorf("egress-proxy: no environment lookup given")
+	}
+	if len(cfg.Routes) == 0 {
+		return nil, fmt.Errorf("egress-proxy config: no routes; declare at least one route with host and token_ref")
+	}
+	p := &EgressProxy{routes: map[string]*route{}, log: logger, listen: cfg.Listen}
+	if p.listen == "" {
+		p.listen = DefaultProxyListen
+	}
+	for i, rc := range cfg.Routes {
+		rt, err := newRoute(rc, getenv, logger)
+		if err != nil {
+			return nil, fmt.Errorf("egress-proxy config: route %d (%q): %w", i, rc.Host, err)
+		}
+		if _, dup := p.routes[rt.host]; dup {
+			return nil, fmt.Errorf("egress-proxy config: route host %q declared twice; merge the routes", rt.host)
+		}
+		p.routes[rt.host] = rt
+	}
+	return p, nil
+}
+
+func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route, error) {
+	host := normalizeHost(rc.Host)
+	if err := checkHostName(host); err != nil {
+		return nil, fmt.Errorf("host: %w; write the upstream host name, e.g. api.anthropic.com", err)
+	}
+	if host == "healthz" {
+		return nil, fmt.Errorf("host %q is reserved for the health check", host)
+	}
+	if !isEnvName(rc.TokenRef) {
+		return nil, fmt.Errorf("token_ref %q is not an environment variable name", rc.TokenRef)
+	}
+	header := rc.Header
+	if header == "" {
+		header = DefaultCredentialHeader
+	}
+	if !isToken(header) {
+		return nil, fmt.Errorf("header %q is not a valid header name", header)
+	}
+	header = http.CanonicalHeaderKey(header)
+	switch header {
+	case "Host", "Connection", "Proxy-Authorization", "Transfer-Encoding", "Content-Length", "Te", "Upgrade", "Trailer", "Keep-Alive":
+		return nil, fmt.Errorf("header %q cannot carry a credential; use Authorization or an API key header", header)
+	}
+	scheme := DefaultCredentialScheme
+	if rc.Scheme != nil {
+		scheme = *rc.Scheme
+	}
+	if scheme != "" && !isToken(scheme) {
+		return nil, fmt.Errorf("scheme %q is not a single word", scheme)
+	}
+	token := getenv(rc.TokenRef)
+	if token == "" {
+		return nil, fmt.Errorf("environment variable %s (token_ref) is unset or empty; export it on the host before starting the bottle", rc.TokenRef)
+	}
+	if strings.TrimSpace(token) != token || strings.ContainsFunc(token, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return nil, fmt.Errorf("environment variable %s (token_ref) holds whitespace or control characters; store the bare credential", rc.TokenRef)
+	}
+	value := token
+	if scheme != "" {
+		value = scheme + " " + token
+	}
+
+	target := &url.URL{Scheme: "https", Host: host}
+	if rc.Upstream != "" {
+		u, err := url.Parse(rc.Upstream)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return nil, fmt.Errorf("upstream %q: write it as https://host:port", rc.Upstream)
+		}
+		target = &url.URL{Scheme: u.Scheme, Host: u.Host}
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		roots = x509.NewCertPool()
+	}
+	if rc.CAFile != "" {
+		pem, err := os.ReadFile(rc.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ca_file: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s holds no PEM certificate", rc.CAFile)
+		}
+	}
+	rt := &route{host: host, header: header, value: value, target: target}
+	rt.proxy = &httputil.ReverseProxy{
+		Rewrite:       rt.rewrite,
+		FlushInterval: -1, // flush every write: SSE and chunked bodies stream through
+		BufferPool:    proxyBufs,
+		Transport: &http.Transport{
+			Proxy:                 nil, // the egress network has a direct route
+			DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+			ForceAttemptHTTP2:     true,
+			TLSHandshakeTimeout:   15 * time.Second,
+			MaxIdleConnsPerHost:   32,
+			IdleConnTimeout:       90 * time.Second,
+			ExpectContinueTimeout: time.Second,
+			DisableCompression:    true, // pass bodies through exactly as the agent asked
+		},
+		ErrorLog:     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ErrorHandler: rt.upstreamError,
+	}
+	return rt, nil
+}
+
+type restPathKey struct{}
+
+func (rt *route) rewrite(pr *httputil.ProxyRequest) {
+	rest, _ := pr.In.Context().Value(restPathKey{}).(string)
+	out := pr.Out
+	out.URL.Scheme, out.URL.Host = rt.target.Scheme, rt.target.Host
+	out.URL.RawPath = rest
+	out.URL.Path, _ = url.PathUnescape(rest) // validated by the router
+	out.Host = rt.host
+	for _, h := range agentCredentialHeaders {
+		out.Header.Del(h)
+	}
+	out.Header.Del(rt.header)
+	out.Header[rt.header] = []string{rt.value}
+}
+
+func (rt *route) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	err = stripURLError(err)
+	if rl, ok := r.Context().Value(reqLogKey{}).(*reqLog); ok {
+		rl.err = err.Error()
+	}
+	if r.Context().Err() != nil {
+		return // the agent went away; nobody reads an answer
+	}
+	textError(w, http.StatusBadGateway, fmt.Sprintf("egress-proxy: upstream %s failed: %v", rt.host, err))
+}
+
+type reqLogKey struct{}
+
+type reqLog struct{ err string }
+
+// RunEgressProxy listens on cfg.Listen and serves the egress-proxy until ctx ends.
+func RunEgressProxy(ctx context.Context, cfg ProxyConfig, getenv func(string) string, logger *slog.Logger) error {
+	p, err := NewEgressProxy(cfg, getenv, logger)
+	if err != nil {
+		return err
+	}
+	ln, err := listen(ctx, p.listen, "egress-proxy")
+	if err != nil {
+		return err
+	}
+	return p.Serve(ctx, ln)
+}
+
+// Serve serves the proxy on ln until ctx ends. In-flight requests derive their context
+// from ctx and end with it.
+func (p *EgressProxy) Serve(ctx context.Context, ln net.Listener) error {
+	hosts := make([]string, 0, len(p.routes))
+	for h := range p.routes {
+		hosts = append(hosts, h)
+	}
+	p.log.Info("egress-proxy listening", "addr", ln.Addr().String(), "routes", hosts)
+	return serve(ctx, newServer(p, p.log), ln, "egress-proxy")
+}
+
+// ServeHTTP implements http.Handler: /<route host>/<rest> goes to the route.
+func (p *EgressProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	escaped := r.URL.EscapedPath()
+	if r.Method == http.MethodGet && escaped == "/healthz" {
+		_, _ = w.Write([]byte("ok\n"))
+		return
+	}
+	first, rest, _ := strings.Cut(strings.TrimPrefix(escaped, "/"), "/")
+	rest = "/" + rest
+	rt := p.routes[normalizeHost(first)]
+	_, uerr := url.PathUnescape(rest)
+	if rt == nil || uerr != nil || r.Method == http.MethodConnect {
+		textError(w, http.StatusNotFound, "egress-proxy: no route for this path; address a route as /<route host>/<path>, e.g. /api.anthropic.com/v1/messages")
+		p.logRequest(r, "", escaped, http.StatusNotFound, 0, 0, start, "no route")
+		return
+	}
+	rl := &reqLog{}
+	ctx := context.WithValue(r.Context(), restPathKey{}, rest)
+	ctx = context.WithValue(ctx, reqLogKey{}, rl)
+	body := &countingBody{ReadCloser: r.Body}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = body
+	}
+	cw := &countingWriter{ResponseWriter: w}
+	rt.proxy.ServeHTTP(cw, r.WithContext(ctx))
+	p.logRequest(r, rt.host, rest, cw.status, body.n.Load(), cw.n, start, rl.err)
+}
+
+func (p *EgressProxy) logRequest(r *http.Request, host, path string, status int, in, out int64, start time.Time, errText string) {
+	attrs := []slog.Attr{
+		slog.String("route", host),
+		slog.String("client", r.RemoteAddr),
+		slog.String("method", r.Method),
+		slog.String("path", path),
+		slog.Int("status", status),
+		slog.Int64("bytes_in", in),
+		slog.Int64("bytes_out", out),
+		slog.Duration("duration", time.Since(start)),
+	}
+	if errText != "" {
+		attrs = append(attrs, slog.String("error", errText))
+	}
+	p.log.LogAttrs(r.Context(), slog.LevelInfo, "egress-proxy request", attrs...)
+}
+
+// proxyBufs gives the reverse proxies 64 KiB copy buffers (default 32 KiB).
+var proxyBufs = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
+
+func isEnvName(s string) bool {
+	if s == "" || ('0' <= s[0] && s[0] <= '9') {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// isToken reports whether s is an RFC 9110 token (header names, auth schemes).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}

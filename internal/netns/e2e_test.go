@@ -1,0 +1,550 @@
+package netns
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bottle-dev/bottle/internal/testutil"
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// These tests use real network namespaces, the real CNI plugins and real iptables.
+// Traffic goes only to addresses inside the namespaces and bridges they create.
+
+const negativeDialTimeout = time.Second
+
+type testBottle struct {
+	t        *testing.T
+	m        *Manager
+	identity string
+	internal Network
+	egress   Network
+}
+
+func (b *testBottle) agentName() string   { return "bottle-" + b.identity }
+func (b *testBottle) sidecarName() string { return "bottle-" + b.identity + "-filter" }
+
+func (b *testBottle) agentAtts() []Attachment {
+	a, err := b.internal.Attach("eth0", HostAgent)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return []Attachment{a}
+}
+
+func (b *testBottle) sidecarAtts() []Attachment {
+	in, err := b.internal.Attach("eth0", HostFilter)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	eg, err := b.egress.Attach("eth1", HostFilter)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return []Attachment{in, eg}
+}
+
+func randomIdentity(t *testing.T) string {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return "nettest-" + hex.EncodeToString(b[:])
+}
+
+func e2eManager(t *testing.T) *Manager {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireBinary(t, "iptables")
+	testutil.RequireBinary(t, "ip")
+	testutil.RequireBinary(t, "nsenter")
+	tmp := t.TempDir()
+	m, err := New(Options{NetnsDir: filepath.Join(tmp, "netns"), LockFile: filepath.Join(tmp, "cni.lock"), StateDir: tmp})
+	if err != nil {
+		testutil.Missing(t, "CNI plugins: %v", err)
+	}
+	return m
+}
+
+// newTestBottle reserves a slot, computes the networks and installs the firewall; the
+// cleanup removes everything (idempotent, so explicit teardown in the test is fine).
+func newTestBottle(t *testing.T, m *Manager, pool netip.Prefix) *testBottle {
+	t.Helper()
+	b := &testBottle{t: t, m: m, identity: randomIdentity(t)}
+	slot, err := ReserveSlot(m.stateDir, b.identity, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.internal, b.egress, err = BottleNetworks(b.identity, slot, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.remove(context.Background()) })
+	if err := InstallFirewall(context.Background(), b.identity, b.internal); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (b *testBottle) remove(ctx context.Context) {
+	t := b.t
+	if err := b.m.Teardown(ctx, b.agentName(), b.agentAtts()); err != nil {
+		t.Errorf("teardown agent: %v", err)
+	}
+	if err := b.m.Teardown(ctx, b.sidecarName(), b.sidecarAtts()); err != nil {
+		t.Errorf("teardown sidecar: %v", err)
+	}
+	if err := RemoveFirewall(ctx, b.identity); err != nil {
+		t.Errorf("remove firewall: %v", err)
+	}
+	if err := b.m.RemoveNetworks(ctx, b.identity, []Network{b.internal, b.egress}); err != nil {
+		t.Errorf("remove networks: %v", err)
+	}
+	if err := ReleaseSlot(b.m.stateDir, b.identity); err != nil {
+		t.Errorf("release slot: %v", err)
+	}
+}
+
+// assertGone checks every kind of host state of the bottle is gone.
+func (b *testBottle) assertGone(ctx context.Context) {
+	t := b.t
+	t.Helper()
+	for _, c := range []string{b.agentName(), b.sidecarName()} {
+		if _, err := os.Lstat(b.m.NetnsPath(c)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("netns file %s still there (%v)", b.m.NetnsPath(c), err)
+		}
+	}
+	for _, br := range []string{b.internal.Bridge, b.egress.Bridge} {
+		if _, err := net.InterfaceByName(br); err == nil {
+			t.Errorf("bridge %s still there", br)
+		}
+	}
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			continue
+		}
+		if out, err := exec.Command(bin, "-w", "5", "-S", FirewallChain(b.identity)).CombinedOutput(); err == nil {
+			t.Errorf("%s chain %s still there:\n%s", bin, FirewallChain(b.identity), out)
+		}
+		out, err := exec.Command(bin, "-w", "5", "-S").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s -S: %v: %s", bin, err, out)
+		}
+		if strings.Contains(string(out), FirewallChain(b.identity)) || strings.Contains(string(out), IdentityHash(b.identity)) {
+			t.Errorf("%s still references bottle %s:\n%s", bin, b.identity, out)
+		}
+	}
+	nat, err := exec.Command("iptables", "-w", "5", "-t", "nat", "-S").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables -t nat -S: %v: %s", err, nat)
+	}
+	if strings.Contains(string(nat), b.identity) {
+		t.Errorf("nat table still references bottle %s:\n%s", b.identity, nat)
+	}
+	for _, pattern := range []string{"results/bottle-" + b.identity + "-*", "networks/bottle-" + b.identity + "-*"} {
+		if m, _ := filepath.Glob(filepath.Join(CNICacheDir, pattern)); len(m) > 0 {
+			t.Errorf("CNI cache entries left: %v", m)
+		}
+	}
+	left, err := b.m.Leftovers(ctx)
+	if err != nil {
+		t.Errorf("Leftovers: %v", err)
+	}
+	for _, l := range left {
+		if l.Identity == b.identity || l.Hash == IdentityHash(b.identity) {
+			t.Errorf("leftover: %s", l)
+		}
+	}
+}
+
+// inNetns runs fn in the network namespace at path.
+func inNetns(t *testing.T, path string, fn func() error) error {
+	t.Helper()
+	return ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() })
+}
+
+// runIn runs a command inside the netns at path.
+func runIn(t *testing.T, path string, args ...string) {
+	t.Helper()
+	out, err := exec.Command("nsenter", append([]string{"--net=" + path, "--"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in %s: %v: %v: %s", path, args, err, out)
+	}
+}
+
+// serve answers "ok" on every connection of l until the test ends.
+func serve(t *testing.T, l net.Listener) string {
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("ok\n"))
+			c.Close()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// listenIn starts a server on addr (port 0) inside the netns at path.
+func listenIn(t *testing.T, path string, addr netip.Addr) string {
+	t.Helper()
+	var l net.Listener
+	err := inNetns(t, path, func() (err error) {
+		l, err = net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", addr, path, err)
+	}
+	return serve(t, l)
+}
+
+// dialFrom connects from inside the netns at path and expects "ok".
+func dialFrom(t *testing.T, path, addr string, timeout time.Duration) error {
+	t.Helper()
+	return inNetns(t, path, func() error {
+		c, err := net.DialTimeout("tcp4", addr, timeout)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if line != "ok\n" {
+			return fmt.Errorf("unexpected answer %q", line)
+		}
+		return nil
+	})
+}
+
+func mustReach(t *testing.T, what, path, addr string) {
+	t.Helper()
+	if err := dialFrom(t, path, addr, 3*time.Second); err != nil {
+		t.Errorf("%s: %s must be reachable: %v", what, addr, err)
+	}
+}
+
+func mustNotReach(t *testing.T, what, path, addr string) {
+	t.Helper()
+	start := time.Now()
+	if err := dialFrom(t, path, addr, negativeDialTimeout); err == nil {
+		t.Errorf("%s: %s is reachable, must not be", what, addr)
+	} else {
+		t.Logf("%s: blocked as expected after %v: %v", what, time.Since(start).Round(time.Millisecond), err)
+	}
+}
+
+type nsView struct {
+	ifaces       []string
+	addrs        map[string][]string
+	defaultRoute bool
+	defaultV6    bool
+	loUp         bool
+}
+
+func inspect(t *testing.T, path string) nsView {
+	t.Helper()
+	v := nsView{addrs: map[string][]string{}}
+	err := inNetns(t, path, func() error {
+		ifs, err := net.Interfaces()
+		if err != nil {
+			return err
+		}
+		for _, i := range ifs {
+			v.ifaces = append(v.ifaces, i.Name)
+			if i.Name == "lo" {
+				v.loUp = i.Flags&net.FlagUp != 0
+			}
+			as, _ := i.Addrs()
+			for _, a := range as {
+				v.addrs[i.Name] = append(v.addrs[i.Name], a.String())
+			}
+		}
+		// /proc/thread-self: /proc/self/net would show the main thread's namespace.
+		routes, err := os.ReadFile("/proc/thread-self/net/route")
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(string(routes), "\n")[1:] {
+			f := strings.Fields(l)
+			if len(f) >= 8 && f[1] == "00000000" && f[7] == "00000000" {
+				v.defaultRoute = true
+			}
+		}
+		if routes6, err := os.ReadFile("/proc/thread-self/net/ipv6_route"); err == nil {
+			for _, l := range strings.Split(string(routes6), "\n") {
+				f := strings.Fields(l)
+				if len(f) >= 10 && f[0] == strings.Repeat("0", 32) && f[1] == "00" && f[9] != "lo" {
+					v.defaultV6 = true
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("inspect netns %s: %v", path, err)
+	}
+	slices.Sort(v.ifaces)
+	return v
+}
+
+func TestE2ENetworkIsolation(t *testing.T) {
+	m := e2eManager(t)
+	ctx := context.Background()
+	pool := freeTestPool(t)
+	a := newTestBottle(t, m, pool)
+	b := newTestBottle(t, m, pool)
+	t.Logf("bottle A %s: %s %s; bottle B %s: %s %s", a.identity, a.internal.Subnet, a.egress.Subnet, b.identity, b.internal.Subnet, b.egress.Subnet)
+
+	paths := map[*testBottle][2]string{}
+	for _, x := range []*testBottle{a, b} {
+		agentNS, err := m.Setup(ctx, x.agentName(), x.agentAtts())
+		if err != nil {
+			t.Fatalf("setup agent of %s: %v", x.identity, err)
+		}
+		sidecarNS, err := m.Setup(ctx, x.sidecarName(), x.sidecarAtts())
+		if err != nil {
+			t.Fatalf("setup sidecar of %s: %v", x.identity, err)
+		}
+		if agentNS != m.NetnsPath(x.agentName()) || !isNetnsMount(agentNS) || !isNetnsMount(sidecarNS) {
+			t.Fatalf("netns paths %s %s are not mounted namespaces at the documented place", agentNS, sidecarNS)
+		}
+		paths[x] = [2]string{agentNS, sidecarNS}
+	}
+	agentA, sidecarA := paths[a][0], paths[a][1]
+	agentB, sidecarB := paths[b][0], paths[b][1]
+
+	// Shape of the namespaces.
+	av := inspect(t, agentA)
+	if !slices.Equal(av.ifaces, []string{"eth0", "lo"}) || !av.loUp {
+		t.Errorf("agent netns interfaces = %v (lo up %v), want lo (up) + eth0 only", av.ifaces, av.loUp)
+	}
+	agentAddr, _ := a.internal.Addr(HostAgent)
+	if !slices.Contains(av.addrs["eth0"], netip.PrefixFrom(agentAddr, 24).String()) {
+		t.Errorf("agent eth0 addresses %v, want %s/24", av.addrs["eth0"], agentAddr)
+	}
+	if av.defaultRoute || av.defaultV6 {
+		t.Errorf("agent netns has a default route (v4 %v, v6 %v)", av.defaultRoute, av.defaultV6)
+	}
+	sv := inspect(t, sidecarA)
+	if !slices.Equal(sv.ifaces, []string{"eth0", "eth1", "lo"}) || !sv.defaultRoute {
+		t.Errorf("sidecar netns interfaces %v default route %v, want lo+eth0+eth1 and a default route", sv.ifaces, sv.defaultRoute)
+	}
+	if fw, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err != nil || strings.TrimSpace(string(fw)) != "1" {
+		t.Errorf("ip_forward = %q (%v); the bridge plugin enables it for gateway networks", fw, err)
+	}
+
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		if _, err := os.Stat("/proc/net/if_inet6"); err != nil && bin == "ip6tables" {
+			continue
+		}
+		if out, err := exec.Command(bin, "-w", "5", "-S", FirewallChain(a.identity)).CombinedOutput(); err != nil || !strings.Contains(string(out), "-j DROP") {
+			t.Errorf("%s chain %s missing or without DROP: %v: %s", bin, FirewallChain(a.identity), err, out)
+		}
+	}
+
+	// A "host" server on A's egress gateway: the sidecar reaches it through eth1 (so the
+	// test can see reachability), the agents do not.
+	hostL, err := net.Listen("tcp4", netip.AddrPortFrom(a.egress.Gateway(), 0).String())
+	if err != nil {
+		t.Fatalf("listen on egress gateway %s: %v", a.egress.Gateway(), err)
+	}
+	hostSrv := serve(t, hostL)
+	mustReach(t, "sidecar A -> host via egress", sidecarA, hostSrv)
+	mustNotReach(t, "agent A -> host", agentA, hostSrv)
+	mustNotReach(t, "agent B -> host", agentB, hostSrv)
+
+	// Agent -> its own sidecar on the internal network works (also through br_netfilter).
+	sidecarAInt, _ := a.internal.Addr(HostFilter)
+	sidecarBInt, _ := b.internal.Addr(HostFilter)
+	sidecarBEgr, _ := b.egress.Addr(HostFilter)
+	srvAInt := listenIn(t, sidecarA, sidecarAInt)
+	srvBInt := listenIn(t, sidecarB, sidecarBInt)
+	srvBEgr := listenIn(t, sidecarB, sidecarBEgr)
+	mustReach(t, "agent A -> sidecar A (internal)", agentA, srvAInt)
+	mustReach(t, "agent B -> sidecar B (internal)", agentB, srvBInt)
+	mustNotReach(t, "agent A -> sidecar B (internal)", agentA, srvBInt)
+	mustNotReach(t, "agent A -> sidecar B (egress)", agentA, srvBEgr)
+
+	// A hostile agent routes through the host itself. So that no reply can ever leave the
+	// host, the host gets a route to A's internal subnet through A's internal bridge.
+	hostRoute := []string{a.internal.Subnet.String(), "dev", a.internal.Bridge}
+	if out, err := exec.Command("ip", append([]string{"route", "add"}, hostRoute...)...).CombinedOutput(); err != nil {
+		t.Fatalf("add test route %v: %v: %s", hostRoute, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", append([]string{"route", "del"}, hostRoute...)...).Run() })
+	runIn(t, agentA, "ip", "route", "add", "default", "via", a.egress.Gateway().String(), "dev", "eth0", "onlink")
+	mustNotReach(t, "hostile agent A -> host (INPUT)", agentA, hostSrv)
+	mustNotReach(t, "hostile agent A -> sidecar B egress (FORWARD)", agentA, srvBEgr)
+	// Control: without A's firewall the same attempts succeed, so the blocks above are the
+	// firewall's doing, not an artefact of the test.
+	if err := RemoveFirewall(ctx, a.identity); err != nil {
+		t.Fatal(err)
+	}
+	mustReach(t, "hostile agent A without firewall -> host", agentA, hostSrv)
+	mustReach(t, "hostile agent A without firewall -> sidecar B egress", agentA, srvBEgr)
+	if err := InstallFirewall(ctx, a.identity, a.internal); err != nil {
+		t.Fatal(err)
+	}
+	if err := InstallFirewall(ctx, a.identity, a.internal); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	mustNotReach(t, "hostile agent A -> host after reinstall", agentA, hostSrv)
+	mustNotReach(t, "hostile agent A -> sidecar B egress after reinstall", agentA, srvBEgr)
+	mustReach(t, "agent A -> sidecar A after reinstall", agentA, srvAInt)
+
+	// Leftovers sees both bottles, with identities resolved for hashed names.
+	left, err := m.Leftovers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []*testBottle{a, b} {
+		kinds := map[LeftoverKind]int{}
+		for _, l := range left {
+			if l.Identity == x.identity {
+				kinds[l.Kind]++
+			}
+		}
+		want := map[LeftoverKind]int{KindNetns: 2, KindBridge: 2, KindChain: 1, KindCNICache: 3, KindMasq: 1, KindSlot: 1}
+		for k, n := range want {
+			if kinds[k] != n {
+				t.Errorf("Leftovers of %s: %d %s, want %d (all: %v)", x.identity, kinds[k], k, n, kinds)
+			}
+		}
+	}
+
+	// A restart: Teardown + Setup gives a fresh netns that works again; a Setup over a
+	// leftover netns (crash before Teardown) runs DEL before ADD and works too.
+	if err := m.Teardown(ctx, a.agentName(), a.agentAtts()); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Teardown(ctx, a.agentName(), a.agentAtts()); err != nil {
+		t.Fatalf("second teardown (idempotent): %v", err)
+	}
+	if _, err := m.Setup(ctx, a.agentName(), a.agentAtts()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Setup(ctx, a.agentName(), a.agentAtts()); err != nil {
+		t.Fatalf("setup over a leftover netns: %v", err)
+	}
+	mustReach(t, "agent A (re-setup) -> sidecar A", agentA, srvAInt)
+	if v := inspect(t, agentA); v.defaultRoute || !slices.Equal(v.ifaces, []string{"eth0", "lo"}) {
+		t.Errorf("re-setup agent netns: %v default route %v", v.ifaces, v.defaultRoute)
+	}
+
+	// runsc removes the IPv4 addresses from the netns it copies: teardown must still remove
+	// the masquerade rules.
+	runIn(t, sidecarA, "ip", "-4", "addr", "flush", "dev", "eth1")
+
+	// Bottle A goes through the explicit API, bottle B through Sweep.
+	a.remove(ctx)
+	a.assertGone(ctx)
+	removed, err := m.Sweep(ctx, func(id string) bool { return id != b.identity }) // "" kept: not ours
+	if err != nil {
+		t.Fatalf("sweep: %v", err)
+	}
+	for _, l := range removed {
+		if l.Identity != b.identity {
+			t.Errorf("sweep removed %s of a kept bottle", l)
+		}
+	}
+	if len(removed) == 0 {
+		t.Error("sweep removed nothing")
+	}
+	b.assertGone(ctx)
+}
+
+// TestE2ESetupFailureUndoes makes the second CNI ADD fail (its bridge name is taken by a
+// veth) and checks that the first attachment and the netns are undone.
+func TestE2ESetupFailureUndoes(t *testing.T) {
+	m := e2eManager(t)
+	ctx := context.Background()
+	c := newTestBottle(t, m, freeTestPool(t))
+	if out, err := exec.Command("ip", "link", "add", c.egress.Bridge, "type", "veth", "peer", "name", "nt-"+IdentityHash(c.identity)).CombinedOutput(); err != nil {
+		t.Fatalf("add veth %s: %v: %s", c.egress.Bridge, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", c.egress.Bridge).Run() })
+
+	_, err := m.Setup(ctx, c.sidecarName(), c.sidecarAtts())
+	if err == nil {
+		t.Fatal("setup succeeded although the egress bridge name is taken")
+	}
+	t.Logf("setup failed as expected: %v", err)
+	if !strings.Contains(err.Error(), c.sidecarName()) {
+		t.Errorf("error does not name the container: %v", err)
+	}
+	if _, err := os.Lstat(m.NetnsPath(c.sidecarName())); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("netns file left after failed setup: %v", err)
+	}
+	if cached, _ := m.cachedAttachments(c.sidecarName()); len(cached) != 0 {
+		t.Errorf("CNI cache entries left after failed setup: %+v", cached)
+	}
+	// The internal bridge was created by the first ADD; its veth must be gone.
+	if out, err := exec.Command("ip", "-o", "link", "show", "master", c.internal.Bridge).CombinedOutput(); err == nil && strings.TrimSpace(string(out)) != "" {
+		t.Errorf("ports left on %s after failed setup: %s", c.internal.Bridge, out)
+	}
+	if err := m.RemoveNetworks(ctx, c.identity, []Network{c.internal}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.RemoveNetworks(ctx, c.identity, []Network{c.egress}); err == nil {
+		t.Error("RemoveNetworks deleted a non-bridge interface with a bottle name")
+	}
+}
+
+// BenchmarkSetupTeardown measures a sidecar's netns setup (two CNI networks) and teardown.
+func BenchmarkSetupTeardown(b *testing.B) {
+	testutil.RequireRoot(b)
+	tmp := b.TempDir()
+	m, err := New(Options{NetnsDir: filepath.Join(tmp, "netns"), LockFile: filepath.Join(tmp, "cni.lock"), StateDir: tmp})
+	if err != nil {
+		testutil.Missing(b, "CNI plugins: %v", err)
+	}
+	ctx := context.Background()
+	id := "nettest-b" + IdentityHash(tmp)[:5]
+	in, eg, err := BottleNetworks(id, 0, netip.MustParsePrefix("10.254.240.0/20"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	host, err := hostPrefixes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if p, clash := overlapsAny(host, in.Subnet, eg.Subnet); clash {
+		b.Skipf("benchmark subnets overlap host network %s", p)
+	}
+	att0, _ := in.Attach("eth0", HostFilter)
+	att1, _ := eg.Attach("eth1", HostFilter)
+	atts := []Attachment{att0, att1}
+	b.Cleanup(func() {
+		_ = m.Teardown(ctx, "bottle-"+id+"-filter", atts)
+		_ = m.RemoveNetworks(ctx, id, []Network{in, eg})
+	})
+	for b.Loop() {
+		if _, err := m.Setup(ctx, "bottle-"+id+"-filter", atts); err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Teardown(ctx, "bottle-"+id+"-filter", atts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

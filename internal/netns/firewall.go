@@ -1,0 +1,299 @@
+package netns
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha512"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+)
+
+// ipt runs one iptables-family binary.
+type ipt struct {
+	bin string // "iptables" or "ip6tables"
+}
+
+func (t ipt) run(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, t.bin, append([]string{"-w", "5"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s %s: %w: %s", t.bin, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// exists reports whether a rule exists (iptables -C).
+func (t ipt) exists(ctx context.Context, table, chain string, rule ...string) bool {
+	_, err := t.run(ctx, append([]string{"-t", table, "-C", chain}, rule...)...)
+	return err == nil
+}
+
+func (t ipt) chainExists(ctx context.Context, table, chain string) bool {
+	_, err := t.run(ctx, "-t", table, "-S", chain, "1")
+	return err == nil
+}
+
+// rules returns `iptables -S` lines of table (chain optional).
+func (t ipt) rules(ctx context.Context, table, chain string) ([]string, error) {
+	args := []string{"-t", table, "-S"}
+	if chain != "" {
+		args = append(args, chain)
+	}
+	out, err := t.run(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	var lines []string
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines, nil
+}
+
+// families returns the iptables binaries to program. IPv4 is mandatory; IPv6 is programmed
+// when the kernel has IPv6, and then ip6tables is mandatory too (fail closed).
+func families() ([]ipt, error) {
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return nil, fmt.Errorf("iptables not found: install iptables (Debian: apt-get install iptables): %w", err)
+	}
+	out := []ipt{{bin: "iptables"}}
+	if _, err := os.Stat("/proc/net/if_inet6"); err != nil {
+		return out, nil // no IPv6 in this kernel: nothing to filter
+	}
+	if _, err := exec.LookPath("ip6tables"); err != nil {
+		return nil, fmt.Errorf("ip6tables not found but the kernel has IPv6: install ip6tables (Debian: apt-get install iptables): %w", err)
+	}
+	return append(out, ipt{bin: "ip6tables"}), nil
+}
+
+// FirewallChain is the filter chain holding the rules of identity: BOTTLE-<8 hex>.
+func FirewallChain(identity string) string { return chainPrefix + IdentityHash(identity) }
+
+// jumps are the rules in built-in chains that send the internal bridge's traffic to chain.
+func jumps(bridge, chain string) [][]string {
+	return [][]string{
+		{"FORWARD", "-i", bridge, "-j", chain},
+		{"FORWARD", "-o", bridge, "-j", chain},
+		{"INPUT", "-i", bridge, "-j", chain},
+		{"OUTPUT", "-o", bridge, "-j", chain},
+	}
+}
+
+// InstallFirewall isolates the internal network of identity on the host (IPv4 and IPv6):
+// nothing is forwarded from or to its bridge (other than between its own ports when
+// br_netfilter hands bridged frames to iptables), nothing it sends reaches the host (INPUT),
+// and the host sends nothing into it (OUTPUT). The rules live in chain BOTTLE-<8 hex>, jumped
+// to from the top of FORWARD, INPUT and OUTPUT, so removal is exact. Interfaces are matched
+// by name, so install it before the bridge exists (before the first Setup). Idempotent.
+func InstallFirewall(ctx context.Context, identity string, internal Network) error {
+	if err := ValidateIdentity(identity); err != nil {
+		return err
+	}
+	if internal.Egress || internal.Bridge != InternalBridge(identity) {
+		return fmt.Errorf("install firewall of bottle %s: network %s (bridge %q) is not its internal network (want bridge %s; use BottleNetworks)", identity, internal.Name, internal.Bridge, InternalBridge(identity))
+	}
+	fams, err := families()
+	if err != nil {
+		return fmt.Errorf("install firewall of bottle %s: %w", identity, err)
+	}
+	chain := FirewallChain(identity)
+	for _, t := range fams {
+		if err := installFamily(ctx, t, internal.Bridge, chain); err != nil {
+			rerr := RemoveFirewall(context.WithoutCancel(ctx), identity)
+			return errors.Join(fmt.Errorf("install firewall of bottle %s (%s chain %s): %w", identity, t.bin, chain, err), rerr)
+		}
+	}
+	return nil
+}
+
+func installFamily(ctx context.Context, t ipt, bridge, chain string) error {
+	if t.chainExists(ctx, "filter", chain) {
+		if _, err := t.run(ctx, "-t", "filter", "-F", chain); err != nil {
+			return err
+		}
+	} else if _, err := t.run(ctx, "-t", "filter", "-N", chain); err != nil {
+		return err
+	}
+	// Fill the chain before jumping to it, so it never passes traffic half-built.
+	if _, err := t.run(ctx, "-t", "filter", "-A", chain, "-i", bridge, "-o", bridge, "-j", "ACCEPT"); err != nil {
+		return err
+	}
+	if _, err := t.run(ctx, "-t", "filter", "-A", chain, "-j", "DROP"); err != nil {
+		return err
+	}
+	for _, j := range jumps(bridge, chain) {
+		if t.exists(ctx, "filter", j[0], j[1:]...) {
+			continue
+		}
+		if _, err := t.run(ctx, append([]string{"-t", "filter", "-I", j[0], "1"}, j[1:]...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RemoveFirewall removes the chain of identity and every jump to it; missing ones are fine.
+func RemoveFirewall(ctx context.Context, identity string) error {
+	if err := ValidateIdentity(identity); err != nil {
+		return err
+	}
+	if err := removeChain(ctx, FirewallChain(identity)); err != nil {
+		return fmt.Errorf("remove firewall of bottle %s: %w", identity, err)
+	}
+	return nil
+}
+
+// removeChain deletes every rule of the built-in filter chains that jumps to chain, then
+// flushes and deletes chain, for each family.
+func removeChain(ctx context.Context, chain string) error {
+	fams, err := families()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range fams {
+		if err := removeChainFamily(ctx, t, "filter", chain, []string{"INPUT", "FORWARD", "OUTPUT"}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func removeChainFamily(ctx context.Context, t ipt, table, chain string, from []string) error {
+	for _, builtin := range from {
+		lines, err := t.rules(ctx, table, builtin)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			f := strings.Fields(l)
+			if len(f) < 2 || f[0] != "-A" || !jumpsTo(f, chain) {
+				continue
+			}
+			if _, err := t.run(ctx, append([]string{"-t", table, "-D"}, f[1:]...)...); err != nil {
+				return err
+			}
+		}
+	}
+	if !t.chainExists(ctx, table, chain) {
+		return nil
+	}
+	if _, err := t.run(ctx, "-t", table, "-F", chain); err != nil {
+		return err
+	}
+	if _, err := t.run(ctx, "-t", table, "-X", chain); err != nil {
+		return err
+	}
+	return nil
+}
+
+func jumpsTo(fields []string, chain string) bool {
+	for i := 0; i+1 < len(fields); i++ {
+		if (fields[i] == "-j" || fields[i] == "-g") && fields[i+1] == chain {
+			return true
+		}
+	}
+	return false
+}
+
+// masqChain is the bridge plugin's masquerade chain name (plugins pkg/utils.FormatChainName).
+func masqChain(network, containerID string) string {
+	return fmt.Sprintf("CNI-%x", sha512.Sum512([]byte(network+containerID)))[:28]
+}
+
+// removeMasq removes the bridge plugin's masquerade rules of (network, container): the
+// POSTROUTING jumps carrying its comment and its CNI-<hash> chain in the nat table.
+func removeMasq(ctx context.Context, network, containerID string) error {
+	t := ipt{bin: "iptables"}
+	if _, err := exec.LookPath(t.bin); err != nil {
+		return nil // no iptables, so the plugin cannot have written rules either
+	}
+	chains := map[string]bool{masqChain(network, containerID): true}
+	lines, err := t.rules(ctx, "nat", "POSTROUTING")
+	if err != nil {
+		return fmt.Errorf("remove masquerade rules of network %s (container %s): %w", network, containerID, err)
+	}
+	for _, l := range lines {
+		// iptables -S prints the comment quoted with escaped inner quotes.
+		if m := masqCommentRE.FindStringSubmatch(l); m == nil || m[1] != network || m[2] != containerID {
+			continue
+		}
+		args, target, err := deleteArgs(l)
+		if err != nil {
+			return fmt.Errorf("remove masquerade rules of network %s (container %s): %w", network, containerID, err)
+		}
+		if _, err := t.run(ctx, append([]string{"-t", "nat"}, args...)...); err != nil {
+			return fmt.Errorf("remove masquerade rules of network %s (container %s): %w", network, containerID, err)
+		}
+		if strings.HasPrefix(target, "CNI-") {
+			chains[target] = true
+		}
+	}
+	for c := range chains {
+		if err := removeChainFamily(ctx, t, "nat", c, []string{"POSTROUTING"}); err != nil {
+			return fmt.Errorf("remove masquerade chain %s of network %s (container %s): %w", c, network, containerID, err)
+		}
+	}
+	return nil
+}
+
+// deleteArgs turns an `iptables -S` line "-A CHAIN ..." into "-D CHAIN ..." arguments,
+// honouring the double quotes iptables prints around comments; it also returns the -j target.
+func deleteArgs(line string) (args []string, target string, err error) {
+	fields, err := splitQuoted(line)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(fields) < 2 || fields[0] != "-A" {
+		return nil, "", fmt.Errorf("unexpected iptables rule %q", line)
+	}
+	fields[0] = "-D"
+	for i := 0; i+1 < len(fields); i++ {
+		if fields[i] == "-j" {
+			target = fields[i+1]
+		}
+	}
+	return fields, target, nil
+}
+
+// splitQuoted splits an iptables-save style line: fields separated by spaces, "..." quoted
+// with backslash escapes.
+func splitQuoted(s string) ([]string, error) {
+	var out []string
+	var cur strings.Builder
+	inQuote, escaped, have := false, false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\' && inQuote:
+			escaped = true
+		case r == '"':
+			inQuote = !inQuote
+			have = true
+		case r == ' ' && !inQuote:
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if inQuote || escaped {
+		return nil, fmt.Errorf("unbalanced quotes in iptables rule %q", s)
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out, nil
+}

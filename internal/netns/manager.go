@@ -1,0 +1,419 @@
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	gocni "github.com/containerd/go-cni"
+	"github.com/containernetworking/cni/libcni"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of Options.
+const (
+	DefaultNetnsDir = "/run/netns"
+	DefaultLockFile = "/run/bottle/cni.lock"
+	DefaultStateDir = "/var/lib/bottle"
+	// netnsFilePrefix prefixes every netns file: <NetnsDir>/bottle-<container name>.
+	netnsFilePrefix = "bottle-"
+	teardownTimeout = 30 * time.Second
+)
+
+// CNICacheDir is where libcni (and so go-cni) keeps results; go-cni cannot change it.
+var CNICacheDir = libcni.CacheDir
+
+// DefaultPluginDirs are searched for CNI plugins, in order (nerdctl-style, then Debian).
+var DefaultPluginDirs = []string{"/opt/cni/bin", "/usr/lib/cni"}
+
+// requiredPlugins are the CNI plugins the embedded conflists use.
+var requiredPlugins = []string{"bridge", "static"}
+
+// Options configures a Manager; zero values mean the defaults.
+type Options struct {
+	// PluginDirs to search for CNI plugins; default DefaultPluginDirs (only existing ones).
+	PluginDirs []string
+	// NetnsDir holds the netns files; default /run/netns.
+	NetnsDir string
+	// LockFile serializes CNI calls across processes (flock); default /run/bottle/cni.lock.
+	LockFile string
+	// StateDir holds slots/ (for Leftovers and Sweep); default /var/lib/bottle.
+	StateDir string
+}
+
+// Manager creates and removes per-container network namespaces wired with CNI.
+type Manager struct {
+	pluginDirs []string
+	netnsDir   string
+	lockFile   string
+	stateDir   string
+}
+
+// New checks the CNI plugins and returns a Manager.
+func New(opts Options) (*Manager, error) {
+	m := &Manager{netnsDir: opts.NetnsDir, lockFile: opts.LockFile, stateDir: opts.StateDir}
+	if m.netnsDir == "" {
+		m.netnsDir = DefaultNetnsDir
+	}
+	if m.lockFile == "" {
+		m.lockFile = DefaultLockFile
+	}
+	if m.stateDir == "" {
+		m.stateDir = DefaultStateDir
+	}
+	candidates := opts.PluginDirs
+	if len(candidates) == 0 {
+		candidates = DefaultPluginDirs
+	}
+	for _, d := range candidates {
+		if st, err := os.Stat(d); err == nil && st.IsDir() {
+			m.pluginDirs = append(m.pluginDirs, d)
+		}
+	}
+	for _, p := range requiredPlugins {
+		if _, err := findPlugin(m.pluginDirs, p); err != nil {
+			return nil, fmt.Errorf("CNI plugin %q not found in %s: install the CNI plugins (Debian: apt-get install containernetworking-plugins; or unpack the release into /opt/cni/bin): %w",
+				p, strings.Join(candidates, " or "), err)
+		}
+	}
+	return m, nil
+}
+
+func findPlugin(dirs []string, name string) (string, error) {
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fs.ErrNotExist
+}
+
+// PluginDirs returns the plugin directories in use.
+func (m *Manager) PluginDirs() []string { return append([]string(nil), m.pluginDirs...) }
+
+var containerNameRECheck = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,127}$`)
+
+// NetnsPath is the netns file of a container: <NetnsDir>/bottle-<containerName>.
+func (m *Manager) NetnsPath(containerName string) string {
+	return filepath.Join(m.netnsDir, netnsFilePrefix+containerName)
+}
+
+func validateContainerName(name string) error {
+	if !containerNameRECheck.MatchString(name) {
+		return fmt.Errorf("invalid container name %q for a netns: want ^[a-z0-9][a-z0-9_.-]{0,127}$ (bottle-<identity>[-<role>])", name)
+	}
+	return nil
+}
+
+// normalize fills default interface names and validates attachments.
+func normalize(atts []Attachment) ([]Attachment, error) {
+	if len(atts) == 0 {
+		return nil, errors.New("no network attachments given: a bottle container needs at least the internal network")
+	}
+	if len(atts) > 10 {
+		return nil, fmt.Errorf("%d network attachments given: at most 10 (eth0..eth9)", len(atts))
+	}
+	out := make([]Attachment, len(atts))
+	seen := map[string]bool{}
+	defaultRoutes := 0
+	for i, a := range atts {
+		if a.IfName == "" {
+			a.IfName = fmt.Sprintf("eth%d", i)
+		}
+		if err := a.validate(i); err != nil {
+			return nil, err
+		}
+		if seen[a.Name] {
+			return nil, fmt.Errorf("network %s attached twice: attach each network once", a.Name)
+		}
+		seen[a.Name] = true
+		if a.Egress {
+			defaultRoutes++
+		}
+		out[i] = a
+	}
+	if defaultRoutes > 1 {
+		return nil, fmt.Errorf("%d egress attachments: a netns can have only one default route (runsc), attach at most one egress network", defaultRoutes)
+	}
+	return out, nil
+}
+
+// newCNI builds a go-cni instance with one conflist per attachment; go-cni names the
+// interfaces eth0, eth1, ... in the order of the attachments.
+func (m *Manager) newCNI(atts []Attachment) (gocni.CNI, error) {
+	// WithPluginDir and WithInterfacePrefix must precede the conflists: each network
+	// captures the plugin search path and its interface name when it is added.
+	opts := []gocni.Opt{
+		gocni.WithPluginDir(m.pluginDirs),
+		gocni.WithInterfacePrefix("eth"),
+		gocni.WithMinNetworkCount(len(atts)),
+	}
+	for _, a := range atts {
+		b, err := RenderConflist(a)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, gocni.WithConfListBytes(b))
+	}
+	c, err := gocni.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("load CNI conflists for %s: %w", attNames(atts), err)
+	}
+	return c, nil
+}
+
+func attNames(atts []Attachment) string {
+	var names []string
+	for _, a := range atts {
+		names = append(names, a.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// Setup creates the netns file of containerName, brings lo up and runs CNI ADD for every
+// attachment (eth0, eth1, ... in order). A leftover netns or cached CNI result of an earlier
+// attempt is removed first (CNI DEL before ADD). On failure everything done is undone.
+// A netns serves one sandbox start: to restart a container call Teardown, then Setup.
+func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attachment) (nsPath string, err error) {
+	if err := validateContainerName(containerName); err != nil {
+		return "", err
+	}
+	atts, err = normalize(atts)
+	if err != nil {
+		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+	}
+	c, err := m.newCNI(atts)
+	if err != nil {
+		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+	}
+	unlock, err := m.lock(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+
+	path := m.NetnsPath(containerName)
+	stale, err := m.hasState(containerName)
+	if err != nil {
+		return "", err
+	}
+	if stale {
+		slog.Debug("netns: removing leftovers of an earlier setup before CNI ADD", "container", containerName)
+		if err := m.teardownLocked(ctx, containerName, atts, c); err != nil {
+			return "", fmt.Errorf("network setup of container %s: remove leftovers of an earlier attempt: %w (run `bottle cleanup`)", containerName, err)
+		}
+	}
+	if err := createNetnsFile(path); err != nil {
+		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
+		defer cancel()
+		if uerr := m.teardownLocked(uctx, containerName, atts, c); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("undo failed network setup of container %s: %w (run `bottle cleanup`)", containerName, uerr))
+		}
+	}()
+	start := time.Now()
+	res, err := c.SetupSerially(ctx, containerName, path)
+	if err != nil {
+		return "", fmt.Errorf("network setup of container %s: CNI ADD of %s into %s: %w", containerName, attNames(atts), path, err)
+	}
+	if err := checkResult(res, atts); err != nil {
+		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+	}
+	slog.Debug("netns: CNI ADD done", "container", containerName, "netns", path, "networks", attNames(atts), "took", time.Since(start))
+	return path, nil
+}
+
+// checkResult makes sure every interface got exactly its static address.
+func checkResult(res *gocni.Result, atts []Attachment) error {
+	for _, a := range atts {
+		cfg, ok := res.Interfaces[a.IfName]
+		if !ok || cfg == nil {
+			return fmt.Errorf("CNI result for network %s has no interface %s", a.Name, a.IfName)
+		}
+		found := false
+		for _, ipc := range cfg.IPConfigs {
+			if ip, ok := netip.AddrFromSlice(ipc.IP); ok && ip.Unmap() == a.Addr {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("CNI result for network %s: interface %s lacks address %s", a.Name, a.IfName, a.Addr)
+		}
+	}
+	return nil
+}
+
+// hasState reports whether a netns file or cached CNI results exist for containerName.
+func (m *Manager) hasState(containerName string) (bool, error) {
+	if _, err := os.Lstat(m.NetnsPath(containerName)); err == nil {
+		return true, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("inspect netns file %s: %w", m.NetnsPath(containerName), err)
+	}
+	cached, err := m.cachedAttachments(containerName)
+	if err != nil {
+		return false, err
+	}
+	return len(cached) > 0, nil
+}
+
+// Teardown runs CNI DEL for the attachments (and for any other cached attachment of the
+// container), removes masquerade rules left behind, and unmounts and removes the netns
+// file. Missing netns, interfaces or cache entries are fine: Teardown is idempotent.
+func (m *Manager) Teardown(ctx context.Context, containerName string, atts []Attachment) error {
+	if err := validateContainerName(containerName); err != nil {
+		return err
+	}
+	var c gocni.CNI
+	if len(atts) > 0 {
+		var err error
+		if atts, err = normalize(atts); err != nil {
+			return fmt.Errorf("network teardown of container %s: %w", containerName, err)
+		}
+		if c, err = m.newCNI(atts); err != nil {
+			return fmt.Errorf("network teardown of container %s: %w", containerName, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
+	defer cancel()
+	unlock, err := m.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return m.teardownLocked(ctx, containerName, atts, c)
+}
+
+func (m *Manager) teardownLocked(ctx context.Context, containerName string, atts []Attachment, c gocni.CNI) error {
+	path := m.NetnsPath(containerName)
+	var errs []error
+	if c != nil {
+		// A missing netns path is fine: the plugins then only release IPAM state.
+		if err := c.Remove(ctx, containerName, path); err != nil {
+			errs = append(errs, fmt.Errorf("CNI DEL of %s for container %s: %w", attNames(atts), containerName, err))
+		}
+	}
+	if err := m.delCached(ctx, containerName, nil); err != nil {
+		errs = append(errs, err)
+	}
+	// The bridge plugin only removes its masquerade rules when it still finds the
+	// addresses in the netns, and runsc removes them at sandbox start: remove them here.
+	for _, a := range atts {
+		if a.Egress {
+			if err := removeMasq(ctx, a.Name, containerName); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := removeNetnsFile(path); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("network teardown of container %s: %w", containerName, err)
+	}
+	return nil
+}
+
+func (m *Manager) libcni() *libcni.CNIConfig {
+	return libcni.NewCNIConfig(m.pluginDirs, nil)
+}
+
+// cachedAttachments lists libcni's cached results of containerName ("" for all).
+func (m *Manager) cachedAttachments(containerID string) ([]*libcni.NetworkAttachment, error) {
+	atts, err := m.libcni().GetCachedAttachments(containerID)
+	if err != nil {
+		return nil, fmt.Errorf("read CNI cache %s: %w", filepath.Join(CNICacheDir, "results"), err)
+	}
+	return atts, nil
+}
+
+// delCached runs CNI DEL with the cached config of every cached attachment of containerID
+// (all containers if empty) that match filter (all if nil), then removes masquerade rules.
+func (m *Manager) delCached(ctx context.Context, containerID string, filter func(*libcni.NetworkAttachment) bool) error {
+	cached, err := m.cachedAttachments(containerID)
+	if err != nil {
+		return err
+	}
+	cni := m.libcni()
+	var errs []error
+	for _, ca := range cached {
+		if filter != nil && !filter(ca) {
+			continue
+		}
+		if _, ok := identityFromNetworkName(ca.Network); !ok {
+			continue // never touch networks that are not bottle's
+		}
+		list, err := libcni.ConfListFromBytes(ca.Config)
+		if err != nil {
+			// Unreadable cache entry: nothing to DEL with, drop it.
+			slog.Warn("netns: dropping unreadable CNI cache entry", "network", ca.Network, "container", ca.ContainerID, "err", err)
+			errs = append(errs, removeCacheFile(ca))
+			continue
+		}
+		rt := &libcni.RuntimeConf{ContainerID: ca.ContainerID, NetNS: ca.NetNS, IfName: ca.IfName, Args: ca.CniArgs, CapabilityArgs: ca.CapabilityArgs}
+		if err := cni.DelNetworkList(ctx, list, rt); err != nil && !strings.Contains(err.Error(), "not found") {
+			errs = append(errs, fmt.Errorf("CNI DEL of cached network %s (container %s, %s): %w", ca.Network, ca.ContainerID, ca.IfName, err))
+			continue
+		}
+		if err := removeMasq(ctx, ca.Network, ca.ContainerID); err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, removeCacheFile(ca))
+	}
+	return errors.Join(errs...)
+}
+
+func cacheFilePath(network, containerID, ifName string) string {
+	return filepath.Join(CNICacheDir, "results", fmt.Sprintf("%s-%s-%s", network, containerID, ifName))
+}
+
+func removeCacheFile(ca *libcni.NetworkAttachment) error {
+	p := cacheFilePath(ca.Network, ca.ContainerID, ca.IfName)
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove CNI cache entry %s: %w", p, err)
+	}
+	return nil
+}
+
+// lock takes the CNI flock, polling so that ctx can cancel the wait.
+func (m *Manager) lock(ctx context.Context) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(m.lockFile), 0o700); err != nil {
+		return nil, fmt.Errorf("create directory of CNI lock file %s: %w", m.lockFile, err)
+	}
+	f, err := os.OpenFile(m.lockFile, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open CNI lock file %s: %w", m.lockFile, err)
+	}
+	delay := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { _ = f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock CNI lock file %s: %w", m.lockFile, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for CNI lock file %s (another bottle is configuring networks): %w", m.lockFile, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 50*time.Millisecond)
+	}
+}

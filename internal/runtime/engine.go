@@ -1,0 +1,147 @@
+// Package runtime runs bottles: it turns a plan into containers, network namespaces and
+// firewall rules, and takes them down again. Every start is a transaction: a failure or an
+// interrupt part way removes everything created so far.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/netns"
+	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/state"
+)
+
+// DefaultPool is the address pool bottle networks are carved from.
+var DefaultPool = netip.MustParsePrefix("10.213.0.0/16")
+
+// Options configure an Engine.
+type Options struct {
+	Address, Namespace string
+	StateDir           string
+	Pool               netip.Prefix
+	// NetnsDir holds the netns files (default /run/netns).
+	NetnsDir string
+	// RuncRoot is the runc state root for runc-shim runtimes (default: the shim's).
+	RuncRoot string
+	// RuntimeOverride and FilterOverride win over the manifest.
+	RuntimeOverride, FilterOverride string
+	AllowUnsafeRunc                 bool
+	// RunscPath is where runsc is (default: search PATH, then /usr/local/bin).
+	RunscPath string
+	Version   string
+	// SidecarResolvConf is the resolver config of sidecars that leave the bottle.
+	SidecarResolvConf string
+	// KillAt makes start SIGKILL itself after the named step (crash tests only).
+	KillAt string
+	Log    *slog.Logger
+}
+
+// Engine performs bottle operations against containerd and the host network.
+type Engine struct {
+	opts  Options
+	ctr   *ctr.Client
+	net   *netns.Manager
+	store state.Store
+	log   *slog.Logger
+}
+
+// Open connects to containerd and checks the CNI plugins.
+func Open(ctx context.Context, opts Options) (*Engine, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if !opts.Pool.IsValid() {
+		opts.Pool = DefaultPool
+	}
+	if opts.StateDir == "" || !filepath.IsAbs(opts.StateDir) {
+		return nil, fmt.Errorf("state dir %q must be an absolute path", opts.StateDir)
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("bottle needs root to manage containers and networks; run it with sudo")
+	}
+	var copts []ctr.Option
+	if opts.RuncRoot != "" {
+		copts = append(copts, ctr.WithRuncRoot(opts.RuncRoot))
+	}
+	c, err := ctr.Connect(ctx, opts.Address, opts.Namespace, copts...)
+	if err != nil {
+		return nil, err
+	}
+	n, err := netns.New(netns.Options{StateDir: opts.StateDir, NetnsDir: opts.NetnsDir})
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &Engine{opts: opts, ctr: c, net: n, store: state.Store{Dir: opts.StateDir}, log: opts.Log}, nil
+}
+
+// Close releases the containerd connection.
+func (e *Engine) Close() error { return e.ctr.Close() }
+
+// networks returns the bottle's two networks for a recorded slot.
+func (e *Engine) networks(m *state.Meta) (internal, egress netns.Network, err error) {
+	pool := e.opts.Pool
+	if m.Pool != "" {
+		if pool, err = netip.ParsePrefix(m.Pool); err != nil {
+			return internal, egress, fmt.Errorf("bottle %s: recorded pool %q: %w", m.Identity, m.Pool, err)
+		}
+	}
+	return netns.BottleNetworks(m.Identity, m.Slot, pool)
+}
+
+// attachments converts a recorded container's attachments for netns.
+func (e *Engine) attachments(m *state.Meta, c state.Container) ([]netns.Attachment, error) {
+	internal, egress, err := e.networks(m)
+	if err != nil {
+		return nil, err
+	}
+	var out []netns.Attachment
+	for _, a := range c.Attachments {
+		addr, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			return nil, fmt.Errorf("bottle %s: container %s: address %q: %w", m.Identity, c.Name, a.Address, err)
+		}
+		n := internal
+		if a.Network == plan.NetEgress {
+			n = egress
+		}
+		out = append(out, netns.Attachment{Network: n, IfName: a.IfName, Addr: addr})
+	}
+	return out, nil
+}
+
+// killPoint ends the process abruptly after the named step when asked to (crash tests).
+func (e *Engine) killPoint(step string) {
+	if e.opts.KillAt == step {
+		e.log.Debug("killing myself as asked", "after", step)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
+
+// Stdio is the terminal or pipes the agent is attached to.
+type Stdio struct {
+	In       io.Reader
+	Out, Err io.Writer
+	TTY      bool
+}
+
+// ImportImage imports an OCI image archive into containerd (no network setup needed), for
+// hosts without a registry. It returns the image names.
+func ImportImage(ctx context.Context, opts Options, path string, progress func(string)) ([]string, error) {
+	c, err := ctr.Connect(ctx, opts.Address, opts.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.ImportArchiveFile(ctx, path, progress)
+}

@@ -1,0 +1,439 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/hostenv"
+	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/netns"
+	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/state"
+)
+
+// sidecarReadyTimeout bounds how long start waits for a sidecar to serve.
+const sidecarReadyTimeout = 20 * time.Second
+
+// StartOptions describe one `bottle start`.
+type StartOptions struct {
+	Manifest     *manifest.Manifest
+	ManifestPath string
+	Agent        string
+	// Workspace is the host directory for /workspace; CopyCwd gives the agent a copy.
+	Workspace string
+	CopyCwd   bool
+	// Command replaces the agent's command when non-empty.
+	Command []string
+	Detach  bool
+	Stdio   Stdio
+	// identity is set on resume.
+	identity string
+	slot     int
+}
+
+// Start runs a new bottle. Attached, it returns the agent's exit status once the agent
+// ends (the bottle is then stopped, ready for resume); detached, it returns 0 once the
+// agent runs. Any failure before that removes everything the start created.
+func (e *Engine) Start(ctx context.Context, so StartOptions) (int, error) {
+	agent := so.Manifest.Agents[so.Agent]
+	if agent == nil {
+		return 0, fmt.Errorf("unknown agent %q in %s", so.Agent, so.ManifestPath)
+	}
+	if so.identity == "" {
+		id, err := e.newIdentity(ctx, so.Agent)
+		if err != nil {
+			return 0, err
+		}
+		so.identity = id
+	}
+	return e.run(ctx, so, nil)
+}
+
+// newIdentity draws identities until one is unused (a collision of 24 random bits is rare,
+// but a leftover of an old bottle with the same name must not be adopted).
+func (e *Engine) newIdentity(ctx context.Context, agent string) (string, error) {
+	for range 5 {
+		suffix, err := hostenv.NewSuffix()
+		if err != nil {
+			return "", err
+		}
+		id := agent + "-" + suffix
+		if _, err := e.store.Load(id); err == nil {
+			continue
+		}
+		if exists, err := e.ctr.Exists(ctx, plan.ContainerName(id, plan.RoleAgent)); err != nil {
+			return "", err
+		} else if exists {
+			continue
+		}
+		return id, nil
+	}
+	return "", errors.New("could not draw an unused bottle identity; run `bottle cleanup`")
+}
+
+// run is the transaction shared by start and resume; prev is the recorded metadata on
+// resume (its containers are replaced, the agent's snapshot kept).
+func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (exit int, err error) {
+	// Ctrl-C or SIGTERM during setup cancels it, and the undo stack takes back every step.
+	setupCtx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stopSignals()
+	undo := &undoStack{}
+	committed := false
+	defer func() {
+		if !committed {
+			if uerr := undo.run(ctx, e.log); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("could not take back everything; run `bottle cleanup`: %w", uerr))
+			}
+		}
+	}()
+
+	agent := so.Manifest.Agents[so.Agent]
+	bottle := so.Manifest.Bottles[agent.Bottle]
+	if len(bottle.Git) > 0 {
+		return 0, fmt.Errorf("bottle %q declares git remotes, but this version of bottle has no git-gate yet; remove [[bottles.%s.git]] to start", agent.Bottle, agent.Bottle)
+	}
+	if bottle.Supervise {
+		return 0, fmt.Errorf("bottle %q enables supervise, but this version of bottle has no supervise sidecar yet; set supervise = false to start", agent.Bottle)
+	}
+	rt, err := ctr.DetectRuntime(firstNonEmpty(e.opts.RuntimeOverride, bottle.Runtime, "auto"), e.opts.RunscPath, e.opts.AllowUnsafeRunc)
+	if err != nil {
+		return 0, err
+	}
+	if ok, err := e.ctr.ImageExists(setupCtx, agent.Image); err != nil {
+		return 0, err
+	} else if !ok {
+		return 0, fmt.Errorf("agent image %s is not in containerd (namespace %s); import an OCI archive of it with `bottle image import FILE` or build it (README: agent image)", agent.Image, e.opts.Namespace)
+	}
+	pipelockPresent := false
+	if firstNonEmpty(e.opts.FilterOverride, bottle.Filter) != plan.FilterBuiltin {
+		if pipelockPresent, err = e.ctr.ImageExists(setupCtx, plan.DefaultPipelockImage); err != nil {
+			return 0, err
+		}
+	}
+	e.log.Info("preparing bottle", "identity", so.identity, "runtime", rt.String())
+	sidecarImage, err := e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version)
+	if err != nil {
+		return 0, err
+	}
+
+	slot := so.slot
+	if prev == nil {
+		if slot, err = netns.ReserveSlot(e.opts.StateDir, so.identity, e.opts.Pool); err != nil {
+			return 0, err
+		}
+		undo.push("release slot", func(context.Context) error { return netns.ReleaseSlot(e.opts.StateDir, so.identity) })
+	}
+	meta := &state.Meta{
+		Identity: so.identity, Agent: so.Agent, ManifestPath: so.ManifestPath, Workspace: so.Workspace,
+		CopyCwd: so.CopyCwd, Command: so.Command, Slot: slot, Pool: e.opts.Pool.String(),
+		Runtime: rt.String(), Phase: state.PhaseStarting, Detached: so.Detach,
+		Pid: os.Getpid(), CreatedAt: time.Now().UTC(), StartedAt: time.Now().UTC(),
+	}
+	if prev != nil {
+		meta.CreatedAt, meta.Pool = prev.CreatedAt, prev.Pool
+	}
+	meta.PidStart, _ = state.ProcessStart(meta.Pid)
+	internal, egress, err := e.networks(meta)
+	if err != nil {
+		return 0, err
+	}
+	p, err := plan.Build(plan.Input{
+		Manifest: so.Manifest, ManifestPath: so.ManifestPath, AgentName: so.Agent,
+		LookupEnv: os.LookupEnv, Identity: so.identity, WorkspaceOwner: hostenv.Owner(so.Workspace),
+		Workspace: so.Workspace, CopyWorkspace: so.CopyCwd, Command: so.Command,
+		StateDir: e.opts.StateDir, Internal: internal.Subnet, Egress: egress.Subnet,
+		SidecarImage: sidecarImage, PipelockPresent: pipelockPresent,
+		RuntimeOverride: rt.String(), FilterOverride: e.opts.FilterOverride,
+		SidecarResolvConf: e.opts.SidecarResolvConf, Strict: true,
+	})
+	if err != nil {
+		return 0, err
+	}
+	if p.Filter == plan.FilterPipelock {
+		return 0, errors.New("the pipelock filter is not wired up in this version yet; set filter = \"builtin\" in the manifest or pass --filter builtin")
+	}
+	meta.Filter = p.Filter
+	for _, c := range p.Containers {
+		rc := state.Container{Name: c.Name, Role: c.Role}
+		for _, a := range c.Attachments {
+			rc.Attachments = append(rc.Attachments, state.Attachment{Network: a.Network, IfName: a.IfName, Address: a.Address.String()})
+		}
+		meta.Containers = append(meta.Containers, rc)
+	}
+	if err := e.store.Save(meta); err != nil {
+		return 0, err
+	}
+	if prev == nil {
+		undo.push("remove bottle dir", func(context.Context) error { return e.store.Remove(so.identity) })
+	} else {
+		undo.push("mark stopped", func(context.Context) error {
+			meta.Phase, meta.Pid, meta.PidStart = state.PhaseStopped, 0, 0
+			return e.store.Save(meta)
+		})
+	}
+	e.killPoint("meta")
+
+	if err := e.writeStage(p); err != nil {
+		return 0, err
+	}
+	if err := netns.InstallFirewall(setupCtx, so.identity, internal); err != nil {
+		return 0, err
+	}
+	undo.push("remove firewall", func(ctx context.Context) error {
+		return errors.Join(netns.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
+	})
+	e.killPoint("firewall")
+
+	// Networks and containers of all parts are prepared at once.
+	err = parallel(p.Containers, func(c *plan.Container) error {
+		return e.prepareContainer(setupCtx, undo, meta, p, c, rt, so, prev != nil)
+	})
+	if err != nil {
+		return 0, err
+	}
+	e.killPoint("containers")
+
+	sidecars := slices.DeleteFunc(slices.Clone(p.Containers), func(c *plan.Container) bool { return c.Role == plan.RoleAgent })
+	err = parallel(sidecars, func(c *plan.Container) error {
+		if _, err := e.ctr.Start(setupCtx, c.Name, e.logPath(so.identity, c.Role)); err != nil {
+			return err
+		}
+		return e.waitReady(setupCtx, p, c)
+	})
+	if err != nil {
+		return 0, err
+	}
+	e.killPoint("sidecars")
+
+	agentName := plan.ContainerName(so.identity, plan.RoleAgent)
+	e.log.Info(fmt.Sprintf("bottle %s: filter %s; %s", so.identity, p.Filter, p.AllowlistSummary))
+	if so.Detach {
+		if _, err := e.ctr.Start(setupCtx, agentName, e.logPath(so.identity, plan.RoleAgent)); err != nil {
+			return 0, err
+		}
+		meta.Phase, meta.Pid, meta.PidStart = state.PhaseRunning, 0, 0
+		if err := e.store.Save(meta); err != nil {
+			return 0, err
+		}
+		committed = true
+		return 0, nil
+	}
+	meta.Phase = state.PhaseRunning
+	if err := e.store.Save(meta); err != nil {
+		return 0, err
+	}
+	committed = true
+	// From here on signals go to the agent (ctr.Run forwards them), not to our setup.
+	stopSignals()
+	exit, runErr := e.ctr.Run(ctx, agentName, ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY})
+	stopErr := e.Stop(context.WithoutCancel(ctx), so.identity)
+	if runErr != nil {
+		return exit, errors.Join(runErr, stopErr)
+	}
+	return exit, stopErr
+}
+
+// prepareContainer wires one container's netns and creates the container (on resume it
+// replaces the recorded container; the agent keeps its writable snapshot).
+func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *state.Meta, p *plan.Plan, c *plan.Container, rt ctr.Runtime, so StartOptions, resume bool) error {
+	var rec state.Container
+	for _, r := range meta.Containers {
+		if r.Name == c.Name {
+			rec = r
+		}
+	}
+	atts, err := e.attachments(meta, rec)
+	if err != nil {
+		return err
+	}
+	nsPath, err := e.net.Setup(ctx, c.Name, atts)
+	if err != nil {
+		return err
+	}
+	undo.push("teardown netns "+c.Name, func(ctx context.Context) error { return e.net.Teardown(ctx, c.Name, atts) })
+	cfg, err := e.ctr.ImageConfig(ctx, c.Image)
+	if err != nil {
+		return err
+	}
+	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), nsPath, c.Role == plan.RoleAgent && so.Stdio.TTY && !so.Detach)
+	if err != nil {
+		return err
+	}
+	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: rt}
+	if resume {
+		exists, err := e.ctr.Exists(ctx, c.Name)
+		if err != nil {
+			return err
+		}
+		if exists && c.Role == plan.RoleAgent {
+			return e.ctr.Update(ctx, cs)
+		}
+		if exists {
+			if err := e.ctr.Delete(ctx, c.Name); err != nil {
+				return err
+			}
+		}
+	}
+	if err := e.ctr.Create(ctx, cs); err != nil {
+		return err
+	}
+	if !resume {
+		undo.push("delete container "+c.Name, func(ctx context.Context) error { return e.ctr.Delete(ctx, c.Name) })
+	}
+	return nil
+}
+
+// finalizeSpec completes a planned spec with what only the runtime knows: the image's env
+// and default command, the netns path and the terminal. The plan itself is not changed.
+func finalizeSpec(c *plan.Container, imageEnv, imageArgs []string, nsPath string, tty bool) (*specs.Spec, error) {
+	data, err := json.Marshal(c.Spec)
+	if err != nil {
+		return nil, err
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, err
+	}
+	s.Process.Env = mergeEnv(imageEnv, s.Process.Env)
+	if len(s.Process.Args) == 0 {
+		if len(imageArgs) == 0 {
+			return nil, fmt.Errorf("container %s: image %s has no default command; set `command` in the manifest", c.Name, c.Image)
+		}
+		s.Process.Args = imageArgs
+	}
+	s.Process.Terminal = tty
+	for i := range s.Linux.Namespaces {
+		if s.Linux.Namespaces[i].Type == specs.NetworkNamespace {
+			s.Linux.Namespaces[i].Path = nsPath
+		}
+	}
+	return &s, nil
+}
+
+// mergeEnv puts the planned env over the image's env; PATH gets a default if neither has it.
+func mergeEnv(image, planned []string) []string {
+	vals := map[string]string{}
+	var order []string
+	for _, kv := range append(slices.Clone(image), planned...) {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, seen := vals[k]; !seen {
+			order = append(order, k)
+		}
+		vals[k] = v
+	}
+	if _, ok := vals["PATH"]; !ok {
+		order = append(order, "PATH")
+		vals["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
+	out := make([]string, 0, len(order))
+	for _, k := range order {
+		out = append(out, k+"="+vals[k])
+	}
+	return out
+}
+
+// writeStage writes the plan's stage files, the sidecars' writable run dirs and, with
+// --cwd, the copy of the workspace.
+func (e *Engine) writeStage(p *plan.Plan) error {
+	for _, f := range p.StageFiles {
+		path := filepath.Join(p.StageDir, f.Name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return fmt.Errorf("stage dir of %s: %w", p.Identity, err)
+		}
+		if err := os.WriteFile(path, []byte(f.Content), os.FileMode(f.Mode)); err != nil {
+			return fmt.Errorf("write stage file %s: %w", path, err)
+		}
+		if err := os.Chmod(path, os.FileMode(f.Mode)); err != nil {
+			return err
+		}
+	}
+	for _, c := range p.Containers {
+		if c.Role == plan.RoleAgent {
+			continue
+		}
+		dir := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role))
+		_ = os.Remove(filepath.Join(dir, plan.SidecarReadyFile))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("sidecar run dir %s: %w", dir, err)
+		}
+		if err := os.Chown(dir, plan.SidecarUID, plan.SidecarUID); err != nil {
+			return fmt.Errorf("sidecar run dir %s: %w", dir, err)
+		}
+	}
+	// The bottle dir is private, but the agent (non-root) must traverse to its mounts.
+	for _, d := range []string{filepath.Dir(p.StageDir), p.StageDir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			return err
+		}
+	}
+	if p.Workspace.Copy {
+		if _, err := os.Stat(p.Workspace.Source); err == nil {
+			return nil // resume keeps the agent's copy
+		}
+		if err := os.MkdirAll(p.Workspace.Source, 0o755); err != nil {
+			return fmt.Errorf("workspace copy of %s: %w", p.Identity, err)
+		}
+		if out, err := exec.Command("cp", "-a", "--", p.Workspace.Host+"/.", p.Workspace.Source).CombinedOutput(); err != nil {
+			return fmt.Errorf("copy workspace %s: %v: %s", p.Workspace.Host, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// waitReady waits until a sidecar reports that it serves, or its task ends.
+func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container) error {
+	ready := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarReadyFile)
+	deadline := time.Now().Add(sidecarReadyTimeout)
+	for delay := 2 * time.Millisecond; ; delay = min(delay*2, 50*time.Millisecond) {
+		if _, err := os.Stat(ready); err == nil {
+			return nil
+		}
+		info, err := e.ctr.Info(ctx, c.Name)
+		if err == nil && info.TaskStatus != ctr.TaskRunning && info.TaskStatus != ctr.TaskCreated {
+			return fmt.Errorf("%s sidecar %s exited before it was ready; its log: %s", c.Role, c.Name, e.logTail(p.Identity, c.Role))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s sidecar %s not ready after %s; its log: %s", c.Role, c.Name, sidecarReadyTimeout, e.logTail(p.Identity, c.Role))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+}
+
+func (e *Engine) logPath(identity, role string) string {
+	return filepath.Join(e.store.LogDir(identity), role+".log")
+}
+
+func (e *Engine) logTail(identity, role string) string {
+	data, err := os.ReadFile(e.logPath(identity, role))
+	if err != nil || len(data) == 0 {
+		return "(empty)"
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	return strings.Join(lines[max(0, len(lines)-5):], " | ")
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, x := range s {
+		if x != "" {
+			return x
+		}
+	}
+	return ""
+}

@@ -1,0 +1,200 @@
+// Package state keeps each bottle's recorded metadata under the state dir, so bottles can be
+// listed, resumed and cleaned up by identity after the process that started them is gone.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Phases of a bottle's life.
+const (
+	// PhaseStarting: start is in progress; if its process is gone, the bottle is an orphan.
+	PhaseStarting = "starting"
+	// PhaseRunning: the agent runs (attached to Pid's process, or detached when Pid is 0).
+	PhaseRunning = "running"
+	// PhaseStopped: tasks and networks are gone; containers and metadata stay for resume.
+	PhaseStopped = "stopped"
+)
+
+// Meta is what bottle records about one bottle. It holds no secret.
+type Meta struct {
+	Identity     string    `json:"identity"`
+	Agent        string    `json:"agent"`
+	ManifestPath string    `json:"manifest_path"`
+	Workspace    string    `json:"workspace"`
+	CopyCwd      bool      `json:"copy_cwd"`
+	Command      []string  `json:"command,omitempty"`
+	Slot         int       `json:"slot"`
+	Pool         string    `json:"pool"`
+	Runtime      string    `json:"runtime"`
+	Filter       string    `json:"filter"`
+	Phase        string    `json:"phase"`
+	Detached     bool      `json:"detached"`
+	Pid          int       `json:"pid,omitempty"`
+	PidStart     uint64    `json:"pid_start,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+	StartedAt    time.Time `json:"started_at"`
+	// Containers are recorded before any is created, so teardown finds them all.
+	Containers []Container `json:"containers"`
+}
+
+// Container is one recorded container of a bottle.
+type Container struct {
+	Name        string       `json:"name"`
+	Role        string       `json:"role"`
+	Attachments []Attachment `json:"attachments"`
+}
+
+// Attachment is a container's interface on one of the bottle's networks.
+type Attachment struct {
+	Network string `json:"network"` // internal | egress
+	IfName  string `json:"ifname"`
+	Address string `json:"address"`
+}
+
+// Store is the state dir.
+type Store struct{ Dir string }
+
+// BottleDir is where one bottle's files live.
+func (s Store) BottleDir(identity string) string { return filepath.Join(s.Dir, "bottles", identity) }
+
+// LogDir holds the bottle's container logs.
+func (s Store) LogDir(identity string) string { return filepath.Join(s.BottleDir(identity), "logs") }
+
+func (s Store) metaPath(identity string) string {
+	return filepath.Join(s.BottleDir(identity), "meta.json")
+}
+
+// ErrNotFound means no bottle with that identity is recorded.
+var ErrNotFound = errors.New("bottle not found")
+
+// Save writes the metadata atomically (0600; the dir is 0700).
+func (s Store) Save(m *Meta) error {
+	dir := s.BottleDir(m.Identity)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create bottle dir %s: %w", dir, err)
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".meta-*")
+	if err != nil {
+		return fmt.Errorf("write metadata of %s: %w", m.Identity, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write metadata of %s: %w", m.Identity, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), s.metaPath(m.Identity)); err != nil {
+		return fmt.Errorf("write metadata of %s: %w", m.Identity, err)
+	}
+	return nil
+}
+
+// Load reads one bottle's metadata; ErrNotFound when it has none.
+func (s Store) Load(identity string) (*Meta, error) {
+	data, err := os.ReadFile(s.metaPath(identity))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s (list bottles with `bottle ps`)", ErrNotFound, identity)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read metadata of %s: %w", identity, err)
+	}
+	var m Meta
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("metadata of %s is corrupt (%v); remove it with `bottle rm %s`", identity, err, identity)
+	}
+	return &m, nil
+}
+
+// List returns every recorded bottle, sorted by identity. Unreadable entries are
+// returned as identities in broken so cleanup can still remove them.
+func (s Store) List() (metas []*Meta, broken []string, err error) {
+	entries, err := os.ReadDir(filepath.Join(s.Dir, "bottles"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("list bottles in %s: %w", s.Dir, err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		m, err := s.Load(e.Name())
+		if err != nil {
+			broken = append(broken, e.Name())
+			continue
+		}
+		metas = append(metas, m)
+	}
+	sort.Slice(metas, func(i, j int) bool { return metas[i].Identity < metas[j].Identity })
+	return metas, broken, nil
+}
+
+// Remove deletes the bottle's dir (metadata, stage files, logs, workspace copy).
+func (s Store) Remove(identity string) error {
+	if identity == "" || strings.ContainsAny(identity, "/.") {
+		return fmt.Errorf("refusing to remove bottle dir for identity %q", identity)
+	}
+	if err := os.RemoveAll(s.BottleDir(identity)); err != nil {
+		return fmt.Errorf("remove bottle dir of %s: %w", identity, err)
+	}
+	return nil
+}
+
+// ProcessStart returns a process's start time (clock ticks since boot), to tell a live
+// process from a reused pid.
+func ProcessStart(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces and parentheses: fields start after the last ')'.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// OwnerAlive reports whether the process recorded in m (the one that started or is
+// attached to the bottle) still runs.
+func OwnerAlive(m *Meta) bool {
+	if m.Pid == 0 {
+		return false
+	}
+	start, err := ProcessStart(m.Pid)
+	return err == nil && start == m.PidStart
+}
+
+// Orphaned reports whether a bottle was abandoned: its start never finished, or it ran
+// attached to a process that is gone (nobody will stop it).
+func Orphaned(m *Meta) bool {
+	switch m.Phase {
+	case PhaseStarting:
+		return !OwnerAlive(m)
+	case PhaseRunning:
+		return !m.Detached && !OwnerAlive(m)
+	}
+	return false
+}
