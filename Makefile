@@ -10,12 +10,16 @@ STATICCHECK_VERSION ?= v0.8.2
 GOBIN_DIR := $(shell d=$$($(GO) env GOBIN); [ -n "$$d" ] || d=$$($(GO) env GOPATH)/bin; echo $$d)
 STATICCHECK := $(GOBIN_DIR)/staticcheck
 
-.PHONY: all build test lint fmt vet staticcheck tools setup clean
+.PHONY: all build run test lint fmt vet staticcheck tools setup clean bench-start bench-proxy
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/bottle ./cmd/bottle
+
+# The main job: a bottle on this directory (`sudo make run`, or CMD="..." to run a command).
+run:
+	scripts/run.sh $(CMD)
 
 test:
 	scripts/test.sh
@@ -43,6 +47,13 @@ tools:
 
 setup:
 	scripts/setup-host.sh --system
+
+# Speed targets (printed as ratios against a baseline measured in the same run).
+bench-start:
+	scripts/bench-start.sh
+
+bench-proxy:
+	scripts/bench-proxy.sh
 
 clean:
 	rm -rf bin

@@ -21,6 +21,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/ociarchive"
+	"github.com/bottle-dev/bottle/internal/runtime"
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
@@ -54,14 +55,14 @@ func TestMain(m *testing.M) {
 
 // env is one test's bottle environment: its own state dir on the shared test containerd.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	address  string
 	stateDir string
 	resolv   string
 	manifest string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	address := testutil.ContainerdAddress(t)
@@ -194,7 +195,7 @@ func (e *env) assertNothingLeft(ids ...string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	n, err := netns.New(netns.Options{StateDir: e.stateDir})
+	n, err := netns.New(netns.Options{StateDir: e.stateDir, NetnsDir: runtime.DefaultNetnsDir})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -222,7 +223,8 @@ func (e *env) assertNothingLeft(ids ...string) {
 		if _, err := os.Stat(filepath.Join(e.stateDir, "bottles", id)); err == nil {
 			e.t.Errorf("state dir of %s left", id)
 		}
-		for _, f := range []string{"/run/netns/bottle-bottle-" + id + "-agent", "/run/netns/bottle-bottle-" + id + "-filter"} {
+		for _, f := range []string{"bottle-bottle-" + id + "-agent", "bottle-bottle-" + id + "-filter"} {
+			f = filepath.Join(runtime.DefaultNetnsDir, f)
 			if _, err := os.Stat(f); err == nil {
 				e.t.Errorf("netns file %s left", f)
 			}
@@ -237,7 +239,7 @@ func (e *env) assertNothingLeft(ids ...string) {
 }
 
 // importTestImage puts the busybox test image into the test namespace (once).
-func importTestImage(t *testing.T, address string) {
+func importTestImage(t testing.TB, address string) {
 	t.Helper()
 	ctx := context.Background()
 	c, err := ctr.Connect(ctx, address, namespace)

@@ -23,6 +23,16 @@ func TestStartPropagatesExitStatusAndStdout(t *testing.T) {
 	id := e.identityOf("exit")
 	e.must("rm", id)
 	e.assertNothingLeft(id)
+
+	// With --rm the bottle is gone when the agent exits, and its status still comes through.
+	out, errOut, code = e.bottle(nil, "start", "--rm", "exit", "--", "/bin/sh", "-c", "echo $BOTTLE_IDENTITY; exit 3")
+	if code != 3 {
+		t.Fatalf("--rm: exit %d, want 3: %s %s", code, out, errOut)
+	}
+	if ps := e.ps(); len(ps) != 0 {
+		t.Errorf("--rm left bottles: %+v", ps)
+	}
+	e.assertNothingLeft(strings.TrimSpace(out))
 }
 
 // agentProbe is a shell script run in the agent: it prints its interfaces and routes and

@@ -3,7 +3,7 @@
 #
 # As root: installs/checks host prerequisites (scripts/setup-host.sh, no --system),
 # starts a private containerd in a fresh directory under /var/tmp, runs `make lint` and
-# `go test -count=1 -timeout 60m -v ./...` against it, and always stops that containerd
+# `go test -p 1 -count=1 -timeout 60m -v ./...` against it, and always stops that containerd
 # and removes its directory (also on failure or Ctrl-C).
 # Exported to the tests: BOTTLE_TEST_CONTAINERD_ADDRESS (socket), CONTAINERD_ADDRESS
 # (same), BOTTLE_TEST_RUNC_ROOT (runc/runsc --root for test containers).
@@ -54,9 +54,10 @@ if ! make --no-print-directory lint; then
 	status=1
 fi
 
-log "go test -count=1 -timeout 60m -v ./..."
+log "go test -p 1 -count=1 -timeout 60m -v ./..."
 start=$SECONDS
-if ! go test -count=1 -timeout 60m -v ./...; then
+# -p 1: e2e packages share the host network state (bridges, iptables, netns files).
+if ! go test -p 1 -count=1 -timeout 60m -v ./...; then
 	status=1
 fi
 log "go test took $((SECONDS - start)) s"

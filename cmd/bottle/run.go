@@ -107,7 +107,8 @@ func lifecycleCommands() []*cli.Command {
 			ArgsUsage:    "[AGENT] [-- CMD ARGS...]",
 			OnUsageError: onUsageError,
 			Flags: append(runFlags(), manifestFlag(),
-				&cli.BoolFlag{Name: "cwd", Usage: "give the agent a copy of the current directory instead of the directory itself"}),
+				&cli.BoolFlag{Name: "cwd", Usage: "give the agent a copy of the current directory instead of the directory itself"},
+				&cli.BoolFlag{Name: "rm", Usage: "remove the bottle when the agent exits (instead of keeping it stopped for `bottle resume`)"}),
 			Action: func(c *cli.Context) error {
 				m, src, err := loadManifest(c)
 				if err != nil {
@@ -117,6 +118,9 @@ func lifecycleCommands() []*cli.Command {
 				agent, err := agentName(args, m, src, "start")
 				if err != nil {
 					return err
+				}
+				if c.Bool("rm") && c.Bool("detach") {
+					return usageError{errors.New("--rm and --detach exclude each other: a detached bottle is removed with `bottle rm ID`")}
 				}
 				cwd, err := os.Getwd()
 				if err != nil {
@@ -129,7 +133,7 @@ func lifecycleCommands() []*cli.Command {
 				defer e.Close()
 				return exitWith(e.Start(c.Context, runtime.StartOptions{
 					Manifest: m, ManifestPath: src.Path, Agent: agent, Workspace: cwd,
-					CopyCwd: c.Bool("cwd"), Command: command, Detach: c.Bool("detach"), Stdio: stdio(),
+					CopyCwd: c.Bool("cwd"), Command: command, Detach: c.Bool("detach"), Remove: c.Bool("rm"), Stdio: stdio(),
 				}))
 			},
 		},

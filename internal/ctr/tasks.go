@@ -32,6 +32,10 @@ type IO struct {
 	Stdout io.Writer
 	Stderr io.Writer
 	TTY    bool
+	// BeforeStart, when set, runs once the task exists (for runsc: its sandbox is up) but
+	// before its process starts; an error removes the task. Run uses it to boot the
+	// sandbox while other work finishes.
+	BeforeStart func() error
 }
 
 // ForwardedSignals are relayed from bottle to the container's process while it runs
@@ -86,6 +90,12 @@ func (c *Client) Run(ctx context.Context, name string, stdio IO) (int, error) {
 		return -1, fmt.Errorf("run container %s: new task: %w", name, err)
 	}
 	att.ready(task)
+	if stdio.BeforeStart != nil {
+		if err := stdio.BeforeStart(); err != nil {
+			_, derr := c.deleteProcess(ctx, task)
+			return -1, errors.Join(err, derr)
+		}
+	}
 	code, err := c.runProcess(ctx, task, att)
 	if _, derr := c.deleteProcess(ctx, task); derr != nil {
 		err = errors.Join(err, derr)

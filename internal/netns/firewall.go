@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 )
 
@@ -25,6 +26,17 @@ func (t ipt) run(ctx context.Context, args ...string) (string, error) {
 		return stdout.String(), fmt.Errorf("%s %s: %w: %s", t.bin, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
+}
+
+// restore applies an iptables-restore script without flushing the table.
+func (t ipt) restore(ctx context.Context, script string) error {
+	bin := t.bin + "-restore"
+	cmd := exec.CommandContext(ctx, bin, "-w", "5", "--noflush")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", bin, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // exists reports whether a rule exists (iptables -C).
@@ -150,47 +162,60 @@ func RemoveFirewall(ctx context.Context, identity string) error {
 }
 
 // removeChain deletes every rule of the built-in filter chains that jumps to chain, then
-// flushes and deletes chain, for each family.
+// flushes and deletes chain, for each family (at once: teardown latency is start latency
+// for a user who runs one command after another).
 func removeChain(ctx context.Context, chain string) error {
 	fams, err := families()
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, t := range fams {
-		if err := removeChainFamily(ctx, t, "filter", chain, []string{"INPUT", "FORWARD", "OUTPUT"}); err != nil {
-			errs = append(errs, err)
-		}
+	errs := make([]error, len(fams))
+	done := make(chan struct{}, len(fams))
+	for i, t := range fams {
+		go func() {
+			errs[i] = removeChainFamily(ctx, t, "filter", chain, []string{"INPUT", "FORWARD", "OUTPUT"})
+			done <- struct{}{}
+		}()
+	}
+	for range fams {
+		<-done
 	}
 	return errors.Join(errs...)
 }
 
+// removeChainFamily lists the table once and removes the jumps and the chain in one
+// iptables-restore transaction. A concurrent change (another cleanup removing the same
+// rules) fails the transaction; it is then retried on a fresh listing.
 func removeChainFamily(ctx context.Context, t ipt, table, chain string, from []string) error {
-	for _, builtin := range from {
-		lines, err := t.rules(ctx, table, builtin)
+	var lastErr error
+	for range 3 {
+		lines, err := t.rules(ctx, table, "")
 		if err != nil {
 			return err
 		}
+		var script strings.Builder
+		exists := false
 		for _, l := range lines {
 			f := strings.Fields(l)
-			if len(f) < 2 || f[0] != "-A" || !jumpsTo(f, chain) {
+			if len(f) == 2 && f[0] == "-N" && f[1] == chain {
+				exists = true
+			}
+			if len(f) < 2 || f[0] != "-A" || !slices.Contains(from, f[1]) || !jumpsTo(f, chain) {
 				continue
 			}
-			if _, err := t.run(ctx, append([]string{"-t", table, "-D"}, f[1:]...)...); err != nil {
-				return err
-			}
+			script.WriteString("-D" + strings.TrimPrefix(l, "-A") + "\n")
+		}
+		if exists {
+			script.WriteString("-F " + chain + "\n-X " + chain + "\n")
+		}
+		if script.Len() == 0 {
+			return nil
+		}
+		if lastErr = t.restore(ctx, "*"+table+"\n"+script.String()+"COMMIT\n"); lastErr == nil {
+			return nil
 		}
 	}
-	if !t.chainExists(ctx, table, chain) {
-		return nil
-	}
-	if _, err := t.run(ctx, "-t", table, "-F", chain); err != nil {
-		return err
-	}
-	if _, err := t.run(ctx, "-t", table, "-X", chain); err != nil {
-		return err
-	}
-	return nil
+	return lastErr
 }
 
 func jumpsTo(fields []string, chain string) bool {

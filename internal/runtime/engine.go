@@ -20,6 +20,11 @@ import (
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
+// DefaultNetnsDir holds bottle's netns files. It is not iproute2's /run/netns on purpose:
+// `ip netns add` bind-mounts /run/netns onto itself, which hides the netns mounts made
+// before it and makes their files impossible to remove.
+const DefaultNetnsDir = "/run/bottle/netns"
+
 // DefaultPool is the address pool bottle networks are carved from.
 var DefaultPool = netip.MustParsePrefix("10.213.0.0/16")
 
@@ -28,7 +33,7 @@ type Options struct {
 	Address, Namespace string
 	StateDir           string
 	Pool               netip.Prefix
-	// NetnsDir holds the netns files (default /run/netns).
+	// NetnsDir holds the netns files (default DefaultNetnsDir).
 	NetnsDir string
 	// RuncRoot is the runc state root for runc-shim runtimes (default: the shim's).
 	RuncRoot string
@@ -61,6 +66,9 @@ func Open(ctx context.Context, opts Options) (*Engine, error) {
 	}
 	if !opts.Pool.IsValid() {
 		opts.Pool = DefaultPool
+	}
+	if opts.NetnsDir == "" {
+		opts.NetnsDir = DefaultNetnsDir
 	}
 	if opts.StateDir == "" || !filepath.IsAbs(opts.StateDir) {
 		return nil, fmt.Errorf("state dir %q must be an absolute path", opts.StateDir)

@@ -47,18 +47,29 @@ func (e *Engine) Stop(ctx context.Context, identity string) error {
 }
 
 func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
-	// The agent first, so it never runs without its proxies.
+	t0 := time.Now()
+	defer func() { e.log.Debug("stopped", "identity", m.Identity, "took", time.Since(t0).Round(time.Millisecond)) }()
+	stop := func(c state.Container) error {
+		if _, err := e.ctr.Stop(ctx, c.Name, stopTimeout); err != nil && !errdefs.IsNotFound(err) {
+			return err
+		}
+		return nil
+	}
+	// The agent first, so it never runs without its proxies; then everything else at once.
 	var errs []error
+	var rest []state.Container
 	for _, c := range m.Containers {
 		if c.Role == plan.RoleAgent {
-			if _, err := e.ctr.Stop(ctx, c.Name, stopTimeout); err != nil && !errdefs.IsNotFound(err) {
-				errs = append(errs, err)
-			}
+			errs = append(errs, stop(c))
 		}
 	}
-	errs = append(errs, parallel(m.Containers, func(c state.Container) error {
+	rest = append(rest, m.Containers...)
+	errs = append(errs, parallel(append(rest, state.Container{}), func(c state.Container) error {
+		if c.Name == "" { // the firewall slot: no agent task is left to protect
+			return netns.RemoveFirewall(ctx, m.Identity)
+		}
 		if c.Role != plan.RoleAgent {
-			if _, err := e.ctr.Stop(ctx, c.Name, stopTimeout); err != nil && !errdefs.IsNotFound(err) {
+			if err := stop(c); err != nil {
 				return err
 			}
 		}
@@ -72,7 +83,7 @@ func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	errs = append(errs, netns.RemoveFirewall(ctx, m.Identity), e.net.RemoveNetworks(ctx, m.Identity, []netns.Network{internal, egress}))
+	errs = append(errs, e.net.RemoveNetworks(ctx, m.Identity, []netns.Network{internal, egress}))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stop bottle %s: %w", m.Identity, err)
 	}

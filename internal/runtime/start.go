@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -38,7 +39,9 @@ type StartOptions struct {
 	// Command replaces the agent's command when non-empty.
 	Command []string
 	Detach  bool
-	Stdio   Stdio
+	// Remove deletes the bottle when the agent exits instead of keeping it for resume.
+	Remove bool
+	Stdio  Stdio
 	// identity is set on resume.
 	identity string
 	slot     int
@@ -100,6 +103,10 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		}
 	}()
 
+	t0 := time.Now()
+	step := func(name string) {
+		e.log.Debug("start step done", "step", name, "elapsed", time.Since(t0).Round(time.Millisecond))
+	}
 	agent := so.Manifest.Agents[so.Agent]
 	bottle := so.Manifest.Bottles[agent.Bottle]
 	if len(bottle.Git) > 0 {
@@ -128,6 +135,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	if err != nil {
 		return 0, err
 	}
+	step("images")
 
 	slot := so.slot
 	if prev == nil {
@@ -185,6 +193,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		})
 	}
 	e.killPoint("meta")
+	step("meta")
 
 	if err := e.writeStage(p); err != nil {
 		return 0, err
@@ -196,31 +205,43 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		return errors.Join(netns.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
 	})
 	e.killPoint("firewall")
+	step("firewall")
 
-	// Networks and containers of all parts are prepared at once.
-	err = parallel(p.Containers, func(c *plan.Container) error {
-		return e.prepareContainer(setupCtx, undo, meta, p, c, rt, so, prev != nil)
-	})
-	if err != nil {
-		return 0, err
+	// Every part is prepared at once: each sidecar gets its netns and container and starts
+	// as soon as it can, while the agent's netns and container are made.
+	sidecars := slices.DeleteFunc(slices.Clone(p.Containers), func(c *plan.Container) bool { return c.Role == plan.RoleAgent })
+	sidecarsDone := make(chan error, 1)
+	go func() {
+		err := parallel(sidecars, func(c *plan.Container) error {
+			if err := e.prepareContainer(setupCtx, undo, meta, p, c, rt, so, prev != nil); err != nil {
+				return err
+			}
+			if _, err := e.ctr.Start(setupCtx, c.Name, e.logPath(so.identity, c.Role)); err != nil {
+				return err
+			}
+			return e.waitReady(setupCtx, p, c)
+		})
+		if err == nil {
+			e.killPoint("sidecars")
+			step("sidecars ready")
+		}
+		sidecarsDone <- err
+	}()
+	// Whatever happens, the sidecars' goroutine has finished before undo runs.
+	waitSidecars := sync.OnceValue(func() error { return <-sidecarsDone })
+	if err := e.prepareContainer(setupCtx, undo, meta, p, p.Container(plan.RoleAgent), rt, so, prev != nil); err != nil {
+		return 0, errors.Join(err, waitSidecars())
 	}
 	e.killPoint("containers")
-
-	sidecars := slices.DeleteFunc(slices.Clone(p.Containers), func(c *plan.Container) bool { return c.Role == plan.RoleAgent })
-	err = parallel(sidecars, func(c *plan.Container) error {
-		if _, err := e.ctr.Start(setupCtx, c.Name, e.logPath(so.identity, c.Role)); err != nil {
-			return err
-		}
-		return e.waitReady(setupCtx, p, c)
-	})
-	if err != nil {
-		return 0, err
-	}
-	e.killPoint("sidecars")
+	step("agent container")
 
 	agentName := plan.ContainerName(so.identity, plan.RoleAgent)
-	e.log.Info(fmt.Sprintf("bottle %s: filter %s; %s", so.identity, p.Filter, p.AllowlistSummary))
+	banner := fmt.Sprintf("bottle %s: filter %s; %s", so.identity, p.Filter, p.AllowlistSummary)
 	if so.Detach {
+		if err := waitSidecars(); err != nil {
+			return 0, err
+		}
+		e.log.Info(banner)
 		if _, err := e.ctr.Start(setupCtx, agentName, e.logPath(so.identity, plan.RoleAgent)); err != nil {
 			return 0, err
 		}
@@ -231,15 +252,32 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		committed = true
 		return 0, nil
 	}
-	meta.Phase = state.PhaseRunning
-	if err := e.store.Save(meta); err != nil {
-		return 0, err
+	// The agent's sandbox boots while the sidecars start; its process starts only once
+	// they serve. Until then a failure still takes everything back.
+	commit := func() error {
+		if err := waitSidecars(); err != nil {
+			return err
+		}
+		e.log.Info(banner)
+		meta.Phase = state.PhaseRunning
+		if err := e.store.Save(meta); err != nil {
+			return err
+		}
+		committed = true
+		// From here on signals go to the agent (ctr.Run forwards them), not to our setup.
+		stopSignals()
+		return nil
 	}
-	committed = true
-	// From here on signals go to the agent (ctr.Run forwards them), not to our setup.
-	stopSignals()
-	exit, runErr := e.ctr.Run(ctx, agentName, ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY})
+	exit, runErr := e.ctr.Run(ctx, agentName, ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit})
+	if !committed {
+		return 0, errors.Join(runErr, waitSidecars())
+	}
+	step("agent ran")
 	stopErr := e.Stop(context.WithoutCancel(ctx), so.identity)
+	if so.Remove && stopErr == nil {
+		stopErr = e.Remove(context.WithoutCancel(ctx), so.identity)
+	}
+	step("stopped")
 	if runErr != nil {
 		return exit, errors.Join(runErr, stopErr)
 	}
@@ -397,7 +435,7 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container) error {
 	ready := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarReadyFile)
 	deadline := time.Now().Add(sidecarReadyTimeout)
-	for delay := 2 * time.Millisecond; ; delay = min(delay*2, 50*time.Millisecond) {
+	for delay := 2 * time.Millisecond; ; delay = min(delay*2, 10*time.Millisecond) {
 		if _, err := os.Stat(ready); err == nil {
 			return nil
 		}
