@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,13 +28,15 @@ import (
 
 const (
 	namespace = "bottle-e2e"
-	testImage = "bottle.local/test-busybox:e2e"
 	// pool is a test-only address pool; slots that clash with host routes are skipped.
 	pool = "10.214.0.0/20"
 )
 
-// bottleBin is a static build of ./cmd/bottle.
-var bottleBin string
+// testImage is busybox plus the probe binary; its tag names the probe build.
+var testImage string
+
+// bottleBin is a static build of ./cmd/bottle; probeBin of ./e2e/probe.
+var bottleBin, probeBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "bottle-e2e-bin")
@@ -48,6 +51,18 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build bottle: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	probeBin = filepath.Join(dir, "probe")
+	build = exec.Command("go", "build", "-trimpath", "-o", probeBin, "./probe")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build probe: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	data, err := os.ReadFile(probeBin)
+	if err != nil {
+		panic(err)
+	}
+	testImage = fmt.Sprintf("bottle.local/test-busybox:e2e-%x", sha256.Sum256(data))[:len("bottle.local/test-busybox:e2e-")+12]
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -252,7 +267,9 @@ func importTestImage(t testing.TB, address string) {
 	} else if ok {
 		return
 	}
-	if err := c.ImportImage(ctx, ociarchive.BusyboxImage(testImage, "/bin/busybox"), nil); err != nil {
+	img := ociarchive.BusyboxImage(testImage, "/bin/busybox")
+	img.Entries = append(img.Entries, ociarchive.Entry{Path: "/usr/local/bin/probe", Type: ociarchive.File, Mode: 0o755, Source: probeBin})
+	if err := c.ImportImage(ctx, img, nil); err != nil {
 		t.Fatalf("import test image: %v", err)
 	}
 }

@@ -31,6 +31,9 @@ func runFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "allow-unsafe-runc", Usage: "allow runtime runc (NO gVisor sandbox: the agent shares the host kernel)"},
 		&cli.StringFlag{Name: "pool", Value: runtime.DefaultPool.String(), Usage: "address pool for bottle networks"},
 		&cli.StringFlag{Name: "resolv-conf", Usage: "resolver config for sidecars that leave the bottle (default: the host's)"},
+		&cli.StringSliceFlag{Name: "add-host", Usage: "extra hosts entry NAME:IP for the sidecars that leave the bottle (repeatable)"},
+		&cli.StringFlag{Name: "ca-file", Usage: "PEM file of extra CAs the egress-proxy trusts for upstreams (a private CA)"},
+		&cli.StringFlag{Name: "pipelock-image", Usage: "pipelock image (overrides the manifest's and the pinned default)"},
 		&cli.StringFlag{Name: "runc-root", Hidden: true, Usage: "runc state root (tests)"},
 	}
 }
@@ -57,6 +60,22 @@ func openEngine(c *cli.Context) (*runtime.Engine, error) {
 		}
 		opts.Pool = pool
 	}
+	for _, h := range c.StringSlice("add-host") {
+		name, ip, ok := strings.Cut(h, ":")
+		addr, err := netip.ParseAddr(ip)
+		if !ok || err != nil || name == "" {
+			return nil, usageError{fmt.Errorf("--add-host %q: want NAME:IP", h)}
+		}
+		opts.SidecarHosts = append(opts.SidecarHosts, plan.HostEntry{Name: name, Addr: addr})
+	}
+	if f := c.String("ca-file"); f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--ca-file: %w", err)}
+		}
+		opts.ExtraCA = string(data)
+	}
+	opts.PipelockImage = c.String("pipelock-image")
 	if c.IsSet("resolv-conf") {
 		data, err := os.ReadFile(c.String("resolv-conf"))
 		if err != nil {

@@ -57,6 +57,8 @@ type Bottle struct {
 	Runtime string `toml:"runtime" json:"runtime,omitempty"`
 	// Filter is auto | pipelock | builtin.
 	Filter string `toml:"filter" json:"filter,omitempty"`
+	// PipelockImage overrides the pinned pipelock image.
+	PipelockImage string `toml:"pipelock_image" json:"pipelock_image,omitempty"`
 	// Resources limits the agent container.
 	Resources Resources `toml:"resources" json:"resources"`
 }

@@ -102,13 +102,18 @@ type Input struct {
 	Internal, Egress netip.Prefix
 	// SidecarImage is bottle's own sidecar image (its static binary at /bottle).
 	SidecarImage string
-	// PipelockImage and PipelockPresent decide the filter when the choice is auto.
+	// PipelockImage (see PipelockImageFor) and PipelockPresent decide the filter when the
+	// choice is auto.
 	PipelockImage   string
 	PipelockPresent bool
 	// RuntimeOverride and FilterOverride come from flags; empty means the manifest's choice.
 	RuntimeOverride, FilterOverride string
 	// SidecarResolvConf is the resolv.conf content for sidecars that leave the bottle.
 	SidecarResolvConf string
+	// SidecarHosts are extra /etc/hosts entries of the sidecars (e.g. an internal mirror).
+	SidecarHosts []HostEntry
+	// ExtraCA is PEM the egress-proxy trusts besides the system roots (a private CA).
+	ExtraCA string
 	// Strict makes unresolved host env (forwarded names, route credentials) an error.
 	Strict bool
 }
@@ -175,6 +180,14 @@ type Route struct {
 	Header   string   `json:"header"`
 	Scheme   string   `json:"scheme"`
 	Roles    []string `json:"roles,omitempty"`
+	// CAFile is the extra CA bundle's path inside the egress-proxy (Input.ExtraCA).
+	CAFile string `json:"ca_file,omitempty"`
+}
+
+// HostEntry is one /etc/hosts line.
+type HostEntry struct {
+	Name string     `json:"name"`
+	Addr netip.Addr `json:"addr"`
 }
 
 // StageFile is a file the runtime writes into the stage dir before the containers start.
@@ -259,7 +272,11 @@ func Build(in Input) (*Plan, error) {
 	p.Allowlist = EffectiveAllowlist(bottle)
 	p.AllowlistSummary = AllowlistSummary(p.Allowlist)
 	for _, r := range bottle.EgressProxy.Routes {
-		p.Routes = append(p.Routes, Route{Host: strings.ToLower(r.Host), TokenRef: r.TokenRef, Header: r.HeaderName(), Scheme: r.SchemeName(), Roles: r.Roles()})
+		route := Route{Host: strings.ToLower(r.Host), TokenRef: r.TokenRef, Header: r.HeaderName(), Scheme: r.SchemeName(), Roles: r.Roles()}
+		if in.ExtraCA != "" {
+			route.CAFile = extraCAPath
+		}
+		p.Routes = append(p.Routes, route)
 	}
 
 	b := &builder{in: in, p: p, agent: agent, bottle: bottle}
@@ -292,6 +309,9 @@ func (b *builder) build() (*Plan, error) {
 		StageFile{Name: "sidecar/hosts", Mode: 0o644, Content: b.hostsFile(roles, "")},
 		StageFile{Name: "sidecar/resolv.conf", Mode: 0o644, Content: b.in.SidecarResolvConf},
 	)
+	if b.in.ExtraCA != "" {
+		p.StageFiles = append(p.StageFiles, StageFile{Name: "sidecar/extra-ca.pem", Mode: 0o644, Content: b.in.ExtraCA})
+	}
 	for _, role := range roles {
 		var c *Container
 		var err error
@@ -336,6 +356,11 @@ func (b *builder) hostsFile(roles []string, self string) string {
 			continue
 		}
 		fmt.Fprintf(&s, "%s\t%s\n", b.addr(r, NetInternal), r)
+	}
+	if self == "" {
+		for _, h := range b.in.SidecarHosts {
+			fmt.Fprintf(&s, "%s\t%s\n", h.Addr, h.Name)
+		}
 	}
 	return s.String()
 }
@@ -482,7 +507,10 @@ func (b *builder) filterContainer() (*Container, error) {
 	listen := fmt.Sprintf("%s:%d", b.addr(RoleFilter, NetInternal), FilterPort)
 	stage := b.p.StageDir
 	if b.p.Filter == FilterPipelock {
-		c := b.newContainer(RoleFilter, firstNonEmpty(b.in.PipelockImage, DefaultPipelockImage), true)
+		// pipelock cannot report readiness in a file: it listens on every interface so
+		// the host can ask GET /health on the egress side.
+		listen = fmt.Sprintf("0.0.0.0:%d", FilterPort)
+		c := b.newContainer(RoleFilter, PipelockImageFor(b.bottle, b.in.PipelockImage), true)
 		b.p.StageFiles = append(b.p.StageFiles, StageFile{Name: "filter/pipelock.yaml", Mode: 0o644, Content: PipelockConfig(b.p.Allowlist, DefaultInternalCIDRs)})
 		spec, err := b.sidecarSpec(RoleFilter, []string{"/pipelock", "run", "--listen", listen, "--config", "/etc/pipelock/pipelock.yaml"}, nil,
 			WithBind(path.Join(stage, "filter/pipelock.yaml"), "/etc/pipelock/pipelock.yaml", true))
@@ -518,8 +546,11 @@ func (b *builder) egressProxyContainer() (*Container, error) {
 		return nil, err
 	}
 	b.p.StageFiles = append(b.p.StageFiles, StageFile{Name: "egress-proxy/routes.json", Mode: 0o644, Content: string(cfg) + "\n"})
-	spec, err := b.sidecarSpec(RoleEgressProxy, []string{"/bottle", "sidecar", "egress-proxy", "--config", "/etc/bottle/routes.json"}, env,
-		WithBind(path.Join(b.p.StageDir, "egress-proxy/routes.json"), "/etc/bottle/routes.json", true))
+	mounts := []SpecOpt{WithBind(path.Join(b.p.StageDir, "egress-proxy/routes.json"), "/etc/bottle/routes.json", true)}
+	if b.in.ExtraCA != "" {
+		mounts = append(mounts, WithBind(path.Join(b.p.StageDir, "sidecar/extra-ca.pem"), extraCAPath, true))
+	}
+	spec, err := b.sidecarSpec(RoleEgressProxy, []string{"/bottle", "sidecar", "egress-proxy", "--config", "/etc/bottle/routes.json"}, env, mounts...)
 	c.Spec = spec
 	sort.Strings(c.SecretEnv)
 	return c, err
@@ -548,8 +579,17 @@ func SidecarRunDir(role string) string { return path.Join("run", role) }
 // SidecarReadyFile is created in /run/bottle by a sidecar once it serves.
 const SidecarReadyFile = "ready"
 
+// extraCAPath is where the egress-proxy finds Input.ExtraCA.
+const extraCAPath = "/etc/bottle/extra-ca.pem"
+
 // SidecarUID is the unprivileged user every sidecar runs as.
 const SidecarUID = 65534
+
+// PipelockImageFor is the pipelock image of a bottle: the override (a flag), else the
+// manifest's, else the pinned default.
+func PipelockImageFor(b *manifest.Bottle, override string) string {
+	return firstNonEmpty(override, b.PipelockImage, DefaultPipelockImage)
+}
 
 // RouteURL is the base URL through which the agent reaches a route's upstream.
 func RouteURL(host string) string {

@@ -43,8 +43,14 @@ type Options struct {
 	// RunscPath is where runsc is (default: search PATH, then /usr/local/bin).
 	RunscPath string
 	Version   string
-	// SidecarResolvConf is the resolver config of sidecars that leave the bottle.
+	// SidecarResolvConf is the resolver config of sidecars that leave the bottle;
+	// SidecarHosts are extra hosts entries for them.
 	SidecarResolvConf string
+	SidecarHosts      []plan.HostEntry
+	// ExtraCA is PEM the egress-proxy trusts besides the system roots.
+	ExtraCA string
+	// PipelockImage overrides the manifest's pipelock image.
+	PipelockImage string
 	// KillAt makes start SIGKILL itself after the named step (crash tests only).
 	KillAt string
 	Log    *slog.Logger

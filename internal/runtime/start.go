@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -124,9 +126,10 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	} else if !ok {
 		return 0, fmt.Errorf("agent image %s is not in containerd (namespace %s); import an OCI archive of it with `bottle image import FILE` or build it (README: agent image)", agent.Image, e.opts.Namespace)
 	}
+	pipelockImage := plan.PipelockImageFor(bottle, e.opts.PipelockImage)
 	pipelockPresent := false
 	if firstNonEmpty(e.opts.FilterOverride, bottle.Filter) != plan.FilterBuiltin {
-		if pipelockPresent, err = e.ctr.ImageExists(setupCtx, plan.DefaultPipelockImage); err != nil {
+		if pipelockPresent, err = e.ctr.ImageExists(setupCtx, pipelockImage); err != nil {
 			return 0, err
 		}
 	}
@@ -163,15 +166,16 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		LookupEnv: os.LookupEnv, Identity: so.identity, WorkspaceOwner: hostenv.Owner(so.Workspace),
 		Workspace: so.Workspace, CopyWorkspace: so.CopyCwd, Command: so.Command,
 		StateDir: e.opts.StateDir, Internal: internal.Subnet, Egress: egress.Subnet,
-		SidecarImage: sidecarImage, PipelockPresent: pipelockPresent,
+		SidecarImage: sidecarImage, PipelockImage: pipelockImage, PipelockPresent: pipelockPresent,
+		SidecarHosts: e.opts.SidecarHosts, ExtraCA: e.opts.ExtraCA,
 		RuntimeOverride: rt.String(), FilterOverride: e.opts.FilterOverride,
 		SidecarResolvConf: e.opts.SidecarResolvConf, Strict: true,
 	})
 	if err != nil {
 		return 0, err
 	}
-	if p.Filter == plan.FilterPipelock {
-		return 0, errors.New("the pipelock filter is not wired up in this version yet; set filter = \"builtin\" in the manifest or pass --filter builtin")
+	if p.Filter == plan.FilterPipelock && !pipelockPresent {
+		return 0, fmt.Errorf("filter pipelock: image %s is not in containerd; import it with `bottle image import FILE`, or use filter = \"builtin\"", pipelockImage)
 	}
 	meta.Filter = p.Filter
 	for _, c := range p.Containers {
@@ -431,12 +435,29 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 	return nil
 }
 
-// waitReady waits until a sidecar reports that it serves, or its task ends.
+// waitReady waits until a sidecar serves, or its task ends. Our sidecars create a ready
+// file; pipelock is asked GET /health on its egress address (the host cannot reach the
+// internal network).
 func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container) error {
-	ready := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarReadyFile)
+	ready := func() bool {
+		_, err := os.Stat(filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarReadyFile))
+		return err == nil
+	}
+	if c.Role == plan.RoleFilter && p.Filter == plan.FilterPipelock {
+		url := fmt.Sprintf("http://%s/health", netip.AddrPortFrom(egressAddr(c), plan.FilterPort))
+		client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil}}
+		ready = func() bool {
+			resp, err := client.Get(url)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		}
+	}
 	deadline := time.Now().Add(sidecarReadyTimeout)
 	for delay := 2 * time.Millisecond; ; delay = min(delay*2, 10*time.Millisecond) {
-		if _, err := os.Stat(ready); err == nil {
+		if ready() {
 			return nil
 		}
 		info, err := e.ctr.Info(ctx, c.Name)
@@ -474,4 +495,14 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// egressAddr is a container's address on the egress network.
+func egressAddr(c *plan.Container) netip.Addr {
+	for _, a := range c.Attachments {
+		if a.Network == plan.NetEgress {
+			return a.Address
+		}
+	}
+	return netip.Addr{}
 }
