@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -47,7 +46,7 @@ func (m *Manager) RemoveNetworks(ctx context.Context, identity string, nets []Ne
 		errs = append(errs, err)
 	}
 	for _, n := range nets {
-		if err := deleteBridge(ctx, n.Bridge); err != nil {
+		if err := deleteBridge(n.Bridge); err != nil {
 			errs = append(errs, err)
 		}
 		if err := removeIPAMDir(n.Name); err != nil {
@@ -71,22 +70,19 @@ func removeIPAMDir(network string) error {
 var bridgeNameRE = regexp.MustCompile(`^b[ie]-[0-9a-f]{8}$`)
 
 // deleteBridge deletes a bottle bridge; a missing one is fine.
-func deleteBridge(ctx context.Context, name string) error {
+func deleteBridge(name string) error {
 	if !bridgeNameRE.MatchString(name) {
 		return fmt.Errorf("refusing to delete interface %q: not a bottle bridge (bi-/be-<8 hex>)", name)
 	}
-	if _, err := net.InterfaceByName(name); err != nil {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
 		return nil
 	}
 	if _, err := os.Stat(filepath.Join("/sys/class/net", name, "bridge")); err != nil {
 		return fmt.Errorf("refusing to delete interface %s: it is not a bridge (remove it by hand if it is stale)", name)
 	}
-	out, err := exec.CommandContext(ctx, "ip", "link", "delete", "dev", name).CombinedOutput()
-	if err != nil {
-		if _, lerr := net.InterfaceByName(name); lerr != nil {
-			return nil // raced with another deletion
-		}
-		return fmt.Errorf("delete bridge %s (ip link delete): %w: %s", name, err, strings.TrimSpace(string(out)))
+	if err := deleteLink(ifi.Index); err != nil {
+		return fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	return nil
 }
@@ -310,7 +306,7 @@ func (m *Manager) Sweep(ctx context.Context, keep func(identity string) bool) (L
 			case KindChain:
 				done(l, removeChain(ctx, l.Name))
 			case KindBridge:
-				done(l, deleteBridge(ctx, l.Name))
+				done(l, deleteBridge(l.Name))
 			case KindIPAMDir:
 				done(l, removeIPAMDir(l.network))
 			case KindSlot:

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/testutil"
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/plugins/pkg/ns"
 )
 
@@ -155,11 +156,20 @@ func (b *testBottle) assertGone(ctx context.Context) {
 	if strings.Contains(string(nat), b.identity) {
 		t.Errorf("nat table still references bottle %s:\n%s", b.identity, nat)
 	}
-	for _, pattern := range []string{"results/bottle-" + b.identity + "-*", "networks/bottle-" + b.identity + "-*"} {
-		if m, _ := filepath.Glob(filepath.Join(CNICacheDir, pattern)); len(m) > 0 {
-			t.Errorf("CNI cache entries left: %v", m)
+	for _, n := range []Network{b.internal, b.egress} {
+		for _, c := range []string{b.agentName(), b.sidecarName()} {
+			if chain := masqChain(n.Name, c); strings.Contains(string(nat), chain) {
+				t.Errorf("nat chain %s of network %s container %s still there:\n%s", chain, n.Name, c, nat)
+			}
 		}
 	}
+	// Nothing anywhere in the CNI state directory names the bottle (results, IPAM dirs, ...).
+	_ = filepath.WalkDir(CNICacheDir, func(p string, _ fs.DirEntry, err error) error {
+		if err == nil && strings.Contains(filepath.Base(p), b.identity) {
+			t.Errorf("CNI state entry left: %s", p)
+		}
+		return nil
+	})
 	left, err := b.m.Leftovers(ctx)
 	if err != nil {
 		t.Errorf("Leftovers: %v", err)
@@ -547,4 +557,225 @@ func BenchmarkSetupTeardown(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// setupBottle runs Setup for the agent (internal) and the sidecar (internal + egress) and
+// returns the host ends of their veth pairs.
+func (b *testBottle) setupBottle(ctx context.Context) []sysLink {
+	t := b.t
+	t.Helper()
+	if _, err := b.m.Setup(ctx, b.agentName(), b.agentAtts()); err != nil {
+		t.Fatalf("setup agent: %v", err)
+	}
+	if _, err := b.m.Setup(ctx, b.sidecarName(), b.sidecarAtts()); err != nil {
+		t.Fatalf("setup sidecar: %v", err)
+	}
+	return b.hostVeths(3)
+}
+
+// hostVeths returns the ports of the bottle's bridges and checks there are want of them.
+func (b *testBottle) hostVeths(want int) []sysLink {
+	t := b.t
+	t.Helper()
+	var all []sysLink
+	for _, br := range []string{b.internal.Bridge, b.egress.Bridge} {
+		p, err := bridgePorts(br)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, p...)
+	}
+	if len(all) != want {
+		t.Fatalf("bridges of %s have ports %v, want %d", b.identity, all, want)
+	}
+	return all
+}
+
+func (b *testBottle) teardownBottle(ctx context.Context) error {
+	return b.m.TeardownBottle(ctx, b.identity, map[string][]Attachment{
+		b.agentName():   b.agentAtts(),
+		b.sidecarName(): b.sidecarAtts(),
+	}, []Network{b.internal, b.egress})
+}
+
+func assertVethsGone(t *testing.T, veths []sysLink) {
+	t.Helper()
+	for _, v := range veths {
+		if i, err := readIfIndex(v.name); err != nil || i == v.index {
+			t.Errorf("host veth %s (index %d) still there (%v)", v.name, v.index, err)
+		}
+	}
+}
+
+// TestE2ETeardownBottle takes a whole bottle's networking down in one call and checks that
+// nothing is left: netns files, veth pairs (also of a netns still held open), bridges,
+// masquerade rules and chains, CNI cache results, IPAM dirs; a second call is a no-op.
+func TestE2ETeardownBottle(t *testing.T) {
+	m := e2eManager(t)
+	ctx := context.Background()
+	b := newTestBottle(t, m, freeTestPool(t))
+	veths := b.setupBottle(ctx)
+
+	// Precondition: the state that must go exists.
+	if masq, err := listMasq(ctx); err != nil || !slices.ContainsFunc(masq, func(l Leftover) bool { return l.Identity == b.identity }) {
+		t.Fatalf("no masquerade rule of %s after setup (%v): the test would prove nothing", b.identity, err)
+	}
+	if cached, _ := m.cachedAttachments(""); !slices.ContainsFunc(cached, func(ca *libcni.NetworkAttachment) bool {
+		id, _ := identityFromNetworkName(ca.Network)
+		return id == b.identity
+	}) {
+		t.Fatal("no CNI cache result after setup: the test would prove nothing")
+	}
+	// runsc removes the IPv4 addresses from the netns it copies (so the plugin's DEL could
+	// not find the masquerade rules by address any more).
+	runIn(t, m.NetnsPath(b.sidecarName()), "ip", "-4", "addr", "flush", "dev", "eth1")
+	// A process left in the agent's netns keeps it alive after the unmount: its veth pair
+	// must still go.
+	held, err := os.Open(m.NetnsPath(b.agentName()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+
+	start := time.Now()
+	if err := b.teardownBottle(ctx); err != nil {
+		t.Fatalf("TeardownBottle: %v", err)
+	}
+	t.Logf("TeardownBottle took %v", time.Since(start))
+	assertVethsGone(t, veths)
+	held.Close()
+	// The firewall and the slot are separate.
+	if err := RemoveFirewall(ctx, b.identity); err != nil {
+		t.Fatal(err)
+	}
+	if err := ReleaseSlot(m.stateDir, b.identity); err != nil {
+		t.Fatal(err)
+	}
+	b.assertGone(ctx)
+
+	if err := b.teardownBottle(ctx); err != nil {
+		t.Fatalf("second TeardownBottle (idempotent): %v", err)
+	}
+	b.assertGone(ctx)
+
+	// Bad input names the bottle and touches nothing.
+	other := newTestBottle(t, m, freeTestPool(t))
+	err = m.TeardownBottle(ctx, b.identity, map[string][]Attachment{other.agentName(): nil}, nil)
+	if err == nil || !strings.Contains(err.Error(), b.identity) {
+		t.Errorf("TeardownBottle with another bottle's container: %v, want an error naming %s", err, b.identity)
+	}
+	if err := m.TeardownBottle(ctx, b.identity, nil, []Network{other.internal}); err == nil {
+		t.Error("TeardownBottle accepted another bottle's network")
+	}
+}
+
+// TestE2ETeardownBottlePartial tears down bottles whose start stopped half way.
+func TestE2ETeardownBottlePartial(t *testing.T) {
+	m := e2eManager(t)
+	ctx := context.Background()
+	pool := freeTestPool(t)
+
+	// Only the agent was set up: no egress bridge, no sidecar netns.
+	agentOnly := newTestBottle(t, m, pool)
+	if _, err := m.Setup(ctx, agentOnly.agentName(), agentOnly.agentAtts()); err != nil {
+		t.Fatal(err)
+	}
+	agentVeths := agentOnly.hostVeths(1)
+
+	// The sidecar was set up, then its netns file vanished (its cache results, masquerade
+	// rule and bridges remain); the agent never was.
+	sidecarOnly := newTestBottle(t, m, pool)
+	if _, err := m.Setup(ctx, sidecarOnly.sidecarName(), sidecarOnly.sidecarAtts()); err != nil {
+		t.Fatal(err)
+	}
+	sidecarVeths := sidecarOnly.hostVeths(2)
+	if err := removeNetnsFile(m.NetnsPath(sidecarOnly.sidecarName())); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, b := range []*testBottle{agentOnly, sidecarOnly} {
+		if err := b.teardownBottle(ctx); err != nil {
+			t.Fatalf("TeardownBottle of %s: %v", b.identity, err)
+		}
+		if err := RemoveFirewall(ctx, b.identity); err != nil {
+			t.Fatal(err)
+		}
+		if err := ReleaseSlot(m.stateDir, b.identity); err != nil {
+			t.Fatal(err)
+		}
+		b.assertGone(ctx)
+		if err := b.teardownBottle(ctx); err != nil {
+			t.Fatalf("second TeardownBottle of %s: %v", b.identity, err)
+		}
+	}
+	assertVethsGone(t, agentVeths)
+	assertVethsGone(t, sidecarVeths)
+}
+
+// BenchmarkTeardownBottle measures taking down a bottle's networking (agent on internal,
+// sidecar on internal + egress) the old way (Teardown of each container concurrently, then
+// RemoveNetworks, as internal/runtime did) and with TeardownBottle. Setup is not timed.
+func BenchmarkTeardownBottle(b *testing.B) {
+	testutil.RequireRoot(b)
+	tmp := b.TempDir()
+	m, err := New(Options{NetnsDir: filepath.Join(tmp, "netns"), LockFile: filepath.Join(tmp, "cni.lock"), StateDir: tmp})
+	if err != nil {
+		testutil.Missing(b, "CNI plugins: %v", err)
+	}
+	ctx := context.Background()
+	id := "nettest-b" + IdentityHash(tmp)[:5]
+	in, eg, err := BottleNetworks(id, 1, netip.MustParsePrefix("10.254.240.0/20"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	host, err := hostPrefixes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if p, clash := overlapsAny(host, in.Subnet, eg.Subnet); clash {
+		b.Skipf("benchmark subnets overlap host network %s", p)
+	}
+	agentAtt, _ := in.Attach("eth0", HostAgent)
+	sideIn, _ := in.Attach("eth0", HostFilter)
+	sideEg, _ := eg.Attach("eth1", HostFilter)
+	containers := map[string][]Attachment{
+		"bottle-" + id:             {agentAtt},
+		"bottle-" + id + "-filter": {sideIn, sideEg},
+	}
+	nets := []Network{in, eg}
+	b.Cleanup(func() { _ = m.TeardownBottle(ctx, id, containers, nets) })
+	setup := func(b *testing.B) {
+		b.StopTimer()
+		for name, atts := range containers {
+			if _, err := m.Setup(ctx, name, atts); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+	}
+	b.Run("old", func(b *testing.B) {
+		for range b.N {
+			setup(b)
+			errs := make(chan error, len(containers))
+			for name, atts := range containers {
+				go func() { errs <- m.Teardown(ctx, name, atts) }()
+			}
+			for range containers {
+				if err := <-errs; err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := m.RemoveNetworks(ctx, id, nets); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("new", func(b *testing.B) {
+		for range b.N {
+			setup(b)
+			if err := m.TeardownBottle(ctx, id, containers, nets); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

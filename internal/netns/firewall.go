@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // ipt runs one iptables-family binary.
@@ -37,17 +38,6 @@ func (t ipt) restore(ctx context.Context, script string) error {
 		return fmt.Errorf("%s: %w: %s", bin, err, strings.TrimSpace(string(out)))
 	}
 	return nil
-}
-
-// exists reports whether a rule exists (iptables -C).
-func (t ipt) exists(ctx context.Context, table, chain string, rule ...string) bool {
-	_, err := t.run(ctx, append([]string{"-t", table, "-C", chain}, rule...)...)
-	return err == nil
-}
-
-func (t ipt) chainExists(ctx context.Context, table, chain string) bool {
-	_, err := t.run(ctx, "-t", table, "-S", chain, "1")
-	return err == nil
 }
 
 // rules returns `iptables -S` lines of table (chain optional).
@@ -115,39 +105,53 @@ func InstallFirewall(ctx context.Context, identity string, internal Network) err
 		return fmt.Errorf("install firewall of bottle %s: %w", identity, err)
 	}
 	chain := FirewallChain(identity)
-	for _, t := range fams {
-		if err := installFamily(ctx, t, internal.Bridge, chain); err != nil {
-			rerr := RemoveFirewall(context.WithoutCancel(ctx), identity)
-			return errors.Join(fmt.Errorf("install firewall of bottle %s (%s chain %s): %w", identity, t.bin, chain, err), rerr)
-		}
+	errs := make([]error, len(fams))
+	var wg sync.WaitGroup
+	for i, t := range fams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := installFamily(ctx, t, internal.Bridge, chain); err != nil {
+				errs[i] = fmt.Errorf("install firewall of bottle %s (%s chain %s): %w", identity, t.bin, chain, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return errors.Join(err, RemoveFirewall(context.WithoutCancel(ctx), identity))
 	}
 	return nil
 }
 
+// installFamily writes the chain and the jumps to it in one iptables-restore
+// transaction: the chain is filled before anything jumps to it, so it never passes
+// traffic half-built, and a failure changes nothing.
 func installFamily(ctx context.Context, t ipt, bridge, chain string) error {
-	if t.chainExists(ctx, "filter", chain) {
-		if _, err := t.run(ctx, "-t", "filter", "-F", chain); err != nil {
-			return err
-		}
-	} else if _, err := t.run(ctx, "-t", "filter", "-N", chain); err != nil {
+	lines, err := t.rules(ctx, "filter", "")
+	if err != nil {
 		return err
 	}
-	// Fill the chain before jumping to it, so it never passes traffic half-built.
-	if _, err := t.run(ctx, "-t", "filter", "-A", chain, "-i", bridge, "-o", bridge, "-j", "ACCEPT"); err != nil {
-		return err
+	have := map[string]bool{}
+	for _, l := range lines {
+		have[l] = true
 	}
-	if _, err := t.run(ctx, "-t", "filter", "-A", chain, "-j", "DROP"); err != nil {
-		return err
+	var script strings.Builder
+	script.WriteString("*filter\n")
+	if have["-N "+chain] {
+		script.WriteString("-F " + chain + "\n")
+	} else {
+		script.WriteString(":" + chain + " - [0:0]\n")
 	}
+	script.WriteString("-A " + chain + " -i " + bridge + " -o " + bridge + " -j ACCEPT\n")
+	script.WriteString("-A " + chain + " -j DROP\n")
 	for _, j := range jumps(bridge, chain) {
-		if t.exists(ctx, "filter", j[0], j[1:]...) {
+		if have["-A "+strings.Join(j, " ")] {
 			continue
 		}
-		if _, err := t.run(ctx, append([]string{"-t", "filter", "-I", j[0], "1"}, j[1:]...)...); err != nil {
-			return err
-		}
+		script.WriteString("-I " + j[0] + " 1 " + strings.Join(j[1:], " ") + "\n")
 	}
-	return nil
+	script.WriteString("COMMIT\n")
+	return t.restore(ctx, script.String())
 }
 
 // RemoveFirewall removes the chain of identity and every jump to it; missing ones are fine.

@@ -55,35 +55,36 @@ func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
 		}
 		return nil
 	}
-	// The agent first, so it never runs without its proxies; then everything else at once.
+	// The agent first, so it never runs without its proxies; then the sidecars and the
+	// firewall rules at once; then the networks of every container in one go.
 	var errs []error
-	var rest []state.Container
+	var sidecars []state.Container
 	for _, c := range m.Containers {
 		if c.Role == plan.RoleAgent {
 			errs = append(errs, stop(c))
+		} else {
+			sidecars = append(sidecars, c)
 		}
 	}
-	rest = append(rest, m.Containers...)
-	errs = append(errs, parallel(append(rest, state.Container{}), func(c state.Container) error {
-		if c.Name == "" { // the firewall slot: no agent task is left to protect
+	errs = append(errs, parallel(append(sidecars, state.Container{}), func(c state.Container) error {
+		if c.Name == "" { // the firewall's turn: no agent task is left to protect
 			return netns.RemoveFirewall(ctx, m.Identity)
 		}
-		if c.Role != plan.RoleAgent {
-			if err := stop(c); err != nil {
-				return err
-			}
-		}
-		atts, err := e.attachments(m, c)
-		if err != nil {
-			return err
-		}
-		return e.net.Teardown(ctx, c.Name, atts)
+		return stop(c)
 	}))
 	internal, egress, err := e.networks(m)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	errs = append(errs, e.net.RemoveNetworks(ctx, m.Identity, []netns.Network{internal, egress}))
+	containers := map[string][]netns.Attachment{}
+	for _, c := range m.Containers {
+		atts, err := e.attachments(m, c)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		containers[c.Name] = atts
+	}
+	errs = append(errs, e.net.TeardownBottle(ctx, m.Identity, containers, []netns.Network{internal, egress}))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stop bottle %s: %w", m.Identity, err)
 	}
