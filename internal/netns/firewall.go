@@ -326,3 +326,19 @@ func splitQuoted(s string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// CheckFirewall reports whether the iptables families bottle programs are usable.
+func CheckFirewall(ctx context.Context) ([]string, error) {
+	fams, err := families()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, t := range fams {
+		if _, err := t.rules(ctx, "filter", "INPUT"); err != nil {
+			return nil, fmt.Errorf("%s does not work: %w", t.bin, err)
+		}
+		names = append(names, t.bin)
+	}
+	return names, nil
+}

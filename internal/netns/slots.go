@@ -253,3 +253,31 @@ func procNetRoutes() ([]netip.Prefix, error) {
 	}
 	return out, sc.Err()
 }
+
+// FirstFreeSlot returns the first slot of pool that is neither reserved in stateDir nor
+// overlapping a host network, without reserving it (for `bottle doctor`).
+func FirstFreeSlot(stateDir string, pool netip.Prefix) (int, error) {
+	n, err := SlotCount(pool)
+	if err != nil {
+		return 0, err
+	}
+	taken, err := listSlots(stateDir)
+	if err != nil {
+		return 0, err
+	}
+	hostNets, err := hostPrefixes()
+	if err != nil {
+		return 0, err
+	}
+	for k := range n {
+		in, eg, _ := slotSubnets(k, pool)
+		if _, ok := taken[k]; ok {
+			continue
+		}
+		if _, ok := overlapsAny(hostNets, in, eg); ok {
+			continue
+		}
+		return k, nil
+	}
+	return 0, fmt.Errorf("no free slot in subnet pool %s: %d reserved in %s, the rest overlap host networks; stop bottles, run `bottle cleanup`, or choose another pool with --pool", pool, len(taken), slotsDir(stateDir))
+}

@@ -1,0 +1,277 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/hostenv"
+	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/netns"
+	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/state"
+)
+
+// Check is one line of `bottle doctor`.
+type Check struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // ok | warn | fail
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Check statuses; fail means a start would not work.
+const (
+	CheckOK   = "ok"
+	CheckWarn = "warn"
+	CheckFail = "fail"
+)
+
+func (c Check) String() string {
+	s := fmt.Sprintf("%-5s %-13s %s", c.Status, c.Name, c.Detail)
+	if c.Fix != "" {
+		s += "; fix: " + c.Fix
+	}
+	return s
+}
+
+// DoctorOptions add what only doctor asks about to the engine options.
+type DoctorOptions struct {
+	Options
+	// PluginDirs overrides where CNI plugins are looked for.
+	PluginDirs []string
+	Manifest   *manifest.Manifest
+	// ManifestPath names the manifest in messages.
+	ManifestPath string
+}
+
+const setupFix = "sudo make setup (scripts/setup-host.sh --system)"
+
+// Doctor checks everything a start needs and explains each problem with its fix. It
+// changes nothing on the host except a short test sandbox it removes again.
+func Doctor(ctx context.Context, o DoctorOptions) []Check {
+	var checks []Check
+	add := func(name, status, detail, fix string) {
+		checks = append(checks, Check{Name: name, Status: status, Detail: detail, Fix: fix})
+	}
+	if os.Geteuid() == 0 {
+		add("root", CheckOK, "running as root", "")
+	} else {
+		add("root", CheckFail, "not root: containers, netns and firewall rules need root", "run bottle with sudo")
+	}
+
+	c, err := ctr.Connect(ctx, o.Address, o.Namespace, runcRootOpt(o.Options)...)
+	if err != nil {
+		add("containerd", CheckFail, oneLine(err), "") // the error says how to start it
+	} else {
+		defer c.Close()
+		if v, err := c.Version(ctx); err != nil {
+			add("containerd", CheckFail, oneLine(err), setupFix)
+			c = nil
+		} else {
+			add("containerd", CheckOK, fmt.Sprintf("%s on %s (namespace %s)", v, o.Address, o.Namespace), "")
+		}
+	}
+
+	rt, err := ctr.DetectRuntime(firstNonEmpty(o.RuntimeOverride, "auto"), o.RunscPath, o.AllowUnsafeRunc)
+	if err != nil {
+		add("runsc", CheckFail, oneLine(err), "") // the error says how to install it
+	} else {
+		add("runsc", CheckOK, fmt.Sprintf("%s (runtime %s, static)", rt.RunscPath, rt.Handler), "")
+		if c != nil {
+			if err := sandboxCheck(ctx, c, rt, o.Version); err != nil {
+				add("sandbox", CheckFail, "a test sandbox did not run: "+oneLine(err), "see `bottle --debug doctor` and the containerd log; "+setupFix)
+			} else {
+				add("sandbox", CheckOK, fmt.Sprintf("a %s sandbox starts and runs bottle's sidecar image", rt.Handler), "")
+			}
+		}
+	}
+
+	if n, err := netns.New(netns.Options{PluginDirs: o.PluginDirs, StateDir: o.StateDir, NetnsDir: o.NetnsDir}); err != nil {
+		add("cni", CheckFail, oneLine(err), "") // the error says what to install
+	} else {
+		add("cni", CheckOK, "plugins in "+strings.Join(n.PluginDirs(), ", "), "")
+		if c != nil {
+			checks = append(checks, leftoverCheck(ctx, c, n, o.StateDir))
+		}
+	}
+	if fams, err := netns.CheckFirewall(ctx); err != nil {
+		add("iptables", CheckFail, oneLine(err), "install iptables (Debian: apt-get install iptables)")
+	} else {
+		add("iptables", CheckOK, strings.Join(fams, " and ")+" usable", "")
+	}
+	if v, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err != nil {
+		add("ip_forward", CheckWarn, oneLine(err), "")
+	} else if strings.TrimSpace(string(v)) == "1" {
+		add("ip_forward", CheckOK, "on (sidecars can leave through the egress network)", "")
+	} else {
+		add("ip_forward", CheckWarn, "off; the first bottle's egress network turns it on (the agent's internal network stays blocked by bottle's firewall rules)", "")
+	}
+	if slot, err := netns.FirstFreeSlot(o.StateDir, o.Pool); err != nil {
+		add("subnet", CheckFail, oneLine(err), "remove bottles (`bottle rm`, `bottle cleanup`) or choose another --pool")
+	} else {
+		internal, egress, _ := netns.BottleNetworks("doctor-000000", slot, o.Pool)
+		add("subnet", CheckOK, fmt.Sprintf("next bottle gets %s and %s from pool %s", internal.Subnet, egress.Subnet, o.Pool), "")
+	}
+	if c != nil && o.Manifest != nil {
+		checks = append(checks, imageChecks(ctx, c, o)...)
+	}
+	return checks
+}
+
+// Blocking reports whether any check failed.
+func Blocking(checks []Check) bool {
+	for _, c := range checks {
+		if c.Status == CheckFail {
+			return true
+		}
+	}
+	return false
+}
+
+func runcRootOpt(o Options) []ctr.Option {
+	if o.RuncRoot != "" {
+		return []ctr.Option{ctr.WithRuncRoot(o.RuncRoot)}
+	}
+	return nil
+}
+
+// sandboxCheck runs `/bottle version` from the sidecar image under the runtime.
+func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version string) error {
+	ref, err := c.EnsureSidecarImage(ctx, version)
+	if err != nil {
+		return err
+	}
+	suffix, err := hostenv.NewSuffix()
+	if err != nil {
+		return err
+	}
+	name := "bottle-doctor-" + suffix
+	spec, err := plan.NewSpec(plan.WithArgs("/bottle", "version"), plan.WithUser(plan.SidecarUID, plan.SidecarUID), plan.WithReadonlyRootfs)
+	if err != nil {
+		return err
+	}
+	if err := c.Create(ctx, ctr.ContainerSpec{Name: name, Image: ref, Labels: map[string]string{plan.LabelRole: "doctor"}, Spec: spec, Runtime: rt}); err != nil {
+		return err
+	}
+	defer c.Delete(context.WithoutCancel(ctx), name)
+	var out bytes.Buffer
+	runCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	code, err := c.Run(runCtx, name, ctr.IO{Stdout: &out, Stderr: &out})
+	if err != nil {
+		return err
+	}
+	if code != 0 || !strings.HasPrefix(out.String(), "bottle ") {
+		return fmt.Errorf("exit %d, output %q", code, out.String())
+	}
+	return nil
+}
+
+func leftoverCheck(ctx context.Context, c *ctr.Client, n *netns.Manager, stateDir string) Check {
+	var items []string
+	if metas, broken, err := (state.Store{Dir: stateDir}).List(); err == nil {
+		for _, m := range metas {
+			if state.Orphaned(m) {
+				items = append(items, "orphaned bottle "+m.Identity)
+			}
+		}
+		for _, b := range broken {
+			items = append(items, "unreadable bottle dir "+filepath.Join(stateDir, "bottles", b))
+		}
+	}
+	owned := map[string]bool{}
+	if metas, _, err := (state.Store{Dir: stateDir}).List(); err == nil {
+		for _, m := range metas {
+			owned[m.Identity] = !state.Orphaned(m)
+		}
+	}
+	if left, err := c.Leftovers(ctx); err == nil {
+		for _, ci := range left.Containers {
+			if !owned[ci.Labels[plan.LabelIdentity]] {
+				items = append(items, "container "+ci.Name)
+			}
+		}
+		for _, t := range left.Tasks {
+			items = append(items, "task "+t)
+		}
+		for _, s := range left.Snapshots {
+			if !keepsSnapshot(owned, s) {
+				items = append(items, "snapshot "+s)
+			}
+		}
+	}
+	if left, err := n.Leftovers(ctx); err == nil {
+		for _, l := range left {
+			if !owned[l.Identity] {
+				items = append(items, l.String())
+			}
+		}
+	}
+	if len(items) == 0 {
+		return Check{Name: "leftovers", Status: CheckOK, Detail: "none"}
+	}
+	shown := items
+	if len(shown) > 5 {
+		shown = append(shown[:5:5], fmt.Sprintf("... (%d in all)", len(items)))
+	}
+	return Check{Name: "leftovers", Status: CheckWarn, Detail: strings.Join(shown, ", "), Fix: "sudo bottle cleanup"}
+}
+
+func imageChecks(ctx context.Context, c *ctr.Client, o DoctorOptions) []Check {
+	var checks []Check
+	seen := map[string]bool{}
+	for _, name := range o.Manifest.AgentNames() {
+		a := o.Manifest.Agents[name]
+		if seen[a.Image] {
+			continue
+		}
+		seen[a.Image] = true
+		if ok, err := c.ImageExists(ctx, a.Image); err != nil || !ok {
+			fix := "import an OCI archive of it: sudo bottle image import FILE"
+			if a.Image == "bottle.local/agent-claude:latest" {
+				fix = "build it: sudo scripts/build-agent-image.sh"
+			}
+			checks = append(checks, Check{Name: "agent image", Status: CheckFail, Detail: fmt.Sprintf("%s (agent %s, %s) is not in containerd", a.Image, name, o.ManifestPath), Fix: fix})
+		} else {
+			checks = append(checks, Check{Name: "agent image", Status: CheckOK, Detail: fmt.Sprintf("%s (agent %s)", a.Image, name)})
+		}
+	}
+	for _, name := range manifestBottleNames(o.Manifest) {
+		b := o.Manifest.Bottles[name]
+		img := plan.PipelockImageFor(b, o.PipelockImage)
+		ok, _ := c.ImageExists(ctx, img)
+		choice := firstNonEmpty(o.FilterOverride, b.Filter, "auto")
+		switch {
+		case ok:
+			checks = append(checks, Check{Name: "filter image", Status: CheckOK, Detail: fmt.Sprintf("pipelock %s present (bottle %s, filter %s)", img, name, choice)})
+		case choice == plan.FilterPipelock:
+			checks = append(checks, Check{Name: "filter image", Status: CheckFail, Detail: fmt.Sprintf("bottle %s wants pipelock but %s is not in containerd", name, img), Fix: "import it (sudo bottle image import FILE) or set filter = \"builtin\""})
+		default:
+			checks = append(checks, Check{Name: "filter image", Status: CheckOK, Detail: fmt.Sprintf("bottle %s uses the builtin filter (pipelock %s not present)", name, img)})
+		}
+	}
+	return checks
+}
+
+func manifestBottleNames(m *manifest.Manifest) []string {
+	var names []string
+	for _, a := range m.AgentNames() {
+		b := m.Agents[a].Bottle
+		found := false
+		for _, n := range names {
+			found = found || n == b
+		}
+		if !found {
+			names = append(names, b)
+		}
+	}
+	return names
+}
+
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
