@@ -38,6 +38,16 @@ func runFlags() []cli.Flag {
 	}
 }
 
+// withEngine opens the engine for one command and closes it afterwards.
+func withEngine(c *cli.Context, fn func(*runtime.Engine) error) error {
+	e, err := openEngine(c)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	return fn(e)
+}
+
 // openEngine builds engine options from the global and command flags.
 func openEngine(c *cli.Context) (*runtime.Engine, error) {
 	opts := runtime.Options{
@@ -145,15 +155,12 @@ func lifecycleCommands() []*cli.Command {
 				if err != nil {
 					return fmt.Errorf("current directory: %w", err)
 				}
-				e, err := openEngine(c)
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				return exitWith(e.Start(c.Context, runtime.StartOptions{
-					Manifest: m, ManifestPath: src.Path, Agent: agent, Workspace: cwd,
-					CopyCwd: c.Bool("cwd"), Command: command, Detach: c.Bool("detach"), Remove: c.Bool("rm"), Stdio: stdio(),
-				}))
+				return withEngine(c, func(e *runtime.Engine) error {
+					return exitWith(e.Start(c.Context, runtime.StartOptions{
+						Manifest: m, ManifestPath: src.Path, Agent: agent, Workspace: cwd,
+						CopyCwd: c.Bool("cwd"), Command: command, Detach: c.Bool("detach"), Remove: c.Bool("rm"), Stdio: stdio(),
+					}))
+				})
 			},
 		},
 		{
@@ -167,23 +174,20 @@ func lifecycleCommands() []*cli.Command {
 				if err != nil {
 					return err
 				}
-				e, err := openEngine(c)
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				load := func(path string) (*manifest.Manifest, string, error) {
-					if path == manifest.DefaultName {
-						path = ""
+				return withEngine(c, func(e *runtime.Engine) error {
+					load := func(path string) (*manifest.Manifest, string, error) {
+						if path == manifest.DefaultName {
+							path = ""
+						}
+						src, data, err := manifest.Locate(path, func(string) string { return "" })
+						if err != nil {
+							return nil, "", err
+						}
+						m, err := manifest.Load(src.Path, data)
+						return m, src.Path, err
 					}
-					src, data, err := manifest.Locate(path, func(string) string { return "" })
-					if err != nil {
-						return nil, "", err
-					}
-					m, err := manifest.Load(src.Path, data)
-					return m, src.Path, err
-				}
-				return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
+					return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
+				})
 			},
 		},
 		{
@@ -192,36 +196,33 @@ func lifecycleCommands() []*cli.Command {
 			OnUsageError: onUsageError,
 			Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 			Action: func(c *cli.Context) error {
-				e, err := openEngine(c)
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				list, err := e.List(c.Context)
-				if err != nil {
-					return err
-				}
-				if c.Bool("json") {
-					enc := json.NewEncoder(c.App.Writer)
-					enc.SetIndent("", "  ")
-					return enc.Encode(list)
-				}
-				tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "IDENTITY\tAGENT\tPHASE\tCONTAINERS\tWORKSPACE")
-				for _, s := range list {
-					phase := s.Phase
-					if s.Orphaned {
-						phase += " (orphaned: bottle cleanup)"
+				return withEngine(c, func(e *runtime.Engine) error {
+					list, err := e.List(c.Context)
+					if err != nil {
+						return err
 					}
-					var parts []string
-					for _, role := range []string{plan.RoleAgent, plan.RoleFilter, plan.RoleEgressProxy, plan.RoleGitGate, plan.RoleSupervise} {
-						if st, ok := s.Containers[role]; ok {
-							parts = append(parts, role+":"+st)
+					if c.Bool("json") {
+						enc := json.NewEncoder(c.App.Writer)
+						enc.SetIndent("", "  ")
+						return enc.Encode(list)
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "IDENTITY\tAGENT\tPHASE\tCONTAINERS\tWORKSPACE")
+					for _, s := range list {
+						phase := s.Phase
+						if s.Orphaned {
+							phase += " (orphaned: bottle cleanup)"
 						}
+						var parts []string
+						for _, role := range []string{plan.RoleAgent, plan.RoleFilter, plan.RoleEgressProxy, plan.RoleGitGate, plan.RoleSupervise} {
+							if st, ok := s.Containers[role]; ok {
+								parts = append(parts, role+":"+st)
+							}
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Identity, s.Agent, phase, strings.Join(parts, " "), s.Workspace)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Identity, s.Agent, phase, strings.Join(parts, " "), s.Workspace)
-				}
-				return tw.Flush()
+					return tw.Flush()
+				})
 			},
 		},
 		identityCommand("stop", "stop a bottle (its containers stay for `bottle resume`)", func(ctx context.Context, e *runtime.Engine, id string) error {
@@ -244,12 +245,9 @@ func lifecycleCommands() []*cli.Command {
 				if err != nil {
 					return err
 				}
-				e, err := openEngine(c)
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				return e.Logs(c.Context, id, c.String("role"), c.Bool("follow"), c.App.Writer)
+				return withEngine(c, func(e *runtime.Engine) error {
+					return e.Logs(c.Context, id, c.String("role"), c.Bool("follow"), c.App.Writer)
+				})
 			},
 		},
 		{
@@ -265,12 +263,9 @@ func lifecycleCommands() []*cli.Command {
 				if _, _, err := plan.ParseIdentity(args[0]); err != nil {
 					return usageError{err}
 				}
-				e, err := openEngine(c)
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				return exitWith(e.Exec(c.Context, args[0], command, stdio()))
+				return withEngine(c, func(e *runtime.Engine) error {
+					return exitWith(e.Exec(c.Context, args[0], command, stdio()))
+				})
 			},
 		},
 		{
@@ -279,14 +274,11 @@ func lifecycleCommands() []*cli.Command {
 			OnUsageError: onUsageError,
 			Flags:        []cli.Flag{&cli.BoolFlag{Name: "all", Usage: "remove every bottle, running or not"}},
 			Action: func(c *cli.Context) error {
-				e, err := openEngine(c)
-				if err != nil {
+				return withEngine(c, func(e *runtime.Engine) error {
+					rep, err := e.Cleanup(c.Context, c.Bool("all"))
+					fmt.Fprintln(c.App.Writer, rep.String())
 					return err
-				}
-				defer e.Close()
-				rep, err := e.Cleanup(c.Context, c.Bool("all"))
-				fmt.Fprintln(c.App.Writer, rep.String())
-				return err
+				})
 			},
 		},
 	}
@@ -303,12 +295,7 @@ func identityCommand(name, usage string, fn func(context.Context, *runtime.Engin
 			if err != nil {
 				return err
 			}
-			e, err := openEngine(c)
-			if err != nil {
-				return err
-			}
-			defer e.Close()
-			return fn(c.Context, e, id)
+			return withEngine(c, func(e *runtime.Engine) error { return fn(c.Context, e, id) })
 		},
 	}
 }

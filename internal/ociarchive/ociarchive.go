@@ -129,7 +129,21 @@ func Write(w io.Writer, img Image) (Result, error) {
 		Size:      int64(len(layer)),
 	}
 
-	osName, arch := img.OS, img.Architecture
+	layerBytes := func(w io.Writer) error {
+		_, err := w.Write(layer)
+		return err
+	}
+	res, err := writeLayout(w, []string{img.Ref}, img.OS, img.Architecture, img.Config, layerDesc, diffID, layerBytes)
+	if err != nil {
+		return Result{}, fmt.Errorf("OCI archive %s: %w", img.Ref, err)
+	}
+	return res, nil
+}
+
+// writeLayout writes the OCI image layout tar of a single-layer image to w: the config
+// and manifest made from the arguments, an index naming the manifest once per ref, and
+// the layer blob, whose bytes writeLayer copies.
+func writeLayout(w io.Writer, refs []string, osName, arch string, c Config, layerDesc ocispec.Descriptor, diffID digest.Digest, writeLayer func(io.Writer) error) (Result, error) {
 	if osName == "" {
 		osName = "linux"
 	}
@@ -142,18 +156,18 @@ func Write(w io.Writer, img Image) (Result, error) {
 		Created:  &created,
 		Platform: platform,
 		Config: ocispec.ImageConfig{
-			Env:        img.Config.Env,
-			Entrypoint: img.Config.Entrypoint,
-			Cmd:        img.Config.Cmd,
-			WorkingDir: img.Config.WorkingDir,
-			User:       img.Config.User,
-			Labels:     img.Config.Labels,
+			Env:        c.Env,
+			Entrypoint: c.Entrypoint,
+			Cmd:        c.Cmd,
+			WorkingDir: c.WorkingDir,
+			User:       c.User,
+			Labels:     c.Labels,
 		},
 		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
 	}
 	cfgBlob, err := json.Marshal(cfg)
 	if err != nil {
-		return Result{}, fmt.Errorf("OCI archive %s: config: %w", img.Ref, err)
+		return Result{}, fmt.Errorf("config: %w", err)
 	}
 	cfgDesc := ocispec.Descriptor{
 		MediaType: ocispec.MediaTypeImageConfig,
@@ -169,7 +183,7 @@ func Write(w io.Writer, img Image) (Result, error) {
 	}
 	manifestBlob, err := json.Marshal(manifest)
 	if err != nil {
-		return Result{}, fmt.Errorf("OCI archive %s: manifest: %w", img.Ref, err)
+		return Result{}, fmt.Errorf("manifest: %w", err)
 	}
 	manifestDesc := ocispec.Descriptor{
 		MediaType: ocispec.MediaTypeImageManifest,
@@ -178,32 +192,37 @@ func Write(w io.Writer, img Image) (Result, error) {
 		Platform:  &platform,
 	}
 
-	indexDesc := manifestDesc
-	indexDesc.Annotations = map[string]string{
-		ocispec.AnnotationRefName:     img.Ref,
-		ContainerdImageNameAnnotation: img.Ref,
-	}
 	index := ocispec.Index{
 		Versioned: specsgo.Versioned{SchemaVersion: 2},
 		MediaType: ocispec.MediaTypeImageIndex,
-		Manifests: []ocispec.Descriptor{indexDesc},
+	}
+	// One index entry per name: containerd's import creates one image record for each.
+	for _, ref := range refs {
+		d := manifestDesc
+		d.Annotations = map[string]string{
+			ocispec.AnnotationRefName:     ref,
+			ContainerdImageNameAnnotation: ref,
+		}
+		index.Manifests = append(index.Manifests, d)
 	}
 	indexBlob, err := json.Marshal(index)
 	if err != nil {
-		return Result{}, fmt.Errorf("OCI archive %s: index: %w", img.Ref, err)
+		return Result{}, fmt.Errorf("index: %w", err)
 	}
 	layoutBlob, err := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
 	if err != nil {
-		return Result{}, fmt.Errorf("OCI archive %s: oci-layout: %w", img.Ref, err)
+		return Result{}, fmt.Errorf("oci-layout: %w", err)
 	}
 
 	tw := tar.NewWriter(w)
 	writeDir := func(name string) error {
 		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755, ModTime: Epoch, Format: tar.FormatPAX})
 	}
+	writeHeader := func(name string, size int64) error {
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: size, ModTime: Epoch, Format: tar.FormatPAX})
+	}
 	writeBlob := func(name string, data []byte) error {
-		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(data)), ModTime: Epoch, Format: tar.FormatPAX}
-		if err := tw.WriteHeader(hdr); err != nil {
+		if err := writeHeader(name, int64(len(data))); err != nil {
 			return err
 		}
 		_, err := tw.Write(data)
@@ -217,12 +236,17 @@ func Write(w io.Writer, img Image) (Result, error) {
 		func() error { return writeDir("blobs/sha256/") },
 		func() error { return writeBlob(blobName(cfgDesc.Digest), cfgBlob) },
 		func() error { return writeBlob(blobName(manifestDesc.Digest), manifestBlob) },
-		func() error { return writeBlob(blobName(layerDesc.Digest), layer) },
+		func() error {
+			if err := writeHeader(blobName(layerDesc.Digest), layerDesc.Size); err != nil {
+				return err
+			}
+			return writeLayer(tw)
+		},
 		tw.Close,
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
-			return Result{}, fmt.Errorf("OCI archive %s: write: %w", img.Ref, err)
+			return Result{}, fmt.Errorf("write: %w", err)
 		}
 	}
 	return Result{Manifest: manifestDesc, Config: cfgDesc, Layer: layerDesc, DiffID: diffID}, nil

@@ -64,7 +64,7 @@ const ClaudePlaceholderToken = "egress-proxy-placeholder"
 
 // Default images.
 const (
-	DefaultPipelockImage = "ghcr.io/luckypipewrench/pipelock:v2.2.0"
+	DefaultPipelockImage = "ghcr.io/luckypipewrench/pipelock:v2.3.0"
 )
 
 // hostPart is each role's host number on both bottle networks.

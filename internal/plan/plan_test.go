@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -277,15 +278,71 @@ func TestFilterChoice(t *testing.T) {
 	}
 }
 
+// TestPipelockConfig pins the exact config shape that pipelock v2.3.0 (the pinned
+// DefaultPipelockImage) accepts with its strict parser and runs in strict mode; a change
+// here must be checked against that binary (`pipelock check --config FILE`).
 func TestPipelockConfig(t *testing.T) {
-	cfg := PipelockConfig([]string{"api.anthropic.com", "*.github.com"}, DefaultInternalCIDRs)
-	for _, want := range []string{
-		"\nmode: strict\n", "api_allowlist:\n  - \"api.anthropic.com\"\n  - \"*.github.com\"\n",
-		"forward_proxy:\n  enabled: true\n", "internal:\n  - \"0.0.0.0/8\"\n", "  - \"169.254.0.0/16\"\n",
+	const tail = "forward_proxy:\n  enabled: true\n  max_tunnel_seconds: 14400\n  idle_timeout_seconds: 3600\n  sni_verification: true\n" +
+		"logging:\n  format: json\n  output: stdout\n  include_allowed: true\n  include_blocked: true\n" +
+		"internal:\n  - \"0.0.0.0/8\"\n  - \"127.0.0.0/8\"\n  - \"10.0.0.0/8\"\n  - \"100.64.0.0/10\"\n  - \"172.16.0.0/12\"\n" +
+		"  - \"192.168.0.0/16\"\n  - \"169.254.0.0/16\"\n  - \"224.0.0.0/4\"\n  - \"::1/128\"\n  - \"fc00::/7\"\n" +
+		"  - \"fe80::/10\"\n  - \"ff00::/8\"\n"
+	const head = "# Rendered by bottle; pipelock parses this strictly.\nversion: 1\nmode: strict\nenforce: true\napi_allowlist:\n"
+	for _, tc := range []struct {
+		allow []string
+		want  string
+	}{
+		{[]string{"api.anthropic.com", "*.github.com"}, head + "  - \"api.anthropic.com\"\n  - \"*.github.com\"\n" + tail},
+		// strict mode refuses an empty api_allowlist: a never-resolving name stands in.
+		{nil, head + "  - \"nothing-allowed.invalid\"\n" + tail},
 	} {
-		if !strings.Contains(cfg, want) {
-			t.Errorf("pipelock config lacks %q:\n%s", want, cfg)
+		if got := PipelockConfig(tc.allow, DefaultInternalCIDRs); got != tc.want {
+			t.Errorf("PipelockConfig(%q):\n%s\nwant:\n%s", tc.allow, got, tc.want)
 		}
+	}
+	if !strings.HasSuffix(PipelockEmptyAllowlistHost, ".invalid") {
+		t.Errorf("empty-allowlist stand-in %q must be under the reserved .invalid TLD", PipelockEmptyAllowlistHost)
+	}
+}
+
+// TestPipelockFilterContainer checks how the pipelock filter runs: the pinned image, its
+// config mounted read-only where the command reads it, listening on every interface (the
+// host asks GET /health on the egress side).
+func TestPipelockFilterContainer(t *testing.T) {
+	in := input(load(t, "../../examples/claude.toml"), "claude", nil)
+	in.FilterOverride = FilterPipelock
+	p, err := Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := p.Container(RoleFilter)
+	if c == nil || c.Image != DefaultPipelockImage {
+		t.Fatalf("filter container %+v, want image %s", c, DefaultPipelockImage)
+	}
+	if got := strings.Join(c.Spec.Process.Args, " "); got != "/pipelock run --listen 0.0.0.0:8888 --config /etc/pipelock/pipelock.yaml" {
+		t.Errorf("pipelock args %q", got)
+	}
+	// Checked by running v2.3.0 so: it needs no writable path besides what it is given.
+	if u := c.Spec.Process.User; u.UID != 65534 || u.GID != 65534 || !c.Spec.Root.Readonly {
+		t.Errorf("pipelock runs as %d:%d, read-only root %v; want 65534:65534 on a read-only root", u.UID, u.GID, c.Spec.Root.Readonly)
+	}
+	mounted := false
+	for _, m := range c.Spec.Mounts {
+		if m.Destination == "/etc/pipelock/pipelock.yaml" {
+			mounted = slices.Contains(m.Options, "ro")
+		}
+	}
+	if !mounted {
+		t.Errorf("pipelock config not mounted read-only at /etc/pipelock/pipelock.yaml: %+v", c.Spec.Mounts)
+	}
+	var cfg *StageFile
+	for i := range p.StageFiles {
+		if p.StageFiles[i].Name == "filter/pipelock.yaml" {
+			cfg = &p.StageFiles[i]
+		}
+	}
+	if cfg == nil || cfg.Content != PipelockConfig(p.Allowlist, DefaultInternalCIDRs) {
+		t.Errorf("stage file filter/pipelock.yaml %+v, want the rendered config", cfg)
 	}
 }
 
