@@ -201,6 +201,37 @@ func TestKillDuringStartThenCleanup(t *testing.T) {
 	e.assertNothingLeft(ids...)
 }
 
+// TestInterruptDuringStartTakesEverythingBack sends the start a SIGINT (what Ctrl-C does)
+// after each step: it must fail and leave nothing, without any cleanup command.
+func TestInterruptDuringStartTakesEverythingBack(t *testing.T) {
+	e := newEnv(t)
+	points := []string{"meta", "firewall", "containers", "sidecars"}
+	var agents []string
+	for _, p := range points {
+		agents = append(agents, "int-"+p)
+	}
+	e.writeManifest(agents...)
+	for _, p := range points {
+		out, errOut, code := e.bottle([]string{"BOTTLE_TEST_KILL_AT=int:" + p}, "start", "int-"+p, "--", "/bin/true")
+		if code == 0 || !strings.Contains(errOut, "start interrupted") {
+			t.Errorf("interrupt after %s: exit %d, stderr %q, stdout %q", p, code, errOut, out)
+		}
+		var id string
+		for _, l := range strings.Split(errOut, "\n") {
+			if _, rest, ok := strings.Cut(l, "identity="); ok {
+				id = strings.Fields(rest)[0]
+			}
+		}
+		if id == "" {
+			t.Fatalf("no identity in the start's log:\n%s", errOut)
+		}
+		e.assertNothingLeft(id)
+	}
+	if ps := e.ps(); len(ps) != 0 {
+		t.Errorf("bottles left: %+v", ps)
+	}
+}
+
 func TestResumeKeepsIdentity(t *testing.T) {
 	e := newEnv(t)
 	e.writeManifest("again")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/netns"
@@ -133,12 +134,23 @@ func (e *Engine) attachments(m *state.Meta, c state.Container) ([]netns.Attachme
 	return out, nil
 }
 
-// killPoint ends the process abruptly after the named step when asked to (crash tests).
-func (e *Engine) killPoint(step string) {
-	if e.opts.KillAt == step {
+// killPoint lets crash tests interrupt a start after the named step: KillAt "STEP" ends
+// the process with SIGKILL (nothing can run after it: `bottle cleanup` must cope), and
+// "int:STEP" sends it SIGINT like a Ctrl-C (the start must take back what it made) and
+// waits until the start has noticed.
+func (e *Engine) killPoint(ctx context.Context, step string) {
+	switch e.opts.KillAt {
+	case step:
 		e.log.Debug("killing myself as asked", "after", step)
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {}
+	case "int:" + step:
+		e.log.Debug("interrupting myself as asked", "after", step)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGINT)
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
 	}
 }
 

@@ -99,6 +99,9 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	committed := false
 	defer func() {
 		if !committed {
+			if setupCtx.Err() != nil && ctx.Err() == nil {
+				err = errors.New("start interrupted; everything it had created is removed again")
+			}
 			if uerr := undo.run(ctx, e.log); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("could not take back everything; run `bottle cleanup`: %w", uerr))
 			}
@@ -196,7 +199,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 			return e.store.Save(meta)
 		})
 	}
-	e.killPoint("meta")
+	e.killPoint(setupCtx, "meta")
 	step("meta")
 
 	if err := e.writeStage(p); err != nil {
@@ -208,7 +211,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	undo.push("remove firewall", func(ctx context.Context) error {
 		return errors.Join(netns.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
 	})
-	e.killPoint("firewall")
+	e.killPoint(setupCtx, "firewall")
 	step("firewall")
 
 	// Every part is prepared at once: each sidecar gets its netns and container and starts
@@ -226,7 +229,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 			return e.waitReady(setupCtx, p, c)
 		})
 		if err == nil {
-			e.killPoint("sidecars")
+			e.killPoint(setupCtx, "sidecars")
 			step("sidecars ready")
 		}
 		sidecarsDone <- err
@@ -236,13 +239,13 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	if err := e.prepareContainer(setupCtx, undo, meta, p, p.Container(plan.RoleAgent), rt, so, prev != nil); err != nil {
 		return 0, errors.Join(err, waitSidecars())
 	}
-	e.killPoint("containers")
+	e.killPoint(setupCtx, "containers")
 	step("agent container")
 
 	agentName := plan.ContainerName(so.identity, plan.RoleAgent)
 	banner := fmt.Sprintf("bottle %s: filter %s; %s", so.identity, p.Filter, p.AllowlistSummary)
 	if so.Detach {
-		if err := waitSidecars(); err != nil {
+		if err := errors.Join(waitSidecars(), setupCtx.Err()); err != nil {
 			return 0, err
 		}
 		e.log.Info(banner)
@@ -260,6 +263,9 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	// they serve. Until then a failure still takes everything back.
 	commit := func() error {
 		if err := waitSidecars(); err != nil {
+			return err
+		}
+		if err := setupCtx.Err(); err != nil { // interrupted at the last moment
 			return err
 		}
 		e.log.Info(banner)
