@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
+
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
 )
@@ -33,6 +35,9 @@ import (
 // the filter refuses every private range, so the fake "internet" needs an address outside
 // them, and a host-local one means the sidecars' packets are delivered here, never routed.
 var upstreamAddr = netip.MustParsePrefix("203.0.113.1/24")
+
+// dnsAddr is the test's DNS server for the sidecars, on the same test bridge.
+var dnsAddr = netip.MustParseAddr("203.0.113.2")
 
 // upstream is the fake internet: HTTP and HTTPS servers and a UDP sink on upstreamAddr.
 type upstream struct {
@@ -53,9 +58,13 @@ func newUpstream(t *testing.T) *upstream {
 	testBridge(t, "bte2e-up", upstreamAddr)
 	addr := upstreamAddr.Addr()
 	// Refuse to go on unless the address is local: otherwise packets to it would leave.
-	if out, err := exec.Command("ip", "-o", "addr", "show", "dev", "bte2e-up").Output(); err != nil || !strings.Contains(string(out), addr.String()+"/24") {
-		t.Fatalf("test upstream address %s is not on the test bridge (%v): %s", addr, err, out)
+	if out, err := exec.Command("ip", "addr", "add", dnsAddr.String()+"/32", "dev", "bte2e-up").CombinedOutput(); err != nil {
+		t.Fatalf("add %s to the test bridge: %v: %s", dnsAddr, err, out)
 	}
+	if out, err := exec.Command("ip", "-o", "addr", "show", "dev", "bte2e-up").Output(); err != nil || !strings.Contains(string(out), addr.String()+"/24") || !strings.Contains(string(out), dnsAddr.String()+"/32") {
+		t.Fatalf("test upstream addresses are not on the test bridge (%v): %s", err, out)
+	}
+	serveDNS(t, dnsAddr, addr)
 	u := &upstream{}
 	caPEM, cert := testCA(t, "api.allowed.test", "api.route.test", "api.denied.test")
 	u.caFile = filepath.Join(t.TempDir(), "ca.pem")
@@ -109,6 +118,45 @@ func newUpstream(t *testing.T) *upstream {
 		}
 	}()
 	return u
+}
+
+// serveDNS answers A queries for names under .test with answer, and counts nothing else.
+func serveDNS(t *testing.T, on, answer netip.Addr) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(on, 53).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true})
+			b.EnableCompression()
+			b.StartQuestions()
+			b.Question(q)
+			b.StartAnswers()
+			if q.Type == dnsmessage.TypeA && strings.HasSuffix(q.Name.String(), ".test.") {
+				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: answer.As4()})
+			}
+			if msg, err := b.Finish(); err == nil {
+				pc.WriteTo(msg, from)
+			}
+		}
+	}()
 }
 
 // testCA makes a CA and a server certificate for names, signed by it.
@@ -182,11 +230,13 @@ role = "claude_code_oauth"
 	}
 	token := fmt.Sprintf("sk-e2e-real-%d-%d", time.Now().UnixNano(), os.Getpid())
 	stopWatch := watchCmdlines(token)
-	hosts := []string{}
-	for _, h := range []string{"api.allowed.test", "api.denied.test", "api.route.test"} {
-		hosts = append(hosts, "--add-host", h+":"+upstreamAddr.Addr().String())
+	// The sidecars resolve names through the test's DNS server, and the route's host also
+	// through an extra hosts entry.
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	args := append([]string{"start", "--detach", "--ca-file", up.caFile}, hosts...)
+	args := []string{"start", "--detach", "--ca-file", up.caFile, "--resolv-conf", resolv, "--add-host", "api.route.test:" + upstreamAddr.Addr().String()}
 	out, errOut, code := e.bottle([]string{"E2E_ROUTE_TOKEN=" + token}, append(args, "egress")...)
 	if code != 0 {
 		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
