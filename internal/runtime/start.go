@@ -127,7 +127,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	if ok, err := e.ctr.ImageExists(setupCtx, agent.Image); err != nil {
 		return 0, err
 	} else if !ok {
-		return 0, fmt.Errorf("agent image %s is not in containerd (namespace %s); import an OCI archive of it with `bottle image import FILE` or build it (README: agent image)", agent.Image, e.opts.Namespace)
+		return 0, fmt.Errorf("agent image %s is not in containerd (namespace %s); import an OCI archive of it with `bottle image import FILE` (the Claude Code image: `sudo scripts/build-agent-image.sh`)", agent.Image, e.opts.Namespace)
 	}
 	pipelockImage := plan.PipelockImageFor(bottle, e.opts.PipelockImage)
 	pipelockPresent := false
