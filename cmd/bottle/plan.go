@@ -71,6 +71,7 @@ func planCommand() *cli.Command {
 				RuntimeOverride:   c.String("runtime"),
 				FilterOverride:    c.String("filter"),
 				SidecarResolvConf: resolv,
+				ReadFile:          os.ReadFile,
 			})
 			if err != nil {
 				return usageError{err}

@@ -11,10 +11,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bottle-dev/bottle/internal/egress"
+	"github.com/bottle-dev/bottle/internal/gitgate"
 )
 
 // sidecarCommand runs bottle's own sidecars inside their containers (hidden: users never
@@ -44,6 +46,35 @@ func sidecarCommand() *cli.Command {
 						return err
 					}
 					return serveSidecar(c, cfg.Listen, f.Serve)
+				},
+			},
+			{
+				Name:  "git-gate",
+				Usage: "git-gate: the agent's only way to the declared git remotes",
+				Flags: flags,
+				Action: func(c *cli.Context) error {
+					var cfg gitgate.Config
+					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
+						return err
+					}
+					if cfg.SpoolDir != "" {
+						if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
+							return err
+						}
+					}
+					// The credentials come from this container's own process env only.
+					g, err := gitgate.New(cfg, os.Getenv, sidecarLogger())
+					if err != nil {
+						return err
+					}
+					// Host keys, credentials and repositories are checked before the
+					// sidecar reports ready, so a bad remote fails the start.
+					ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+					defer cancel()
+					if err := g.Probe(ctx); err != nil {
+						return fmt.Errorf("git-gate: %w", err)
+					}
+					return serveSidecar(c, cfg.Listen, g.Serve)
 				},
 			},
 			{

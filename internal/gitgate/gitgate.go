@@ -597,3 +597,20 @@ func spoolBody(body io.Reader, dir string, maxBytes int64) (*os.File, int64, err
 	}
 	return f, n, nil
 }
+
+// Probe asks every upstream for its refs once - host key, credentials and repository
+// are checked - so a bottle fails at start with a clear error, not at the agent's first
+// fetch.
+func (g *Gate) Probe(ctx context.Context) error {
+	var errs []error
+	for _, name := range g.Remotes() {
+		rc, err := g.remotes[name].up.advertise(ctx, serviceUpload, "", "git/bottle-git-gate-probe")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remote %s: %w", name, err))
+			continue
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(rc, 1<<20))
+		rc.Close()
+	}
+	return errors.Join(errs...)
+}

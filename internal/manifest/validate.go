@@ -276,6 +276,9 @@ func validateGit(bad reporter, p string, remotes []*GitRemote) {
 		if kind == "ssh" && g.SSHKey == "" {
 			bad(gp+".ssh_key", "ssh remote without ssh_key", "set ssh_key to the path of the private key file on the host")
 		}
+		if kind == "ssh" && strings.TrimSpace(g.KnownHosts) == "" {
+			bad(gp+".known_hosts", "ssh remote without a pinned host key", "set known_hosts to the upstream's known_hosts line (e.g. from `ssh-keyscan HOST`, checked against the forge's published fingerprints); bottle never trusts a host key on first use")
+		}
 		if kind == "https" && g.SSHKey != "" {
 			bad(gp+".ssh_key", "ssh_key on an https remote", "use token_ref for https remotes")
 		}

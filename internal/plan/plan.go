@@ -114,6 +114,9 @@ type Input struct {
 	SidecarHosts []HostEntry
 	// ExtraCA is PEM the egress-proxy trusts besides the system roots (a private CA).
 	ExtraCA string
+	// ReadFile reads a git remote's ssh_key on the host (its content goes only into the
+	// git-gate's process env). Nil leaves keys unresolved.
+	ReadFile func(path string) ([]byte, error)
 	// Strict makes unresolved host env (forwarded names, route credentials) an error.
 	Strict bool
 }
@@ -322,6 +325,8 @@ func (b *builder) build() (*Plan, error) {
 			c, err = b.filterContainer()
 		case RoleEgressProxy:
 			c, err = b.egressProxyContainer()
+		case RoleGitGate:
+			c, err = b.gitGateContainer()
 		default:
 			c, err = b.plainSidecar(role)
 		}
@@ -426,6 +431,12 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 			setDefault(env, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
 			setDefault(env, "DISABLE_ERROR_REPORTING", "1")
 		}
+	}
+	// The agent's git reaches each declared remote through git-gate, by its usual URL.
+	for i, g := range b.bottle.Git {
+		env[fmt.Sprintf("GIT_CONFIG_KEY_%d", i)] = fmt.Sprintf("url.%s.insteadOf", GitGateURL(g.Name))
+		env[fmt.Sprintf("GIT_CONFIG_VALUE_%d", i)] = g.URL
+		env["GIT_CONFIG_COUNT"] = fmt.Sprint(i + 1)
 	}
 	// A forwarded name can never smuggle a routed credential in: validation rejects
 	// token_ref names in forward_env, and the placeholder above overrides literals.
@@ -556,8 +567,98 @@ func (b *builder) egressProxyContainer() (*Container, error) {
 	return c, err
 }
 
-// plainSidecar plans git-gate and supervise from bottle's own image; their configuration
-// is added by the features that implement them.
+// gitGateContainer plans git-gate: its config names each remote's credential; the
+// credentials themselves (HTTPS tokens, SSH private keys) go only into its process env.
+func (b *builder) gitGateContainer() (*Container, error) {
+	c := b.newContainer(RoleGitGate, b.in.SidecarImage, true)
+	cfg := GitGateConfig{
+		Listen:   fmt.Sprintf("%s:%d", b.addr(RoleGitGate, NetInternal), GitGatePort),
+		SpoolDir: "/run/bottle/spool",
+	}
+	if b.in.ExtraCA != "" {
+		cfg.CAFile = extraCAPath
+	}
+	env := map[string]string{}
+	for i, g := range b.bottle.Git {
+		r := GitGateRemote{Name: g.Name, URL: g.URL, KnownHosts: g.KnownHosts}
+		for _, pr := range g.PushRules() {
+			r.Push = append(r.Push, GitPushRule{Ref: pr.Ref, Force: pr.Force, Delete: pr.Delete})
+		}
+		if g.TokenRef != "" {
+			r.TokenEnv = g.TokenRef
+			if v, ok := b.lookup(g.TokenRef); ok && v != "" {
+				env[g.TokenRef] = v
+				c.SecretEnv = append(c.SecretEnv, g.TokenRef)
+			} else {
+				b.p.Unresolved = append(b.p.Unresolved, g.TokenRef)
+			}
+		}
+		if g.SSHKey != "" {
+			r.SSHKeyEnv = fmt.Sprintf("BOTTLE_GIT_SSH_KEY_%d", i)
+			keyPath := g.SSHKey
+			if !path.IsAbs(keyPath) && path.IsAbs(b.in.ManifestPath) {
+				keyPath = path.Join(path.Dir(b.in.ManifestPath), keyPath)
+			}
+			if b.in.ReadFile == nil {
+				b.p.Unresolved = append(b.p.Unresolved, "ssh_key "+keyPath)
+			} else if key, err := b.in.ReadFile(keyPath); err != nil {
+				return nil, fmt.Errorf("git remote %s: cannot read ssh_key %s (%v); check the path and that bottle runs as a user who can read it", g.Name, keyPath, err)
+			} else {
+				env[r.SSHKeyEnv] = string(key)
+				c.SecretEnv = append(c.SecretEnv, r.SSHKeyEnv)
+			}
+		}
+		cfg.Remotes = append(cfg.Remotes, r)
+	}
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	b.p.StageFiles = append(b.p.StageFiles, StageFile{Name: "git-gate/config.json", Mode: 0o644, Content: string(data) + "\n"})
+	mounts := []SpecOpt{
+		WithBind(path.Join(b.p.StageDir, "git-gate/config.json"), "/etc/bottle/git-gate.json", true),
+		// Port 80 (http://git-gate/NAME.git) needs this one capability, nothing else.
+		WithCapabilities("CAP_NET_BIND_SERVICE"),
+	}
+	if b.in.ExtraCA != "" {
+		mounts = append(mounts, WithBind(path.Join(b.p.StageDir, "sidecar/extra-ca.pem"), extraCAPath, true))
+	}
+	spec, err := b.sidecarSpec(RoleGitGate, []string{"/bottle", "sidecar", "git-gate", "--config", "/etc/bottle/git-gate.json"}, env, mounts...)
+	c.Spec = spec
+	sort.Strings(c.SecretEnv)
+	return c, err
+}
+
+// GitGateURL is where the agent reaches a declared remote.
+func GitGateURL(name string) string { return fmt.Sprintf("http://%s/%s.git", RoleGitGate, name) }
+
+// GitGateConfig is git-gate's config file (the JSON shape of gitgate.Config).
+type GitGateConfig struct {
+	Listen   string          `json:"listen"`
+	Remotes  []GitGateRemote `json:"remotes"`
+	CAFile   string          `json:"ca_file,omitempty"`
+	SpoolDir string          `json:"spool_dir,omitempty"`
+}
+
+// GitGateRemote is one remote in GitGateConfig; credentials are env names only.
+type GitGateRemote struct {
+	Name       string        `json:"name"`
+	URL        string        `json:"url"`
+	TokenEnv   string        `json:"token_env,omitempty"`
+	SSHKeyEnv  string        `json:"ssh_key_env,omitempty"`
+	KnownHosts string        `json:"known_hosts,omitempty"`
+	Push       []GitPushRule `json:"push"`
+}
+
+// GitPushRule allows pushes to refs matching Ref.
+type GitPushRule struct {
+	Ref    string `json:"ref"`
+	Force  bool   `json:"force,omitempty"`
+	Delete bool   `json:"delete,omitempty"`
+}
+
+// plainSidecar plans supervise from bottle's own image; its configuration is added by
+// the feature that implements it.
 func (b *builder) plainSidecar(role string) (*Container, error) {
 	c := b.newContainer(role, b.in.SidecarImage, role == RoleGitGate)
 	spec, err := b.sidecarSpec(role, []string{"/bottle", "sidecar", role}, nil)

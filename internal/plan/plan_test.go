@@ -44,6 +44,12 @@ func input(m *manifest.Manifest, agent string, env map[string]string) Input {
 		Egress:            netip.MustParsePrefix("10.213.5.0/24"),
 		SidecarImage:      "bottle.local/sidecar:test",
 		SidecarResolvConf: "nameserver 192.0.2.53\n",
+		ReadFile: func(p string) ([]byte, error) {
+			if v, ok := env["file:"+p]; ok {
+				return []byte(v), nil
+			}
+			return nil, fmt.Errorf("open %s: no such file", p)
+		},
 	}
 }
 
@@ -51,6 +57,7 @@ func TestGoldenPlans(t *testing.T) {
 	env := map[string]string{
 		"CLAUDE_CODE_OAUTH_TOKEN": "sk-golden-oauth", "MY_CLAUDE_OAUTH": "sk-golden-2",
 		"GITHUB_TOKEN": "ghp-golden", "GITHUB_USER": "octo-golden-user", "UPSTREAM_GIT_TOKEN": "upstream-golden",
+		"file:/home/me/.ssh/bottle_ed25519": "-----BEGIN OPENSSH PRIVATE KEY-----golden-key-----",
 	}
 	for _, tc := range []struct{ file, agent string }{
 		{"claude.toml", "claude"}, {"minimal.toml", "shell"}, {"team.toml", "coder"},
@@ -149,7 +156,7 @@ func TestNoClaudePlaceholderWithoutRole(t *testing.T) {
 
 func TestForwardedEnv(t *testing.T) {
 	m := load(t, "../../examples/team.toml")
-	in := input(m, "coder", map[string]string{"MY_CLAUDE_OAUTH": "x", "GITHUB_TOKEN": "y", "UPSTREAM_GIT_TOKEN": "z"})
+	in := input(m, "coder", map[string]string{"MY_CLAUDE_OAUTH": "x", "GITHUB_TOKEN": "y", "UPSTREAM_GIT_TOKEN": "z", "file:/home/me/.ssh/bottle_ed25519": "k"})
 	in.Strict = true
 	if _, err := Build(in); err == nil || !strings.Contains(err.Error(), "GITHUB_USER") {
 		t.Fatalf("unset forwarded name: err %v, want one naming GITHUB_USER", err)
@@ -204,7 +211,7 @@ func TestIdentity(t *testing.T) {
 
 func TestSpecHardening(t *testing.T) {
 	m := load(t, "../../examples/team.toml")
-	p, err := Build(input(m, "coder", nil))
+	p, err := Build(input(m, "coder", map[string]string{"file:/home/me/.ssh/bottle_ed25519": "k"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +222,15 @@ func TestSpecHardening(t *testing.T) {
 		if !s.Process.NoNewPrivileges {
 			t.Errorf("%s: no_new_privileges off", c.Role)
 		}
-		if caps := s.Process.Capabilities; len(caps.Bounding)+len(caps.Effective)+len(caps.Permitted) != 0 {
+		caps := s.Process.Capabilities
+		want := 0
+		if c.Role == RoleGitGate {
+			want = 1 // CAP_NET_BIND_SERVICE for port 80, nothing else
+			if caps.Bounding[0] != "CAP_NET_BIND_SERVICE" {
+				t.Errorf("git-gate capabilities %v", caps.Bounding)
+			}
+		}
+		if len(caps.Bounding) != want || len(caps.Effective) != want || len(caps.Permitted) != want {
 			t.Errorf("%s: capabilities %v", c.Role, caps)
 		}
 		if s.Process.User.UID == 0 {
@@ -390,6 +405,16 @@ func TestSecretsNeverLeak(t *testing.T) {
 		for _, n := range append(m.Agents[agent].ForwardEnv, m.Agents[agent].OptionalEnv...) {
 			env[n] = secret()
 		}
+		for _, g := range m.Bottles[m.Agents[agent].Bottle].Git {
+			if g.SSHKey != "" {
+				env["file:"+g.SSHKey] = secret()
+				routed[env["file:"+g.SSHKey]] = true
+			}
+			if g.TokenRef != "" {
+				env[g.TokenRef] = secret()
+				routed[env[g.TokenRef]] = true
+			}
+		}
 		p, err := Build(input(m, agent, env))
 		if err != nil {
 			t.Fatal(err)
@@ -409,7 +434,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 			}
 			for _, kv := range c.Spec.Process.Env {
 				_, v, _ := strings.Cut(kv, "=")
-				if routed[v] && c.Role != RoleEgressProxy {
+				if routed[v] && c.Role != RoleEgressProxy && c.Role != RoleGitGate {
 					t.Fatalf("route credential in %s env", c.Role)
 				}
 			}
@@ -422,14 +447,18 @@ func TestSecretsNeverLeak(t *testing.T) {
 				t.Fatalf("value of %s leaked into args/labels/annotations/stage files/plan output", name)
 			}
 		}
-		ep := p.Container(RoleEgressProxy)
+		// Each credential is in exactly one sidecar's env: the egress-proxy's or git-gate's.
 		for v := range routed {
-			found := false
-			for _, kv := range ep.Spec.Process.Env {
-				found = found || strings.HasSuffix(kv, "="+v)
+			holders := 0
+			for _, c := range p.Containers {
+				for _, kv := range c.Spec.Process.Env {
+					if strings.HasSuffix(kv, "="+v) {
+						holders++
+					}
+				}
 			}
-			if !found {
-				t.Fatal("route credential missing from the egress-proxy env")
+			if holders != 1 {
+				t.Fatalf("a credential is in %d container envs, want exactly 1", holders)
 			}
 		}
 	}

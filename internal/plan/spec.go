@@ -181,3 +181,13 @@ func WithAnnotation(key, value string) SpecOpt {
 		return nil
 	}
 }
+
+// WithCapabilities gives the process exactly these capabilities (also ambient, so a
+// non-root user keeps them).
+func WithCapabilities(caps ...string) SpecOpt {
+	return func(s *specs.Spec) error {
+		c := append([]string(nil), caps...)
+		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: c, Effective: c, Permitted: c, Inheritable: c, Ambient: c}
+		return nil
+	}
+}

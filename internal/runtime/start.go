@@ -114,9 +114,6 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	}
 	agent := so.Manifest.Agents[so.Agent]
 	bottle := so.Manifest.Bottles[agent.Bottle]
-	if len(bottle.Git) > 0 {
-		return 0, fmt.Errorf("bottle %q declares git remotes, but this version of bottle has no git-gate yet; remove [[bottles.%s.git]] to start", agent.Bottle, agent.Bottle)
-	}
 	if bottle.Supervise {
 		return 0, fmt.Errorf("bottle %q enables supervise, but this version of bottle has no supervise sidecar yet; set supervise = false to start", agent.Bottle)
 	}
@@ -172,7 +169,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		SidecarImage: sidecarImage, PipelockImage: pipelockImage, PipelockPresent: pipelockPresent,
 		SidecarHosts: e.opts.SidecarHosts, ExtraCA: e.opts.ExtraCA,
 		RuntimeOverride: rt.String(), FilterOverride: e.opts.FilterOverride,
-		SidecarResolvConf: e.opts.SidecarResolvConf, Strict: true,
+		SidecarResolvConf: e.opts.SidecarResolvConf, ReadFile: os.ReadFile, Strict: true,
 	})
 	if err != nil {
 		return 0, err
