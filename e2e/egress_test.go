@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -66,7 +67,7 @@ func newUpstream(t *testing.T) *upstream {
 	}
 	serveDNS(t, dnsAddr, addr)
 	u := &upstream{}
-	caPEM, cert := testCA(t, "api.allowed.test", "api.route.test", "api.denied.test")
+	caPEM, cert := testCA(t, "api.allowed.test", "api.route.test", "api.denied.test", "api.anthropic.com")
 	u.caFile = filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(u.caFile, caPEM, 0o644); err != nil {
 		t.Fatal(err)
@@ -76,7 +77,16 @@ func newUpstream(t *testing.T) *upstream {
 		u.mu.Lock()
 		u.seen = append(u.seen, r.Header.Clone())
 		u.mu.Unlock()
-		fmt.Fprintln(w, "UPSTREAM-OK")
+		var req struct {
+			Model  string `json:"model"`
+			Stream bool   `json:"stream"`
+		}
+		body, _ := io.ReadAll(r.Body)
+		if json.Unmarshal(body, &req) != nil || req.Model == "" {
+			fmt.Fprintln(w, "UPSTREAM-OK")
+			return
+		}
+		fakeAnthropicMessage(w, req.Model, req.Stream)
 	})
 	mux.HandleFunc("/v1/stream", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
@@ -118,6 +128,42 @@ func newUpstream(t *testing.T) *upstream {
 		}
 	}()
 	return u
+}
+
+// fakeAnthropicText is what the fake Messages API answers.
+const fakeAnthropicText = "Hello from the fake Anthropic API in bottle's e2e test."
+
+// fakeAnthropicMessage answers like the Anthropic Messages API: a JSON message, or with
+// stream=true the server-sent events of one, the text split over several deltas.
+func fakeAnthropicMessage(w http.ResponseWriter, model string, stream bool) {
+	usage := map[string]int{"input_tokens": 12, "output_tokens": 12}
+	if !stream {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{
+			"id": "msg_e2e", "type": "message", "role": "assistant", "model": model,
+			"content":     []map[string]string{{"type": "text", "text": fakeAnthropicText}},
+			"stop_reason": "end_turn", "stop_sequence": nil, "usage": usage,
+		})
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	send := func(event string, data any) {
+		b, _ := json.Marshal(data)
+		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+		w.(http.Flusher).Flush()
+	}
+	send("message_start", map[string]any{"type": "message_start", "message": map[string]any{
+		"id": "msg_e2e", "type": "message", "role": "assistant", "model": model, "content": []any{},
+		"stop_reason": nil, "stop_sequence": nil, "usage": map[string]int{"input_tokens": 12, "output_tokens": 1}}})
+	send("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]string{"type": "text", "text": ""}})
+	words := strings.SplitAfter(fakeAnthropicText, " ")
+	for _, wd := range words {
+		send("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]string{"type": "text_delta", "text": wd}})
+		time.Sleep(20 * time.Millisecond)
+	}
+	send("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
+	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": "end_turn", "stop_sequence": nil}, "usage": map[string]int{"output_tokens": len(words)}})
+	send("message_stop", map[string]any{"type": "message_stop"})
 }
 
 // serveDNS answers A queries for names under .test with answer, and counts nothing else.

@@ -31,6 +31,7 @@ readonly APT_PACKAGES=(
 	binutils # readelf: proves runsc is static
 	util-linux # flock, setsid
 	libc6-dev  # cgo build of containerd (gcc only recommends it)
+	mmdebstrap # the Claude Code agent image without Docker (scripts/build-agent-image.sh)
 )
 
 BIN_DIR=${BOTTLE_BIN_DIR:-/usr/local/bin}

@@ -6,7 +6,8 @@
 # `go test -p 1 -count=1 -timeout 60m -v ./...` against it, and always stops that containerd
 # and removes its directory (also on failure or Ctrl-C).
 # Exported to the tests: BOTTLE_TEST_CONTAINERD_ADDRESS (socket), CONTAINERD_ADDRESS
-# (same), BOTTLE_TEST_RUNC_ROOT (runc/runsc --root for test containers).
+# (same), BOTTLE_TEST_RUNC_ROOT (runc/runsc --root for test containers),
+# BOTTLE_TEST_BUILD_AGENT_IMAGE=1 (tests build the Claude Code agent image).
 # Without root: runs only `go test -count=1 ./...`; end-to-end tests skip themselves
 # (unless CI=true, where they fail).
 # Exit status: non-zero when lint or any test failed.
@@ -46,6 +47,9 @@ scripts/containerd-test.sh start "$ctrd_dir"
 eval "$(scripts/containerd-test.sh env "$ctrd_dir")"
 echo "BOTTLE_TEST_CONTAINERD_ADDRESS=$BOTTLE_TEST_CONTAINERD_ADDRESS"
 echo "BOTTLE_TEST_RUNC_ROOT=$BOTTLE_TEST_RUNC_ROOT"
+# The Claude Code agent image is built (Debian packages + npm, cached in
+# /var/cache/bottle/agent-image) and imported by the tests that need it.
+export BOTTLE_TEST_BUILD_AGENT_IMAGE=1
 
 status=0
 log "make lint"

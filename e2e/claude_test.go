@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestClaudeRoundTrip runs the real Claude Code client in the agent image: `claude -p`
+// reaches a fake Anthropic Messages API (the test's HTTPS server, streamed answer) only
+// through the egress-proxy route, which swaps the agent's placeholder for the real
+// credential.
+func TestClaudeRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	ensureAgentImage(t, e)
+	up := newUpstream(t)
+	example, err := os.ReadFile("../examples/claude.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.manifest, example, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The agent runs as the workspace's owner; the image's HOME belongs to uid 1000.
+	if err := os.Chown(filepath.Dir(e.manifest), 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	token := fmt.Sprintf("sk-ant-oat01-e2e-%d", time.Now().UnixNano())
+	stopWatch := watchCmdlines(token)
+	out, errOut, code := e.bottle([]string{"CLAUDE_CODE_OAUTH_TOKEN=" + token},
+		"start", "--rm", "--ca-file", up.caFile, "--resolv-conf", resolv,
+		"--add-host", "api.anthropic.com:"+upstreamAddr.Addr().String(),
+		"claude", "--", "claude", "-p", "say hello")
+	if code != 0 {
+		t.Fatalf("claude -p: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if strings.TrimSpace(out) != fakeAnthropicText {
+		t.Errorf("claude printed %q, want the fake server's %q\nstderr: %s", out, fakeAnthropicText, errOut)
+	}
+	var messages int
+	for _, h := range up.headers() {
+		messages++
+		if got := h.Get("Authorization"); got != "Bearer "+token {
+			t.Errorf("upstream got Authorization %q, want the real credential", got)
+		}
+		if strings.Contains(fmt.Sprint(h), "egress-proxy-placeholder") {
+			t.Error("the agent's placeholder reached the upstream")
+		}
+	}
+	if messages == 0 {
+		t.Fatal("the fake Messages API saw no request")
+	}
+	if stopWatch() {
+		t.Error("the credential appeared on a host process's command line")
+	}
+	if ps := e.ps(); len(ps) != 0 {
+		t.Errorf("--rm left bottles: %+v", ps)
+	}
+}
