@@ -10,16 +10,21 @@ STATICCHECK_VERSION ?= v0.8.2
 GOBIN_DIR := $(shell d=$$($(GO) env GOBIN); [ -n "$$d" ] || d=$$($(GO) env GOPATH)/bin; echo $$d)
 STATICCHECK := $(GOBIN_DIR)/staticcheck
 
-.PHONY: all build run test lint fmt vet staticcheck tools setup clean bench-start bench-proxy
+.PHONY: all build run demo test lint fmt vet staticcheck tools setup clean bench-start bench-proxy
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/bottle ./cmd/bottle
 
-# The main job: a bottle on this directory (`sudo make run`, or CMD="..." to run a command).
+# The main job: Claude Code in a bottle on this directory (`sudo -E make run`, with
+# CLAUDE_CODE_OAUTH_TOKEN exported; CMD="..." runs a command instead of claude).
 run:
 	scripts/run.sh $(CMD)
+
+# A busybox shell in a bottle (no agent image or token needed).
+demo:
+	scripts/demo.sh $(CMD)
 
 test:
 	scripts/test.sh

@@ -60,8 +60,8 @@ func newApp() *cli.App {
 		EnableBashCompletion: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "address", Value: "/run/containerd/containerd.sock", EnvVars: []string{"CONTAINERD_ADDRESS"}, Usage: "containerd socket"},
-			&cli.StringFlag{Name: "namespace", Value: "bottle", Usage: "containerd namespace"},
-			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/bottle", Usage: "where bottle keeps metadata and stage files"},
+			&cli.StringFlag{Name: "namespace", Value: "bottle", EnvVars: []string{"BOTTLE_NAMESPACE"}, Usage: "containerd namespace"},
+			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/bottle", EnvVars: []string{"BOTTLE_STATE_DIR"}, Usage: "where bottle keeps metadata and stage files"},
 			manifestFlag(),
 			&cli.BoolFlag{Name: "debug", Usage: "show debug logs"},
 		},

@@ -29,12 +29,12 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "filter", Usage: "override the allowlist filter: " + strings.Join(manifest.FilterChoices, ", ")},
 		&cli.StringFlag{Name: "runsc", Usage: "path of the runsc binary (default: search PATH, then /usr/local/bin)"},
 		&cli.BoolFlag{Name: "allow-unsafe-runc", Usage: "allow runtime runc (NO gVisor sandbox: the agent shares the host kernel)"},
-		&cli.StringFlag{Name: "pool", Value: runtime.DefaultPool.String(), Usage: "address pool for bottle networks"},
-		&cli.StringFlag{Name: "resolv-conf", Usage: "resolver config for sidecars that leave the bottle (default: the host's)"},
+		&cli.StringFlag{Name: "pool", Value: runtime.DefaultPool.String(), EnvVars: []string{"BOTTLE_POOL"}, Usage: "address pool for bottle networks"},
+		&cli.StringFlag{Name: "resolv-conf", EnvVars: []string{"BOTTLE_RESOLV_CONF"}, Usage: "resolver config for sidecars that leave the bottle (default: the host's)"},
 		&cli.StringSliceFlag{Name: "add-host", Usage: "extra hosts entry NAME:IP for the sidecars that leave the bottle (repeatable)"},
 		&cli.StringFlag{Name: "ca-file", Usage: "PEM file of extra CAs the egress-proxy trusts for upstreams (a private CA)"},
 		&cli.StringFlag{Name: "pipelock-image", Usage: "pipelock image (overrides the manifest's and the pinned default)"},
-		&cli.StringFlag{Name: "runc-root", Hidden: true, Usage: "runc state root (tests)"},
+		&cli.StringFlag{Name: "runc-root", Hidden: true, EnvVars: []string{"BOTTLE_RUNC_ROOT"}, Usage: "runc state root (tests)"},
 	}
 }
 

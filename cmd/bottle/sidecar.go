@@ -68,8 +68,10 @@ func sidecarCommand() *cli.Command {
 						return err
 					}
 					// Host keys, credentials and repositories are checked before the
-					// sidecar reports ready, so a bad remote fails the start.
-					ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+					// sidecar reports ready, so a bad remote fails the start. The bound
+					// stays under start's readiness timeout (20 s), so an upstream that
+					// does not answer fails with this error in the log, not an empty one.
+					ctx, cancel := context.WithTimeout(c.Context, 15*time.Second)
 					defer cancel()
 					if err := g.Probe(ctx); err != nil {
 						return fmt.Errorf("git-gate: %w", err)

@@ -36,6 +36,10 @@ type IO struct {
 	// before its process starts; an error removes the task. Run uses it to boot the
 	// sandbox while other work finishes.
 	BeforeStart func() error
+	// Exited, when set, is called once the process has exited and its output is
+	// delivered, before the task is deleted (deletion takes a while under runsc; the
+	// caller can start its own teardown meanwhile).
+	Exited func(code int)
 }
 
 // ForwardedSignals are relayed from bottle to the container's process while it runs
@@ -97,6 +101,9 @@ func (c *Client) Run(ctx context.Context, name string, stdio IO) (int, error) {
 		}
 	}
 	code, err := c.runProcess(ctx, task, att)
+	if err == nil && stdio.Exited != nil {
+		stdio.Exited(code)
+	}
 	if _, derr := c.deleteProcess(ctx, task); derr != nil {
 		err = errors.Join(err, derr)
 	}

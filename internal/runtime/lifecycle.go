@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -47,6 +48,12 @@ func (e *Engine) Stop(ctx context.Context, identity string) error {
 }
 
 func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
+	return e.stopParts(ctx, m, true)
+}
+
+// stopParts stops a bottle; withAgent false leaves the agent's task to its caller (an
+// attached start whose agent has exited and is being deleted).
+func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) error {
 	t0 := time.Now()
 	defer func() { e.log.Debug("stopped", "identity", m.Identity, "took", time.Since(t0).Round(time.Millisecond)) }()
 	stop := func(c state.Container) error {
@@ -55,23 +62,18 @@ func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
 		}
 		return nil
 	}
-	// The agent first, so it never runs without its proxies; then the sidecars and the
-	// firewall rules at once; then the networks of every container in one go.
+	// The agent first, so it never runs without its proxies; then at once the sidecars,
+	// the firewall rules and the networks of every container (a sandbox keeps its own
+	// copy of its interfaces, so the host side can go while it shuts down).
 	var errs []error
 	var sidecars []state.Container
 	for _, c := range m.Containers {
-		if c.Role == plan.RoleAgent {
-			errs = append(errs, stop(c))
-		} else {
+		if c.Role != plan.RoleAgent {
 			sidecars = append(sidecars, c)
+		} else if withAgent {
+			errs = append(errs, stop(c))
 		}
 	}
-	errs = append(errs, parallel(append(sidecars, state.Container{}), func(c state.Container) error {
-		if c.Name == "" { // the firewall's turn: no agent task is left to protect
-			return netns.RemoveFirewall(ctx, m.Identity)
-		}
-		return stop(c)
-	}))
 	internal, egress, err := e.networks(m)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
@@ -84,7 +86,17 @@ func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
 		}
 		containers[c.Name] = atts
 	}
-	errs = append(errs, e.net.TeardownBottle(ctx, m.Identity, containers, []netns.Network{internal, egress}))
+	var wg sync.WaitGroup
+	var fwErr, netErr error
+	wg.Add(2)
+	go func() { defer wg.Done(); fwErr = netns.RemoveFirewall(ctx, m.Identity) }()
+	go func() {
+		defer wg.Done()
+		netErr = e.net.TeardownBottle(ctx, m.Identity, containers, []netns.Network{internal, egress})
+	}()
+	errs = append(errs, parallel(sidecars, stop))
+	wg.Wait()
+	errs = append(errs, fwErr, netErr)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stop bottle %s: %w", m.Identity, err)
 	}

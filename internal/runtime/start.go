@@ -30,6 +30,9 @@ import (
 // sidecarReadyTimeout bounds how long start waits for a sidecar to serve.
 const sidecarReadyTimeout = 20 * time.Second
 
+// logSettleTimeout bounds the wait for an exited sidecar's last output to reach its log.
+const logSettleTimeout = 2 * time.Second
+
 // StartOptions describe one `bottle start`.
 type StartOptions struct {
 	Manifest     *manifest.Manifest
@@ -134,11 +137,18 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		}
 	}
 	e.log.Info("preparing bottle", "identity", so.identity, "runtime", rt.String())
-	sidecarImage, err := e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version)
-	if err != nil {
-		return 0, err
+	// The sidecar image is checked while the address slot and the firewall rules are made.
+	type imageResult struct {
+		ref string
+		err error
 	}
-	step("images")
+	sidecarImageC := make(chan imageResult, 1)
+	go func() {
+		ref, err := e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version)
+		sidecarImageC <- imageResult{ref, err}
+	}()
+	waitImage := sync.OnceValue(func() imageResult { return <-sidecarImageC })
+	defer waitImage() // never leave it running past the undo
 
 	slot := so.slot
 	if prev == nil {
@@ -147,20 +157,42 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		}
 		undo.push("release slot", func(context.Context) error { return netns.ReleaseSlot(e.opts.StateDir, so.identity) })
 	}
+	pool := e.opts.Pool
+	if prev != nil && prev.Pool != "" {
+		if pool, err = netip.ParsePrefix(prev.Pool); err != nil {
+			return 0, fmt.Errorf("bottle %s: recorded pool %q: %w", so.identity, prev.Pool, err)
+		}
+	}
+	internal, egress, err := netns.BottleNetworks(so.identity, slot, pool)
+	if err != nil {
+		return 0, err
+	}
+	// The rules are in force before any bridge exists (they match the bridge by name).
+	undo.push("remove firewall", func(ctx context.Context) error {
+		return errors.Join(netns.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
+	})
+	firewallC := make(chan error, 1)
+	go func() { firewallC <- netns.InstallFirewall(setupCtx, so.identity, internal) }()
+	waitFirewall := sync.OnceValue(func() error { return <-firewallC })
+	defer waitFirewall()
+
+	img := waitImage()
+	if img.err != nil {
+		return 0, img.err
+	}
+	sidecarImage := img.ref
+	step("images")
+
 	meta := &state.Meta{
 		Identity: so.identity, Agent: so.Agent, ManifestPath: so.ManifestPath, Workspace: so.Workspace,
-		CopyCwd: so.CopyCwd, Command: so.Command, Slot: slot, Pool: e.opts.Pool.String(),
+		CopyCwd: so.CopyCwd, Command: so.Command, Slot: slot, Pool: pool.String(),
 		Runtime: rt.String(), Phase: state.PhaseStarting, Detached: so.Detach,
 		Pid: os.Getpid(), CreatedAt: time.Now().UTC(), StartedAt: time.Now().UTC(),
 	}
 	if prev != nil {
-		meta.CreatedAt, meta.Pool = prev.CreatedAt, prev.Pool
+		meta.CreatedAt = prev.CreatedAt
 	}
 	meta.PidStart, _ = state.ProcessStart(meta.Pid)
-	internal, egress, err := e.networks(meta)
-	if err != nil {
-		return 0, err
-	}
 	p, err := plan.Build(plan.Input{
 		Manifest: so.Manifest, ManifestPath: so.ManifestPath, AgentName: so.Agent,
 		LookupEnv: os.LookupEnv, Identity: so.identity, WorkspaceOwner: hostenv.Owner(so.Workspace),
@@ -202,12 +234,9 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	if err := e.writeStage(p); err != nil {
 		return 0, err
 	}
-	if err := netns.InstallFirewall(setupCtx, so.identity, internal); err != nil {
+	if err := waitFirewall(); err != nil {
 		return 0, err
 	}
-	undo.push("remove firewall", func(ctx context.Context) error {
-		return errors.Join(netns.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
-	})
 	e.killPoint(setupCtx, "firewall")
 	step("firewall")
 
@@ -215,9 +244,15 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	// as soon as it can, while the agent's netns and container are made.
 	sidecars := slices.DeleteFunc(slices.Clone(p.Containers), func(c *plan.Container) bool { return c.Role == plan.RoleAgent })
 	sidecarsDone := make(chan error, 1)
+	// The sidecars' sandboxes take longest to boot: their networks come first (CNI calls
+	// are serialized), then the agent's.
+	var sidecarsPrepared sync.WaitGroup
+	sidecarsPrepared.Add(len(sidecars))
 	go func() {
 		err := parallel(sidecars, func(c *plan.Container) error {
-			if err := e.prepareContainer(setupCtx, undo, meta, p, c, rt, so, prev != nil); err != nil {
+			err := e.prepareContainer(setupCtx, undo, meta, p, c, rt, so, prev != nil)
+			sidecarsPrepared.Done()
+			if err != nil {
 				return err
 			}
 			if _, err := e.ctr.Start(setupCtx, c.Name, e.logPath(so.identity, c.Role)); err != nil {
@@ -233,6 +268,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	}()
 	// Whatever happens, the sidecars' goroutine has finished before undo runs.
 	waitSidecars := sync.OnceValue(func() error { return <-sidecarsDone })
+	sidecarsPrepared.Wait()
 	if err := e.prepareContainer(setupCtx, undo, meta, p, p.Container(plan.RoleAgent), rt, so, prev != nil); err != nil {
 		return 0, errors.Join(err, waitSidecars())
 	}
@@ -275,12 +311,32 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		stopSignals()
 		return nil
 	}
-	exit, runErr := e.ctr.Run(ctx, agentName, ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit})
+	// Once the agent has exited, the rest of the bottle is taken down while its task is
+	// deleted.
+	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
+	defer cancelStop()
+	restDone := make(chan error, 1)
+	restStarted := false // Exited runs on this goroutine, inside Run
+	exited := func(int) {
+		step("agent exited")
+		restStarted = true
+		go func() { restDone <- e.stopParts(stopCtx, meta, false) }()
+	}
+	exit, runErr := e.ctr.Run(ctx, agentName, ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit, Exited: exited})
 	if !committed {
 		return 0, errors.Join(runErr, waitSidecars())
 	}
 	step("agent ran")
-	stopErr := e.Stop(context.WithoutCancel(ctx), so.identity)
+	var stopErr error
+	if restStarted {
+		stopErr = <-restDone
+	} else { // the agent did not exit normally (Run failed): stop everything
+		stopErr = e.stopMeta(stopCtx, meta)
+	}
+	if stopErr == nil {
+		meta.Phase, meta.Pid, meta.PidStart = state.PhaseStopped, 0, 0
+		stopErr = e.store.Save(meta)
+	}
 	if so.Remove && stopErr == nil {
 		stopErr = e.Remove(context.WithoutCancel(ctx), so.identity)
 	}
@@ -465,6 +521,9 @@ func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container)
 		}
 		info, err := e.ctr.Info(ctx, c.Name)
 		if err == nil && info.TaskStatus != ctr.TaskRunning && info.TaskStatus != ctr.TaskCreated {
+			// The shim copies the task's output into the log file after the exit is
+			// reported: give that copy a moment, or the tail misses the sidecar's error.
+			e.waitLogSettled(ctx, p.Identity, c.Role)
 			return fmt.Errorf("%s sidecar %s exited before it was ready; its log: %s", c.Role, c.Name, e.logTail(p.Identity, c.Role))
 		}
 		if time.Now().After(deadline) {
@@ -480,6 +539,27 @@ func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container)
 
 func (e *Engine) logPath(identity, role string) string {
 	return filepath.Join(e.store.LogDir(identity), role+".log")
+}
+
+// waitLogSettled waits (at most logSettleTimeout) until an exited task's log file is
+// non-empty and has stopped growing.
+func (e *Engine) waitLogSettled(ctx context.Context, identity, role string) {
+	deadline := time.Now().Add(logSettleTimeout)
+	last := int64(-1)
+	for time.Now().Before(deadline) {
+		st, err := os.Stat(e.logPath(identity, role))
+		if err == nil && st.Size() > 0 && st.Size() == last {
+			return
+		}
+		if err == nil {
+			last = st.Size()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func (e *Engine) logTail(identity, role string) string {

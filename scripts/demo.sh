@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# demo.sh [CMD ARGS...] (`sudo make demo`): sets up the host (packages, containerd v2 as a
+# system daemon, static runsc), builds bottle, imports the demo image (Debian's static
+# busybox; no registry needed) and starts the demo agent of examples/demo.toml on the
+# current directory: an interactive shell, or CMD when given.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PATH="/usr/local/go/bin:/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
+if [[ $(id -u) -ne 0 ]]; then
+	echo "demo.sh: bottle needs root (containerd, runsc, CNI, iptables): sudo make demo" >&2
+	exit 1
+fi
+"$repo/scripts/setup-host.sh" --system
+make --no-print-directory -C "$repo" build
+image=$(mktemp /tmp/bottle-demo-image.XXXXXX.tar)
+trap 'rm -f "$image"' EXIT
+(cd "$repo" && go run ./scripts/mkimage busybox bottle.local/demo-busybox:latest "$image" >/dev/null)
+"$repo/bin/bottle" image import "$image" >/dev/null
+rm -f "$image"
+if (($#)); then
+	exec "$repo/bin/bottle" --manifest "$repo/examples/demo.toml" start --rm demo -- "$@"
+fi
+exec "$repo/bin/bottle" --manifest "$repo/examples/demo.toml" start --rm demo
