@@ -12,6 +12,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bottle-dev/bottle/internal/testutil/gitserver"
 )
 
 const testToken = "ghp_testTOKENvalue0123456789abcdef"
@@ -23,7 +27,7 @@ type upstreamFixture struct {
 	gateURL  string // http://127.0.0.1:PORT
 	logs     *syncBuffer
 	secrets  []string // must never show up in logs or answers
-	sshSrv   *sshGitServer
+	sshSrv   *gitserver.SSHServer
 	cfg      Config
 	env      map[string]string
 	startNew func(cfg Config) (string, *syncBuffer)
@@ -55,8 +59,8 @@ func newSSHFixture(t *testing.T, rules []PushRule) *upstreamFixture {
 	env := map[string]string{"GIT_SSH_KEY": keyPEM}
 	cfg := Config{
 		Remotes: []Remote{{
-			Name: "origin", URL: "ssh://git@" + srv.addr() + "/repo.git", Kind: "ssh",
-			SSHKeyEnv: "GIT_SSH_KEY", KnownHosts: srv.knownHosts("127.0.0.1"), Push: rules,
+			Name: "origin", URL: "ssh://git@" + srv.Addr() + "/repo.git", Kind: "ssh",
+			SSHKeyEnv: "GIT_SSH_KEY", KnownHosts: srv.KnownHosts("127.0.0.1"), Push: rules,
 		}},
 	}
 	keyBody := strings.Join(strings.Split(keyPEM, "\n")[1:3], "")
@@ -373,17 +377,15 @@ func TestGateSSHWrongHostKey(t *testing.T) {
 	_, other := sshKeyPair(t)
 	cfg := f.cfg
 	cfg.Remotes = append([]Remote(nil), cfg.Remotes...)
-	_, port, _ := net.SplitHostPort(f.sshSrv.addr())
-	cfg.Remotes[0].KnownHosts = "[127.0.0.1]:" + port + " " + strings.TrimSpace(string(marshalAuthorizedKey(other.PublicKey())))
+	_, port, _ := net.SplitHostPort(f.sshSrv.Addr())
+	cfg.Remotes[0].KnownHosts = gitserver.KnownHostsLine("127.0.0.1", port, other.PublicKey())
 	url, logs := f.startNew(cfg)
 	out, err := f.h.try("", "ls-remote", url+"/origin.git")
 	if err == nil || !strings.Contains(out, "remote origin") || !strings.Contains(out, "host key does not match known_hosts") {
 		t.Fatalf("ls-remote with a wrong pinned key: err=%v\n%s", err, out)
 	}
 	t.Logf("git output:\n%s", out)
-	f.sshSrv.mu.Lock()
-	n := len(f.sshSrv.commands)
-	f.sshSrv.mu.Unlock()
+	n := len(f.sshSrv.Commands())
 	if n != 0 {
 		t.Fatalf("the gate ran %d commands on an unverified host", n)
 	}
@@ -393,14 +395,14 @@ func TestGateSSHWrongHostKey(t *testing.T) {
 // TestGateSSHWithoutV2: an SSH server that ignores GIT_PROTOCOL gets a clear error.
 func TestGateSSHWithoutV2(t *testing.T) {
 	f := newSSHFixture(t, nil)
-	f.sshSrv.ignoreEnv.Store(true)
+	f.sshSrv.IgnoreEnv.Store(true)
 	out, err := f.h.try("", "ls-remote", f.gateURL+"/origin.git")
 	if err == nil || !strings.Contains(out, "protocol v2") || !strings.Contains(out, "remote origin") {
 		t.Fatalf("ls-remote against a v0-only SSH server: err=%v\n%s", err, out)
 	}
 	t.Logf("git output:\n%s", out)
 	// Push does not need v2.
-	f.sshSrv.ignoreEnv.Store(true)
+	f.sshSrv.IgnoreEnv.Store(true)
 	work := filepath.Join(t.TempDir(), "w")
 	f.h.run("", "init", "-q", work)
 	c := f.h.commit(work, "new.txt", "n\n")
@@ -423,7 +425,7 @@ func TestGateDialOverride(t *testing.T) {
 		var target string
 		switch addr {
 		case "git.example.invalid:22":
-			target = sshSrv.addr()
+			target = sshSrv.Addr()
 		case "example.com:443": // a name in httptest's certificate
 			target = httpsSrv.Listener.Addr().String()
 		default:
@@ -437,7 +439,7 @@ func TestGateDialOverride(t *testing.T) {
 		Dial:   dial,
 		Remotes: []Remote{
 			{Name: "viassh", URL: "git@git.example.invalid:/repo.git", SSHKeyEnv: "K",
-				KnownHosts: "git.example.invalid " + strings.TrimSpace(string(marshalAuthorizedKey(sshSrv.hostSigner.PublicKey())))},
+				KnownHosts: "git.example.invalid " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshSrv.HostKey())))},
 			{Name: "viahttps", URL: "https://example.com/repo.git", TokenEnv: "T"},
 		},
 	}
