@@ -148,6 +148,13 @@ func (c *Client) runProcess(ctx context.Context, p process, att *attachment) (in
 	case st := <-statusC:
 		code, _, err := st.Result()
 		if err != nil {
+			// The wait may have been cut short by ctx: gRPC can report its deadline a
+			// moment before ctx itself is done.
+			select {
+			case <-ctx.Done():
+				return -1, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
 			return -1, fmt.Errorf("exit status: %w", err)
 		}
 		drainIO(p.IO())
