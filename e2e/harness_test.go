@@ -45,7 +45,7 @@ func TestMain(m *testing.M) {
 	}
 	bottleBin = filepath.Join(dir, "bottle")
 	// Static, like `make build`: the binary becomes the sidecar image's executable.
-	build := exec.Command("go", "build", "-trimpath", "-o", bottleBin, "../cmd/bottle")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bottleBin, "../cmd/bottle")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build bottle: %v\n%s", err, out)

@@ -524,7 +524,8 @@ func TestE2EImageEnvAndSidecarImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	ref, err := e.c.ensureSidecarImage(ctx, "test", exe, ociarchive.HostCABundle)
+	hashCache := filepath.Join(t.TempDir(), "hash")
+	ref, err := e.c.ensureSidecarImage(ctx, "test", exe, ociarchive.HostCABundle, hashCache)
 	if err != nil {
 		if _, serr := os.Stat(ociarchive.HostCABundle); serr != nil {
 			testutil.Missing(t, "CA bundle %s", ociarchive.HostCABundle)
@@ -541,7 +542,7 @@ func TestE2EImageEnvAndSidecarImage(t *testing.T) {
 		t.Errorf("sidecar ref %s", ref)
 	}
 	start = time.Now()
-	again, err := e.c.ensureSidecarImage(ctx, "test", exe, ociarchive.HostCABundle)
+	again, err := e.c.ensureSidecarImage(ctx, "test", exe, ociarchive.HostCABundle, hashCache)
 	if err != nil || again != ref {
 		t.Fatalf("second EnsureSidecarImage: %s, %v", again, err)
 	}

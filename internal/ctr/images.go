@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -204,16 +206,19 @@ func SidecarImageRef(version string, executableDigest string) string {
 // EnsureSidecarImage makes sure bottle's own sidecar image exists for the running
 // executable (which must be static: it runs in a rootfs without libc) and returns its
 // name. The image holds the executable at /bottle and the host CA bundle.
-func (c *Client) EnsureSidecarImage(ctx context.Context, version string) (string, error) {
+//
+// hashCache, when not empty, is a file remembering the executable's digest by its inode,
+// size and modification time, so a start need not hash 20 MB again.
+func (c *Client) EnsureSidecarImage(ctx context.Context, version, hashCache string) (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", fmt.Errorf("sidecar image: locate own executable: %w", err)
 	}
-	return c.ensureSidecarImage(ctx, version, exe, ociarchive.HostCABundle)
+	return c.ensureSidecarImage(ctx, version, exe, ociarchive.HostCABundle, hashCache)
 }
 
-func (c *Client) ensureSidecarImage(ctx context.Context, version, exe, caBundle string) (string, error) {
-	sum, err := fileSHA256(exe)
+func (c *Client) ensureSidecarImage(ctx context.Context, version, exe, caBundle, hashCache string) (string, error) {
+	sum, err := cachedSHA256(exe, hashCache)
 	if err != nil {
 		return "", fmt.Errorf("sidecar image: hash executable %s: %w", exe, err)
 	}
@@ -232,6 +237,39 @@ func (c *Client) ensureSidecarImage(ctx context.Context, version, exe, caBundle 
 		return "", fmt.Errorf("sidecar image: %w", err)
 	}
 	return ref, nil
+}
+
+// cachedSHA256 is fileSHA256 remembered in cache (when set) under the file's identity.
+func cachedSHA256(p, cache string) (string, error) {
+	if cache == "" {
+		return fileSHA256(p)
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return "", err
+	}
+	sys, _ := st.Sys().(*syscall.Stat_t)
+	if sys == nil {
+		return fileSHA256(p)
+	}
+	key := fmt.Sprintf("%s %d %d %d %d", p, sys.Dev, sys.Ino, st.Size(), st.ModTime().UnixNano())
+	if data, err := os.ReadFile(cache); err == nil {
+		if k, sum, ok := strings.Cut(strings.TrimSpace(string(data)), "\n"); ok && k == key && len(sum) == 64 {
+			return sum, nil
+		}
+	}
+	sum, err := fileSHA256(p)
+	if err != nil {
+		return "", err
+	}
+	// Best effort: a failed write only costs the next start a hash.
+	if err := os.MkdirAll(filepath.Dir(cache), 0o700); err == nil {
+		tmp := cache + ".tmp"
+		if os.WriteFile(tmp, []byte(key+"\n"+sum+"\n"), 0o600) == nil {
+			_ = os.Rename(tmp, cache)
+		}
+	}
+	return sum, nil
 }
 
 func fileSHA256(p string) (string, error) {

@@ -227,3 +227,26 @@ func TestTaskStatusNames(t *testing.T) {
 		}
 	}
 }
+
+func TestCachedSHA256(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "exe")
+	cache := filepath.Join(dir, "cache", "hash")
+	os.WriteFile(f, []byte("one"), 0o755)
+	a, err := cachedSHA256(f, cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := fileSHA256(f); a != want {
+		t.Fatalf("digest %s, want %s", a, want)
+	}
+	if _, err := os.Stat(cache); err != nil {
+		t.Fatalf("cache not written: %v", err)
+	}
+	// A changed file (new size and mtime) is hashed again, never served from the cache.
+	os.WriteFile(f, []byte("two, longer"), 0o755)
+	b, _ := cachedSHA256(f, cache)
+	if want, _ := fileSHA256(f); b != want || b == a {
+		t.Fatalf("changed file: digest %s, want %s", b, want)
+	}
+}

@@ -32,6 +32,17 @@ var hostVethRE = regexp.MustCompile(`^veth[0-9a-f]{8}$`)
 // The containers must be stopped. It is idempotent: missing pieces (a second call, a start
 // killed half way) are fine. The firewall (RemoveFirewall) and the slot are separate.
 func (m *Manager) TeardownBottle(ctx context.Context, identity string, containers map[string][]Attachment, nets []Network) error {
+	return m.teardownBottle(ctx, identity, containers, nets, true)
+}
+
+// TeardownContainers is TeardownBottle without deleting the bridges (nor their IPAM
+// directories): a stopped bottle keeps its bridges, ready for resume, until it is removed
+// (RemoveNetworks). Deleting a bridge is the slowest part of a teardown.
+func (m *Manager) TeardownContainers(ctx context.Context, identity string, containers map[string][]Attachment, nets []Network) error {
+	return m.teardownBottle(ctx, identity, containers, nets, false)
+}
+
+func (m *Manager) teardownBottle(ctx context.Context, identity string, containers map[string][]Attachment, nets []Network, deleteBridges bool) error {
 	if err := ValidateIdentity(identity); err != nil {
 		return err
 	}
@@ -123,8 +134,10 @@ func (m *Manager) TeardownBottle(ctx context.Context, identity string, container
 	}
 	// Deleting a bridge is the slowest part (two RCU barriers in the kernel, one under RTNL):
 	// start those first.
-	for _, n := range nets {
-		wg.Go(func() { collect(deleteBridge(n.Bridge)) })
+	if deleteBridges {
+		for _, n := range nets {
+			wg.Go(func() { collect(deleteBridge(n.Bridge)) })
+		}
 	}
 	wg.Go(func() { collect(removeBottleMasq(ctx, owned, masqChains)) })
 	// The veth pairs would go with their netns, but only once the kernel's asynchronous netns
@@ -148,8 +161,10 @@ func (m *Manager) TeardownBottle(ctx context.Context, identity string, container
 	for _, ca := range ownCache {
 		collect(removeCacheFile(ca))
 	}
-	for _, n := range nets {
-		collect(removeIPAMDir(n.Name))
+	if deleteBridges {
+		for _, n := range nets {
+			collect(removeIPAMDir(n.Name))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fail(err)

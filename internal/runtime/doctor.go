@@ -143,7 +143,7 @@ func runcRootOpt(o Options) []ctr.Option {
 
 // sandboxCheck runs `/bottle version` from the sidecar image under the runtime.
 func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version string) error {
-	ref, err := c.EnsureSidecarImage(ctx, version)
+	ref, err := c.EnsureSidecarImage(ctx, version, "")
 	if err != nil {
 		return err
 	}

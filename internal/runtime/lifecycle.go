@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -30,9 +29,9 @@ func (e *Engine) load(identity string) (*state.Meta, error) {
 	return e.store.Load(identity)
 }
 
-// Stop ends a bottle's tasks and takes down its networks and firewall rules; containers,
-// snapshots and metadata stay so `bottle resume` can continue it. Stopping a stopped
-// bottle is fine.
+// Stop ends a bottle's tasks and takes down their network namespaces; containers,
+// snapshots, metadata, the address slot, the (empty) bridges and the firewall rules stay
+// so `bottle resume` can continue it. Stopping a stopped bottle is fine.
 func (e *Engine) Stop(ctx context.Context, identity string) error {
 	m, err := e.load(identity)
 	if err != nil {
@@ -62,9 +61,10 @@ func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) e
 		}
 		return nil
 	}
-	// The agent first, so it never runs without its proxies; then at once the sidecars,
-	// the firewall rules and the networks of every container (a sandbox keeps its own
-	// copy of its interfaces, so the host side can go while it shuts down).
+	// The agent first, so it never runs without its proxies; then at once the sidecars and
+	// the networks of every container (a sandbox keeps its own copy of its interfaces, so
+	// the host side can go while it shuts down). The bridges and the firewall rules stay
+	// until the bottle is removed.
 	var errs []error
 	var sidecars []state.Container
 	for _, c := range m.Containers {
@@ -86,17 +86,15 @@ func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) e
 		}
 		containers[c.Name] = atts
 	}
-	var wg sync.WaitGroup
-	var fwErr, netErr error
-	wg.Add(2)
-	go func() { defer wg.Done(); fwErr = netns.RemoveFirewall(ctx, m.Identity) }()
+	var netErr error
+	done := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		netErr = e.net.TeardownBottle(ctx, m.Identity, containers, []netns.Network{internal, egress})
+		defer close(done)
+		netErr = e.net.TeardownContainers(ctx, m.Identity, containers, []netns.Network{internal, egress})
 	}()
 	errs = append(errs, parallel(sidecars, stop))
-	wg.Wait()
-	errs = append(errs, fwErr, netErr)
+	<-done
+	errs = append(errs, netErr)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stop bottle %s: %w", m.Identity, err)
 	}
@@ -136,7 +134,12 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
 	for n := range names {
 		errs = append(errs, e.ctr.Delete(ctx, n))
 	}
-	errs = append(errs, netns.ReleaseSlot(e.opts.StateDir, m.Identity))
+	if internal, egress, err := e.networks(m); err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, e.net.RemoveNetworks(ctx, m.Identity, []netns.Network{internal, egress}))
+	}
+	errs = append(errs, netns.RemoveFirewall(ctx, m.Identity), netns.ReleaseSlot(e.opts.StateDir, m.Identity))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)
 	}

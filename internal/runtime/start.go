@@ -144,7 +144,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	}
 	sidecarImageC := make(chan imageResult, 1)
 	go func() {
-		ref, err := e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version)
+		ref, err := e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version, filepath.Join(e.opts.StateDir, "sidecar-image.hash"))
 		sidecarImageC <- imageResult{ref, err}
 	}()
 	waitImage := sync.OnceValue(func() imageResult { return <-sidecarImageC })
@@ -167,7 +167,8 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	if err != nil {
 		return 0, err
 	}
-	// The rules are in force before any bridge exists (they match the bridge by name).
+	// The rules match the bridges by name; they are in force before any task starts (the
+	// netns and bridges may come first: nothing can send before a sandbox runs).
 	undo.push("remove firewall", func(ctx context.Context) error {
 		return errors.Join(netns.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
 	})
@@ -234,11 +235,6 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	if err := e.writeStage(p); err != nil {
 		return 0, err
 	}
-	if err := waitFirewall(); err != nil {
-		return 0, err
-	}
-	e.killPoint(setupCtx, "firewall")
-	step("firewall")
 
 	// Every part is prepared at once: each sidecar gets its netns and container and starts
 	// as soon as it can, while the agent's netns and container are made.
@@ -253,6 +249,9 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 			err := e.prepareContainer(setupCtx, undo, meta, p, c, rt, so, prev != nil)
 			sidecarsPrepared.Done()
 			if err != nil {
+				return err
+			}
+			if err := waitFirewall(); err != nil {
 				return err
 			}
 			if _, err := e.ctr.Start(setupCtx, c.Name, e.logPath(so.identity, c.Role)); err != nil {
@@ -272,6 +271,10 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	if err := e.prepareContainer(setupCtx, undo, meta, p, p.Container(plan.RoleAgent), rt, so, prev != nil); err != nil {
 		return 0, errors.Join(err, waitSidecars())
 	}
+	if err := waitFirewall(); err != nil {
+		return 0, errors.Join(err, waitSidecars())
+	}
+	e.killPoint(setupCtx, "firewall")
 	e.killPoint(setupCtx, "containers")
 	step("agent container")
 
