@@ -288,16 +288,8 @@ role = "claude_code_oauth"
 		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
 	}
 	id := e.identityOf("egress")
-	probe := func(args ...string) string {
-		t.Helper()
-		return strings.TrimSpace(e.must(append([]string{"exec", id, "--", "/usr/local/bin/probe"}, args...)...))
-	}
-	expect := func(got, prefix, what string) {
-		t.Helper()
-		if !strings.HasPrefix(got, prefix) {
-			t.Errorf("%s: got %q, want %q...", what, got, prefix)
-		}
-	}
+	probe := func(args ...string) string { t.Helper(); return e.probe(id, args...) }
+	expect := func(got, prefix, what string) { t.Helper(); expectPrefix(t, got, prefix, what) }
 
 	// Through the filter: allowlisted yes, others no, SNI must match the CONNECT host.
 	expect(probe("get", "http://filter:8888", "http://api.allowed.test/hello"), "STATUS 200 UPSTREAM-ALLOWED host=api.allowed.test", "allowlisted host via filter")

@@ -335,3 +335,17 @@ func killedBySignal(err error) bool {
 	ws, ok := ee.Sys().(syscall.WaitStatus)
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
+
+// probe runs the probe binary in bottle id's agent and returns its trimmed output.
+func (e *env) probe(id string, args ...string) string {
+	e.t.Helper()
+	return strings.TrimSpace(e.must(append([]string{"exec", id, "--", "/usr/local/bin/probe"}, args...)...))
+}
+
+// expectPrefix reports (without stopping the test) when got does not start with prefix.
+func expectPrefix(t testing.TB, got, prefix, what string) {
+	t.Helper()
+	if !strings.HasPrefix(got, prefix) {
+		t.Errorf("%s: got %q, want %q...", what, got, prefix)
+	}
+}

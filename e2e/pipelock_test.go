@@ -45,16 +45,8 @@ allowlist = ["api.allowed.test"]
 		t.Fatalf("start with pipelock %s: exit %d: %s %s", ref, code, out, errOut)
 	}
 	id := e.identityOf("piped")
-	probe := func(args ...string) string {
-		t.Helper()
-		return strings.TrimSpace(e.must(append([]string{"exec", id, "--", "/usr/local/bin/probe"}, args...)...))
-	}
-	expect := func(got, prefix, what string) {
-		t.Helper()
-		if !strings.HasPrefix(got, prefix) {
-			t.Errorf("%s: got %q, want %q...", what, got, prefix)
-		}
-	}
+	probe := func(args ...string) string { t.Helper(); return e.probe(id, args...) }
+	expect := func(got, prefix, what string) { t.Helper(); expectPrefix(t, got, prefix, what) }
 
 	expect(probe("get", "http://filter:8888", "http://api.allowed.test/hello"), "STATUS 200 UPSTREAM-ALLOWED host=api.allowed.test", "allowlisted host via pipelock")
 	expect(probe("get", "http://filter:8888", "http://api.denied.test/hello"), "STATUS 403", "non-allowlisted host via pipelock")

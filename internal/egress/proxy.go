@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/envname"
 )
 
 // Route is one egress-proxy destination and the credential injected for it.
@@ -109,7 +111,7 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 	if host == "healthz" {
 		return nil, fmt.Errorf("host %q is reserved for the health check", host)
 	}
-	if !isEnvName(rc.TokenRef) {
+	if !envname.Valid(rc.TokenRef) {
 		return nil, fmt.Errorf("token_ref %q is not an environment variable name", rc.TokenRef)
 	}
 	header := rc.Header
@@ -294,19 +296,6 @@ type bufferPool struct{ p sync.Pool }
 
 func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
-
-func isEnvName(s string) bool {
-	if s == "" || ('0' <= s[0] && s[0] <= '9') {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
 
 // isToken reports whether s is an RFC 9110 token (header names, auth schemes).
 func isToken(s string) bool {

@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/bottle-dev/bottle/internal/envname"
 )
 
 // Config configures a git-gate. It decodes from JSON; Dial is a test hook only.
@@ -218,22 +220,9 @@ func globMatch(pattern, name string) bool {
 	return false
 }
 
-func isEnvName(s string) bool {
-	if s == "" || ('0' <= s[0] && s[0] <= '9') {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
 // readSecret reads one credential through getenv, naming only the variable on error.
 func readSecret(getenv func(string) string, field, name string) (string, error) {
-	if !isEnvName(name) {
+	if !envname.Valid(name) {
 		return "", fmt.Errorf("%s %q is not an environment variable name", field, name)
 	}
 	v := getenv(name)

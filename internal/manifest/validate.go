@@ -6,13 +6,14 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/bottle-dev/bottle/internal/envname"
 )
 
 var (
 	nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
 	// identitySegmentRE finds a "-xxxxxx-" hex segment like the suffix of an identity.
 	identitySegmentRE = regexp.MustCompile(`-[0-9a-f]{6}(-|$)`)
-	envNameRE         = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	remoteRE          = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 	headerRE          = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 	scpLikeRE         = regexp.MustCompile(`^(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9.-]+):([^/].*|/.+)$`)
@@ -77,7 +78,7 @@ func validateAgent(bad reporter, m *Manifest, name string, a *Agent) {
 	}
 	for _, k := range sortedKeys(a.Env) {
 		kp := p + ".env." + k
-		if !envNameRE.MatchString(k) {
+		if !envname.Valid(k) {
 			bad(kp, fmt.Sprintf("invalid environment variable name %q", k), "use letters, digits and '_', not starting with a digit")
 		}
 		if strings.ContainsAny(a.Env[k], "\n\r\x00") {
@@ -105,7 +106,7 @@ func validateAgent(bad reporter, m *Manifest, name string, a *Agent) {
 		for i, n := range list.names {
 			np := fmt.Sprintf("%s.%s[%d]", p, list.key, i)
 			switch {
-			case !envNameRE.MatchString(n):
+			case !envname.Valid(n):
 				bad(np, fmt.Sprintf("invalid environment variable name %q", n), "use letters, digits and '_', not starting with a digit")
 			case seen[n]:
 				bad(np, fmt.Sprintf("%q is forwarded twice", n), "list each name once, in forward_env or optional_env")
@@ -189,7 +190,7 @@ func validateRoutes(bad reporter, p string, routes []*Route) {
 		switch {
 		case r.TokenRef == "":
 			bad(rp+".token_ref", "empty token_ref", "name the host environment variable that holds the credential, e.g. token_ref = \"MY_API_TOKEN\"")
-		case !envNameRE.MatchString(r.TokenRef):
+		case !envname.Valid(r.TokenRef):
 			bad(rp+".token_ref", fmt.Sprintf("invalid environment variable name %q", r.TokenRef), "use letters, digits and '_', not starting with a digit")
 		}
 		roles, err := rolesOf(r.Role)
@@ -282,7 +283,7 @@ func validateGit(bad reporter, p string, remotes []*GitRemote) {
 		if kind == "https" && g.SSHKey != "" {
 			bad(gp+".ssh_key", "ssh_key on an https remote", "use token_ref for https remotes")
 		}
-		if g.TokenRef != "" && !envNameRE.MatchString(g.TokenRef) {
+		if g.TokenRef != "" && !envname.Valid(g.TokenRef) {
 			bad(gp+".token_ref", fmt.Sprintf("invalid environment variable name %q", g.TokenRef), "use letters, digits and '_', not starting with a digit")
 		}
 		if kind == "ssh" && g.TokenRef != "" {
