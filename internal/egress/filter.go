@@ -59,7 +59,7 @@ const (
 	helloTimeout = 10 * time.Second
 	// maxHelloBytes caps what the filter reads before it has seen the SNI.
 	maxHelloBytes = 70 << 10
-	tunnelBufSize = 64 << 10
+	tunnelBufSize = 256 << 10
 )
 
 // DefaultInternal lists the ranges the filter refuses by default: everything that is

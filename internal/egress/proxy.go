@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -168,9 +169,13 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 	}
 	rt := &route{host: host, header: header, value: value, target: target}
 	rt.proxy = &httputil.ReverseProxy{
-		Rewrite:       rt.rewrite,
-		FlushInterval: -1, // flush every write: SSE and chunked bodies stream through
-		BufferPool:    proxyBufs,
+		Rewrite: rt.rewrite,
+		// httputil flushes every write of a text/event-stream or unknown-length (chunked)
+		// response by itself, so SSE and streams pass at once; bodies of known length are
+		// flushed in batches, which keeps bulk transfers fast.
+		FlushInterval:  20 * time.Millisecond,
+		BufferPool:     proxyBufs,
+		ModifyResponse: batchKnownLengthBody,
 		Transport: &http.Transport{
 			Proxy:                 nil, // the egress network has a direct route
 			DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
@@ -189,6 +194,27 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 }
 
 type restPathKey struct{}
+
+// batchKnownLengthBody makes reads of a body of known length fill the copy buffer instead
+// of returning one TLS record (16 KB) at a time: a bulk download then passes in a few
+// large writes. Streams (unknown length, event streams) are left alone: they must pass on
+// as they arrive.
+func batchKnownLengthBody(resp *http.Response) error {
+	if resp.ContentLength > 1<<20 && !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		resp.Body = fillingBody{resp.Body}
+	}
+	return nil
+}
+
+type fillingBody struct{ io.ReadCloser }
+
+func (b fillingBody) Read(p []byte) (int, error) {
+	n, err := io.ReadFull(b.ReadCloser, p)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	return n, err
+}
 
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	rest, _ := pr.In.Context().Value(restPathKey{}).(string)
@@ -290,7 +316,7 @@ func (p *EgressProxy) logRequest(r *http.Request, host, path string, status int,
 }
 
 // proxyBufs gives the reverse proxies 64 KiB copy buffers (default 32 KiB).
-var proxyBufs = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}}
+var proxyBufs = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}}
 
 type bufferPool struct{ p sync.Pool }
 
