@@ -15,7 +15,6 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/runtime"
@@ -86,18 +85,13 @@ func openEngine(c *cli.Context) (*runtime.Engine, error) {
 		opts.ExtraCA = string(data)
 	}
 	opts.PipelockImage = c.String("pipelock-image")
-	if c.IsSet("resolv-conf") {
-		data, err := os.ReadFile(c.String("resolv-conf"))
+	// Unset, start uses the host's resolver and resume the one recorded at start.
+	if f := c.String("resolv-conf"); f != "" {
+		data, err := os.ReadFile(f)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--resolv-conf: %w", err)}
 		}
 		opts.SidecarResolvConf = string(data)
-	} else if c.Command.Name == "start" || c.Command.Name == "resume" {
-		rc, err := hostenv.SidecarResolvConf()
-		if err != nil {
-			return nil, fmt.Errorf("%w; pass one with --resolv-conf FILE", err)
-		}
-		opts.SidecarResolvConf = rc
 	}
 	return runtime.Open(c.Context, opts)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/state"
 )
 
 func TestMergeEnv(t *testing.T) {
@@ -81,5 +83,22 @@ func TestKeepsSnapshot(t *testing.T) {
 	keep := map[string]bool{"a-000001": true}
 	if !keepsSnapshot(keep, "bottle-a-000001-agent-snap") || keepsSnapshot(keep, "bottle-a-000002-agent-snap") {
 		t.Error("keepsSnapshot")
+	}
+}
+
+func TestSidecarSettingsResumeReusesRecorded(t *testing.T) {
+	prev := &state.Meta{Sidecars: state.SidecarSettings{
+		ResolvConf: "nameserver 192.0.2.1\n", ExtraCA: "PEM", Hosts: []state.HostEntry{{Name: "a.test", Addr: "192.0.2.2"}},
+	}}
+	e := &Engine{}
+	got, err := e.sidecarSettings(prev)
+	if err != nil || got.ResolvConf != prev.Sidecars.ResolvConf || got.ExtraCA != "PEM" || len(got.Hosts) != 1 {
+		t.Fatalf("resume without options: %+v, %v", got, err)
+	}
+	e.opts.SidecarResolvConf = "nameserver 192.0.2.9\n"
+	e.opts.SidecarHosts = []plan.HostEntry{{Name: "b.test", Addr: netip.MustParseAddr("192.0.2.3")}}
+	got, _ = e.sidecarSettings(prev)
+	if got.ResolvConf != e.opts.SidecarResolvConf || got.Hosts[0].Name != "b.test" || got.ExtraCA != "PEM" {
+		t.Fatalf("options given again win: %+v", got)
 	}
 }

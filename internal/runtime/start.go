@@ -194,15 +194,28 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		meta.CreatedAt = prev.CreatedAt
 	}
 	meta.PidStart, _ = state.ProcessStart(meta.Pid)
+	outside, err := e.sidecarSettings(prev)
+	if err != nil {
+		return 0, err
+	}
+	meta.Sidecars = outside
+	hosts := make([]plan.HostEntry, 0, len(outside.Hosts))
+	for _, h := range outside.Hosts {
+		addr, err := netip.ParseAddr(h.Addr)
+		if err != nil {
+			return 0, fmt.Errorf("sidecar hosts entry %s: %w", h.Name, err)
+		}
+		hosts = append(hosts, plan.HostEntry{Name: h.Name, Addr: addr})
+	}
 	p, err := plan.Build(plan.Input{
 		Manifest: so.Manifest, ManifestPath: so.ManifestPath, AgentName: so.Agent,
 		LookupEnv: os.LookupEnv, Identity: so.identity, WorkspaceOwner: hostenv.Owner(so.Workspace),
 		Workspace: so.Workspace, CopyWorkspace: so.CopyCwd, Command: so.Command,
 		StateDir: e.opts.StateDir, Internal: internal.Subnet, Egress: egress.Subnet,
 		SidecarImage: sidecarImage, PipelockImage: pipelockImage, PipelockPresent: pipelockPresent,
-		SidecarHosts: e.opts.SidecarHosts, ExtraCA: e.opts.ExtraCA,
+		SidecarHosts: hosts, ExtraCA: outside.ExtraCA,
 		RuntimeOverride: rt.String(), FilterOverride: e.opts.FilterOverride,
-		SidecarResolvConf: e.opts.SidecarResolvConf, ReadFile: os.ReadFile, Strict: true,
+		SidecarResolvConf: outside.ResolvConf, ReadFile: os.ReadFile, Strict: true,
 	})
 	if err != nil {
 		return 0, err
@@ -591,4 +604,34 @@ func egressAddr(c *plan.Container) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// sidecarSettings are the options given now, else (on resume) the recorded ones, else
+// for the resolver the host's own.
+func (e *Engine) sidecarSettings(prev *state.Meta) (state.SidecarSettings, error) {
+	var rec state.SidecarSettings
+	if prev != nil {
+		rec = prev.Sidecars
+	}
+	out := state.SidecarSettings{ResolvConf: e.opts.SidecarResolvConf, ExtraCA: e.opts.ExtraCA}
+	for _, h := range e.opts.SidecarHosts {
+		out.Hosts = append(out.Hosts, state.HostEntry{Name: h.Name, Addr: h.Addr.String()})
+	}
+	if out.ResolvConf == "" {
+		out.ResolvConf = rec.ResolvConf
+	}
+	if len(out.Hosts) == 0 {
+		out.Hosts = rec.Hosts
+	}
+	if out.ExtraCA == "" {
+		out.ExtraCA = rec.ExtraCA
+	}
+	if out.ResolvConf == "" {
+		rc, err := hostenv.SidecarResolvConf()
+		if err != nil {
+			return out, fmt.Errorf("%w; pass one with --resolv-conf FILE", err)
+		}
+		out.ResolvConf = rc
+	}
+	return out, nil
 }

@@ -43,8 +43,24 @@ type Meta struct {
 	PidStart     uint64    `json:"pid_start,omitempty"`
 	CreatedAt    time.Time `json:"created_at"`
 	StartedAt    time.Time `json:"started_at"`
+	// Sidecars are the sidecars' outside settings given at start (none secret), reused
+	// by resume unless given again.
+	Sidecars SidecarSettings `json:"sidecars"`
 	// Containers are recorded before any is created, so teardown finds them all.
 	Containers []Container `json:"containers"`
+}
+
+// SidecarSettings are how the sidecars that leave the bottle reach the outside.
+type SidecarSettings struct {
+	ResolvConf string      `json:"resolv_conf,omitempty"`
+	Hosts      []HostEntry `json:"hosts,omitempty"`
+	ExtraCA    string      `json:"extra_ca,omitempty"`
+}
+
+// HostEntry is one extra /etc/hosts line of the sidecars.
+type HostEntry struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"`
 }
 
 // Container is one recorded container of a bottle.
