@@ -244,6 +244,9 @@ func (e *env) assertNothingLeft(ids ...string) {
 				e.t.Errorf("netns file %s left", f)
 			}
 		}
+		if procs := processesMentioning(id, 5*time.Second); len(procs) > 0 {
+			e.t.Errorf("processes of %s still run (shim or sandbox): %v", id, procs)
+		}
 		if out, _ := exec.Command("ip", "-o", "link", "show").Output(); strings.Contains(string(out), hash) {
 			e.t.Errorf("bridge of %s left:\n%s", id, out)
 		}
@@ -347,5 +350,24 @@ func expectPrefix(t testing.TB, got, prefix, what string) {
 	t.Helper()
 	if !strings.HasPrefix(got, prefix) {
 		t.Errorf("%s: got %q, want %q...", what, got, prefix)
+	}
+}
+
+// processesMentioning returns the command lines that mention s, waiting up to timeout for
+// them to go (sandboxes take a moment to exit after their task is deleted).
+func processesMentioning(s string, timeout time.Duration) []string {
+	deadline := time.Now().Add(timeout)
+	for {
+		var found []string
+		paths, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range paths {
+			if data, err := os.ReadFile(p); err == nil && bytes.Contains(data, []byte(s)) {
+				found = append(found, p+": "+strings.ReplaceAll(string(data), "\x00", " "))
+			}
+		}
+		if len(found) == 0 || time.Now().After(deadline) {
+			return found
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

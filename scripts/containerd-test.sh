@@ -130,6 +130,20 @@ mounts_under() {
 	done </proc/self/mountinfo | sort -r -u
 }
 
+# kill_orphan_shims ends, by PID, the shims of this daemon (and their runsc processes)
+# that outlived it: a task create abandoned by a killed client leaves them running.
+kill_orphan_shims() {
+	local p cmdline kids
+	for p in /proc/[0-9]*; do
+		cmdline=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+		[[ $cmdline == *containerd-shim*" -address $dir/containerd.sock"* ]] || continue
+		kids=$(pgrep -P "${p#/proc/}" || true)
+		log "LEFTOVER shim process ${p#/proc/}: $cmdline"
+		# shellcheck disable=SC2086 # word splitting of the pid list is intended
+		kill -KILL "${p#/proc/}" $kids 2>/dev/null || true
+	done
+}
+
 stop() {
 	[[ $(id -u) -eq 0 ]] || die "must run as root"
 	[[ -d $dir ]] || {
@@ -157,6 +171,7 @@ stop() {
 			done
 		fi
 	fi
+	kill_orphan_shims
 	local mp _round
 	for _round in 1 2 3; do
 		mapfile -t mps < <(mounts_under)

@@ -88,7 +88,7 @@ func (c *Client) Run(ctx context.Context, name string, stdio IO) (int, error) {
 	if err := att.makeRaw(); err != nil {
 		return -1, fmt.Errorf("run container %s: %w", name, err)
 	}
-	task, err := cont.NewTask(ctx, att.creator())
+	task, err := c.newTask(ctx, cont, att.creator())
 	if err != nil {
 		att.ready(nil)
 		return -1, fmt.Errorf("run container %s: new task: %w", name, err)
@@ -258,6 +258,26 @@ func (c *Client) clearStoppedTask(ctx context.Context, cont client.Container) er
 	return nil
 }
 
+// taskCreateTimeout bounds the creation of a task (for runsc: booting its sandbox).
+const taskCreateTimeout = 60 * time.Second
+
+// newTask creates a task even when ctx ends meanwhile: a create abandoned half way is
+// finished by containerd anyway, and its shim and sandbox would then belong to nobody.
+// If ctx has ended, the new task is removed again.
+func (c *Client) newTask(ctx context.Context, cont client.Container, ioc cio.Creator) (client.Task, error) {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), taskCreateTimeout)
+	defer cancel()
+	task, err := cont.NewTask(tctx, ioc)
+	if err != nil {
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		_, derr := c.deleteProcess(ctx, task)
+		return nil, errors.Join(ctx.Err(), derr)
+	}
+	return task, nil
+}
+
 // Start starts the task of container name detached, its stdout and stderr appended to
 // logPath (made absolute; parent created 0700). It returns the task's pid.
 func (c *Client) Start(ctx context.Context, name, logPath string) (uint32, error) {
@@ -276,7 +296,7 @@ func (c *Client) Start(ctx context.Context, name, logPath string) (uint32, error
 	if err := c.clearStoppedTask(ctx, cont); err != nil {
 		return 0, fmt.Errorf("start container %s: %w", name, err)
 	}
-	task, err := cont.NewTask(ctx, cio.LogFile(abs))
+	task, err := c.newTask(ctx, cont, cio.LogFile(abs))
 	if err != nil {
 		return 0, fmt.Errorf("start container %s: new task: %w", name, err)
 	}

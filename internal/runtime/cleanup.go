@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/bottle-dev/bottle/internal/state"
 )
+
+// settleDelay is how long cleanup waits for task creations of killed starts to land.
+const settleDelay = time.Second
 
 // CleanupReport says what cleanup removed.
 type CleanupReport struct {
@@ -93,6 +97,32 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 			continue
 		}
 		rep.Tasks = append(rep.Tasks, t)
+	}
+	// A start killed while containerd was creating a task: containerd gives the create
+	// up, but the shim and its sandbox may already run, known to nobody. Give such a
+	// create time to land, then end what is left of it.
+	if len(rep.Bottles) > 0 {
+		time.Sleep(settleDelay)
+		if again, err := e.ctr.Leftovers(ctx); err == nil {
+			for _, t := range again.Tasks {
+				if err := e.ctr.DeleteTask(ctx, t); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				rep.Tasks = append(rep.Tasks, t)
+			}
+		}
+	}
+	shims, err := e.ctr.OrphanShims(ctx, "bottle-")
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, s := range shims {
+		if err := e.ctr.KillOrphanShim(ctx, s); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rep.Tasks = append(rep.Tasks, "orphan shim of "+s.ID)
 	}
 	for _, s := range left.Snapshots {
 		if keepsSnapshot(keep, s) {

@@ -200,6 +200,11 @@ func leftoverCheck(ctx context.Context, c *ctr.Client, n *netns.Manager, stateDi
 		for _, t := range left.Tasks {
 			items = append(items, "task "+t)
 		}
+		if shims, err := c.OrphanShims(ctx, "bottle-"); err == nil {
+			for _, s := range shims {
+				items = append(items, fmt.Sprintf("orphan shim of %s (pid %d)", s.ID, s.Pid))
+			}
+		}
 		for _, s := range left.Snapshots {
 			if !keepsSnapshot(owned, s) {
 				items = append(items, "snapshot "+s)
