@@ -232,6 +232,28 @@ func TestInterruptDuringStartTakesEverythingBack(t *testing.T) {
 	}
 }
 
+// TestLeftoverThatBlocksAStartNamesItsFix: a killed start holds the only address slot of
+// a tiny pool; the next start fails with the command that clears it, which works.
+func TestLeftoverThatBlocksAStartNamesItsFix(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("blocked")
+	tiny := "10.214.14.0/23" // one slot: an internal and an egress /24
+	cmd := e.command([]string{"BOTTLE_TEST_KILL_AT=meta"}, "start", "--pool", tiny, "blocked", "--", "/bin/true")
+	if out, err := cmd.CombinedOutput(); !killedBySignal(err) {
+		t.Fatalf("start was not killed (%v): %s", err, out)
+	}
+	orphan := e.identityOf("blocked")
+	out, errOut, code := e.bottle(nil, "start", "--pool", tiny, "blocked", "--", "/bin/true")
+	if code == 0 || !strings.Contains(errOut, "`bottle cleanup`") {
+		t.Fatalf("start with the slot held by a leftover: exit %d, stderr %q, stdout %q; want an error naming `bottle cleanup`", code, errOut, out)
+	}
+	if !strings.Contains(e.must("cleanup"), orphan) {
+		t.Errorf("cleanup did not remove %s", orphan)
+	}
+	e.must("start", "--rm", "--pool", tiny, "blocked", "--", "/bin/true")
+	e.assertNothingLeft(orphan)
+}
+
 func TestResumeKeepsIdentity(t *testing.T) {
 	e := newEnv(t)
 	e.writeManifest("again")

@@ -86,7 +86,7 @@ func ReserveSlot(stateDir, identity string, pool netip.Prefix) (int, error) {
 	if len(clashes) > 0 {
 		hint = " (" + strings.Join(clashes, "; ") + ")"
 	}
-	return 0, fmt.Errorf("no free slot in subnet pool %s: all %d slots are reserved in %s or overlap host networks%s; stop bottles, run `bottle cleanup`, or choose another pool", pool, n, dir, hint)
+	return 0, fmt.Errorf("no free slot in subnet pool %s: all %d slots are reserved in %s or overlap host networks%s; remove bottles you no longer need (`bottle rm ID`), run `bottle cleanup` for leftovers, or choose another pool with --pool", pool, n, dir, hint)
 }
 
 // SlotOf returns the slot reserved for identity; the error wraps fs.ErrNotExist if none.
@@ -279,5 +279,5 @@ func FirstFreeSlot(stateDir string, pool netip.Prefix) (int, error) {
 		}
 		return k, nil
 	}
-	return 0, fmt.Errorf("no free slot in subnet pool %s: %d reserved in %s, the rest overlap host networks; stop bottles, run `bottle cleanup`, or choose another pool with --pool", pool, len(taken), slotsDir(stateDir))
+	return 0, fmt.Errorf("no free slot in subnet pool %s: %d reserved in %s, the rest overlap host networks; remove bottles you no longer need (`bottle rm ID`), run `bottle cleanup` for leftovers, or choose another pool with --pool", pool, len(taken), slotsDir(stateDir))
 }
