@@ -1,4 +1,4 @@
-# bottle. The one test command is `sudo make test` (scripts/test.sh).
+# bottle. The one test command is `make test` as root (scripts/test.sh).
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 export PATH := /usr/local/go/bin:/usr/local/bin:$(PATH)

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# run.sh [CMD ARGS...] (`sudo make run`): the main job on a fresh machine. Sets up the host
+# run.sh [CMD ARGS...] (`make run` as root): the main job on a fresh machine. Sets up the host
 # (Debian packages, containerd v2, a static runsc), builds bottle, builds the Claude Code
 # agent image if it is missing (scripts/build-agent-image.sh: Debian packages and npm, no
 # Docker, cached) and starts the default `claude` agent on the current directory - or
-# CMD instead of `claude` (e.g. `sudo make run CMD="claude --version"`).
+# CMD instead of `claude` (e.g. `make run CMD="claude --version"`).
 #
 # Claude Code's OAuth token is read from CLAUDE_CODE_OAUTH_TOKEN and reaches only the
-# egress-proxy; keep it out of command lines: export it, then `sudo -E make run` (or
-# `sudo --preserve-env=CLAUDE_CODE_OAUTH_TOKEN make run`).
+# egress-proxy; keep it out of command lines: export it, then `make run` as root (`sudo -E make run`, or
+# `sudo --preserve-env=CLAUDE_CODE_OAUTH_TOKEN make run`, otherwise).
 #
 # With CONTAINERD_ADDRESS set, that containerd is used and none is started; bottle's other
 # settings come from BOTTLE_NAMESPACE, BOTTLE_STATE_DIR, BOTTLE_RESOLV_CONF, BOTTLE_POOL.
@@ -19,7 +19,7 @@ if [[ $(id -u) -ne 0 ]]; then
 	exit 1
 fi
 if [[ -z ${CLAUDE_CODE_OAUTH_TOKEN:-} ]]; then
-	echo "run.sh: CLAUDE_CODE_OAUTH_TOKEN is not set: export it (claude setup-token makes one) and run sudo -E make run" >&2
+	echo "run.sh: CLAUDE_CODE_OAUTH_TOKEN is not set: export it (claude setup-token makes one) and run make run again (sudo -E keeps it)" >&2
 	exit 1
 fi
 if [[ -n ${CONTAINERD_ADDRESS:-} ]]; then
