@@ -32,6 +32,8 @@ readonly APT_PACKAGES=(
 	util-linux # flock, setsid
 	libc6-dev  # cgo build of containerd (gcc only recommends it)
 	mmdebstrap # the Claude Code agent image without Docker (scripts/build-agent-image.sh)
+	libdpkg-perl # mmdebstrap: finds the archive keyring (only recommended by it)
+	gpg          # mmdebstrap: keyring handling (only recommended by it)
 )
 
 BIN_DIR=${BOTTLE_BIN_DIR:-/usr/local/bin}
