@@ -13,6 +13,8 @@
 # Keep DIR short (e.g. mktemp -d /var/tmp/bottle-ctrd.XXXXXX): unix socket paths are
 # limited to 107 bytes.
 set -euo pipefail
+# shellcheck source=scripts/lib/containerd-config.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/containerd-config.sh"
 
 export PATH="/usr/local/bin:/usr/local/go/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -61,22 +63,10 @@ start() {
 	mkdir -p "$dir/root" "$dir/state" "$dir/opt" "$dir/runc"
 	chmod 0711 "$dir"
 	: >"$dir/$MARKER"
-	cat >"$config" <<EOF
-# Private containerd for bottle's tests (scripts/containerd-test.sh). CRI and NRI are
-# off: tests do not use them and NRI's socket is host-global.
-version = 3
-root = "$dir/root"
-state = "$dir/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.cri.v1.images",
-  "io.containerd.cri.v1.runtime",
-  "io.containerd.podsandbox.controller.v1.podsandbox",
-  "io.containerd.nri.v1.nri",
-]
-
-[grpc]
-  address = "$socket"
+	{
+		echo "# Private containerd for bottle's tests (scripts/containerd-test.sh)."
+		containerd_config "$dir/root" "$dir/state" "$socket"
+		cat <<EOF
 
 [ttrpc]
   address = "$socket.ttrpc"
@@ -84,6 +74,7 @@ disabled_plugins = [
 [plugins.'io.containerd.internal.v1.opt']
   path = "$dir/opt"
 EOF
+	} >"$config"
 	setsid containerd --config "$config" </dev/null >>"$logfile" 2>&1 &
 	local pid=$!
 	echo "$pid" >"$pidfile"

@@ -16,6 +16,8 @@
 #   BOTTLE_BIN_DIR   where binaries go (default /usr/local/bin)
 #   BOTTLE_SKIP_APT  set to 1 to skip the Debian package step
 set -euo pipefail
+# shellcheck source=scripts/lib/containerd-config.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/containerd-config.sh"
 
 readonly CONTAINERD_VERSION=v2.2.9
 readonly GVISOR_VERSION=v0.0.0-20260905035102-160fafc42237
@@ -29,7 +31,8 @@ readonly APT_PACKAGES=(
 	ca-certificates
 	openssh-client
 	binutils # readelf: proves runsc is static
-	util-linux # flock, setsid
+	util-linux # flock, setsid, nsenter
+	procps     # pgrep (scripts/containerd-test.sh)
 	libc6-dev  # cgo build of containerd (gcc only recommends it)
 	mmdebstrap # the Claude Code agent image without Docker (scripts/build-agent-image.sh)
 	libdpkg-perl # mmdebstrap: finds the archive keyring (only recommended by it)
@@ -208,24 +211,10 @@ report_running_containerd() {
 
 setup_system() {
 	local config_changed=0
-	write_if_changed "$SYSTEM_CONFIG" 0644 <<EOF && config_changed=1
-# Written by bottle's scripts/setup-host.sh --system. bottle picks the runtime per
-# container (io.containerd.runc.v2 with BinaryName=runsc, or io.containerd.runsc.v1),
-# so no runtime sections are needed. CRI (Kubernetes) and NRI are off: bottle uses neither.
-version = 3
-root = "/var/lib/containerd"
-state = "/run/containerd"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.cri.v1.images",
-  "io.containerd.cri.v1.runtime",
-  "io.containerd.podsandbox.controller.v1.podsandbox",
-  "io.containerd.nri.v1.nri",
-]
-
-[grpc]
-  address = "$SYSTEM_SOCKET"
-EOF
+	{
+		echo "# Written by bottle's scripts/setup-host.sh --system."
+		containerd_config /var/lib/containerd /run/containerd "$SYSTEM_SOCKET"
+	} | write_if_changed "$SYSTEM_CONFIG" 0644 && config_changed=1
 
 	if containerd_answers "$SYSTEM_SOCKET"; then
 		report_running_containerd

@@ -172,3 +172,17 @@ func TestBadInvocationsExit2(t *testing.T) {
 		}
 	}
 }
+
+func TestSidecarBadListenAddress(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "filter.json")
+	os.WriteFile(cfg, []byte(`{"listen":"127.0.0.1:not-a-port","allowlist":["example.test"]}`), 0o644)
+	ready := filepath.Join(dir, "ready")
+	_, errOut, code := run(t, dir, nil, "sidecar", "filter", "--config", cfg, "--ready-file", ready)
+	if code == 0 || !strings.Contains(errOut, "listen on 127.0.0.1:not-a-port") {
+		t.Errorf("exit %d, stderr %q; want a listen error", code, errOut)
+	}
+	if _, err := os.Stat(ready); err == nil {
+		t.Error("a sidecar that does not serve reported ready")
+	}
+}

@@ -118,9 +118,12 @@ func readStrictJSON(path string, v any) error {
 func serveSidecar(c *cli.Context, addr string, serve func(context.Context, net.Listener) error) error {
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if addr == "" {
+		return fmt.Errorf("config %s has no listen address", c.String("config"))
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", addr, err)
+		return fmt.Errorf("listen on %s: %w; check that the address is free and belongs to this host", addr, err)
 	}
 	if ready := c.String("ready-file"); ready != "" {
 		if err := os.WriteFile(ready, nil, 0o644); err != nil {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	tasktypes "github.com/containerd/containerd/api/types/task"
+
+	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
 // withLookPath replaces PATH lookup and the /usr/local/bin fallback for one test.
@@ -33,7 +35,7 @@ func copyFile(t *testing.T, src, dst string) {
 	t.Helper()
 	b, err := os.ReadFile(src)
 	if err != nil {
-		t.Skipf("test needs %s: %v", src, err)
+		testutil.Missing(t, "%s: %v", src, err)
 	}
 	if err := os.WriteFile(dst, b, 0o755); err != nil {
 		t.Fatal(err)
@@ -47,7 +49,7 @@ func staticELF(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skip("no static ELF executable on this host (install busybox-static)")
+	testutil.Missing(t, "a static ELF executable (Debian busybox-static)")
 	return ""
 }
 
@@ -58,7 +60,7 @@ func dynamicELF(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skip("no dynamic ELF executable on this host")
+	testutil.Missing(t, "a dynamically linked executable such as /bin/ls")
 	return ""
 }
 

@@ -62,14 +62,6 @@ func serve(ctx context.Context, srv *http.Server, ln net.Listener, what string) 
 	return nil
 }
 
-func listen(ctx context.Context, addr, what string) (net.Listener, error) {
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("%s: listen on %s: %w; check that the address is free and belongs to this host", what, addr, err)
-	}
-	return ln, nil
-}
-
 // newServer returns an http.Server with header timeouts but no overall read/write
 // timeout: model streams legitimately last for hours.
 func newServer(h http.Handler, logger *slog.Logger) *http.Server {
@@ -80,6 +72,18 @@ func newServer(h http.Handler, logger *slog.Logger) *http.Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+}
+
+// serveCounted serves r with h and returns the response status and the bytes of the
+// request and response bodies, for the audit log.
+func serveCounted(h http.Handler, w http.ResponseWriter, r *http.Request) (status int, up, down int64) {
+	body := &countingBody{ReadCloser: r.Body}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = body
+	}
+	cw := &countingWriter{ResponseWriter: w}
+	h.ServeHTTP(cw, r)
+	return cw.status, body.n.Load(), cw.n
 }
 
 // countingWriter records the status and counts body bytes. Unwrap lets

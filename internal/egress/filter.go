@@ -28,7 +28,7 @@ type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // FilterConfig configures the allowlist filter. Zero fields take the defaults below.
 type FilterConfig struct {
-	// Listen is the TCP address to listen on (default DefaultFilterListen).
+	// Listen is the TCP address the sidecar listens on (the caller binds it).
 	Listen string `json:"listen"`
 	// Allowlist holds host names and "*.suffix" patterns (see Allowlist). Empty allows
 	// nothing.
@@ -49,8 +49,6 @@ type FilterConfig struct {
 }
 
 const (
-	// DefaultFilterListen is the filter's default listen address.
-	DefaultFilterListen = ":8888"
 	// DefaultTunnelIdleTimeout is long enough for hour-long model streams with gaps.
 	DefaultTunnelIdleTimeout = 2 * time.Hour
 
@@ -100,7 +98,6 @@ type Filter struct {
 	dial     DialFunc
 	plain    *httputil.ReverseProxy
 	log      *slog.Logger
-	listen   string
 }
 
 // NewFilter validates cfg and returns the filter. logger receives one record per
@@ -120,7 +117,6 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 		resolve: cfg.Resolver,
 		dial:    cfg.Dial,
 		log:     logger,
-		listen:  cfg.Listen,
 	}
 	ports := cfg.Ports
 	if len(ports) == 0 {
@@ -148,9 +144,6 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 	}
 	if f.idle == 0 {
 		f.idle = DefaultTunnelIdleTimeout
-	}
-	if f.listen == "" {
-		f.listen = DefaultFilterListen
 	}
 	if f.resolve == nil {
 		f.resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
@@ -181,19 +174,6 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 		},
 	}
 	return f, nil
-}
-
-// RunFilter listens on cfg.Listen and serves the filter until ctx ends.
-func RunFilter(ctx context.Context, cfg FilterConfig, logger *slog.Logger) error {
-	f, err := NewFilter(cfg, logger)
-	if err != nil {
-		return err
-	}
-	ln, err := listen(ctx, f.listen, "filter")
-	if err != nil {
-		return err
-	}
-	return f.Serve(ctx, ln)
 }
 
 // Serve serves the filter on ln until ctx ends. Requests and tunnels derive their
@@ -336,16 +316,26 @@ func splitTarget(hostport string, defaultPort uint16) (string, uint16, error) {
 	return host, uint16(p), nil
 }
 
-func (f *Filter) serveConnect(w http.ResponseWriter, r *http.Request, d *decision) {
-	host, port, err := splitTarget(r.Host, 0)
+// admit parses a request's target, runs every check on it and records the decision; it
+// answers the refusal itself and returns ok false then.
+func (f *Filter) admit(w http.ResponseWriter, r *http.Request, d *decision, target string, defaultPort uint16) (host string, port uint16, addrs []netip.Addr, ok bool) {
+	host, port, err := splitTarget(target, defaultPort)
 	if err != nil {
 		f.deny(w, d, http.StatusBadRequest, err.Error())
-		return
+		return "", 0, nil, false
 	}
 	d.host, d.port = host, port
 	addrs, code, reason := f.check(r.Context(), host, port)
 	if code != 0 {
 		f.deny(w, d, code, reason)
+		return "", 0, nil, false
+	}
+	return host, port, addrs, true
+}
+
+func (f *Filter) serveConnect(w http.ResponseWriter, r *http.Request, d *decision) {
+	host, port, addrs, ok := f.admit(w, r, d, r.Host, 0)
+	if !ok {
 		return
 	}
 	upstream, err := f.dialAddrs(r.Context(), addrs, port)
@@ -532,28 +522,15 @@ func (f *Filter) servePlain(w http.ResponseWriter, r *http.Request, d *decision)
 		f.deny(w, d, http.StatusBadRequest, "only http:// URLs can be proxied directly; use CONNECT for https")
 		return
 	}
-	host, port, err := splitTarget(r.URL.Host, 80)
-	if err != nil {
-		f.deny(w, d, http.StatusBadRequest, err.Error())
-		return
-	}
-	d.host, d.port = host, port
-	addrs, code, reason := f.check(r.Context(), host, port)
-	if code != 0 {
-		f.deny(w, d, code, reason)
+	_, _, addrs, ok := f.admit(w, r, d, r.URL.Host, 80)
+	if !ok {
 		return
 	}
 	d.allowed = true
 	d.resolvedTo = joinAddrs(addrs)
 	ctx := context.WithValue(r.Context(), decisionKey{}, d)
 	ctx = context.WithValue(ctx, validatedKey{}, addrs)
-	body := &countingBody{ReadCloser: r.Body}
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = body
-	}
-	cw := &countingWriter{ResponseWriter: w}
-	f.plain.ServeHTTP(cw, r.WithContext(ctx))
-	d.status, d.down, d.up = cw.status, cw.n, body.n.Load()
+	d.status, d.up, d.down = serveCounted(f.plain, w, r.WithContext(ctx))
 }
 
 type validatedKey struct{}

@@ -41,14 +41,12 @@ type Route struct {
 
 // ProxyConfig configures the egress-proxy.
 type ProxyConfig struct {
-	// Listen is the TCP address to listen on (default DefaultProxyListen).
+	// Listen is the TCP address the sidecar listens on (the caller binds it).
 	Listen string  `json:"listen"`
 	Routes []Route `json:"routes"`
 }
 
 const (
-	// DefaultProxyListen is the egress-proxy's default listen address.
-	DefaultProxyListen = ":9000"
 	// DefaultCredentialHeader and DefaultCredentialScheme apply when a route leaves
 	// header and scheme out.
 	DefaultCredentialHeader = "Authorization"
@@ -64,7 +62,6 @@ var agentCredentialHeaders = []string{"Authorization", "Proxy-Authorization", "X
 type EgressProxy struct {
 	routes map[string]*route
 	log    *slog.Logger
-	listen string
 }
 
 type route struct {
@@ -87,10 +84,7 @@ func NewEgressProxy(cfg ProxyConfig, getenv func(string) string, logger *slog.Lo
 	if len(cfg.Routes) == 0 {
 		return nil, fmt.Errorf("egress-proxy config: no routes; declare at least one route with host and token_ref")
 	}
-	p := &EgressProxy{routes: map[string]*route{}, log: logger, listen: cfg.Listen}
-	if p.listen == "" {
-		p.listen = DefaultProxyListen
-	}
+	p := &EgressProxy{routes: map[string]*route{}, log: logger}
 	for i, rc := range cfg.Routes {
 		rt, err := newRoute(rc, getenv, logger)
 		if err != nil {
@@ -245,19 +239,6 @@ type reqLogKey struct{}
 
 type reqLog struct{ err string }
 
-// RunEgressProxy listens on cfg.Listen and serves the egress-proxy until ctx ends.
-func RunEgressProxy(ctx context.Context, cfg ProxyConfig, getenv func(string) string, logger *slog.Logger) error {
-	p, err := NewEgressProxy(cfg, getenv, logger)
-	if err != nil {
-		return err
-	}
-	ln, err := listen(ctx, p.listen, "egress-proxy")
-	if err != nil {
-		return err
-	}
-	return p.Serve(ctx, ln)
-}
-
 // Serve serves the proxy on ln until ctx ends. In-flight requests derive their context
 // from ctx and end with it.
 func (p *EgressProxy) Serve(ctx context.Context, ln net.Listener) error {
@@ -289,13 +270,8 @@ func (p *EgressProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rl := &reqLog{}
 	ctx := context.WithValue(r.Context(), restPathKey{}, rest)
 	ctx = context.WithValue(ctx, reqLogKey{}, rl)
-	body := &countingBody{ReadCloser: r.Body}
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = body
-	}
-	cw := &countingWriter{ResponseWriter: w}
-	rt.proxy.ServeHTTP(cw, r.WithContext(ctx))
-	p.logRequest(r, rt.host, rest, cw.status, body.n.Load(), cw.n, start, rl.err)
+	status, in, out := serveCounted(rt.proxy, w, r.WithContext(ctx))
+	p.logRequest(r, rt.host, rest, status, in, out, start, rl.err)
 }
 
 func (p *EgressProxy) logRequest(r *http.Request, host, path string, status int, in, out int64, start time.Time, errText string) {

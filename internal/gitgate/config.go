@@ -18,7 +18,8 @@ import (
 
 // Config configures a git-gate. It decodes from JSON; Dial is a test hook only.
 type Config struct {
-	// Listen is the TCP address the gate serves the agent on (default DefaultListen).
+	// Listen is the TCP address the sidecar serves the agent on (the caller binds it;
+	// port 80, so remotes read http://git-gate/<name>.git).
 	Listen string `json:"listen,omitempty"`
 	// Remotes are the only repositories the agent can reach, as http://git-gate/<name>.git.
 	Remotes []Remote `json:"remotes"`
@@ -72,8 +73,6 @@ type PushRule struct {
 }
 
 const (
-	// DefaultListen serves the agent on port 80, so remotes read http://git-gate/<name>.git.
-	DefaultListen = ":80"
 	// DefaultTokenUser is the basic-auth user name sent with HTTPS tokens (GitHub's
 	// convention; most forges ignore the user for token auth).
 	DefaultTokenUser = "x-access-token"

@@ -38,7 +38,7 @@ func TestConfigJSON(t *testing.T) {
 	if got := strings.Join(g.Remotes(), ","); got != "infra,origin" {
 		t.Fatalf("remotes = %s", got)
 	}
-	if g.listen != ":8080" || len(g.remotes["origin"].rules) != 2 {
+	if cfg.Listen != ":8080" || len(g.remotes["origin"].rules) != 2 {
 		t.Fatalf("config not applied: %+v", g)
 	}
 	if r := g.remotes["infra"].rules; len(r) != 1 || r[0] != DefaultPushRules[0] {

@@ -48,7 +48,6 @@ import (
 type Gate struct {
 	remotes      map[string]*gateRemote
 	log          *slog.Logger
-	listen       string
 	maxPushBytes int64
 	spoolDir     string
 }
@@ -81,14 +80,11 @@ func New(cfg Config, getenv func(string) string, log *slog.Logger) (*Gate, error
 	if len(cfg.Remotes) == 0 {
 		return nil, fmt.Errorf("git-gate config: no remotes; declare at least one remote with name and url")
 	}
-	g := &Gate{remotes: map[string]*gateRemote{}, log: log, listen: cfg.Listen, maxPushBytes: cfg.MaxPushBytes, spoolDir: cfg.SpoolDir}
+	g := &Gate{remotes: map[string]*gateRemote{}, log: log, maxPushBytes: cfg.MaxPushBytes, spoolDir: cfg.SpoolDir}
 	if g.spoolDir != "" {
 		if st, err := os.Stat(g.spoolDir); err != nil || !st.IsDir() {
 			return nil, fmt.Errorf("git-gate config: spool_dir %s is not a directory; create it or leave spool_dir empty", g.spoolDir)
 		}
-	}
-	if g.listen == "" {
-		g.listen = DefaultListen
 	}
 	if g.maxPushBytes <= 0 {
 		g.maxPushBytes = DefaultMaxPushBytes
@@ -190,15 +186,6 @@ func (g *Gate) Remotes() []string {
 	}
 	sort.Strings(names)
 	return names
-}
-
-// ListenAndServe listens on the configured address and serves until ctx ends.
-func (g *Gate) ListenAndServe(ctx context.Context) error {
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", g.listen)
-	if err != nil {
-		return fmt.Errorf("git-gate: listen on %s: %w; check that the address is free and belongs to this host", g.listen, err)
-	}
-	return g.Serve(ctx, ln)
 }
 
 // Serve serves the gate on ln until ctx ends, then shuts down gracefully.

@@ -1,7 +1,6 @@
 package gitgate
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -136,23 +134,8 @@ func startSSHGitServer(t *testing.T, h *gitHarness, root string, clientKey ssh.P
 	return gitserver.StartSSH(t, gitserver.SSHConfig{Git: h.git, Root: root, Env: h.env, ClientKey: clientKey})
 }
 
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer = testutil.SyncBuffer
 
 // startGate runs a gate on loopback and returns its base URL and log.
 func startGate(t *testing.T, cfg Config, env map[string]string) (string, *syncBuffer) {

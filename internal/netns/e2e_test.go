@@ -521,17 +521,18 @@ func TestE2ESetupFailureUndoes(t *testing.T) {
 	}
 }
 
-// BenchmarkSetupTeardown measures a sidecar's netns setup (two CNI networks) and teardown.
-func BenchmarkSetupTeardown(b *testing.B) {
+// benchBottle prepares a Manager and the networks of a benchmark bottle in slot of the
+// test pool.
+func benchBottle(b *testing.B, slot int) (m *Manager, id string, in, eg Network) {
+	b.Helper()
 	testutil.RequireRoot(b)
 	tmp := b.TempDir()
 	m, err := New(Options{NetnsDir: filepath.Join(tmp, "netns"), LockFile: filepath.Join(tmp, "cni.lock"), StateDir: tmp})
 	if err != nil {
 		testutil.Missing(b, "CNI plugins: %v", err)
 	}
-	ctx := context.Background()
-	id := "nettest-b" + IdentityHash(tmp)[:5]
-	in, eg, err := BottleNetworks(id, 0, netip.MustParsePrefix("10.254.240.0/20"))
+	id = "nettest-b" + IdentityHash(tmp)[:5]
+	in, eg, err = BottleNetworks(id, slot, netip.MustParsePrefix("10.254.240.0/20"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -542,6 +543,13 @@ func BenchmarkSetupTeardown(b *testing.B) {
 	if p, clash := overlapsAny(host, in.Subnet, eg.Subnet); clash {
 		b.Skipf("benchmark subnets overlap host network %s", p)
 	}
+	return m, id, in, eg
+}
+
+// BenchmarkSetupTeardown measures a sidecar's netns setup (two CNI networks) and teardown.
+func BenchmarkSetupTeardown(b *testing.B) {
+	m, id, in, eg := benchBottle(b, 0)
+	ctx := context.Background()
 	att0, _ := in.Attach("eth0", HostFilter)
 	att1, _ := eg.Attach("eth1", HostFilter)
 	atts := []Attachment{att0, att1}
@@ -716,25 +724,8 @@ func TestE2ETeardownBottlePartial(t *testing.T) {
 // sidecar on internal + egress) the old way (Teardown of each container concurrently, then
 // RemoveNetworks, as internal/runtime did) and with TeardownBottle. Setup is not timed.
 func BenchmarkTeardownBottle(b *testing.B) {
-	testutil.RequireRoot(b)
-	tmp := b.TempDir()
-	m, err := New(Options{NetnsDir: filepath.Join(tmp, "netns"), LockFile: filepath.Join(tmp, "cni.lock"), StateDir: tmp})
-	if err != nil {
-		testutil.Missing(b, "CNI plugins: %v", err)
-	}
+	m, id, in, eg := benchBottle(b, 1)
 	ctx := context.Background()
-	id := "nettest-b" + IdentityHash(tmp)[:5]
-	in, eg, err := BottleNetworks(id, 1, netip.MustParsePrefix("10.254.240.0/20"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	host, err := hostPrefixes()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if p, clash := overlapsAny(host, in.Subnet, eg.Subnet); clash {
-		b.Skipf("benchmark subnets overlap host network %s", p)
-	}
 	agentAtt, _ := in.Attach("eth0", HostAgent)
 	sideIn, _ := in.Attach("eth0", HostFilter)
 	sideEg, _ := eg.Attach("eth1", HostFilter)

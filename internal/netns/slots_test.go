@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
 // freeTestPool returns a /20 in 10.254.0.0/16 that overlaps nothing on this host.
@@ -108,7 +110,7 @@ func TestReserveSlotSkipsHostNetworks(t *testing.T) {
 
 func TestProcNetRoutes(t *testing.T) {
 	if _, err := os.Stat("/proc/net/route"); err != nil {
-		t.Skip("no /proc/net/route")
+		testutil.Missing(t, "/proc/net/route")
 	}
 	fromProc, err := procNetRoutes()
 	if err != nil {

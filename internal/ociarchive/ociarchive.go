@@ -343,21 +343,12 @@ func buildLayer(entries []Entry) ([]byte, digest.Digest, error) {
 	return compressed.Bytes(), digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(diffHash.Sum(nil))), nil
 }
 
+// tarMode is tarPermissions(m), or def when m has no permission bits at all.
 func tarMode(m os.FileMode, def int64) int64 {
-	mode := int64(m.Perm())
 	if m&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky) == 0 {
-		mode = def
+		return def
 	}
-	if m&os.ModeSetuid != 0 {
-		mode |= 0o4000
-	}
-	if m&os.ModeSetgid != 0 {
-		mode |= 0o2000
-	}
-	if m&os.ModeSticky != 0 {
-		mode |= 0o1000
-	}
-	return mode
+	return tarPermissions(m)
 }
 
 func writeEntry(tw *tar.Writer, e Entry) error {

@@ -175,20 +175,17 @@ func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version st
 
 func leftoverCheck(ctx context.Context, c *ctr.Client, n *netns.Manager, stateDir string) Check {
 	var items []string
+	owned := map[string]bool{} // identities of bottles that are not orphans
 	if metas, broken, err := (state.Store{Dir: stateDir}).List(); err == nil {
 		for _, m := range metas {
 			if state.Orphaned(m) {
 				items = append(items, "orphaned bottle "+m.Identity)
+			} else {
+				owned[m.Identity] = true
 			}
 		}
 		for _, b := range broken {
 			items = append(items, "unreadable bottle dir "+filepath.Join(stateDir, "bottles", b))
-		}
-	}
-	owned := map[string]bool{}
-	if metas, _, err := (state.Store{Dir: stateDir}).List(); err == nil {
-		for _, m := range metas {
-			owned[m.Identity] = !state.Orphaned(m)
 		}
 	}
 	if left, err := c.Leftovers(ctx); err == nil {

@@ -157,13 +157,17 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		}
 		undo.push("release slot", func(context.Context) error { return netns.ReleaseSlot(e.opts.StateDir, so.identity) })
 	}
-	pool := e.opts.Pool
-	if prev != nil && prev.Pool != "" {
-		if pool, err = netip.ParsePrefix(prev.Pool); err != nil {
-			return 0, fmt.Errorf("bottle %s: recorded pool %q: %w", so.identity, prev.Pool, err)
-		}
+	meta := &state.Meta{
+		Identity: so.identity, Agent: so.Agent, ManifestPath: so.ManifestPath, Workspace: so.Workspace,
+		CopyCwd: so.CopyCwd, Command: so.Command, Slot: slot, Pool: e.opts.Pool.String(),
+		Runtime: rt.String(), Phase: state.PhaseStarting, Detached: so.Detach,
+		Pid: os.Getpid(), CreatedAt: time.Now().UTC(), StartedAt: time.Now().UTC(),
 	}
-	internal, egress, err := netns.BottleNetworks(so.identity, slot, pool)
+	if prev != nil {
+		meta.CreatedAt, meta.Pool = prev.CreatedAt, prev.Pool
+	}
+	meta.PidStart, _ = state.ProcessStart(meta.Pid)
+	internal, egress, err := e.networks(meta)
 	if err != nil {
 		return 0, err
 	}
@@ -184,16 +188,6 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	sidecarImage := img.ref
 	step("images")
 
-	meta := &state.Meta{
-		Identity: so.identity, Agent: so.Agent, ManifestPath: so.ManifestPath, Workspace: so.Workspace,
-		CopyCwd: so.CopyCwd, Command: so.Command, Slot: slot, Pool: pool.String(),
-		Runtime: rt.String(), Phase: state.PhaseStarting, Detached: so.Detach,
-		Pid: os.Getpid(), CreatedAt: time.Now().UTC(), StartedAt: time.Now().UTC(),
-	}
-	if prev != nil {
-		meta.CreatedAt = prev.CreatedAt
-	}
-	meta.PidStart, _ = state.ProcessStart(meta.Pid)
 	outside, err := e.sidecarSettings(prev)
 	if err != nil {
 		return 0, err

@@ -2,8 +2,10 @@
 package testutil
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -49,4 +51,22 @@ func ContainerdAddress(t testing.TB) string {
 		Missing(t, "containerd socket %s: %v", a, err)
 	}
 	return a
+}
+
+// SyncBuffer is a goroutine-safe buffer, e.g. a log sink written by concurrent handlers.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

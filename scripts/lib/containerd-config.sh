@@ -1,0 +1,23 @@
+# shellcheck shell=bash
+# containerd_config ROOT STATE SOCKET prints the containerd v2 config bottle runs with
+# (sourced by setup-host.sh and containerd-test.sh). bottle picks the runtime per container
+# (io.containerd.runc.v2 with BinaryName=runsc, or io.containerd.runsc.v1), so no runtime
+# sections are needed. CRI (Kubernetes) and NRI are off: bottle uses neither, and NRI's
+# socket is host-global.
+containerd_config() {
+	cat <<EOF
+version = 3
+root = "$1"
+state = "$2"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime",
+  "io.containerd.podsandbox.controller.v1.podsandbox",
+  "io.containerd.nri.v1.nri",
+]
+
+[grpc]
+  address = "$3"
+EOF
+}
