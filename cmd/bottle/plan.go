@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/runtime"
 )
 
 func manifestCommand() *cli.Command {
@@ -55,6 +55,10 @@ func planCommand() *cli.Command {
 				resolv = "# " + err.Error() + "\n"
 			}
 			// Subnets are reserved at start; the plan shows the pool's first pair.
+			internal, egress, err := runtime.PoolSubnets(runtime.DefaultPool)
+			if err != nil {
+				return err
+			}
 			p, err := plan.Build(plan.Input{
 				Manifest:          m,
 				ManifestPath:      src.Path,
@@ -65,8 +69,8 @@ func planCommand() *cli.Command {
 				WorkspaceOwner:    hostenv.Owner(cwd),
 				CopyWorkspace:     c.Bool("cwd"),
 				StateDir:          absOr(c.String("state-dir")),
-				Internal:          netip.MustParsePrefix("10.213.0.0/24"),
-				Egress:            netip.MustParsePrefix("10.213.1.0/24"),
+				Internal:          internal,
+				Egress:            egress,
 				SidecarImage:      sidecarImageRef(),
 				RuntimeOverride:   c.String("runtime"),
 				FilterOverride:    c.String("filter"),

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -598,24 +599,15 @@ func TestE2ELeftoverSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !contains(left.Snapshots, key) || left.Empty() {
+	if !slices.Contains(left.Snapshots, key) || left.Empty() {
 		t.Fatalf("Leftovers misses snapshot %s: %+v", key, left)
 	}
 	if err := e.c.RemoveSnapshot(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	if left, err = e.c.Leftovers(ctx); err != nil || contains(left.Snapshots, key) {
+	if left, err = e.c.Leftovers(ctx); err != nil || slices.Contains(left.Snapshots, key) {
 		t.Fatalf("after RemoveSnapshot: %+v, %v", left, err)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func TestE2ERunCancelledKillsTask(t *testing.T) {

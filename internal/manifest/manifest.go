@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -130,14 +131,7 @@ func (r *Route) Roles() []string {
 }
 
 // HasRole reports whether the route carries role.
-func (r *Route) HasRole(role string) bool {
-	for _, x := range r.Roles() {
-		if x == role {
-			return true
-		}
-	}
-	return false
-}
+func (r *Route) HasRole(role string) bool { return slices.Contains(r.Roles(), role) }
 
 // HeaderName returns the header the credential goes into.
 func (r *Route) HeaderName() string {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -153,10 +154,10 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 			bad(fmt.Sprintf("%s.allowlist[%d]", p, i), err.Error(), "use a host name like \"api.github.com\" or a suffix pattern like \"*.github.com\"")
 		}
 	}
-	if b.Runtime != "" && !contains(RuntimeChoices, b.Runtime) {
+	if b.Runtime != "" && !slices.Contains(RuntimeChoices, b.Runtime) {
 		bad(p+".runtime", fmt.Sprintf("unknown runtime %q", b.Runtime), "use one of: "+strings.Join(RuntimeChoices, ", "))
 	}
-	if b.Filter != "" && !contains(FilterChoices, b.Filter) {
+	if b.Filter != "" && !slices.Contains(FilterChoices, b.Filter) {
 		bad(p+".filter", fmt.Sprintf("unknown filter %q", b.Filter), "use one of: "+strings.Join(FilterChoices, ", "))
 	}
 	if b.Resources.MemoryMB < 0 || (b.Resources.MemoryMB > 0 && b.Resources.MemoryMB < 64) {
@@ -198,11 +199,11 @@ func validateRoutes(bad reporter, p string, routes []*Route) {
 			bad(rp+".role", err.Error(), "use a string or a list of strings from: "+strings.Join(KnownRoles, ", "))
 		}
 		for _, role := range roles {
-			if !contains(KnownRoles, role) {
+			if !slices.Contains(KnownRoles, role) {
 				bad(rp+".role", fmt.Sprintf("unknown role %q", role), "use one of: "+strings.Join(KnownRoles, ", "))
 				continue
 			}
-			if contains(SingletonRoles, role) {
+			if slices.Contains(SingletonRoles, role) {
 				if j, dup := singleton[role]; dup {
 					bad(rp+".role", fmt.Sprintf("role %q is already on %s[%d]; at most one route per bottle may carry it", role, p, j), "remove the role from one of the routes")
 				} else {
@@ -385,13 +386,4 @@ func checkHostName(h string) error {
 		return fmt.Errorf("%q looks like an IP address; name hosts, not addresses", h)
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

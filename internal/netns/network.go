@@ -22,15 +22,9 @@ import (
 // DefaultPool is the address pool slots are carved from (ARCHITECTURE.md).
 var DefaultPool = netip.MustParsePrefix("10.213.0.0/16")
 
-// Host parts of the static addresses (same on both networks of a bottle).
-const (
-	HostGateway     = 1
-	HostFilter      = 2
-	HostEgressProxy = 3
-	HostGitGate     = 4
-	HostSupervise   = 5
-	HostAgent       = 10
-)
+// HostGateway is the host part of an egress network's gateway (the host's address on
+// the bridge). The containers' addresses come from the plan.
+const HostGateway = 1
 
 const (
 	internalBridgePrefix = "bi-"
@@ -104,8 +98,8 @@ func validatePool(pool netip.Prefix) error {
 	return nil
 }
 
-// slotSubnets returns the internal (2k-th /24) and egress ((2k+1)-th /24) subnets of slot k.
-func slotSubnets(slot int, pool netip.Prefix) (internal, egress netip.Prefix, err error) {
+// SlotSubnets returns the internal (2k-th /24) and egress ((2k+1)-th /24) subnets of slot k.
+func SlotSubnets(slot int, pool netip.Prefix) (internal, egress netip.Prefix, err error) {
 	n, err := SlotCount(pool)
 	if err != nil {
 		return internal, egress, err
@@ -127,7 +121,7 @@ func BottleNetworks(identity string, slot int, pool netip.Prefix) (internal, egr
 	if err := ValidateIdentity(identity); err != nil {
 		return internal, egress, err
 	}
-	in, eg, err := slotSubnets(slot, pool)
+	in, eg, err := SlotSubnets(slot, pool)
 	if err != nil {
 		return internal, egress, err
 	}

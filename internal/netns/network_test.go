@@ -239,3 +239,9 @@ func TestNewRequiresPlugins(t *testing.T) {
 		}
 	}
 }
+
+// Host parts of test containers' addresses, as the plan assigns them.
+const (
+	HostFilter = 2
+	HostAgent  = 10
+)

@@ -67,7 +67,7 @@ func ReserveSlot(stateDir, identity string, pool netip.Prefix) (int, error) {
 	}
 	var clashes []string
 	for k := range n {
-		in, eg, _ := slotSubnets(k, pool)
+		in, eg, _ := SlotSubnets(k, pool)
 		if p, ok := overlapsAny(hostNets, in, eg); ok {
 			if len(clashes) < 3 {
 				clashes = append(clashes, fmt.Sprintf("slot %d overlaps host network %s", k, p))
@@ -270,7 +270,7 @@ func FirstFreeSlot(stateDir string, pool netip.Prefix) (int, error) {
 		return 0, err
 	}
 	for k := range n {
-		in, eg, _ := slotSubnets(k, pool)
+		in, eg, _ := SlotSubnets(k, pool)
 		if _, ok := taken[k]; ok {
 			continue
 		}

@@ -98,11 +98,11 @@ func TestReserveSlotSkipsHostNetworks(t *testing.T) {
 		t.Fatalf("want overlap error, got %v", err)
 	}
 	host := []netip.Prefix{netip.MustParsePrefix("10.254.1.0/24")}
-	in, eg, _ := slotSubnets(0, netip.MustParsePrefix("10.254.0.0/20"))
+	in, eg, _ := SlotSubnets(0, netip.MustParsePrefix("10.254.0.0/20"))
 	if _, ok := overlapsAny(host, in, eg); !ok {
 		t.Error("egress /24 overlap not detected")
 	}
-	in, eg, _ = slotSubnets(1, netip.MustParsePrefix("10.254.0.0/20"))
+	in, eg, _ = SlotSubnets(1, netip.MustParsePrefix("10.254.0.0/20"))
 	if _, ok := overlapsAny(host, in, eg); ok {
 		t.Error("slot 1 wrongly overlaps")
 	}

@@ -7,11 +7,13 @@
 package plan
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -254,13 +256,13 @@ func Build(in Input) (*Plan, error) {
 		Agent:    in.AgentName,
 		Bottle:   agent.Bottle,
 		Manifest: in.ManifestPath,
-		Runtime:  firstNonEmpty(in.RuntimeOverride, bottle.Runtime, "auto"),
+		Runtime:  cmp.Or(in.RuntimeOverride, bottle.Runtime, "auto"),
 		StageDir: path.Join(in.StateDir, "bottles", identity, "stage"),
 	}
-	if !contains(manifest.RuntimeChoices, p.Runtime) {
+	if !slices.Contains(manifest.RuntimeChoices, p.Runtime) {
 		return nil, fmt.Errorf("unknown runtime %q; use one of: %s", p.Runtime, strings.Join(manifest.RuntimeChoices, ", "))
 	}
-	p.Filter, err = chooseFilter(firstNonEmpty(in.FilterOverride, bottle.Filter, "auto"), in.PipelockPresent)
+	p.Filter, err = chooseFilter(cmp.Or(in.FilterOverride, bottle.Filter, "auto"), in.PipelockPresent)
 	if err != nil {
 		return nil, err
 	}
@@ -424,7 +426,7 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 	env["no_proxy"] = env["NO_PROXY"]
 	env["BOTTLE_IDENTITY"] = b.p.Identity
 	for _, r := range b.p.Routes {
-		if contains(r.Roles, manifest.RoleClaudeCodeOAuth) {
+		if slices.Contains(r.Roles, manifest.RoleClaudeCodeOAuth) {
 			// The agent holds only a placeholder; the egress-proxy swaps in the real token.
 			env["CLAUDE_CODE_OAUTH_TOKEN"] = ClaudePlaceholderToken
 			env["ANTHROPIC_BASE_URL"] = RouteURL(r.Host)
@@ -689,7 +691,7 @@ const SidecarUID = 65534
 // PipelockImageFor is the pipelock image of a bottle: the override (a flag), else the
 // manifest's, else the pinned default.
 func PipelockImageFor(b *manifest.Bottle, override string) string {
-	return firstNonEmpty(override, b.PipelockImage, DefaultPipelockImage)
+	return cmp.Or(override, b.PipelockImage, DefaultPipelockImage)
 }
 
 // RouteURL is the base URL through which the agent reaches a route's upstream.
@@ -755,26 +757,8 @@ func hostAddr(p netip.Prefix, n byte) netip.Addr {
 	return netip.AddrFrom4(a)
 }
 
-func firstNonEmpty(s ...string) string {
-	for _, x := range s {
-		if x != "" {
-			return x
-		}
-	}
-	return ""
-}
-
 func setDefault(env map[string]string, k, v string) {
 	if _, ok := env[k]; !ok {
 		env[k] = v
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -78,7 +79,7 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 		}
 	}
 
-	rt, err := ctr.DetectRuntime(firstNonEmpty(o.RuntimeOverride, "auto"), o.RunscPath, o.AllowUnsafeRunc)
+	rt, err := ctr.DetectRuntime(cmp.Or(o.RuntimeOverride, "auto"), o.RunscPath, o.AllowUnsafeRunc)
 	if err != nil {
 		add("runsc", CheckFail, oneLine(err), "") // the error says how to install it
 	} else {
@@ -115,8 +116,8 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 	if slot, err := netns.FirstFreeSlot(o.StateDir, o.Pool); err != nil {
 		add("subnet", CheckFail, oneLine(err), "remove bottles (`bottle rm`, `bottle cleanup`) or choose another --pool")
 	} else {
-		internal, egress, _ := netns.BottleNetworks("doctor-000000", slot, o.Pool)
-		add("subnet", CheckOK, fmt.Sprintf("next bottle gets %s and %s from pool %s", internal.Subnet, egress.Subnet, o.Pool), "")
+		internal, egress, _ := netns.SlotSubnets(slot, o.Pool)
+		add("subnet", CheckOK, fmt.Sprintf("next bottle gets %s and %s from pool %s", internal, egress, o.Pool), "")
 	}
 	if c != nil && o.Manifest != nil {
 		checks = append(checks, imageChecks(ctx, c, o)...)
@@ -248,7 +249,7 @@ func imageChecks(ctx context.Context, c *ctr.Client, o DoctorOptions) []Check {
 		b := o.Manifest.Bottles[name]
 		img := plan.PipelockImageFor(b, o.PipelockImage)
 		ok, _ := c.ImageExists(ctx, img)
-		choice := firstNonEmpty(o.FilterOverride, b.Filter, "auto")
+		choice := cmp.Or(o.FilterOverride, b.Filter, "auto")
 		switch {
 		case ok:
 			checks = append(checks, Check{Name: "filter image", Status: CheckOK, Detail: fmt.Sprintf("pipelock %s present (bottle %s, filter %s)", img, name, choice)})

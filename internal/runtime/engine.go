@@ -27,7 +27,13 @@ import (
 const DefaultNetnsDir = "/run/bottle/netns"
 
 // DefaultPool is the address pool bottle networks are carved from.
-var DefaultPool = netip.MustParsePrefix("10.213.0.0/16")
+var DefaultPool = netns.DefaultPool
+
+// PoolSubnets are the internal and egress subnets of a pool's first slot (what `bottle
+// plan` shows; start reserves a free slot).
+func PoolSubnets(pool netip.Prefix) (internal, egress netip.Prefix, err error) {
+	return netns.SlotSubnets(0, pool)
+}
 
 // Options configure an Engine.
 type Options struct {

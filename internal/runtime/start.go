@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -120,7 +121,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	if bottle.Supervise {
 		return 0, fmt.Errorf("bottle %q enables supervise, but this version of bottle has no supervise sidecar yet; set supervise = false to start", agent.Bottle)
 	}
-	rt, err := ctr.DetectRuntime(firstNonEmpty(e.opts.RuntimeOverride, bottle.Runtime, "auto"), e.opts.RunscPath, e.opts.AllowUnsafeRunc)
+	rt, err := ctr.DetectRuntime(cmp.Or(e.opts.RuntimeOverride, bottle.Runtime, "auto"), e.opts.RunscPath, e.opts.AllowUnsafeRunc)
 	if err != nil {
 		return 0, err
 	}
@@ -131,7 +132,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	}
 	pipelockImage := plan.PipelockImageFor(bottle, e.opts.PipelockImage)
 	pipelockPresent := false
-	if firstNonEmpty(e.opts.FilterOverride, bottle.Filter) != plan.FilterBuiltin {
+	if cmp.Or(e.opts.FilterOverride, bottle.Filter) != plan.FilterBuiltin {
 		if pipelockPresent, err = e.ctr.ImageExists(setupCtx, pipelockImage); err != nil {
 			return 0, err
 		}
@@ -579,15 +580,6 @@ func (e *Engine) logTail(identity, role string) string {
 	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	return strings.Join(lines[max(0, len(lines)-5):], " | ")
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, x := range s {
-		if x != "" {
-			return x
-		}
-	}
-	return ""
 }
 
 // egressAddr is a container's address on the egress network.
