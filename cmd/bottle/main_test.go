@@ -185,4 +185,8 @@ func TestSidecarBadListenAddress(t *testing.T) {
 	if _, err := os.Stat(ready); err == nil {
 		t.Error("a sidecar that does not serve reported ready")
 	}
+	// The reason waits for the start next to the ready file.
+	if reason, err := os.ReadFile(filepath.Join(dir, "error")); err != nil || !strings.Contains(string(reason), "listen on 127.0.0.1:not-a-port") {
+		t.Errorf("error file: %q, %v", reason, err)
+	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/gitgate"
+	"github.com/bottle-dev/bottle/internal/plan"
 )
 
 // sidecarCommand runs bottle's own sidecars inside their containers (hidden: users never
@@ -36,7 +37,7 @@ func sidecarCommand() *cli.Command {
 				Name:  "filter",
 				Usage: "the builtin allowlist filter (HTTP forward proxy)",
 				Flags: flags,
-				Action: func(c *cli.Context) error {
+				Action: reportingFailure(func(c *cli.Context) error {
 					var cfg egress.FilterConfig
 					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
 						return err
@@ -46,13 +47,13 @@ func sidecarCommand() *cli.Command {
 						return err
 					}
 					return serveSidecar(c, cfg.Listen, f.Serve)
-				},
+				}),
 			},
 			{
 				Name:  "git-gate",
 				Usage: "git-gate: the agent's only way to the declared git remotes",
 				Flags: flags,
-				Action: func(c *cli.Context) error {
+				Action: reportingFailure(func(c *cli.Context) error {
 					var cfg gitgate.Config
 					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
 						return err
@@ -77,13 +78,13 @@ func sidecarCommand() *cli.Command {
 						return fmt.Errorf("git-gate: %w", err)
 					}
 					return serveSidecar(c, cfg.Listen, g.Serve)
-				},
+				}),
 			},
 			{
 				Name:  "egress-proxy",
 				Usage: "the credential-injecting egress-proxy",
 				Flags: flags,
-				Action: func(c *cli.Context) error {
+				Action: reportingFailure(func(c *cli.Context) error {
 					var cfg egress.ProxyConfig
 					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
 						return err
@@ -94,9 +95,22 @@ func sidecarCommand() *cli.Command {
 						return err
 					}
 					return serveSidecar(c, cfg.Listen, p.Serve)
-				},
+				}),
 			},
 		},
+	}
+}
+
+// reportingFailure makes a sidecar that fails leave its error next to its ready file,
+// where the start that waits for it reads the reason (the task's log may not have it
+// yet when the exit is reported). Sidecar errors never hold secret values.
+func reportingFailure(action cli.ActionFunc) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		err := action(c)
+		if ready := c.String("ready-file"); err != nil && ready != "" {
+			_ = os.WriteFile(filepath.Join(filepath.Dir(ready), plan.SidecarErrorFile), []byte(err.Error()), 0o644)
+		}
+		return err
 	}
 }
 

@@ -679,8 +679,12 @@ func (b *builder) lookup(name string) (string, bool) {
 // the runtime creates it owned by SidecarUID.
 func SidecarRunDir(role string) string { return path.Join("run", role) }
 
-// SidecarReadyFile is created in /run/bottle by a sidecar once it serves.
-const SidecarReadyFile = "ready"
+// SidecarReadyFile is created in /run/bottle by a sidecar once it serves; a sidecar that
+// fails writes its error to SidecarErrorFile there instead.
+const (
+	SidecarReadyFile = "ready"
+	SidecarErrorFile = "error"
+)
 
 // extraCAPath is where the egress-proxy finds Input.ExtraCA.
 const extraCAPath = "/etc/bottle/extra-ca.pem"

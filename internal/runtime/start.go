@@ -478,6 +478,7 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 		}
 		dir := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role))
 		_ = os.Remove(filepath.Join(dir, plan.SidecarReadyFile))
+		_ = os.Remove(filepath.Join(dir, plan.SidecarErrorFile))
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("sidecar run dir %s: %w", dir, err)
 		}
@@ -532,6 +533,9 @@ func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container)
 		}
 		info, err := e.ctr.Info(ctx, c.Name)
 		if err == nil && info.TaskStatus != ctr.TaskRunning && info.TaskStatus != ctr.TaskCreated {
+			if reason, err := os.ReadFile(filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarErrorFile)); err == nil {
+				return fmt.Errorf("%s sidecar %s failed: %s", c.Role, c.Name, strings.TrimSpace(string(reason)))
+			}
 			// The shim copies the task's output into the log file after the exit is
 			// reported: give that copy a moment, or the tail misses the sidecar's error.
 			e.waitLogSettled(ctx, p.Identity, c.Role)
