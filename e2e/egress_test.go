@@ -374,17 +374,18 @@ role = "claude_code_oauth"
 	if stopWatch() {
 		t.Error("the token appeared on a host process's command line")
 	}
-	e.must("rm", id)
+	e.must("rm", "--force", id)
 	e.assertNothingLeft(id)
 }
 
 // networksOf returns a running bottle's networks from its recorded slot.
 func (e *env) networksOf(id string) (internal, egress netns.Network, err error) {
-	slot, err := netns.SlotOf(e.stateDir, id)
+	n := e.netns()
+	slot, err := n.SlotOf(id, netip.MustParsePrefix(pool))
 	if err != nil {
 		return internal, egress, err
 	}
-	return netns.BottleNetworks(id, slot, netip.MustParsePrefix(pool))
+	return n.BottleNetworks(id, slot, netip.MustParsePrefix(pool))
 }
 
 // linkLocal returns the IPv6 link-local address of a host interface, or "".

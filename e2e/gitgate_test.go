@@ -205,8 +205,8 @@ func runCmd(t *testing.T, cmd *exec.Cmd) (string, string, int) {
 
 // TestGitGate runs the agent image with two remotes, one HTTPS (token) and one SSH (key,
 // pinned host key), on a real forge on the test's fake internet. The agent clones,
-// fetches and pushes by the remotes' usual URLs; git-gate refuses protected, forced and
-// deleting pushes, undeclared repositories are out of reach, the credentials never enter
+// fetches and pushes by the remotes' usual URLs; git-gate refuses protected, forced
+// (also disguised by a crafted commit) and deleting pushes, undeclared repositories are out of reach, the credentials never enter
 // the agent or a host command line, and bad remotes fail the start cleanly.
 func TestGitGate(t *testing.T) {
 	e := newEnv(t)
@@ -338,6 +338,11 @@ func TestGitGate(t *testing.T) {
 				{"push to protected main", "git push origin HEAD:main", "ref not pushable"},
 				{"force push to bottle/x", "git checkout -q -b y origin/main && echo y > y.txt && git add y.txt && git commit -q -m y && git push -f origin y:bottle/x", "not a fast-forward"},
 				{"deletion of bottle/x", "git push origin :bottle/x", "deleting this ref is not allowed"},
+				// A rewrite of bottle/x whose commit repeats bottle/x as a late "parent"
+				// header: git's parent is main only, so only force could move it.
+				{"crafted late parent on bottle/x", `c=$(printf 'tree %s\nparent %s\nauthor A <a@bottle.invalid> 1700000000 +0000\ncommitter A <a@bottle.invalid> 1700000000 +0000\nparent %s\n\nrewrite\n' ` +
+					`$(git rev-parse 'origin/main^{tree}') $(git rev-parse origin/main) $(git rev-parse origin/bottle/x) | git hash-object -t commit -w --literally --stdin) && ` +
+					`! git merge-base --is-ancestor origin/bottle/x $c && git push -f origin $c:refs/heads/bottle/x`, "malformed commit"},
 			} {
 				out, err := agent(fmt.Sprintf("cd %s && %s", dir, p.script))
 				if err == nil || !strings.Contains(out, "git-gate") || !strings.Contains(out, p.reason) || !strings.Contains(out, "rejected") {
@@ -434,7 +439,7 @@ func TestGitGate(t *testing.T) {
 	if tokenSeen || keySeen {
 		t.Errorf("a credential appeared on a host process's command line (token %v, key %v)", tokenSeen, keySeen)
 	}
-	e.must("rm", id)
+	e.must("rm", "--force", id)
 	if ps := e.ps(); len(ps) != 0 {
 		t.Errorf("bottles left after rm: %+v", ps)
 	}

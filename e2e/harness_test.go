@@ -68,13 +68,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// env is one test's bottle environment: its own state dir on the shared test containerd.
+// env is one test's bottle environment: its own state dir (so its own owner of host
+// objects) on the shared test containerd.
 type env struct {
-	t        testing.TB
-	address  string
-	stateDir string
-	resolv   string
-	manifest string
+	t         testing.TB
+	address   string
+	namespace string
+	stateDir  string
+	resolv    string
+	manifest  string
 }
 
 func newEnv(t testing.TB) *env {
@@ -88,18 +90,33 @@ func newEnv(t testing.TB) *env {
 	}
 	importTestImage(t, address)
 	dir := t.TempDir()
-	e := &env{t: t, address: address, stateDir: filepath.Join(dir, "state"), resolv: filepath.Join(dir, "resolv.conf"), manifest: filepath.Join(dir, "bottle.toml")}
+	e := &env{t: t, address: address, namespace: namespace, stateDir: filepath.Join(dir, "state"), resolv: filepath.Join(dir, "resolv.conf"), manifest: filepath.Join(dir, "bottle.toml")}
 	// Sidecars that could leave get a resolver that points nowhere outside: loopback.
 	if err := os.WriteFile(e.resolv, []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_, errOut, code := e.bottle(nil, "cleanup", "--all")
-		if code != 0 {
-			t.Errorf("final cleanup: exit %d: %s", code, errOut)
-		}
-	})
+	t.Cleanup(e.cleanupAll)
 	return e
+}
+
+// cleanupAll is the harness's final cleanup: `cleanup --all` of this env's state dir and
+// namespace, which touches no other owner's bottles (a developer's, another test's).
+func (e *env) cleanupAll() {
+	e.t.Helper()
+	_, errOut, code := e.bottle(nil, "cleanup", "--all")
+	if code != 0 {
+		e.t.Errorf("final cleanup: exit %d: %s", code, errOut)
+	}
+}
+
+// netns returns a netns Manager of this env's owner (for names and host objects).
+func (e *env) netns() *netns.Manager {
+	e.t.Helper()
+	n, err := netns.New(netns.Options{StateDir: e.stateDir, Namespace: e.namespace, NetnsDir: runtime.DefaultNetnsDir})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
 }
 
 // writeManifest writes a manifest with one test agent per name.
@@ -118,7 +135,7 @@ func (e *env) writeManifest(agents ...string) {
 // args puts the test's global flags first; start and resume also get the test's pool,
 // resolver and runc root.
 func (e *env) args(args []string) []string {
-	out := []string{"--address", e.address, "--namespace", namespace, "--state-dir", e.stateDir, "--manifest", e.manifest}
+	out := []string{"--address", e.address, "--namespace", e.namespace, "--state-dir", e.stateDir, "--manifest", e.manifest}
 	for i, a := range args {
 		if a == "start" || a == "resume" {
 			extra := []string{"--pool", pool, "--resolv-conf", e.resolv}
@@ -201,7 +218,7 @@ func (e *env) identityOf(agent string) string {
 func (e *env) assertNothingLeft(ids ...string) {
 	e.t.Helper()
 	ctx := context.Background()
-	c, err := ctr.Connect(ctx, e.address, namespace)
+	c, err := ctr.Connect(ctx, e.address, e.namespace)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -210,10 +227,7 @@ func (e *env) assertNothingLeft(ids ...string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	n, err := netns.New(netns.Options{StateDir: e.stateDir, NetnsDir: runtime.DefaultNetnsDir})
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	n := e.netns()
 	netLeft, err := n.Leftovers(ctx)
 	if err != nil {
 		e.t.Fatal(err)
@@ -229,28 +243,30 @@ func (e *env) assertNothingLeft(ids ...string) {
 				e.t.Errorf("task or snapshot %s of %s left", s, id)
 			}
 		}
-		hash := netns.IdentityHash(id)
+		// Bridge names carry owner and identity hash; the slot does not matter for names.
+		internal, _, err := n.BottleNetworks(id, 0, netns.DefaultPool)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		tail, chain := internal.Bridge[3:], n.FirewallChain(id)
 		for _, l := range netLeft {
-			if l.Identity == id || l.Hash == hash || strings.Contains(l.Name, id) || strings.Contains(l.Name, hash) {
+			if l.Owner == n.Owner().ID && (l.Identity == id || strings.Contains(l.Name, tail) || l.Name == chain) || strings.Contains(l.Name, id) {
 				e.t.Errorf("%s of %s left", l, id)
 			}
 		}
 		if _, err := os.Stat(filepath.Join(e.stateDir, "bottles", id)); err == nil {
 			e.t.Errorf("state dir of %s left", id)
 		}
-		for _, f := range []string{"bottle-bottle-" + id + "-agent", "bottle-bottle-" + id + "-filter"} {
-			f = filepath.Join(runtime.DefaultNetnsDir, f)
-			if _, err := os.Stat(f); err == nil {
-				e.t.Errorf("netns file %s left", f)
-			}
+		if files, _ := filepath.Glob(filepath.Join(runtime.DefaultNetnsDir, n.Owner().ID, "*"+id+"*")); len(files) > 0 {
+			e.t.Errorf("netns files left: %v", files)
 		}
 		if procs := processesMentioning(id, 5*time.Second); len(procs) > 0 {
 			e.t.Errorf("processes of %s still run (shim or sandbox): %v", id, procs)
 		}
-		if out, _ := exec.Command("ip", "-o", "link", "show").Output(); strings.Contains(string(out), hash) {
+		if out, _ := exec.Command("ip", "-o", "link", "show").Output(); strings.Contains(string(out), tail) {
 			e.t.Errorf("bridge of %s left:\n%s", id, out)
 		}
-		if out, _ := exec.Command("iptables-save").Output(); strings.Contains(string(out), strings.ToUpper(hash)) || strings.Contains(string(out), hash) {
+		if out, _ := exec.Command("iptables-save").Output(); strings.Contains(string(out), chain) || strings.Contains(string(out), tail) {
 			e.t.Errorf("firewall rules of %s left", id)
 		}
 	}

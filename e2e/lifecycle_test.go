@@ -184,13 +184,10 @@ func TestKillDuringStartThenCleanup(t *testing.T) {
 		ids = append(ids, e.identityOf("kill-"+p))
 	}
 	// Killed while the agent runs attached.
-	cmd := e.command(nil, "start", "kill-attached", "--", "/bin/sleep", "300")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	_, wait, cmd := e.background(nil, "start", "kill-attached", "--", "/bin/sleep", "300")
 	ids = append(ids, e.waitPhase("kill-attached", "running", 30*time.Second))
 	cmd.Process.Kill()
-	cmd.Wait()
+	wait(30 * time.Second)
 
 	out := e.must("cleanup")
 	for _, id := range ids {
@@ -198,7 +195,58 @@ func TestKillDuringStartThenCleanup(t *testing.T) {
 			t.Errorf("cleanup did not report %s:\n%s", id, out)
 		}
 	}
+	// The attached bottle had started: cleanup stops it and keeps it for resume.
+	attached := ids[len(ids)-1]
+	if p := e.ps(); len(p) != 1 || p[0].Identity != attached || p[0].Phase != "stopped" {
+		t.Errorf("after cleanup: %+v; want only %s, stopped", p, attached)
+	}
+	e.must("rm", attached)
 	e.assertNothingLeft(ids...)
+}
+
+// TestRmOfARunningBottleNeedsForce: rm refuses a running bottle with the commands that
+// do it; --force removes it.
+func TestRmOfARunningBottleNeedsForce(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("busy")
+	e.must("start", "--detach", "busy", "--", "/bin/sleep", "300")
+	id := e.identityOf("busy")
+	_, errOut, code := e.bottle(nil, "rm", id)
+	if code == 0 || !strings.Contains(errOut, "is running; stop it first with `bottle stop "+id+"`, or remove it anyway with `bottle rm --force "+id+"`") {
+		t.Errorf("rm of a running bottle: exit %d, stderr %q", code, errOut)
+	}
+	if p := e.ps(); len(p) != 1 || p[0].Phase != "running" || p[0].Containers["agent"] != "running" {
+		t.Errorf("after a refused rm: %+v", p)
+	}
+	e.must("rm", "--force", id)
+	e.assertNothingLeft(id)
+}
+
+// TestResumeAfterTheAttachedProcessWasKilled: the process a bottle ran attached to is
+// killed after the start finished; ps says so, and resume continues the bottle.
+func TestResumeAfterTheAttachedProcessWasKilled(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("dropped")
+	cmd := e.command(nil, "start", "dropped", "--", "/bin/sleep", "300")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	id := e.waitPhase("dropped", "running", 60*time.Second)
+	cmd.Process.Kill()
+	cmd.Wait()
+	if out := e.must("ps"); !strings.Contains(out, fmt.Sprintf("running: the process it ran attached to (%d) is gone", cmd.Process.Pid)) {
+		t.Errorf("ps does not say the attached process is gone:\n%s", out)
+	}
+	out, errOut, code := e.bottle(nil, "resume", "--detach", id)
+	if code != 0 || strings.Contains(errOut, "abandoned") {
+		t.Fatalf("resume: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if p := e.ps(); len(p) != 1 || p[0].Phase != "running" || p[0].Containers["agent"] != "running" {
+		t.Errorf("after resume: %+v", p)
+	}
+	e.must("stop", id)
+	e.must("rm", id)
+	e.assertNothingLeft(id)
 }
 
 // TestInterruptDuringStartTakesEverythingBack sends the start a SIGINT (what Ctrl-C does)

@@ -32,8 +32,8 @@ command = ["/bin/sleep", "600"]
 [bottles.b]
 runtime = "runsc-runc"
 filter = "pipelock"
-allowlist = ["api.allowed.test"]
-`, testImage)
+allowlist = ["api.allowed.test", %q]
+`, testImage, internalName)
 	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +41,7 @@ allowlist = ["api.allowed.test"]
 	for _, h := range []string{"api.allowed.test", "api.denied.test"} {
 		args = append(args, "--add-host", h+":"+upstreamAddr.Addr().String())
 	}
+	args = append(args, internalTarget(t)...)
 	if out, errOut, code := e.bottle(nil, append(args, "piped")...); code != 0 {
 		t.Fatalf("start with pipelock %s: exit %d: %s %s", ref, code, out, errOut)
 	}
@@ -54,6 +55,7 @@ allowlist = ["api.allowed.test"]
 	expect(probe("connect", "filter:8888", "api.allowed.test:443", "api.allowed.test"), "TLSOK", "CONNECT with matching SNI (control)")
 	expect(probe("connect", "filter:8888", "api.denied.test:443", "api.denied.test"), "REFUSED 403", "CONNECT to a non-allowlisted host")
 	expect(probe("connect", "filter:8888", "api.allowed.test:443", "evil.example"), "TLSFAIL", "CONNECT whose SNI differs from its host")
+	expect(probe("connect", "filter:8888", internalName+":443", internalName), "REFUSED 403", "CONNECT to an allowlisted name inside 198.18.0.0/15")
 
 	// pipelock logs its decisions as JSON lines, in strict mode.
 	logs := e.must("logs", id, "--role", "filter")
@@ -62,12 +64,12 @@ allowlist = ["api.allowed.test"]
 			t.Errorf("pipelock log lacks %s:\n%s", want, logs)
 		}
 	}
-	e.must("rm", id)
+	e.must("rm", "--force", id)
 	e.assertNothingLeft(id)
 
 	// An empty allowlist: pipelock's strict mode refuses to start without an entry, so
 	// bottle renders a never-resolving stand-in, and nothing is reachable.
-	if err := os.WriteFile(e.manifest, []byte(strings.Replace(manifest, `allowlist = ["api.allowed.test"]`, "allowlist = []", 1)), 0o644); err != nil {
+	if err := os.WriteFile(e.manifest, []byte(strings.Replace(manifest, fmt.Sprintf("allowlist = [\"api.allowed.test\", %q]", internalName), "allowlist = []", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if out, errOut, code := e.bottle(nil, append(args, "piped")...); code != 0 {
@@ -76,6 +78,6 @@ allowlist = ["api.allowed.test"]
 	id = e.identityOf("piped")
 	expect(probe("get", "http://filter:8888", "http://api.allowed.test/hello"), "STATUS 403", "formerly allowlisted host, empty allowlist")
 	expect(probe("connect", "filter:8888", "api.allowed.test:443", "api.allowed.test"), "REFUSED 403", "CONNECT, empty allowlist")
-	e.must("rm", id)
+	e.must("rm", "--force", id)
 	e.assertNothingLeft(id)
 }

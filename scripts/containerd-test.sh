@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# containerd-test.sh start|stop|env DIR
+# containerd-test.sh start|restart|stop|env DIR
 #
 # A PRIVATE containerd for tests: config, root, state, socket, log and pid file all live
 # under DIR, so it never touches the host's containerd (if any) and `stop` removes it all.
 #   start DIR  write DIR/config.toml, start containerd, wait until it answers (30 s)
+#   restart DIR  stop only the daemon (its shims and tasks keep running) and start it
+#              again on the same config and state (tests of a containerd restart)
 #   stop DIR   remove leftover containers through the private daemon, stop the daemon
 #              (only the pid in DIR/containerd.pid), unmount what is left under DIR,
 #              then remove DIR
@@ -28,7 +30,7 @@ die() {
 	exit 1
 }
 
-(($# == 2)) || die "usage: $0 start|stop|env DIR"
+(($# == 2)) || die "usage: $0 start|restart|stop|env DIR"
 cmd=$1
 [[ -n $2 ]] || die "DIR is empty"
 dir=$(realpath -m -- "$2")
@@ -75,7 +77,12 @@ start() {
   path = "$dir/opt"
 EOF
 	} >"$config"
-	setsid containerd --config "$config" </dev/null >>"$logfile" 2>&1 &
+	launch
+}
+
+# launch starts the daemon on $config and waits until it answers.
+launch() {
+	"${DAEMON_ENV[@]}" setsid containerd --config "$config" </dev/null >>"$logfile" 2>&1 &
 	local pid=$!
 	echo "$pid" >"$pidfile"
 	local i
@@ -92,6 +99,25 @@ EOF
 	done
 	tail -n 40 "$logfile" >&2 || true
 	die "containerd (pid $pid) did not answer on $socket within ${START_TIMEOUT_S} s (log above: $logfile); stop it with: $0 stop $dir"
+}
+
+# restart stops only the daemon (SIGTERM, by the pid in DIR/containerd.pid; its shims and
+# their tasks keep running) and starts it again on the same config, root and state, as a
+# containerd upgrade or crash-restart would. A daemon that is not running is just started.
+restart() {
+	[[ $(id -u) -eq 0 ]] || die "must run as root"
+	[[ -e $dir/$MARKER && -f $config ]] || die "$dir was not made by $0 start; refusing to touch it"
+	local pid i
+	if pid=$(daemon_pid); then
+		log "stopping containerd (pid $pid) for a restart"
+		kill -TERM "$pid" 2>/dev/null || true
+		for ((i = 0; i < STOP_TIMEOUT_S * 5; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.2
+		done
+		! kill -0 "$pid" 2>/dev/null || die "containerd (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_S} s"
+	fi
+	launch
 }
 
 # remove_leftovers deletes tasks and containers that tests left behind, through the
@@ -126,7 +152,7 @@ mounts_under() {
 kill_orphan_shims() {
 	local p cmdline kids
 	for p in /proc/[0-9]*; do
-		cmdline=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+		cmdline=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
 		[[ $cmdline == *containerd-shim*" -address $dir/containerd.sock"* ]] || continue
 		kids=$(pgrep -P "${p#/proc/}" || true)
 		log "LEFTOVER shim process ${p#/proc/}: $cmdline"
@@ -180,6 +206,7 @@ stop() {
 
 case $cmd in
 start) start ;;
+restart) restart ;;
 stop) stop ;;
 env)
 	printf 'export BOTTLE_TEST_CONTAINERD_ADDRESS=%q\n' "$socket"
@@ -188,5 +215,5 @@ env)
 	# pins a "null-netns" bind mount in it; under DIR, `stop` removes it.
 	printf 'export BOTTLE_TEST_RUNC_ROOT=%q\n' "$dir/runc"
 	;;
-*) die "unknown command '$cmd' (usage: $0 start|stop|env DIR)" ;;
+*) die "unknown command '$cmd' (usage: $0 start|restart|stop|env DIR)" ;;
 esac

@@ -266,7 +266,7 @@ EOF
 			log "no systemd: starting containerd in the background (pid file $SYSTEM_PIDFILE, log $SYSTEM_LOG)"
 			mkdir -p "$(dirname "$SYSTEM_LOG")"
 			# 9>&-: the daemon must not inherit (and hold) the setup lock.
-			setsid "$BIN_DIR/containerd" --config "$SYSTEM_CONFIG" </dev/null >>"$SYSTEM_LOG" 2>&1 9>&- &
+			"${DAEMON_ENV[@]}" setsid "$BIN_DIR/containerd" --config "$SYSTEM_CONFIG" </dev/null >>"$SYSTEM_LOG" 2>&1 9>&- &
 			echo $! >"$SYSTEM_PIDFILE"
 		fi
 		wait_for_containerd "$SYSTEM_SOCKET" "$SYSTEM_LOG"

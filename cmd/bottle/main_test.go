@@ -2,14 +2,29 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/bottle-dev/bottle/internal/egress"
+	"github.com/bottle-dev/bottle/internal/gitgate"
+	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/plan"
 )
 
 var bottleBin string
@@ -32,15 +47,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// run runs bottle in dir with only the given environment (plus PATH).
+// run runs bottle in dir with only the given environment (plus PATH). A bottle that
+// hangs is killed after a minute and fails the test.
 func run(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(bottleBin, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bottleBin, args...)
 	cmd.Dir = dir
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("bottle %v did not finish within a minute", args)
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		code = ee.ExitCode()
@@ -188,5 +209,256 @@ func TestSidecarBadListenAddress(t *testing.T) {
 	// The reason waits for the start next to the ready file.
 	if reason, err := os.ReadFile(filepath.Join(dir, "error")); err != nil || !strings.Contains(string(reason), "listen on 127.0.0.1:not-a-port") {
 		t.Errorf("error file: %q, %v", reason, err)
+	}
+}
+
+// sshManifest is a valid manifest whose one ssh remote reads its key from keyPath.
+func sshManifest(keyPath string) string {
+	return fmt.Sprintf(`[agents.a]
+bottle = "b"
+image = "img"
+[bottles.b]
+[[bottles.b.git]]
+name = "origin"
+url = "git@github.com:me/repo.git"
+ssh_key = %q
+known_hosts = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+`, keyPath)
+}
+
+// TestHostFilesRefused: a manifest, ssh_key, CA or resolver file that is a FIFO, a device,
+// a directory or too large is refused at once with exit 2 and its path, and start
+// refuses it before it creates anything (or even connects to containerd).
+func TestHostFilesRefused(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.toml")
+	if err := os.WriteFile(big, bytes.Repeat([]byte("# padding\n"), 200<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	manifestWithKey := func(key string) string {
+		p := filepath.Join(dir, filepath.Base(key)+"-key.toml")
+		if err := os.WriteFile(p, []byte(sshManifest(key)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	valid := manifestWithKey(filepath.Join(dir, "missing"))
+	stateDir := filepath.Join(dir, "state")
+	start := func(extra ...string) []string {
+		return append([]string{"--address", filepath.Join(dir, "no-containerd.sock"), "--state-dir", stateDir, "start", "--manifest"}, extra...)
+	}
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		want []string
+	}{
+		{"--manifest FIFO", nil, []string{"plan", "--manifest", fifo}, []string{fifo, "named pipe"}},
+		{"--manifest /dev/zero", nil, []string{"plan", "--manifest", "/dev/zero"}, []string{"/dev/zero", "character device"}},
+		{"--manifest directory", nil, []string{"plan", "--manifest", dir}, []string{dir, "directory"}},
+		{"--manifest too large", nil, []string{"plan", "--manifest", big}, []string{big, "larger than 1 MiB"}},
+		{"$BOTTLE_MANIFEST FIFO", []string{"BOTTLE_MANIFEST=" + fifo}, []string{"plan"}, []string{fifo, "$BOTTLE_MANIFEST"}},
+		{"ssh_key FIFO", nil, []string{"plan", "--manifest", manifestWithKey(fifo)}, []string{fifo, "bottles.b.git[0].ssh_key", "named pipe"}},
+		{"ssh_key /dev/zero", nil, []string{"plan", "--manifest", manifestWithKey("/dev/zero")}, []string{"/dev/zero", "bottles.b.git[0].ssh_key", "character device"}},
+		{"start ssh_key FIFO", nil, start(manifestWithKey(fifo)), []string{fifo, "bottles.b.git[0].ssh_key"}},
+		{"start --ca-file FIFO", nil, start(valid, "--ca-file", fifo), []string{"--ca-file", fifo}},
+		{"start --resolv-conf /dev/zero", nil, start(valid, "--resolv-conf", "/dev/zero"), []string{"--resolv-conf", "/dev/zero"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if strings.HasPrefix(tc.name, "start --") {
+				// The key is read first; give it one so that the flag's file is reached.
+				key := filepath.Join(dir, "missing")
+				if err := os.WriteFile(key, []byte("key"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				defer os.Remove(key)
+			}
+			out, errOut, code := run(t, dir, tc.env, tc.args...)
+			if code != 2 || out != "" {
+				t.Errorf("exit %d, stdout %q; want exit 2 and no plan", code, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("error does not say %q:\n%s", w, errOut)
+				}
+			}
+		})
+	}
+	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
+		t.Errorf("a refused start left %s (%v)", stateDir, err)
+	}
+	// ./bottle.toml is found by name: a FIFO there is refused too.
+	cwd := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(cwd, "bottle.toml"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := run(t, cwd, nil, "plan"); code != 2 || !strings.Contains(errOut, "bottle.toml") {
+		t.Errorf("./bottle.toml FIFO: exit %d: %s", code, errOut)
+	}
+}
+
+// TestSidecarsAcceptWhatTheManifestAccepts plans manifests that pass validation, edge
+// cases included, and loads the sidecar configs of each plan with the sidecars' own
+// constructors and process env: whatever the manifest accepts must not fail a sidecar
+// at start. It also checks that every environment name bottle generates is one a
+// token_ref cannot take (manifest.GeneratedEnv).
+func TestSidecarsAcceptWhatTheManifestAccepts(t *testing.T) {
+	_, hostKey, _ := ed25519.GenerateKey(rand.Reader)
+	hostPub, err := ssh.NewPublicKey(hostKey.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyLine := func(hosts ...string) string { return knownhosts.Line(hosts, hostPub) }
+	_, caKey, _ := ed25519.GenerateKey(rand.Reader)
+	caPub, err := ssh.NewPublicKey(caKey.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherKey := strings.SplitN(knownhosts.Line([]string{"x"}, caPub), " ", 2)[1] // "TYPE BASE64"
+	_, clientKey, _ := ed25519.GenerateKey(rand.Reader)
+	block, err := ssh.MarshalPrivateKey(clientKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	privPEM := pem.EncodeToMemory(block)
+	edge := fmt.Sprintf(`[agents.edge]
+bottle = "edge"
+image = "img"
+env = { NOTE = "x" }
+forward_env = ["FWD"]
+user = "2147483646:2147483646"
+[bottles.edge]
+allowlist = ["Example.COM.", "*.example.co.uk", "*.githubusercontent.example", "a-b.example"]
+resources = { memory_mb = 1048576, cpus = 1024.0, pids = 16 }
+[[bottles.edge.egress_proxy.routes]]
+host = "API.Example.COM."
+token_ref = "CLAUDE_CODE_OAUTH_TOKEN"
+role = "claude_code_oauth"
+[[bottles.edge.egress_proxy.routes]]
+host = "raw.example.org"
+token_ref = "RAW_KEY"
+header = "x-api-key"
+scheme = "none"
+[[bottles.edge.egress_proxy.routes]]
+host = "localhost"
+token_ref = "LOCAL"
+scheme = "token"
+[[bottles.edge.git]]
+name = "origin.repo_1"
+url = "git@github.com:me/repo.git"
+ssh_key = "k"
+known_hosts = %q
+push = [{ ref = "refs/heads/bottle/*" }, { ref = "refs/tags/v*", force = true, delete = true }]
+[[bottles.edge.git]]
+name = "port"
+url = "ssh://git@git.example.com:2222/~me/repo"
+ssh_key = "/k"
+known_hosts = %q
+[[bottles.edge.git]]
+name = "v6"
+url = "ssh://git@[::1]:2222/r.git"
+ssh_key = "/k"
+known_hosts = %q
+[[bottles.edge.git]]
+name = "https"
+url = "https://git.example.com:8443/a/b"
+token_ref = "GIT_TOKEN"
+`, "# pinned\n@revoked * "+otherKey+"\n@cert-authority *.example "+otherKey+"\n"+keyLine(knownhosts.HashHostname("github.com")),
+		keyLine("*.example.com:2222", "!other.example.com")+"\r\n",
+		keyLine("[::1]:2222"))
+	sources := map[string][]byte{"edge.toml": []byte(edge), manifest.DefaultName: manifest.Default()}
+	files, _ := filepath.Glob(repo(t, "examples/*.toml"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sources[f] = data
+	}
+	for name, data := range sources {
+		m, err := manifest.Load(name, data)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, agent := range m.AgentNames() {
+			p, err := plan.Build(plan.Input{
+				Manifest: m, ManifestPath: "/m/" + filepath.Base(name), AgentName: agent,
+				LookupEnv: func(k string) (string, bool) { return "value-of-" + k, true },
+				NewSuffix: func() (string, error) { return "abc123", nil },
+				Workspace: "/w", StateDir: "/s", SidecarImage: "img",
+				Internal: netip.MustParsePrefix("10.213.4.0/24"), Egress: netip.MustParsePrefix("10.213.5.0/24"),
+				ReadFile: func(string) ([]byte, error) { return privPEM, nil },
+				Strict:   true,
+			})
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, agent, err)
+			}
+			checkSidecarConfigs(t, name+" "+agent, m, agent, p)
+		}
+	}
+}
+
+func checkSidecarConfigs(t *testing.T, what string, m *manifest.Manifest, agent string, p *plan.Plan) {
+	t.Helper()
+	own := map[string]bool{} // names the manifest gives
+	a := m.Agents[agent]
+	for k := range a.Env {
+		own[k] = true
+	}
+	for _, n := range append(a.ForwardEnv, a.OptionalEnv...) {
+		own[n] = true
+	}
+	for _, r := range m.Bottles[a.Bottle].EgressProxy.Routes {
+		own[r.TokenRef] = true
+	}
+	for _, g := range m.Bottles[a.Bottle].Git {
+		own[g.TokenRef] = true
+	}
+	stage := map[string][]byte{}
+	for _, f := range p.StageFiles {
+		stage[f.Name] = []byte(f.Content)
+	}
+	decode := func(name string, v any) {
+		dec := json.NewDecoder(bytes.NewReader(stage[name]))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(v); err != nil {
+			t.Fatalf("%s: %s: %v", what, name, err)
+		}
+	}
+	for _, c := range p.Containers {
+		env := map[string]string{}
+		for _, kv := range c.Spec.Process.Env {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+			if !own[k] && k != "CLAUDE_CODE_OAUTH_TOKEN" && !manifest.GeneratedEnv(k) {
+				t.Errorf("%s: %s gets %s, which manifest.GeneratedEnv does not know: a token_ref could take it", what, c.Role, k)
+			}
+		}
+		getenv := func(k string) string { return env[k] }
+		var err error
+		switch c.Role {
+		case plan.RoleFilter:
+			if p.Filter == plan.FilterBuiltin {
+				var cfg egress.FilterConfig
+				decode("filter/filter.json", &cfg)
+				_, err = egress.NewFilter(cfg, nil)
+			}
+		case plan.RoleEgressProxy:
+			var cfg egress.ProxyConfig
+			decode("egress-proxy/routes.json", &cfg)
+			_, err = egress.NewEgressProxy(cfg, getenv, nil)
+		case plan.RoleGitGate:
+			var cfg gitgate.Config
+			decode("git-gate/config.json", &cfg)
+			cfg.SpoolDir = "" // made by the sidecar in its container
+			_, err = gitgate.New(cfg, getenv, nil)
+		}
+		if err != nil {
+			t.Errorf("%s: the %s refuses what the manifest accepts: %v", what, c.Role, err)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/bottle-dev/bottle/internal/hostenv"
+	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/runtime"
@@ -75,7 +76,7 @@ func planCommand() *cli.Command {
 				RuntimeOverride:   c.String("runtime"),
 				FilterOverride:    c.String("filter"),
 				SidecarResolvConf: resolv,
-				ReadFile:          os.ReadFile,
+				ReadFile:          hostfile.ReadPEM,
 			})
 			if err != nil {
 				return usageError{err}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +14,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/bottle-dev/bottle/internal/hostenv"
+	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/runtime"
@@ -62,6 +63,9 @@ func openEngine(c *cli.Context) (*runtime.Engine, error) {
 		KillAt:          os.Getenv("BOTTLE_TEST_KILL_AT"),
 		Log:             slog.Default(),
 	}
+	// From here on, child processes (iptables, CNI plugins, cp) get a minimal environment
+	// and host variables are read from the snapshot.
+	opts.LookupEnv = hostenv.Take().Lookup
 	if p := c.String("pool"); p != "" {
 		pool, err := netip.ParsePrefix(p)
 		if err != nil || !pool.Addr().Is4() || pool.Bits() > 23 {
@@ -78,7 +82,7 @@ func openEngine(c *cli.Context) (*runtime.Engine, error) {
 		opts.SidecarHosts = append(opts.SidecarHosts, plan.HostEntry{Name: name, Addr: addr})
 	}
 	if f := c.String("ca-file"); f != "" {
-		data, err := os.ReadFile(f)
+		data, err := hostfile.ReadPEM(f)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--ca-file: %w", err)}
 		}
@@ -87,7 +91,7 @@ func openEngine(c *cli.Context) (*runtime.Engine, error) {
 	opts.PipelockImage = c.String("pipelock-image")
 	// Unset, start uses the host's resolver and resume the one recorded at start.
 	if f := c.String("resolv-conf"); f != "" {
-		data, err := os.ReadFile(f)
+		data, err := hostfile.Read(f, hostfile.MaxResolvConf)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--resolv-conf: %w", err)}
 		}
@@ -145,6 +149,10 @@ func lifecycleCommands() []*cli.Command {
 				if c.Bool("rm") && c.Bool("detach") {
 					return usageError{errors.New("--rm and --detach exclude each other: a detached bottle is removed with `bottle rm ID`")}
 				}
+				// Every host file is read before anything is created (and again by the plan).
+				if err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM); err != nil {
+					return err
+				}
 				cwd, err := os.Getwd()
 				if err != nil {
 					return fmt.Errorf("current directory: %w", err)
@@ -178,7 +186,11 @@ func lifecycleCommands() []*cli.Command {
 							return nil, "", err
 						}
 						m, err := manifest.Load(src.Path, data)
-						return m, src.Path, err
+						if err != nil {
+							return nil, "", err
+						}
+						agent, _, _ := plan.ParseIdentity(id)
+						return m, src.Path, plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
 					}
 					return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
 				})
@@ -204,8 +216,8 @@ func lifecycleCommands() []*cli.Command {
 					fmt.Fprintln(tw, "IDENTITY\tAGENT\tPHASE\tCONTAINERS\tWORKSPACE")
 					for _, s := range list {
 						phase := s.Phase
-						if s.Orphaned {
-							phase += " (orphaned: bottle cleanup)"
+						if s.Reason != "" {
+							phase += ": " + s.Reason
 						}
 						var parts []string
 						for _, role := range []string{plan.RoleAgent, plan.RoleFilter, plan.RoleEgressProxy, plan.RoleGitGate, plan.RoleSupervise} {
@@ -219,12 +231,14 @@ func lifecycleCommands() []*cli.Command {
 				})
 			},
 		},
-		identityCommand("stop", "stop a bottle (its containers stay for `bottle resume`)", func(ctx context.Context, e *runtime.Engine, id string) error {
-			return e.Stop(ctx, id)
+		identityCommand("stop", "stop a bottle (its containers stay for `bottle resume`)", nil, func(c *cli.Context, e *runtime.Engine, id string) error {
+			return e.Stop(c.Context, id)
 		}),
-		identityCommand("rm", "remove a bottle and everything it left", func(ctx context.Context, e *runtime.Engine, id string) error {
-			return e.Remove(ctx, id)
-		}),
+		identityCommand("rm", "remove a stopped bottle and everything it left",
+			[]cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "remove it even when it runs (its tasks are killed)"}},
+			func(c *cli.Context, e *runtime.Engine, id string) error {
+				return e.Remove(c.Context, id, c.Bool("force"))
+			}),
 		{
 			Name:         "logs",
 			Usage:        "print a bottle's container log",
@@ -264,12 +278,25 @@ func lifecycleCommands() []*cli.Command {
 		},
 		{
 			Name:         "cleanup",
-			Usage:        "remove orphaned bottles and every bottle object no bottle owns",
+			Usage:        "remove orphaned bottles and every bottle object no bottle owns (of this --state-dir and --namespace only)",
 			OnUsageError: onUsageError,
-			Flags:        []cli.Flag{&cli.BoolFlag{Name: "all", Usage: "remove every bottle, running or not"}},
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "all", Usage: "remove every bottle, running or not"},
+				&cli.StringFlag{Name: "orphaned-owner", Usage: "instead, remove the host network objects of owner `ID` (or \"legacy\") whose state dir is gone, as cleanup and doctor list them"},
+			},
 			Action: func(c *cli.Context) error {
+				owner := c.String("orphaned-owner")
+				if owner != "" && c.Bool("all") {
+					return usageError{errors.New("--orphaned-owner and --all exclude each other")}
+				}
 				return withEngine(c, func(e *runtime.Engine) error {
-					rep, err := e.Cleanup(c.Context, c.Bool("all"))
+					var rep runtime.CleanupReport
+					var err error
+					if owner != "" {
+						rep, err = e.CleanupOrphanedOwner(c.Context, owner)
+					} else {
+						rep, err = e.Cleanup(c.Context, c.Bool("all"))
+					}
 					fmt.Fprintln(c.App.Writer, rep.String())
 					return err
 				})
@@ -278,18 +305,19 @@ func lifecycleCommands() []*cli.Command {
 	}
 }
 
-func identityCommand(name, usage string, fn func(context.Context, *runtime.Engine, string) error) *cli.Command {
+func identityCommand(name, usage string, flags []cli.Flag, fn func(*cli.Context, *runtime.Engine, string) error) *cli.Command {
 	return &cli.Command{
 		Name:         name,
 		Usage:        usage,
 		ArgsUsage:    "ID",
 		OnUsageError: onUsageError,
+		Flags:        flags,
 		Action: func(c *cli.Context) error {
 			id, err := identityArg(c)
 			if err != nil {
 				return err
 			}
-			return withEngine(c, func(e *runtime.Engine) error { return fn(c.Context, e, id) })
+			return withEngine(c, func(e *runtime.Engine) error { return fn(c, e, id) })
 		},
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 )
 
 const (
@@ -31,6 +33,9 @@ const (
 
 	dialTimeout     = 3 * time.Second
 	teardownTimeout = 30 * time.Second
+	// ReconnectTimeout bounds how long a wait for a task rides out a containerd that does
+	// not answer (a restart): the tasks keep running under their shims meanwhile.
+	ReconnectTimeout = 60 * time.Second
 )
 
 // setupHint tells the operator how to get a containerd bottle can use.
@@ -171,4 +176,38 @@ func (c *Client) ctx(ctx context.Context) context.Context {
 // teardownCtx is for cleanup that must finish even when ctx was cancelled.
 func (c *Client) teardownCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(c.ctx(context.WithoutCancel(ctx)), teardownTimeout)
+}
+
+// Unreachable reports whether err means containerd did not answer (stopped, restarting):
+// the tasks may well still run.
+func Unreachable(err error) bool {
+	return err != nil && (errdefs.IsUnavailable(err) || errdefs.IsUnavailable(errgrpc.ToNative(err)))
+}
+
+// Ping checks that containerd answers, waiting up to wait for it (e.g. while it restarts).
+func (c *Client) Ping(ctx context.Context, wait time.Duration) error {
+	return c.awaitDaemon(ctx, wait)
+}
+
+// awaitDaemon waits until containerd answers again, at most for wait. The gRPC connection
+// redials by itself (its backoff is at most dialTimeout).
+func (c *Client) awaitDaemon(ctx context.Context, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		pctx, cancel := context.WithTimeout(c.ctx(ctx), dialTimeout)
+		_, err := c.c.Version(pctx)
+		cancel()
+		err = errgrpc.ToNative(err)
+		if hung := errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil; err == nil || !(Unreachable(err) || hung) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd at %s did not answer for %s (%v): %w", c.address, wait, err, errdefs.ErrUnavailable)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }

@@ -69,6 +69,8 @@ type ContainerInfo struct {
 	TaskStatus  TaskStatus
 	// Pid is the task's host pid (the sandbox for runsc); 0 without a running task.
 	Pid uint32
+	// ExitStatus is the exit code of a stopped task.
+	ExitStatus uint32
 }
 
 // Create creates the container cs.Name from cs.Image with a fresh writable snapshot
@@ -351,6 +353,7 @@ func (c *Client) Info(ctx context.Context, name string) (ContainerInfo, error) {
 type taskState struct {
 	status TaskStatus
 	pid    uint32
+	exit   uint32
 }
 
 func (c *Client) tasks(ctx context.Context) (map[string]taskState, error) {
@@ -360,7 +363,7 @@ func (c *Client) tasks(ctx context.Context) (map[string]taskState, error) {
 	}
 	m := make(map[string]taskState, len(resp.Tasks))
 	for _, t := range resp.Tasks {
-		m[t.ID] = taskState{status: taskStatus(t.Status), pid: t.Pid}
+		m[t.ID] = taskState{status: taskStatus(t.Status), pid: t.Pid, exit: t.ExitStatus}
 	}
 	return m, nil
 }
@@ -392,7 +395,7 @@ func info(r containers.Container, tasks map[string]taskState) ContainerInfo {
 		TaskStatus:  TaskNone,
 	}
 	if t, ok := tasks[r.ID]; ok {
-		ci.TaskStatus, ci.Pid = t.status, t.pid
+		ci.TaskStatus, ci.Pid, ci.ExitStatus = t.status, t.pid, t.exit
 	}
 	return ci
 }

@@ -265,8 +265,8 @@ func cachedSHA256(p, cache string) (string, error) {
 	// Best effort: a failed write only costs the next start a hash.
 	if err := os.MkdirAll(filepath.Dir(cache), 0o700); err == nil {
 		tmp := cache + ".tmp"
-		if os.WriteFile(tmp, []byte(key+"\n"+sum+"\n"), 0o600) == nil {
-			_ = os.Rename(tmp, cache)
+		if os.WriteFile(tmp, []byte(key+"\n"+sum+"\n"), 0o600) != nil || os.Rename(tmp, cache) != nil {
+			_ = os.Remove(tmp) // a full disk leaves nothing behind
 		}
 	}
 	return sum, nil

@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
@@ -104,8 +105,11 @@ func (c *Client) Run(ctx context.Context, name string, stdio IO) (int, error) {
 	if err == nil && stdio.Exited != nil {
 		stdio.Exited(code)
 	}
-	if _, derr := c.deleteProcess(ctx, task); derr != nil {
-		err = errors.Join(err, derr)
+	// Lost containerd for good: the task runs on under its shim; leave it be.
+	if !Unreachable(err) {
+		if _, derr := c.deleteProcess(ctx, task); derr != nil {
+			err = errors.Join(err, derr)
+		}
 	}
 	if err != nil {
 		return code, fmt.Errorf("run container %s: %w", name, err)
@@ -120,12 +124,13 @@ type process interface {
 	resizer
 	Wait(context.Context) (<-chan client.ExitStatus, error)
 	Start(context.Context) error
+	Status(context.Context) (client.Status, error)
 }
 
 // runProcess waits, starts, relays signals and console size, and returns the exit code.
 func (c *Client) runProcess(ctx context.Context, p process, att *attachment) (int, error) {
 	// Wait before Start, or a fast exit is missed.
-	statusC, err := p.Wait(ctx)
+	statusC, err := c.waitExit(ctx, p)
 	if err != nil {
 		return -1, fmt.Errorf("wait: %w", err)
 	}
@@ -146,8 +151,7 @@ func (c *Client) runProcess(ctx context.Context, p process, att *attachment) (in
 	resize()
 	select {
 	case st := <-statusC:
-		code, _, err := st.Result()
-		if err != nil {
+		if st.err != nil {
 			// The wait may have been cut short by ctx: gRPC can report its deadline a
 			// moment before ctx itself is done.
 			select {
@@ -155,13 +159,96 @@ func (c *Client) runProcess(ctx context.Context, p process, att *attachment) (in
 				return -1, ctx.Err()
 			case <-time.After(100 * time.Millisecond):
 			}
-			return -1, fmt.Errorf("exit status: %w", err)
+			return -1, fmt.Errorf("exit status: %w", st.err)
 		}
 		drainIO(p.IO())
-		return int(code), nil
+		return st.code, nil
 	case <-ctx.Done():
 		return -1, ctx.Err()
 	}
+}
+
+// exitResult is a process's exit code, or why it could not be had.
+type exitResult struct {
+	code int
+	err  error
+}
+
+// waitExit waits for p to exit and rides out a containerd restart: when the wait breaks
+// because containerd stopped answering, it waits again once containerd is back (tasks
+// are restored from their shims), after at most ReconnectTimeout of silence each time.
+// The process's own IO does not pass through containerd and goes on meanwhile.
+func (c *Client) waitExit(ctx context.Context, p process) (<-chan exitResult, error) {
+	statusC, err := p.Wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan exitResult, 1)
+	go func() {
+		for {
+			var st client.ExitStatus
+			select {
+			case st = <-statusC:
+			case <-ctx.Done():
+				out <- exitResult{-1, ctx.Err()}
+				return
+			}
+			code, _, err := st.Result()
+			if !Unreachable(err) || ctx.Err() != nil {
+				out <- exitResult{int(code), errgrpc.ToNative(err)}
+				return
+			}
+			slog.Warn("lost the connection to containerd; waiting for it to come back", "address", c.address, "for", ReconnectTimeout)
+			if err := c.awaitDaemon(ctx, ReconnectTimeout); err != nil {
+				out <- exitResult{-1, err}
+				return
+			}
+			slog.Info("containerd is back", "address", c.address)
+			// containerd drops, when it starts, a task whose processes all ended while it
+			// was down ("leaked shim"): its exit status is lost with it.
+			if _, err := p.Status(ctx); errdefs.IsNotFound(err) {
+				out <- exitResult{-1, fmt.Errorf("it ended while containerd was down, and containerd dropped its task and exit status when it came back: %w", err)}
+				return
+			}
+			if statusC, err = p.Wait(ctx); err != nil {
+				out <- exitResult{-1, errgrpc.ToNative(err)}
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// WaitTask waits until the task of container name exits and returns its exit status;
+// like Run it rides out a containerd restart. A container without a task gives an
+// error that errdefs.IsNotFound recognizes.
+func (c *Client) WaitTask(ctx context.Context, name string) (int, error) {
+	ctx = c.ctx(ctx)
+	var task client.Task
+	for retried := false; ; retried = true {
+		cont, err := c.c.LoadContainer(ctx, name)
+		if err == nil {
+			task, err = cont.Task(ctx, nil)
+		}
+		if err == nil {
+			break
+		}
+		if retried || !Unreachable(err) {
+			return -1, fmt.Errorf("wait for container %s: %w", name, err)
+		}
+		if err := c.awaitDaemon(ctx, ReconnectTimeout); err != nil {
+			return -1, fmt.Errorf("wait for container %s: %w", name, err)
+		}
+	}
+	exitC, err := c.waitExit(ctx, task)
+	if err != nil {
+		return -1, fmt.Errorf("wait for container %s: %w", name, err)
+	}
+	st := <-exitC
+	if st.err != nil {
+		return -1, fmt.Errorf("wait for container %s: %w", name, st.err)
+	}
+	return st.code, nil
 }
 
 // ioDrainTimeout bounds the wait for output still in flight after the exit; a

@@ -1,19 +1,25 @@
 package egress
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
 const benchBodySize = 50 << 20
+
+// benchToken is as long as a Claude OAuth token.
+var benchToken = "sk-ant-oat01-" + strings.Repeat("Ab3_x-Q9", 12)
 
 // benchEnv is one loopback HTTPS upstream reachable three ways: directly, through the
 // egress-proxy, and through a filter CONNECT tunnel. All clients verify TLS.
@@ -27,7 +33,16 @@ type benchEnv struct {
 func newBenchEnv(b *testing.B) *benchEnv {
 	b.Helper()
 	ca := newTestCA(b)
-	chunk := make([]byte, 1<<20)
+	// Text like a model's output, so the egress-proxy's credential scan does real work.
+	words := strings.Fields(`{"type":"content_block_delta", "delta":{"text": Sure, here is the
+		sk-ant code: func main() { fmt.Println("hello") } and a test for it. The function
+		returns an error when the token is empty; we wrap it with %w so callers can check.`)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var text bytes.Buffer
+	for text.Len() < 1<<20 {
+		text.WriteString(words[rng.IntN(len(words))] + " ")
+	}
+	chunk := text.Bytes()[:1<<20]
 	up := newTLSUpstream(b, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/big" {
 			w.Header().Set("Content-Length", strconv.Itoa(benchBodySize))
@@ -43,7 +58,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	logger := slog.New(slog.NewJSONHandler(io.Discard, nil)) // realistic: records are encoded
 
 	proxyAddr := startProxy(b, ProxyConfig{Routes: []Route{{Host: "api.example.test", TokenRef: "T", Upstream: up.URL, CAFile: ca.file(b)}}},
-		map[string]string{"T": "bench-token"}, logger)
+		map[string]string{"T": benchToken}, logger)
 	var dials atomic.Int64
 	filterAddr := startFilter(b, FilterConfig{
 		Allowlist: []string{"api.example.test"},

@@ -27,8 +27,10 @@
 // one structured record ("egress decision": client, method, host, port, decision
 // allow|deny, reason, bytes_up, bytes_down, duration) on the given slog.Logger; give it a
 // slog.JSONHandler to get one JSON line per decision. Tunnels close after
-// FilterConfig.TunnelIdleTimeout (default 2h) without traffic in either direction; there
-// is no overall limit, so hour-long model streams survive.
+// FilterConfig.TunnelIdleTimeout (default 10m) without traffic in either direction; there
+// is no overall limit, so hour-long model streams survive. At most FilterConfig.MaxTunnels
+// (default 256) tunnels are open at once: a new one beyond that is refused with 503 while
+// the open ones keep serving.
 //
 // # Egress-proxy
 //
@@ -41,6 +43,8 @@
 // base URL, e.g. ANTHROPIC_BASE_URL=http://egress-proxy:9000/api.anthropic.com. A request
 // whose first segment is not a configured route host gets a 404 with a text reason.
 //
+// Only GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS are forwarded (405 otherwise: TRACE
+// echoes the request), and at most ProxyConfig.MaxRequests (default 256) at once (503).
 // Per request the proxy drops every credential the agent sent (Authorization,
 // Proxy-Authorization, X-Api-Key, Cookie and the route's own header), strips hop-by-hop
 // and X-Forwarded/Forwarded headers, sets Host to the route host and injects
@@ -48,8 +52,18 @@
 // read once at start from the host environment variable named by the route's token_ref; a
 // missing or empty variable is a startup error that names the variable, never a value.
 // Upstream TLS is verified against the system roots plus the route's optional ca_file.
-// Responses stream without buffering (each write is flushed), so SSE and chunked bodies
-// arrive incrementally; there is no overall request timeout, only header timeouts. One
+//
+// An upstream may reflect the credential (an echo endpoint, an error page quoting the
+// request). Every form of it (raw, URL- and JSON-escaped, base64 alone or inside longer
+// base64, and for Basic the decoded user:password) is replaced by the same form of
+// CredentialPlaceholder in response headers (1xx, final, trailers) and bodies. To keep
+// bodies scannable the proxy asks for Accept-Encoding: identity, drops Range (pieces
+// could split the credential), and answers 502 to an encoded body or a protocol upgrade.
+// Scrubbed bodies lose their Content-Length.
+//
+// Responses stream without buffering (each write is flushed; the scrub holds back only
+// a tail that may begin a credential), so SSE and chunked bodies arrive incrementally;
+// there is no overall request timeout, only header timeouts. One
 // record per request is logged (route, method, path without query, status, bytes,
 // duration); header values and tokens are never logged or put in errors.
 //

@@ -41,6 +41,9 @@ type FilterConfig struct {
 	// TunnelIdleTimeout closes a CONNECT tunnel idle in both directions this long
 	// (default DefaultTunnelIdleTimeout).
 	TunnelIdleTimeout Duration `json:"tunnel_idle_timeout,omitempty"`
+	// MaxTunnels caps the CONNECT tunnels open at once (default DefaultMaxTunnels); new
+	// tunnels beyond it are refused with 503 while open ones keep serving.
+	MaxTunnels int `json:"max_tunnels,omitempty"`
 
 	// Resolver replaces the system resolver (tests map names to loopback fakes).
 	Resolver Resolver `json:"-"`
@@ -49,8 +52,11 @@ type FilterConfig struct {
 }
 
 const (
-	// DefaultTunnelIdleTimeout is long enough for hour-long model streams with gaps.
-	DefaultTunnelIdleTimeout = 2 * time.Hour
+	// DefaultTunnelIdleTimeout closes tunnels nobody uses; a model stream is never
+	// silent that long (SSE pings), and clients reopen closed keep-alive connections.
+	DefaultTunnelIdleTimeout = 10 * time.Minute
+	// DefaultMaxTunnels bounds what an agent can hold open (a tunnel costs about 100 KB).
+	DefaultMaxTunnels = 256
 
 	resolveTimeout = 10 * time.Second
 	// helloTimeout bounds how long a client may take to send its TLS ClientHello.
@@ -60,31 +66,38 @@ const (
 	tunnelBufSize = 256 << 10
 )
 
-// DefaultInternal lists the ranges the filter refuses by default: everything that is
-// not a public unicast address, plus IPv6 forms that embed an IPv4 address.
+// DefaultInternal lists the ranges both filters (builtin and pipelock) refuse: everything
+// that is not a public unicast address, plus IPv6 forms that embed an IPv4 address (they
+// can lead back into an internal IPv4 range through a translator). It is the only such
+// list: plan renders it into both filter configs. The documentation ranges (TEST-NET-1..3,
+// 2001:db8::/32) are admitted: nothing answers there on the internet, and bottle's
+// end-to-end tests use them as their fake internet on test-made bridges. IPv4-mapped
+// addresses (::ffff:0:0/96) are not listed: both filters judge them as the IPv4 address
+// they map to, and pipelock (Go's net.IPNet) would read that entry as 0.0.0.0/0.
 var DefaultInternal = []string{
-	"0.0.0.0/8",      // "this" network
-	"10.0.0.0/8",     // RFC 1918
-	"100.64.0.0/10",  // CGNAT
-	"127.0.0.0/8",    // loopback
-	"169.254.0.0/16", // link-local, cloud metadata
-	"172.16.0.0/12",  // RFC 1918
-	"192.0.0.0/24",   // IETF protocol assignments
-	"192.168.0.0/16", // RFC 1918
-	"198.18.0.0/15",  // benchmarking
-	"224.0.0.0/4",    // multicast
-	"240.0.0.0/4",    // reserved, broadcast
-	"::/128",         // unspecified
-	"::1/128",        // loopback
-	"::ffff:0:0/96",  // IPv4-mapped (addresses are also unmapped before checks)
-	"64:ff9b::/96",   // NAT64
-	"64:ff9b:1::/48", // local-use NAT64
-	"100::/64",       // discard
-	"2002::/16",      // 6to4 (embeds IPv4)
-	"fc00::/7",       // unique local
-	"fe80::/10",      // link-local
-	"fec0::/10",      // deprecated site-local
-	"ff00::/8",       // multicast
+	"0.0.0.0/8",       // "this" network
+	"10.0.0.0/8",      // RFC 1918
+	"100.64.0.0/10",   // CGNAT
+	"127.0.0.0/8",     // loopback
+	"169.254.0.0/16",  // link-local, cloud metadata
+	"172.16.0.0/12",   // RFC 1918
+	"192.0.0.0/24",    // IETF protocol assignments
+	"192.88.99.0/24",  // 6to4 relay anycast
+	"192.168.0.0/16",  // RFC 1918
+	"198.18.0.0/15",   // benchmarking
+	"224.0.0.0/4",     // multicast
+	"240.0.0.0/4",     // reserved, broadcast
+	"::/96",           // unspecified, loopback, IPv4-compatible
+	"::ffff:0:0:0/96", // IPv4-translated
+	"64:ff9b::/96",    // NAT64
+	"64:ff9b:1::/48",  // local-use NAT64
+	"100::/64",        // discard
+	"2001::/32",       // Teredo (embeds IPv4)
+	"2002::/16",       // 6to4 (embeds IPv4)
+	"fc00::/7",        // unique local
+	"fe80::/10",       // link-local
+	"fec0::/10",       // deprecated site-local
+	"ff00::/8",        // multicast
 }
 
 // Filter is the allowlist forward proxy. It is an http.Handler; Serve runs it with the
@@ -94,6 +107,8 @@ type Filter struct {
 	ports    map[uint16]bool
 	internal []netip.Prefix
 	idle     time.Duration
+	max      int64
+	tunnels  atomic.Int64 // open or being set up
 	resolve  Resolver
 	dial     DialFunc
 	plain    *httputil.ReverseProxy
@@ -114,6 +129,7 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 		allow:   allow,
 		ports:   map[uint16]bool{},
 		idle:    time.Duration(cfg.TunnelIdleTimeout),
+		max:     int64(cfg.MaxTunnels),
 		resolve: cfg.Resolver,
 		dial:    cfg.Dial,
 		log:     logger,
@@ -144,6 +160,12 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 	}
 	if f.idle == 0 {
 		f.idle = DefaultTunnelIdleTimeout
+	}
+	if f.max < 0 {
+		return nil, fmt.Errorf("filter config: negative max_tunnels %d; leave it out for the default %d", f.max, DefaultMaxTunnels)
+	}
+	if f.max == 0 {
+		f.max = DefaultMaxTunnels
 	}
 	if f.resolve == nil {
 		f.resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
@@ -270,6 +292,7 @@ func (f *Filter) check(ctx context.Context, host string, port uint16) ([]netip.A
 	}
 	valid := make([]netip.Addr, 0, len(addrs))
 	for _, a := range addrs {
+		// An IPv4-mapped address is judged as the IPv4 address it maps to, as pipelock does.
 		a = a.Unmap().WithZone("")
 		if !a.IsValid() {
 			return nil, http.StatusForbidden, fmt.Sprintf("%s resolves to an invalid address", name)
@@ -338,6 +361,13 @@ func (f *Filter) serveConnect(w http.ResponseWriter, r *http.Request, d *decisio
 	if !ok {
 		return
 	}
+	if n := f.tunnels.Add(1); n > f.max {
+		f.tunnels.Add(-1)
+		w.Header().Set("Retry-After", "1")
+		f.deny(w, d, http.StatusServiceUnavailable, fmt.Sprintf("%d tunnels already open (max_tunnels); close idle connections or raise max_tunnels", f.max))
+		return
+	}
+	defer f.tunnels.Add(-1)
 	upstream, err := f.dialAddrs(r.Context(), addrs, port)
 	if err != nil {
 		f.deny(w, d, http.StatusBadGateway, fmt.Sprintf("cannot connect to %s:%d: %v", host, port, err))

@@ -207,7 +207,7 @@ func TestFilterDefaultConfigRefusesInternal(t *testing.T) {
 		{"metadata.example.test:443", "169.254.0.0/16", true},
 		{"metadata.example.test:80", "169.254.0.0/16", true},
 		{"loop.example.test:443", "127.0.0.0/8", true},
-		{"loop6.example.test:443", "::1/128", true},
+		{"loop6.example.test:443", "::/96", true},
 		{"mapped.example.test:443", "127.0.0.0/8", true},
 		{"mixed.example.test:443", "10.0.0.0/8", true},
 		{"private.example.test:443", "192.168.0.0/16", true},

@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,12 +12,14 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/envname"
+	"github.com/bottle-dev/bottle/internal/hostfile"
 )
 
 // Route is one egress-proxy destination and the credential injected for it.
@@ -44,6 +47,9 @@ type ProxyConfig struct {
 	// Listen is the TCP address the sidecar listens on (the caller binds it).
 	Listen string  `json:"listen"`
 	Routes []Route `json:"routes"`
+	// MaxRequests caps the requests in flight at once (default DefaultMaxRequests);
+	// each holds copy buffers and an upstream stream, possibly for hours.
+	MaxRequests int `json:"max_requests,omitempty"`
 }
 
 const (
@@ -53,6 +59,13 @@ const (
 	DefaultCredentialScheme = "Bearer"
 )
 
+// DefaultMaxRequests is the default cap on the egress-proxy's requests in flight.
+const DefaultMaxRequests = 256
+
+// allowedMethods are forwarded; TRACE (which echoes the request, credential included),
+// CONNECT and unknown methods are refused.
+var allowedMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions}
+
 // agentCredentialHeaders are dropped from every request: the agent holds only
 // placeholders, and nothing it sends may reach the upstream as a credential.
 var agentCredentialHeaders = []string{"Authorization", "Proxy-Authorization", "X-Api-Key", "Cookie"}
@@ -60,8 +73,10 @@ var agentCredentialHeaders = []string{"Authorization", "Proxy-Authorization", "X
 // EgressProxy is the credential-injecting reverse proxy. It is an http.Handler; Serve
 // runs it with the right server timeouts.
 type EgressProxy struct {
-	routes map[string]*route
-	log    *slog.Logger
+	routes   map[string]*route
+	log      *slog.Logger
+	max      int64
+	inFlight atomic.Int64
 }
 
 type route struct {
@@ -84,7 +99,10 @@ func NewEgressProxy(cfg ProxyConfig, getenv func(string) string, logger *slog.Lo
 	if len(cfg.Routes) == 0 {
 		return nil, fmt.Errorf("egress-proxy config: no routes; declare at least one route with host and token_ref")
 	}
-	p := &EgressProxy{routes: map[string]*route{}, log: logger}
+	if cfg.MaxRequests < 0 {
+		return nil, fmt.Errorf("egress-proxy config: negative max_requests %d; leave it out for the default %d", cfg.MaxRequests, DefaultMaxRequests)
+	}
+	p := &EgressProxy{routes: map[string]*route{}, log: logger, max: int64(cmp.Or(cfg.MaxRequests, DefaultMaxRequests))}
 	for i, rc := range cfg.Routes {
 		rt, err := newRoute(rc, getenv, logger)
 		if err != nil {
@@ -153,7 +171,7 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 		roots = x509.NewCertPool()
 	}
 	if rc.CAFile != "" {
-		pem, err := os.ReadFile(rc.CAFile)
+		pem, err := hostfile.ReadPEM(rc.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("ca_file: %w", err)
 		}
@@ -167,10 +185,9 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 		// httputil flushes every write of a text/event-stream or unknown-length (chunked)
 		// response by itself, so SSE and streams pass at once; bodies of known length are
 		// flushed in batches, which keeps bulk transfers fast.
-		FlushInterval:  20 * time.Millisecond,
-		BufferPool:     proxyBufs,
-		ModifyResponse: batchKnownLengthBody,
-		Transport: &http.Transport{
+		FlushInterval: 20 * time.Millisecond,
+		BufferPool:    proxyBufs,
+		Transport: &scrubTransport{s: newScrubber(scheme, token), next: &http.Transport{
 			Proxy:                 nil, // the egress network has a direct route
 			DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
 			TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
@@ -179,8 +196,8 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 			MaxIdleConnsPerHost:   32,
 			IdleConnTimeout:       90 * time.Second,
 			ExpectContinueTimeout: time.Second,
-			DisableCompression:    true, // pass bodies through exactly as the agent asked
-		},
+			DisableCompression:    true, // bodies are scrubbed as they pass: identity only
+		}},
 		ErrorLog:     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		ErrorHandler: rt.upstreamError,
 	}
@@ -188,17 +205,6 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 }
 
 type restPathKey struct{}
-
-// batchKnownLengthBody makes reads of a body of known length fill the copy buffer instead
-// of returning one TLS record (16 KB) at a time: a bulk download then passes in a few
-// large writes. Streams (unknown length, event streams) are left alone: they must pass on
-// as they arrive.
-func batchKnownLengthBody(resp *http.Response) error {
-	if resp.ContentLength > 1<<20 && !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		resp.Body = fillingBody{resp.Body}
-	}
-	return nil
-}
 
 type fillingBody struct{ io.ReadCloser }
 
@@ -222,6 +228,11 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	}
 	out.Header.Del(rt.header)
 	out.Header[rt.header] = []string{rt.value}
+	// The scrub needs the body as sent, and in one piece: a compressed or ranged
+	// response could carry the credential past it.
+	out.Header.Set("Accept-Encoding", "identity")
+	out.Header.Del("Range")
+	out.Header.Del("If-Range")
 }
 
 func (rt *route) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
@@ -262,16 +273,36 @@ func (p *EgressProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rest = "/" + rest
 	rt := p.routes[normalizeHost(first)]
 	_, uerr := url.PathUnescape(rest)
-	if rt == nil || uerr != nil || r.Method == http.MethodConnect {
+	switch {
+	case !slices.Contains(allowedMethods, r.Method):
+		w.Header().Set("Allow", strings.Join(allowedMethods, ", "))
+		textError(w, http.StatusMethodNotAllowed, fmt.Sprintf("egress-proxy: method %s is not forwarded; use one of %s", r.Method, strings.Join(allowedMethods, ", ")))
+		p.logRequest(r, "", escaped, http.StatusMethodNotAllowed, 0, 0, start, "method not allowed")
+		return
+	case rt == nil || uerr != nil:
 		textError(w, http.StatusNotFound, "egress-proxy: no route for this path; address a route as /<route host>/<path>, e.g. /api.anthropic.com/v1/messages")
 		p.logRequest(r, "", escaped, http.StatusNotFound, 0, 0, start, "no route")
+		return
+	}
+	if n := p.inFlight.Add(1); n > p.max {
+		p.inFlight.Add(-1)
+		w.Header().Set("Retry-After", "1")
+		textError(w, http.StatusServiceUnavailable, fmt.Sprintf("egress-proxy: %d requests already in flight (max_requests); retry when one ends", p.max))
+		p.logRequest(r, rt.host, rest, http.StatusServiceUnavailable, 0, 0, start, "too many requests in flight")
 		return
 	}
 	rl := &reqLog{}
 	ctx := context.WithValue(r.Context(), restPathKey{}, rest)
 	ctx = context.WithValue(ctx, reqLogKey{}, rl)
-	status, in, out := serveCounted(rt.proxy, w, r.WithContext(ctx))
+	status, in, out := p.forward(rt, w, r.WithContext(ctx))
 	p.logRequest(r, rt.host, rest, status, in, out, start, rl.err)
+}
+
+// forward proxies r and frees its in-flight slot before the request is logged, even
+// when the reverse proxy aborts the response with a panic.
+func (p *EgressProxy) forward(rt *route, w http.ResponseWriter, r *http.Request) (int, int64, int64) {
+	defer p.inFlight.Add(-1)
+	return serveCounted(rt.proxy, w, r)
 }
 
 func (p *EgressProxy) logRequest(r *http.Request, host, path string, status int, in, out int64, start time.Time, errText string) {

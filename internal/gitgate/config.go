@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/bottle-dev/bottle/internal/envname"
+	"github.com/bottle-dev/bottle/internal/hostfile"
 )
 
 // Config configures a git-gate. It decodes from JSON; Dial is a test hook only.
@@ -59,6 +59,9 @@ type Remote struct {
 	Push []PushRule `json:"push,omitempty"`
 	// ReadOnly refuses every push to this remote (Push must then be empty).
 	ReadOnly bool `json:"read_only,omitempty"`
+	// PushOptions are the only push options (git push -o) passed to the upstream, each
+	// matched exactly; empty refuses them all and hides the capability from the agent.
+	PushOptions []string `json:"push_options,omitempty"`
 }
 
 // PushRule allows pushes to the refs matching Ref.
@@ -169,8 +172,8 @@ func parseRemoteURL(raw string) (remoteAddr, error) {
 	return remoteAddr{kind: kindSSH, user: m[1], host: strings.Trim(m[2], "[]"), port: "22", path: m[3]}, nil
 }
 
-// checkRefPattern validates a push rule's ref glob.
-func checkRefPattern(p string) error {
+// CheckRefPattern validates a push rule's ref glob (the manifest applies it too).
+func CheckRefPattern(p string) error {
 	if !strings.HasPrefix(p, "refs/") {
 		return fmt.Errorf("ref %q must start with refs/, e.g. refs/heads/bottle/*", p)
 	}
@@ -180,21 +183,25 @@ func checkRefPattern(p string) error {
 	return nil
 }
 
-// checkRefName applies git's check-ref-format rules that matter for matching, so a
-// name that only looks allowed (refs/heads/bottle/../main) never passes.
+// checkRefName applies git's check-ref-format rules, and takes printable ASCII only
+// (stricter than git, which also takes other bytes >= 0x80: a name must read the same
+// to the gate, the upstream and the user), so a name that only looks allowed
+// (refs/heads/bottle/../main, refs/heads/bottle/x<U+00A0>) never passes.
 func checkRefName(name string) error {
 	if !strings.HasPrefix(name, "refs/") || len(name) > 1024 {
-		return fmt.Errorf("not a full ref name")
-	}
-	if strings.Contains(name, "..") || strings.Contains(name, "//") || strings.Contains(name, "@{") ||
-		strings.HasSuffix(name, "/") || strings.HasSuffix(name, ".") || strings.HasSuffix(name, ".lock") ||
-		strings.Contains(name, "/.") || name == "@" {
-		return fmt.Errorf("invalid ref name")
+		return fmt.Errorf("not a full ref name (refs/...)")
 	}
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c < 0x20 || c == 0x7f || strings.IndexByte(" ~^:?*[\\", c) >= 0 {
-			return fmt.Errorf("invalid character in ref name")
+		if c := name[i]; c <= ' ' || c > '~' || strings.IndexByte("~^:?*[\\", c) >= 0 {
+			return fmt.Errorf("byte 0x%02x at offset %d: use printable ASCII without spaces or any of ~^:?*[\\", c, i)
+		}
+	}
+	if strings.Contains(name, "..") || strings.Contains(name, "@{") || strings.HasSuffix(name, ".") {
+		return fmt.Errorf(`holds ".." or "@{", or ends with "."`)
+	}
+	for _, c := range strings.Split(name, "/") {
+		if c == "" || strings.HasPrefix(c, ".") || strings.HasSuffix(c, ".lock") {
+			return fmt.Errorf(`a component is empty, starts with "." or ends with ".lock"`)
 		}
 	}
 	return nil
@@ -241,7 +248,7 @@ func tlsConfig(caFile string) (*tls.Config, error) {
 		roots = x509.NewCertPool()
 	}
 	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
+		pem, err := hostfile.ReadPEM(caFile)
 		if err != nil {
 			return nil, fmt.Errorf("ca_file: %w", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -77,6 +78,10 @@ func TestConfigErrors(t *testing.T) {
 		"bad kind":            {https(func(r *Remote) { r.Kind = "ftp" }), `kind "ftp"`},
 		"bad rule":            {https(func(r *Remote) { r.Push = []PushRule{{Ref: "heads/x"}} }), "must start with refs/"},
 		"read_only and rules": {https(func(r *Remote) { r.ReadOnly = true; r.Push = DefaultPushRules }), "read_only"},
+		"empty push option":   {https(func(r *Remote) { r.PushOptions = []string{""} }), "push_options[0]"},
+		"push option newline": {https(func(r *Remote) { r.PushOptions = []string{"ci.skip", "a\nb"} }), "push_options[1]"},
+		"push option unicode": {https(func(r *Remote) { r.PushOptions = []string{"ci.skip\u00a0"} }), "push_options[0]"},
+		"many push options":   {https(func(r *Remote) { r.PushOptions = slices.Repeat([]string{"o"}, 21) }), "at most 20"},
 		"ssh key on https":    {https(func(r *Remote) { r.SSHKeyEnv = "KEY" }), "ssh remotes only"},
 		"missing key":         {ssh(func(r *Remote) { r.SSHKeyEnv = "NOKEY" }), "environment variable NOKEY (ssh_key_env) is unset"},
 		"bad key":             {ssh(func(r *Remote) { r.SSHKeyEnv = "BADKEY" }), "BADKEY (ssh_key_env) does not hold"},
@@ -164,6 +169,16 @@ func TestGlobAndJudge(t *testing.T) {
 		{"refs/heads/bottle/scratch/y", a, z, true, false},
 		{"refs/heads/main", z, a, false, false},
 		{"refs/heads/bottle/../main", z, a, false, false},
+		{"refs/heads/bottle/z\u00a0", z, a, false, false},
+		{"refs/heads/bottle/x.lock/y", z, a, false, false},
+		{"refs/heads/bottle/.x", z, a, false, false},
+		{"refs/heads/bottle//x", z, a, false, false},
+		{"refs/heads/bottle/x/", z, a, false, false},
+		{"refs/heads/bottle/x.", z, a, false, false},
+		{"refs/heads/bottle/x@{1}", z, a, false, false},
+		{"refs/heads/bottle/a b", z, a, false, false},
+		{"refs/heads/bottle/x\x7f", z, a, false, false},
+		{"refs/heads/bottle/x.y-z_1@", z, a, true, false},
 		{"refs/tags/v1", z, a, false, false},
 	} {
 		u := &refUpdate{Ref: tc.ref, Old: tc.old, New: tc.new, Action: map[bool]string{true: "delete", false: "update"}[tc.new == z]}
@@ -199,6 +214,15 @@ func TestParsePushRequest(t *testing.T) {
 	if req.packOffset != int64(len(body)) || !req.has("side-band-64k") || req.hashLen != 20 {
 		t.Fatalf("packOffset %d (want %d), caps %v", req.packOffset, len(body), req.caps)
 	}
+	if len(req.options) != 1 || req.options[0] != "ci.skip" {
+		t.Fatalf("options = %q", req.options)
+	}
+	// The ref is every byte after the second space, as receive-pack reads it; git's
+	// own leading space before the capabilities is fine.
+	nbsp := string(pkt(a+" "+b+" refs/heads/bottle/z\u00a0\x00 report-status side-band-64k\n")) + flushPkt
+	if req, err := parsePushRequest(strings.NewReader(nbsp)); err != nil || req.updates[0].Ref != "refs/heads/bottle/z\u00a0" || !req.has("report-status") {
+		t.Fatalf("ref with a trailing U+00A0: %v, %+v", err, req)
+	}
 	// Deletions only: no pack follows.
 	del := string(pkt(a+" "+strings.Repeat("0", 40)+" refs/heads/bottle/x\x00report-status\n")) + flushPkt
 	if req, err := parsePushRequest(strings.NewReader(del)); err != nil || req.packOffset != -1 {
@@ -213,6 +237,16 @@ func TestParsePushRequest(t *testing.T) {
 		"signed push": string(pkt("push-cert\x00report-status\n")) + flushPkt,
 		"short id":    string(pkt("abc "+b+" refs/heads/x\x00\n")) + flushPkt,
 		"bad length":  "zzzz",
+		"two spaces":  string(pkt(a+"  "+b+" refs/heads/x\n")) + flushPkt,
+		"upper hex":   string(pkt(strings.ToUpper(a)+" "+b+" refs/heads/x\n")) + flushPkt,
+		"tab":         string(pkt(a+"\t"+b+" refs/heads/x\n")) + flushPkt,
+		"no ref":      string(pkt(a+" "+b+" \n")) + flushPkt,
+		"late caps":   string(pkt(a+" "+b+" refs/heads/x\n")) + string(pkt(a+" "+b+" refs/heads/y\x00push-options\n")) + flushPkt,
+		"caps tab":    string(pkt(a+" "+b+" refs/heads/x\x00report-status\tpush-options\n")) + flushPkt,
+		"caps nbsp":   string(pkt(a+" "+b+" refs/heads/x\x00report-status\u00a0push-options\n")) + flushPkt,
+		"bad shallow": string(pkt("shallow xyz\n")) + string(pkt(a+" "+b+" refs/heads/x\n")) + flushPkt,
+		"bad format":  string(pkt(a+" "+b+" refs/heads/x\x00object-format=md5\n")) + flushPkt,
+		"options cut": string(pkt(a+" "+b+" refs/heads/x\x00push-options\n")) + flushPkt + string(pkt("ci.skip\n")),
 	} {
 		if _, err := parsePushRequest(strings.NewReader(bad)); err == nil {
 			t.Errorf("%s: no error", name)

@@ -25,9 +25,19 @@
 // to a commit already on another branch) is refused. Refusals err on the safe side.
 // The old id itself is enforced by the upstream: receive-pack updates a ref only if it
 // still holds the old id the push names, and creates one only if it does not exist.
+//
+// The gate reads what it judges exactly as git does, and refuses what git could read
+// differently: commands split on single spaces with the ref as every byte after the
+// second, ref names by check-ref-format's rules in printable ASCII, commit parents only
+// from the lines right after "tree" (a commit of any other shape is refused).
+//
+// Push options (git push -o) reach the forge's server-side logic, so they pass only
+// when the remote lists them, exactly; a remote that lists none refuses them and does
+// not advertise the push-options capability to the agent.
 package gitgate
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -53,11 +63,12 @@ type Gate struct {
 }
 
 type gateRemote struct {
-	name     string
-	display  string
-	rules    []PushRule
-	readOnly bool
-	up       upstream
+	name        string
+	display     string
+	rules       []PushRule
+	readOnly    bool
+	pushOptions []string
+	up          upstream
 }
 
 const (
@@ -65,6 +76,8 @@ const (
 	serviceReceive = "git-receive-pack"
 	// maxFetchRequest caps one upload-pack request body (wants and haves).
 	maxFetchRequest = 64 << 20
+	// maxAllowedOptions caps a remote's push_options (the manifest's limit too).
+	maxAllowedOptions = 20
 )
 
 // New validates cfg and reads every credential once through getenv (the sidecar's
@@ -125,11 +138,19 @@ func newRemote(rc Remote, getenv func(string) string, cfg *Config) (*gateRemote,
 		rules = DefaultPushRules
 	}
 	for j, pr := range rules {
-		if err := checkRefPattern(pr.Ref); err != nil {
+		if err := CheckRefPattern(pr.Ref); err != nil {
 			return nil, fmt.Errorf("push[%d]: %w", j, err)
 		}
 	}
-	r := &gateRemote{name: rc.Name, display: addr.display(), rules: rules, readOnly: rc.ReadOnly}
+	if len(rc.PushOptions) > maxAllowedOptions {
+		return nil, fmt.Errorf("push_options: %d entries, at most %d; list only the options the agent needs", len(rc.PushOptions), maxAllowedOptions)
+	}
+	for j, o := range rc.PushOptions {
+		if o == "" || strings.ContainsFunc(o, func(r rune) bool { return r < ' ' || r > '~' }) {
+			return nil, fmt.Errorf("push_options[%d] %q: use a non-empty string of printable ASCII", j, o)
+		}
+	}
+	r := &gateRemote{name: rc.Name, display: addr.display(), rules: rules, readOnly: rc.ReadOnly, pushOptions: rc.PushOptions}
 	switch addr.kind {
 	case kindHTTPS:
 		if rc.SSHKeyEnv != "" || rc.KnownHosts != "" {
@@ -287,10 +308,56 @@ func (g *Gate) infoRefs(w http.ResponseWriter, r *http.Request, remote *gateRemo
 		return
 	}
 	defer body.Close()
+	adv := io.Reader(body)
+	if service == serviceReceive && len(remote.pushOptions) == 0 {
+		// Unadvertised, git refuses `push -o` itself with a clear message.
+		if adv, err = withoutCapability(body, "push-options"); err != nil {
+			err = fmt.Errorf("remote %s: %w", remote.name, err)
+			g.log.LogAttrs(r.Context(), slog.LevelWarn, "git-gate upstream error", slog.String("remote", remote.name), slog.String("op", "info/refs"), slog.String("service", service), slog.String("error", err.Error()))
+			gitError(w, ctype, "git-gate: "+err.Error())
+			return
+		}
+	}
 	w.Header().Set("Content-Type", ctype)
 	w.Header().Set("Cache-Control", "no-cache")
-	if err := stream(w, body); err != nil {
+	if err := stream(w, adv); err != nil {
 		g.log.LogAttrs(r.Context(), slog.LevelWarn, "git-gate upstream error", slog.String("remote", remote.name), slog.String("op", "info/refs"), slog.String("error", err.Error()))
+	}
+}
+
+// withoutCapability drops one capability from a ref advertisement, where the list
+// follows a NUL on the first ref line; the rest streams through unchanged.
+func withoutCapability(adv io.Reader, capability string) (io.Reader, error) {
+	br := bufio.NewReader(adv)
+	var head []byte
+	for {
+		line, err := readPkt(br)
+		switch {
+		case errors.Is(err, errFlush):
+			head = append(head, flushPkt...)
+			continue
+		case errors.Is(err, io.EOF):
+			return bytes.NewReader(head), nil
+		case err != nil:
+			return nil, fmt.Errorf("reading the upstream's ref advertisement: %w", err)
+		}
+		ref, caps, ok := bytes.Cut(line, []byte{0})
+		if !ok {
+			head = appendPkt(head, line) // "# service=...", "version 1"
+			continue
+		}
+		var kept []string
+		for _, c := range strings.Split(string(trimLF(caps)), " ") {
+			if k, _, _ := strings.Cut(c, "="); k != capability {
+				kept = append(kept, c)
+			}
+		}
+		out := append(append(bytes.Clone(ref), 0), strings.Join(kept, " ")...)
+		if len(trimLF(caps)) < len(caps) {
+			out = append(out, '\n')
+		}
+		head = appendPkt(head, out)
+		return io.MultiReader(bytes.NewReader(head), br), nil
 	}
 }
 
@@ -440,6 +507,13 @@ func (g *Gate) receivePack(w http.ResponseWriter, r *http.Request, remote *gateR
 		attrs := []slog.Attr{slog.String("remote", remote.name), slog.String("op", "push"), slog.String("verdict", verdict)}
 		if req != nil {
 			attrs = append(attrs, slog.Any("refs", req.updates))
+			if len(req.options) > 0 {
+				var opts []string
+				for _, o := range req.options {
+					opts = appendCapped(opts, o)
+				}
+				attrs = append(attrs, slog.Any("push_options", opts))
+			}
 		}
 		attrs = append(attrs, slog.Duration("duration", time.Since(start)))
 		g.log.LogAttrs(r.Context(), level, "git-gate push", append(attrs, extra...)...)
@@ -514,6 +588,12 @@ func (g *Gate) receivePack(w http.ResponseWriter, r *http.Request, remote *gateR
 // the whole push is (the agent sees one answer for all refs), and the other commands
 // are marked refused because of it.
 func (g *Gate) checkPush(remote *gateRemote, req *pushRequest, spool io.ReaderAt, size int64) bool {
+	if reason := optionsVerdict(remote.pushOptions, req); reason != "" {
+		for _, u := range req.updates {
+			u.Verdict, u.Reason = "refused", reason
+		}
+		return true
+	}
 	refused := false
 	var needFF []*refUpdate
 	for _, u := range req.updates {

@@ -453,13 +453,17 @@ func TestGateDialOverride(t *testing.T) {
 	}
 }
 
-// TestGatePushOptions: push options sit between the commands and the pack; the gate
-// must find the pack after them.
+// TestGatePushOptions: allowed push options sit between the commands and the pack;
+// the gate must find the pack after them.
 func TestGatePushOptions(t *testing.T) {
 	for name, newFixture := range map[string]func(*testing.T, []PushRule) *upstreamFixture{"https": newHTTPSFixture, "ssh": newSSHFixture} {
 		t.Run(name, func(t *testing.T) {
 			f := newFixture(t, nil)
 			f.h.run(f.bare, "config", "receive.advertisePushOptions", "true")
+			cfg := f.cfg
+			cfg.Remotes = append([]Remote(nil), cfg.Remotes...)
+			cfg.Remotes[0].PushOptions = []string{"ci.skip", "note=x"}
+			f.gateURL, f.logs = f.startNew(cfg)
 			work := f.clone(t)
 			f.h.run(work, "checkout", "-q", "-b", "o", "origin/bottle/existing")
 			c := f.h.commit(work, "o.txt", "o\n")

@@ -13,6 +13,7 @@ import (
 	"hash"
 	"io"
 	"strconv"
+	"strings"
 )
 
 // Pack object types (gitformat-pack).
@@ -104,7 +105,7 @@ func readPackCommits(r io.Reader, hashLen int) (*commitGraph, error) {
 		if typ == objCommit {
 			ps, err := commitParents(data, hashLen)
 			if err != nil {
-				return fmt.Errorf("commit %s: %w", id, err)
+				return fmt.Errorf("malformed commit %s: %w; git-gate takes commits only as git writes them", id, err)
 			}
 			g.parents[id] = ps
 		}
@@ -306,20 +307,43 @@ func objectID(typ int, data []byte, hashLen int) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// commitParents returns the parent ids from a commit object's header.
+// commitParents returns a commit's parents as git reads them: only the "parent"
+// lines right after the first line, "tree <id>". The fast-forward proof must see the
+// parents git sees, so a commit of any other shape is refused, not guessed at: tree,
+// parent, author or committer lines elsewhere, author and committer missing, ids not
+// lowercase hex of the right length, a NUL or no blank line ending the header.
 func commitParents(data []byte, hashLen int) ([]string, error) {
+	header, _, ok := bytes.Cut(data, []byte("\n\n"))
+	if !ok {
+		return nil, errors.New("no blank line ends the header")
+	}
+	if bytes.IndexByte(header, 0) >= 0 {
+		return nil, errors.New("NUL byte in the header")
+	}
+	lines := strings.Split(string(header), "\n")
+	id := func(line, key string) (string, bool) {
+		v, ok := strings.CutPrefix(line, key+" ")
+		return v, ok && len(v) == 2*hashLen && isHex(v)
+	}
+	if _, ok := id(lines[0], "tree"); !ok {
+		return nil, errors.New(`the first line is not "tree <id>"`)
+	}
+	i := 1
 	var parents []string
-	for len(data) > 0 {
-		line, rest, _ := bytes.Cut(data, []byte("\n"))
-		data = rest
-		if len(line) == 0 {
-			break // end of header
+	for ; i < len(lines) && strings.HasPrefix(lines[i], "parent "); i++ {
+		p, ok := id(lines[i], "parent")
+		if !ok {
+			return nil, fmt.Errorf("malformed parent line %q", truncate(lines[i], 100))
 		}
-		if p, ok := bytes.CutPrefix(line, []byte("parent ")); ok {
-			if len(p) != 2*hashLen || !isHex(string(p)) {
-				return nil, fmt.Errorf("malformed parent line")
-			}
-			parents = append(parents, string(p))
+		parents = append(parents, p)
+	}
+	if i+1 >= len(lines) || !strings.HasPrefix(lines[i], "author ") || !strings.HasPrefix(lines[i+1], "committer ") {
+		return nil, errors.New("author and committer lines do not follow tree and parents")
+	}
+	for _, line := range lines[i+2:] {
+		switch key, _, _ := strings.Cut(line, " "); key {
+		case "tree", "parent", "author", "committer":
+			return nil, fmt.Errorf("a %q line after the committer line (git would not read it as one)", key)
 		}
 	}
 	return parents, nil

@@ -174,3 +174,42 @@ func TestApplyDeltaRejectsBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitParents: parents are the "parent" lines right after "tree", as git reads
+// them; every other shape is refused.
+func TestCommitParents(t *testing.T) {
+	tree, p1, p2 := strings.Repeat("1", 40), strings.Repeat("a", 40), strings.Repeat("b", 40)
+	who := "author A <a@x> 1700000000 +0000\ncommitter A <a@x> 1700000000 +0000\n"
+	for _, tc := range []struct {
+		name, data string
+		want       string // parents joined by spaces; "error" when refused
+	}{
+		{"root", "tree " + tree + "\n" + who + "\nmsg\n", ""},
+		{"one parent", "tree " + tree + "\nparent " + p1 + "\n" + who + "\nmsg\n", p1},
+		{"merge", "tree " + tree + "\nparent " + p1 + "\nparent " + p2 + "\n" + who + "\nmsg\n", p1 + " " + p2},
+		{"signed, continuation mentions parent", "tree " + tree + "\nparent " + p1 + "\n" + who + "gpgsig -----BEGIN-----\n parent " + p2 + "\n -----END-----\n\nmsg\n", p1},
+		{"empty message", "tree " + tree + "\n" + who + "\n", ""},
+		{"late parent", "tree " + tree + "\nparent " + p1 + "\n" + who + "parent " + p2 + "\n\nmsg\n", "error"},
+		{"late parent, root", "tree " + tree + "\n" + who + "parent " + p2 + "\n\nmsg\n", "error"},
+		{"parent between author and committer", "tree " + tree + "\nauthor A <a@x> 1 +0000\nparent " + p1 + "\ncommitter A <a@x> 1 +0000\n\nm\n", "error"},
+		{"second tree", "tree " + tree + "\ntree " + tree + "\n" + who + "\nmsg\n", "error"},
+		{"late tree", "tree " + tree + "\n" + who + "tree " + tree + "\n\nmsg\n", "error"},
+		{"no tree", "parent " + p1 + "\n" + who + "\nmsg\n", "error"},
+		{"upper-case parent", "tree " + tree + "\nparent " + strings.ToUpper(p1) + "\n" + who + "\nmsg\n", "error"},
+		{"short parent", "tree " + tree + "\nparent " + p1[:39] + "\n" + who + "\nmsg\n", "error"},
+		{"sha256 id in a sha1 push", "tree " + tree + "\nparent " + strings.Repeat("a", 64) + "\n" + who + "\nmsg\n", "error"},
+		{"CRLF", "tree " + tree + "\r\nparent " + p1 + "\r\n" + who + "\nmsg\n", "error"},
+		{"no author", "tree " + tree + "\nparent " + p1 + "\ncommitter A <a@x> 1 +0000\n\nmsg\n", "error"},
+		{"second committer", "tree " + tree + "\n" + who + "committer B <b@x> 1 +0000\n\nmsg\n", "error"},
+		{"NUL in header", "tree " + tree + "\n" + who + "x \x00\n\nmsg\n", "error"},
+		{"no blank line", "tree " + tree + "\n" + who, "error"},
+	} {
+		got, err := commitParents([]byte(tc.data), 20)
+		switch {
+		case tc.want == "error" && err == nil:
+			t.Errorf("%s: accepted with parents %v", tc.name, got)
+		case tc.want != "error" && (err != nil || strings.Join(got, " ") != tc.want):
+			t.Errorf("%s: parents %v, %v; want %q", tc.name, got, err, tc.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -23,6 +24,8 @@ type refUpdate struct {
 type pushRequest struct {
 	updates []*refUpdate
 	caps    map[string]string
+	// options are the push options (git push -o) sent after the commands.
+	options []string
 	// packOffset is where the packfile starts in the body (-1: no pack expected).
 	packOffset int64
 	hashLen    int
@@ -33,13 +36,18 @@ func (p *pushRequest) has(capability string) bool {
 	return ok
 }
 
-// parsePushRequest reads the command list (and push options) from the start of a
-// receive-pack request body. On error it still returns what it read (the client's
-// capabilities decide how to frame the error answer).
+// maxPushOptions caps the push options read from one request.
+const maxPushOptions = 100
+
+// parsePushRequest reads the command list and push options from the start of a
+// receive-pack request body, byte for byte as receive-pack does, so the gate judges
+// exactly what the upstream will act on: "<old> SP <new> SP <ref>" per pkt-line, the
+// capability list after a NUL on the first command only, single-space separated.
+// Anything else is refused rather than interpreted. On error it still returns what
+// it read (the client's capabilities decide how to frame the error answer).
 func parsePushRequest(r io.Reader) (*pushRequest, error) {
 	cr := &countingReader{r: bufio.NewReader(r)}
-	req := &pushRequest{caps: map[string]string{}, packOffset: -1}
-	first := true
+	req := &pushRequest{caps: map[string]string{}, packOffset: -1, hashLen: 20}
 	needPack := false
 	for {
 		line, err := readPkt(cr)
@@ -50,30 +58,28 @@ func parsePushRequest(r io.Reader) (*pushRequest, error) {
 			return req, fmt.Errorf("push command list: %w", err)
 		}
 		line = trimLF(line)
-		if bytes.HasPrefix(line, []byte("shallow ")) {
+		if id, ok := bytes.CutPrefix(line, []byte("shallow ")); ok {
+			if (len(id) != 40 && len(id) != 64) || !isHex(string(id)) {
+				return req, fmt.Errorf("push command list: malformed shallow line %q", truncate(string(line), 200))
+			}
 			continue
 		}
-		if first {
-			cmd, caps, _ := bytes.Cut(line, []byte{0})
-			line = cmd
-			for _, c := range strings.Fields(string(caps)) {
-				k, v, _ := strings.Cut(c, "=")
-				req.caps[k] = v
+		cmd, caps, hasCaps := bytes.Cut(line, []byte{0})
+		if hasCaps {
+			if len(req.updates) > 0 {
+				return req, fmt.Errorf("push command list: capabilities after the first command")
 			}
-			req.hashLen = 20
-			if req.caps["object-format"] == "sha256" {
-				req.hashLen = 32
+			if err := req.parseCaps(string(caps)); err != nil {
+				return req, err
 			}
-			first = false
-			if string(line) == "push-cert" {
+			if string(cmd) == "push-cert" {
 				return req, errSignedPush
 			}
 		}
-		f := strings.Fields(string(line))
-		if len(f) != 3 || len(f[0]) != 2*req.hashLen || len(f[1]) != 2*req.hashLen || !isHex(f[0]) || !isHex(f[1]) {
-			return req, fmt.Errorf("push command list: malformed command %q", truncate(string(line), 200))
+		u, err := parseCommand(string(cmd), req.hashLen)
+		if err != nil {
+			return req, err
 		}
-		u := &refUpdate{Old: f[0], New: f[1], Ref: f[2]}
 		switch {
 		case isZeroID(u.New):
 			u.Action = "delete"
@@ -89,19 +95,61 @@ func parsePushRequest(r io.Reader) (*pushRequest, error) {
 	}
 	if req.has("push-options") {
 		for {
-			_, err := readPkt(cr)
+			opt, err := readPkt(cr)
 			if errors.Is(err, errFlush) {
 				break
 			}
 			if err != nil {
 				return req, fmt.Errorf("push options: %w", err)
 			}
+			if len(req.options) == maxPushOptions {
+				return req, fmt.Errorf("more than %d push options; send fewer", maxPushOptions)
+			}
+			req.options = append(req.options, string(trimLF(opt)))
 		}
 	}
 	if needPack {
 		req.packOffset = cr.n
 	}
 	return req, nil
+}
+
+// parseCaps reads the capability list. receive-pack finds a capability as a token
+// bounded by start, end, '=' or whitespace; words of printable ASCII separated by
+// spaces (as git sends them, after a leading space) leave no room for a different
+// reading. Every word is recorded even on error, so the error answer is framed in the
+// side-band the client asked for.
+func (p *pushRequest) parseCaps(list string) error {
+	bad := false
+	for _, c := range strings.Split(list, " ") {
+		if strings.ContainsFunc(c, func(r rune) bool { return r <= ' ' || r > '~' }) {
+			bad = true
+		} else if c != "" {
+			k, v, _ := strings.Cut(c, "=")
+			p.caps[k] = v
+		}
+	}
+	if bad {
+		return fmt.Errorf("push capability list %q is malformed: want words of printable ASCII separated by spaces", truncate(list, 200))
+	}
+	switch p.caps["object-format"] {
+	case "", "sha1":
+	case "sha256":
+		p.hashLen = 32
+	default:
+		return fmt.Errorf("push capability list: unknown object-format %q", p.caps["object-format"])
+	}
+	return nil
+}
+
+// parseCommand splits "<old> SP <new> SP <ref>" as receive-pack does: the ref is every
+// byte after the second space (checkRefName judges it later).
+func parseCommand(line string, hashLen int) (*refUpdate, error) {
+	n := 2 * hashLen
+	if len(line) < 2*n+3 || line[n] != ' ' || line[2*n+1] != ' ' || !isHex(line[:n]) || !isHex(line[n+1:2*n+1]) {
+		return nil, fmt.Errorf("push command list: malformed command %q; want <old-id> <new-id> <ref>", truncate(line, 200))
+	}
+	return &refUpdate{Old: line[:n], New: line[n+1 : 2*n+1], Ref: line[2*n+2:]}, nil
 }
 
 const reasonOtherRefused = "another ref in this push was refused"
@@ -131,7 +179,7 @@ func judge(rules []PushRule, readOnly bool, u *refUpdate) ruleVerdict {
 		return ruleVerdict{reason: "remote is read-only"}
 	}
 	if err := checkRefName(u.Ref); err != nil {
-		return ruleVerdict{reason: "invalid ref name"}
+		return ruleVerdict{reason: "invalid ref name: " + err.Error()}
 	}
 	var match, force, del bool
 	for _, r := range rules {
@@ -155,6 +203,23 @@ func judge(rules []PushRule, readOnly bool, u *refUpdate) ruleVerdict {
 		}
 	}
 	return ruleVerdict{allowed: true}
+}
+
+// optionsVerdict says why the push options of req are refused ("" when they pass):
+// only options listed for the remote pass, each compared as exact bytes.
+func optionsVerdict(allowed []string, req *pushRequest) string {
+	if !req.has("push-options") {
+		return ""
+	}
+	if len(allowed) == 0 {
+		return "push options are not allowed for this remote; push without -o, or list the option in the remote's push_options in the manifest"
+	}
+	for _, o := range req.options {
+		if !slices.Contains(allowed, o) {
+			return fmt.Sprintf("push option %q is not allowed (allowed: %s); push without it, or add it to the remote's push_options in the manifest", truncate(o, 100), strings.Join(allowed, ", "))
+		}
+	}
+	return ""
 }
 
 func patternList(rules []PushRule) string {

@@ -9,9 +9,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"syscall"
+
+	"github.com/bottle-dev/bottle/internal/hostfile"
 )
 
 // NewSuffix returns 6 random lowercase hex digits for a bottle identity.
@@ -28,7 +29,7 @@ func NewSuffix() (string, error) {
 // netns), then systemd-resolved's upstream list.
 func SidecarResolvConf() (string, error) {
 	for _, p := range []string{"/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"} {
-		data, err := os.ReadFile(p)
+		data, err := hostfile.Read(p, hostfile.MaxResolvConf)
 		if err != nil {
 			continue
 		}

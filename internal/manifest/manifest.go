@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/bottle-dev/bottle/internal/hostfile"
 )
 
 // Manifest is the decoded manifest file.
@@ -95,6 +97,8 @@ type GitRemote struct {
 	KnownHosts string `toml:"known_hosts" json:"known_hosts,omitempty"`
 	// Push lists ref patterns the agent may push; default refs/heads/bottle/*.
 	Push []*PushRule `toml:"push" json:"push,omitempty"`
+	// PushOptions are the only `git push -o` options passed upstream (exact strings).
+	PushOptions []string `toml:"push_options" json:"push_options,omitempty"`
 }
 
 // PushRule allows pushes to refs matching Ref.
@@ -179,7 +183,7 @@ type Source struct {
 // embedded default. It returns the source and its bytes.
 func Locate(flagPath string, getenv func(string) string) (Source, []byte, error) {
 	read := func(path, why string) (Source, []byte, error) {
-		data, err := os.ReadFile(path)
+		data, err := hostfile.Read(path, hostfile.MaxManifest)
 		if err != nil {
 			return Source{}, nil, fmt.Errorf("read manifest %s (from %s): %w", path, why, err)
 		}

@@ -1,14 +1,19 @@
 package manifest
 
 import (
+	"cmp"
 	"fmt"
+	"math"
 	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 
+	"golang.org/x/net/publicsuffix"
+
 	"github.com/bottle-dev/bottle/internal/envname"
+	"github.com/bottle-dev/bottle/internal/gitgate"
 )
 
 var (
@@ -16,9 +21,54 @@ var (
 	// identitySegmentRE finds a "-xxxxxx-" hex segment like the suffix of an identity.
 	identitySegmentRE = regexp.MustCompile(`-[0-9a-f]{6}(-|$)`)
 	remoteRE          = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	headerRE          = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-	scpLikeRE         = regexp.MustCompile(`^(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9.-]+):([^/].*|/.+)$`)
+	// tokenRE is an HTTP token (RFC 9110): a header name, or an auth scheme.
+	tokenRE   = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	scpLikeRE = regexp.MustCompile(`^([A-Za-z0-9._-]+)@([A-Za-z0-9.-]+):([^/].*|/.+)$`)
 )
+
+// Limits of the agent's resources and user.
+const (
+	MaxMemoryMB = 1 << 20 // 1 TiB
+	MinCPUs     = 0.01    // a CFS quota below 1 ms per 100 ms period is refused by the kernel
+	MaxCPUs     = 1024
+	// MaxID is the largest UID or GID: IDs from 2^31-1 up are the kernel's "no ID" (-1)
+	// or overflow IDs that tools mishandle.
+	MaxID = math.MaxInt32 - 1
+)
+
+// SSHKeyEnvPrefix, plus the remote's index, names the git-gate variable holding a remote's
+// SSH private key.
+const SSHKeyEnvPrefix = "BOTTLE_GIT_SSH_KEY_"
+
+// generatedEnv are the environment names bottle sets itself in a bottle's containers
+// (internal/plan) and names the sidecars' Go runtime reads; generatedEnvPrefixes the
+// numbered ones. A credential's token_ref may not be one of them: the credential would
+// replace bottle's value or be replaced by it. CLAUDE_CODE_OAUTH_TOKEN is not among them:
+// the agent holds a placeholder under that name, the egress-proxy the real credential.
+var (
+	generatedEnv = []string{
+		"HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy",
+		"BOTTLE_IDENTITY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+		"DISABLE_ERROR_REPORTING", "GIT_CONFIG_COUNT",
+		"GODEBUG", "GOGC", "GOMAXPROCS", "GOMEMLIMIT", "GOTRACEBACK", "SSL_CERT_FILE", "SSL_CERT_DIR",
+	}
+	generatedEnvPrefixes = []string{"GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_", SSHKeyEnvPrefix}
+)
+
+// GeneratedEnv reports whether bottle sets or reads the environment variable name itself.
+func GeneratedEnv(name string) bool {
+	return slices.Contains(generatedEnv, name) || slices.ContainsFunc(generatedEnvPrefixes, func(p string) bool { return strings.HasPrefix(name, p) })
+}
+
+// checkTokenRef checks the name of the host variable holding a credential.
+func checkTokenRef(bad reporter, path, name string) {
+	switch {
+	case !envname.Valid(name):
+		bad(path, fmt.Sprintf("invalid environment variable name %q", name), "use letters, digits and '_', not starting with a digit")
+	case GeneratedEnv(name):
+		bad(path, fmt.Sprintf("%q is a name bottle sets or reads itself in the containers", name), "keep the credential in a variable of your own, e.g. MY_API_TOKEN")
+	}
+}
 
 // Runtime and filter choices accepted in a manifest (and by the matching flags).
 var (
@@ -122,7 +172,7 @@ func validateAgent(bad reporter, m *Manifest, name string, a *Agent) {
 	}
 	if a.User != "" {
 		if _, _, err := ParseUser(a.User); err != nil {
-			bad(p+".user", err.Error(), "use numeric \"UID:GID\", e.g. \"1000:1000\"")
+			bad(p+".user", err.Error(), "use numeric \"UID:GID\" of a real user, e.g. \"1000:1000\"")
 		}
 	}
 }
@@ -138,6 +188,9 @@ func ParseUser(s string) (uid, gid uint32, err error) {
 	if err1 != nil || err2 != nil {
 		return 0, 0, fmt.Errorf("user %q is not numeric UID:GID", s)
 	}
+	if uid64 > MaxID || gid64 > MaxID {
+		return 0, 0, fmt.Errorf("user %q: UID and GID must be at most %d", s, MaxID)
+	}
 	return uint32(uid64), uint32(gid64), nil
 }
 
@@ -151,7 +204,7 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 	}
 	for i, h := range b.Allowlist {
 		if err := checkAllowlistEntry(h); err != nil {
-			bad(fmt.Sprintf("%s.allowlist[%d]", p, i), err.Error(), "use a host name like \"api.github.com\" or a suffix pattern like \"*.github.com\"")
+			bad(fmt.Sprintf("%s.allowlist[%d]", p, i), err.Error(), "use a host name like \"api.github.com\", or a suffix pattern like \"*.github.com\" under a domain of one owner")
 		}
 	}
 	if b.Runtime != "" && !slices.Contains(RuntimeChoices, b.Runtime) {
@@ -160,11 +213,14 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 	if b.Filter != "" && !slices.Contains(FilterChoices, b.Filter) {
 		bad(p+".filter", fmt.Sprintf("unknown filter %q", b.Filter), "use one of: "+strings.Join(FilterChoices, ", "))
 	}
-	if b.Resources.MemoryMB < 0 || (b.Resources.MemoryMB > 0 && b.Resources.MemoryMB < 64) {
-		bad(p+".resources.memory_mb", fmt.Sprintf("memory_mb %d is too small", b.Resources.MemoryMB), "use at least 64, or leave it out for the default")
+	switch mem := b.Resources.MemoryMB; {
+	case mem < 0 || (mem > 0 && mem < 64):
+		bad(p+".resources.memory_mb", fmt.Sprintf("memory_mb %d is too small", mem), "use at least 64, or leave it out for the default")
+	case mem > MaxMemoryMB:
+		bad(p+".resources.memory_mb", fmt.Sprintf("memory_mb %d is more than 1 TiB", mem), fmt.Sprintf("use at most %d, or leave it out for the default", MaxMemoryMB))
 	}
-	if b.Resources.CPUs < 0 {
-		bad(p+".resources.cpus", "cpus is negative", "use a positive number of CPUs, e.g. 2 or 0.5")
+	if cpus := b.Resources.CPUs; cpus != 0 && !(cpus >= MinCPUs && cpus <= MaxCPUs) { // NaN fails both
+		bad(p+".resources.cpus", fmt.Sprintf("cpus %v is not a number of CPUs from %v to %d", cpus, MinCPUs, MaxCPUs), "use a number of CPUs such as 2 or 0.5, or leave it out for no limit")
 	}
 	if b.Resources.Pids < 0 || (b.Resources.Pids > 0 && b.Resources.Pids < 16) {
 		bad(p+".resources.pids", fmt.Sprintf("pids %d is too small", b.Resources.Pids), "use at least 16, or leave it out for the default")
@@ -172,6 +228,13 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 	validateRoutes(bad, p+".egress_proxy.routes", b.EgressProxy.Routes)
 	validateGit(bad, p+".git", b.Git)
 }
+
+// reservedRouteHost is the egress-proxy's own path (GET /healthz), never a route.
+const reservedRouteHost = "healthz"
+
+// reservedHeaders are the headers HTTP itself uses: the egress-proxy cannot inject a
+// credential into them.
+var reservedHeaders = []string{"Host", "Connection", "Proxy-Authorization", "Transfer-Encoding", "Content-Length", "TE", "Upgrade", "Trailer", "Keep-Alive"}
 
 func validateRoutes(bad reporter, p string, routes []*Route) {
 	hosts := map[string]int{}
@@ -181,18 +244,20 @@ func validateRoutes(bad reporter, p string, routes []*Route) {
 		if r == nil {
 			continue
 		}
+		host := normalizeHost(r.Host)
 		if err := checkHostName(r.Host); err != nil {
 			bad(rp+".host", err.Error(), "use the upstream's host name, e.g. \"api.anthropic.com\"")
-		} else if j, dup := hosts[strings.ToLower(r.Host)]; dup {
+		} else if host == reservedRouteHost {
+			bad(rp+".host", fmt.Sprintf("%q is the egress-proxy's health check path, not a host", r.Host), "use the upstream's full host name")
+		} else if j, dup := hosts[host]; dup {
 			bad(rp+".host", fmt.Sprintf("duplicate route host %q (also %s[%d])", r.Host, p, j), "keep one route per host")
 		} else {
-			hosts[strings.ToLower(r.Host)] = i
+			hosts[host] = i
 		}
-		switch {
-		case r.TokenRef == "":
+		if r.TokenRef == "" {
 			bad(rp+".token_ref", "empty token_ref", "name the host environment variable that holds the credential, e.g. token_ref = \"MY_API_TOKEN\"")
-		case !envname.Valid(r.TokenRef):
-			bad(rp+".token_ref", fmt.Sprintf("invalid environment variable name %q", r.TokenRef), "use letters, digits and '_', not starting with a digit")
+		} else {
+			checkTokenRef(bad, rp+".token_ref", r.TokenRef)
 		}
 		roles, err := rolesOf(r.Role)
 		if err != nil {
@@ -211,10 +276,13 @@ func validateRoutes(bad reporter, p string, routes []*Route) {
 				}
 			}
 		}
-		if r.Header != "" && !headerRE.MatchString(r.Header) {
+		switch {
+		case r.Header != "" && !tokenRE.MatchString(r.Header):
 			bad(rp+".header", fmt.Sprintf("invalid header name %q", r.Header), "use an HTTP header name such as \"Authorization\" or \"x-api-key\"")
+		case slices.ContainsFunc(reservedHeaders, func(h string) bool { return strings.EqualFold(h, r.Header) }):
+			bad(rp+".header", fmt.Sprintf("header %q cannot carry a credential: HTTP itself uses it", r.Header), "use Authorization or the upstream's API key header, e.g. \"x-api-key\"")
 		}
-		if strings.ContainsAny(r.Scheme, " \t\r\n\x00") {
+		if r.Scheme != "" && !tokenRE.MatchString(r.Scheme) {
 			bad(rp+".scheme", fmt.Sprintf("invalid scheme %q", r.Scheme), "use one word such as \"Bearer\", or \"none\" for a raw value")
 		}
 	}
@@ -265,37 +333,58 @@ func validateGit(bad reporter, p string, remotes []*GitRemote) {
 			continue
 		}
 		switch {
-		case !remoteRE.MatchString(g.Name):
-			bad(gp+".name", fmt.Sprintf("invalid remote name %q", g.Name), "use letters, digits, '.', '_' and '-', e.g. \"origin\"")
+		case !remoteRE.MatchString(g.Name) || strings.HasSuffix(g.Name, ".git"):
+			bad(gp+".name", fmt.Sprintf("invalid remote name %q", g.Name), "use 1-64 letters, digits, '.', '_' and '-', starting with a letter or digit and not ending in .git, e.g. \"origin\"")
 		case names[g.Name]:
 			bad(gp+".name", fmt.Sprintf("duplicate remote name %q", g.Name), "give each remote its own name")
 		}
 		names[g.Name] = true
-		kind, err := GitURLKind(g.URL)
+		u, err := parseGitURL(g.URL)
 		if err != nil {
-			bad(gp+".url", err.Error(), "use ssh://user@host/path.git, user@host:path.git or https://host/path.git")
+			bad(gp+".url", err.Error(), "use ssh://user@host[:port]/path.git, user@host:path.git or https://host[:port]/path.git")
 		}
+		kind := u.kind
 		if kind == "ssh" && g.SSHKey == "" {
 			bad(gp+".ssh_key", "ssh remote without ssh_key", "set ssh_key to the path of the private key file on the host")
 		}
-		if kind == "ssh" && strings.TrimSpace(g.KnownHosts) == "" {
-			bad(gp+".known_hosts", "ssh remote without a pinned host key", "set known_hosts to the upstream's known_hosts line (e.g. from `ssh-keyscan HOST`, checked against the forge's published fingerprints); bottle never trusts a host key on first use")
+		const keyscan = "set known_hosts to the upstream's known_hosts line (e.g. from `ssh-keyscan HOST`, checked against the forge's published fingerprints); bottle never trusts a host key on first use"
+		switch {
+		case strings.ContainsRune(g.KnownHosts, 0):
+			bad(gp+".known_hosts", "contains a NUL byte", keyscan)
+		case kind == "ssh" && strings.TrimSpace(g.KnownHosts) == "":
+			bad(gp+".known_hosts", "ssh remote without a pinned host key", keyscan)
+		case kind == "ssh":
+			if err := checkKnownHosts(g.KnownHosts, u.host, u.port); err != nil {
+				bad(gp+".known_hosts", err.Error(), keyscan)
+			}
+		case kind == "https" && g.KnownHosts != "":
+			bad(gp+".known_hosts", "known_hosts on an https remote", "remove it: TLS checks https upstreams")
 		}
 		if kind == "https" && g.SSHKey != "" {
 			bad(gp+".ssh_key", "ssh_key on an https remote", "use token_ref for https remotes")
 		}
-		if g.TokenRef != "" && !envname.Valid(g.TokenRef) {
-			bad(gp+".token_ref", fmt.Sprintf("invalid environment variable name %q", g.TokenRef), "use letters, digits and '_', not starting with a digit")
+		switch {
+		case g.TokenRef != "":
+			checkTokenRef(bad, gp+".token_ref", g.TokenRef)
+		case kind == "https":
+			bad(gp+".token_ref", "https remote without token_ref", "set token_ref to the host environment variable holding an HTTPS token for the repository")
 		}
 		if kind == "ssh" && g.TokenRef != "" {
 			bad(gp+".token_ref", "token_ref on an ssh remote", "use ssh_key for ssh remotes")
 		}
-		if strings.ContainsRune(g.KnownHosts, 0) {
-			bad(gp+".known_hosts", "contains a NUL byte", "paste the host's known_hosts line")
-		}
 		for j, r := range g.Push {
-			if r == nil || !strings.HasPrefix(r.Ref, "refs/") || strings.ContainsAny(r.Ref, " \t\n\x00~^:?[\\") {
-				bad(fmt.Sprintf("%s.push[%d].ref", gp, j), "push rule is not a ref pattern", "use a pattern like \"refs/heads/bottle/*\"")
+			if r == nil {
+				bad(fmt.Sprintf("%s.push[%d]", gp, j), "empty push rule", "give it a ref pattern like \"refs/heads/bottle/*\"")
+			} else if err := gitgate.CheckRefPattern(r.Ref); err != nil {
+				bad(fmt.Sprintf("%s.push[%d].ref", gp, j), err.Error(), "use a pattern like \"refs/heads/bottle/*\": a full ref name where '*' matches any run of characters")
+			}
+		}
+		if len(g.PushOptions) > 20 {
+			bad(gp+".push_options", fmt.Sprintf("%d push options, at most 20", len(g.PushOptions)), "list only the options the agent needs, e.g. [\"ci.skip\"]")
+		}
+		for j, o := range g.PushOptions {
+			if o == "" || strings.ContainsFunc(o, func(r rune) bool { return r < ' ' || r > '~' }) {
+				bad(fmt.Sprintf("%s.push_options[%d]", gp, j), fmt.Sprintf("push option %q is empty or not printable ASCII", o), "write the exact string `git push -o` sends, e.g. \"ci.skip\"")
 			}
 		}
 	}
@@ -303,42 +392,67 @@ func validateGit(bad reporter, p string, remotes []*GitRemote) {
 
 // GitURLKind classifies a git remote URL as "ssh" or "https", or says why it is malformed.
 func GitURLKind(raw string) (string, error) {
+	u, err := parseGitURL(raw)
+	return u.kind, err
+}
+
+// gitURL is a parsed git remote URL: its kind ("ssh" or "https") and where it connects.
+type gitURL struct{ kind, host, port string }
+
+// parseGitURL accepts what git-gate accepts (ssh://user@host[:port]/path, user@host:path,
+// https://host[:port]/path), and only host names or IP addresses as hosts.
+func parseGitURL(raw string) (gitURL, error) {
 	if raw == "" {
-		return "", fmt.Errorf("empty git url")
+		return gitURL{}, fmt.Errorf("empty git url")
 	}
-	if strings.ContainsAny(raw, " \t\r\n\x00") {
-		return "", fmt.Errorf("git url %q contains whitespace or control characters", raw)
+	if strings.ContainsFunc(raw, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return gitURL{}, fmt.Errorf("git url %q contains whitespace or control characters", raw)
 	}
-	if strings.Contains(raw, "://") {
-		u, err := url.Parse(raw)
-		if err != nil {
-			return "", fmt.Errorf("malformed git url %q: %v", raw, err)
+	if !strings.Contains(raw, "://") {
+		m := scpLikeRE.FindStringSubmatch(raw)
+		if m == nil || strings.HasPrefix(raw, "-") {
+			return gitURL{}, fmt.Errorf("malformed git url %q", raw)
 		}
-		if u.Host == "" || u.Hostname() == "" || u.Path == "" || u.Path == "/" {
-			return "", fmt.Errorf("git url %q needs a host and a repository path", raw)
+		if err := checkHostName(m[2]); err != nil {
+			return gitURL{}, fmt.Errorf("git url %q: %v", raw, err)
 		}
-		if err := checkHostName(u.Hostname()); err != nil && !isIPLiteral(u.Hostname()) {
-			return "", fmt.Errorf("git url %q: %v", raw, err)
+		return gitURL{kind: "ssh", host: m[2], port: "22"}, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return gitURL{}, fmt.Errorf("malformed git url %q: %v", raw, err)
+	}
+	g := gitURL{kind: u.Scheme, host: u.Hostname(), port: u.Port()}
+	switch u.Scheme {
+	case "ssh":
+		if u.User == nil || u.User.Username() == "" {
+			return gitURL{}, fmt.Errorf("git url %q names no user (ssh://USER@host/path)", raw)
 		}
-		switch u.Scheme {
-		case "ssh":
-			return "ssh", nil
-		case "https":
-			if u.User != nil {
-				return "", fmt.Errorf("git url %q carries credentials; use token_ref instead", raw)
-			}
-			return "https", nil
+		if _, pw := u.User.Password(); pw {
+			return gitURL{}, fmt.Errorf("git url %q carries a password; use ssh_key instead", raw)
 		}
-		return "", fmt.Errorf("git url %q: scheme %q is not supported", raw, u.Scheme)
+		g.port = cmp.Or(g.port, "22")
+	case "https":
+		if u.User != nil {
+			return gitURL{}, fmt.Errorf("git url %q carries credentials; use token_ref instead", raw)
+		}
+		g.port = cmp.Or(g.port, "443")
+	default:
+		return gitURL{}, fmt.Errorf("git url %q: scheme %q is not supported", raw, u.Scheme)
 	}
-	mm := scpLikeRE.FindStringSubmatch(raw)
-	if mm == nil || strings.HasPrefix(raw, "-") {
-		return "", fmt.Errorf("malformed git url %q", raw)
+	if g.host == "" || u.Path == "" || u.Path == "/" {
+		return gitURL{}, fmt.Errorf("git url %q needs a host and a repository path", raw)
 	}
-	if err := checkHostName(mm[2]); err != nil {
-		return "", fmt.Errorf("git url %q: %v", raw, err)
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#") {
+		return gitURL{}, fmt.Errorf("git url %q has a query or fragment, which git-gate cannot pass on", raw)
 	}
-	return "ssh", nil
+	if err := checkHostName(g.host); err != nil && !isIPLiteral(g.host) {
+		return gitURL{}, fmt.Errorf("git url %q: %v", raw, err)
+	}
+	if n, err := strconv.Atoi(g.port); err != nil || n < 1 || n > 65535 {
+		return gitURL{}, fmt.Errorf("git url %q: port %s is not from 1 to 65535", raw, g.port)
+	}
+	return g, nil
 }
 
 func isIPLiteral(h string) bool {
@@ -350,8 +464,12 @@ func checkAllowlistEntry(h string) error {
 		if err := checkHostName(suffix); err != nil {
 			return fmt.Errorf("allowlist entry %q: %v", h, err)
 		}
+		suffix = normalizeHost(suffix)
 		if !strings.Contains(suffix, ".") {
 			return fmt.Errorf("allowlist entry %q would allow a whole top-level domain", h)
+		}
+		if ps, _ := publicsuffix.PublicSuffix(suffix); ps == suffix {
+			return fmt.Errorf("allowlist entry %q would allow every site under the public suffix %q, whose subdomains belong to different owners", h, suffix)
 		}
 		return nil
 	}
@@ -382,8 +500,12 @@ func checkHostName(h string) error {
 			}
 		}
 	}
-	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
-		return fmt.Errorf("%q looks like an IP address; name hosts, not addresses", h)
+	if c := labels[len(labels)-1][0]; '0' <= c && c <= '9' {
+		return fmt.Errorf("%q looks like an IP address (its last label does not start with a letter); name hosts, not addresses", h)
 	}
 	return nil
 }
+
+// normalizeHost is a host name as the sidecars compare it: lower case, without the
+// trailing dot.
+func normalizeHost(h string) string { return strings.ToLower(strings.TrimSuffix(h, ".")) }

@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -25,11 +25,8 @@ func (m *Manager) RemoveNetworks(ctx context.Context, identity string, nets []Ne
 		return err
 	}
 	for _, n := range nets {
-		if err := n.validate(); err != nil {
+		if err := m.checkOwnNetwork(identity, n); err != nil {
 			return fmt.Errorf("remove networks of bottle %s: %w", identity, err)
-		}
-		if id, ok := identityFromNetworkName(n.Name); !ok || id != identity {
-			return fmt.Errorf("remove networks of bottle %s: network %s belongs to another bottle", identity, n.Name)
 		}
 	}
 	unlock, err := m.lock(ctx)
@@ -67,38 +64,18 @@ func removeIPAMDir(network string) error {
 	return nil
 }
 
-var bridgeNameRE = regexp.MustCompile(`^b[ie]-[0-9a-f]{8}$`)
-
-// deleteBridge deletes a bottle bridge; a missing one is fine.
-func deleteBridge(name string) error {
-	if !bridgeNameRE.MatchString(name) {
-		return fmt.Errorf("refusing to delete interface %q: not a bottle bridge (bi-/be-<8 hex>)", name)
-	}
-	ifi, err := net.InterfaceByName(name)
-	if err != nil {
-		return nil
-	}
-	if _, err := os.Stat(filepath.Join("/sys/class/net", name, "bridge")); err != nil {
-		return fmt.Errorf("refusing to delete interface %s: it is not a bridge (remove it by hand if it is stale)", name)
-	}
-	if err := deleteLink(ifi.Index); err != nil {
-		return fmt.Errorf("delete bridge %s: %w", name, err)
-	}
-	return nil
-}
-
 // LeftoverKind says what a Leftover is.
 type LeftoverKind string
 
 // Kinds of leftovers.
 const (
-	KindNetns    LeftoverKind = "netns"     // netns file <NetnsDir>/bottle-*
+	KindNetns    LeftoverKind = "netns"     // netns file <NetnsDir>/<owner>/bottle-*
 	KindBridge   LeftoverKind = "bridge"    // bi-* / be-* bridge
 	KindChain    LeftoverKind = "chain"     // BOTTLE-* filter chain (iptables and/or ip6tables)
 	KindMasq     LeftoverKind = "masq"      // bridge plugin masquerade rule of a bottle network
 	KindCNICache LeftoverKind = "cni-cache" // /var/lib/cni/results entry of a bottle network
 	KindIPAMDir  LeftoverKind = "ipam-dir"  // /var/lib/cni/networks/bottle-*
-	KindSlot     LeftoverKind = "slot"      // <StateDir>/slots/<k>
+	KindSlot     LeftoverKind = "slot"      // <SlotDir>/<subnet> (legacy: <StateDir>/slots/<k>)
 )
 
 // Leftover is one piece of host state bottle created.
@@ -106,50 +83,61 @@ type Leftover struct {
 	Kind LeftoverKind
 	// Name is the path, interface, chain, or "network/container/ifname" for cache and masq.
 	Name string
+	// Owner is the ID of the owner that made it; "" for objects made before names
+	// carried their owner (legacy).
+	Owner string
 	// Identity is the bottle it belongs to; empty when it cannot be told (a hashed name of a
 	// bottle with no other trace left).
 	Identity string
-	// Hash is the 8 hex identity hash for bridges and chains.
+	// Hash is the identity hash in bridge and chain names.
 	Hash string
 
 	container, network, ifName string // cache and masq entries
 }
 
 func (l Leftover) String() string {
-	id := l.Identity
-	if id == "" {
-		id = "unknown bottle"
-	}
-	return fmt.Sprintf("%s %s (%s)", l.Kind, l.Name, id)
+	return fmt.Sprintf("%s %s (%s)", l.Kind, l.Name, cmp.Or(l.Identity, "unknown bottle"))
 }
 
 // Leftovers is every piece of bottle host state found.
 type Leftovers []Leftover
 
 // Leftovers lists netns files, bridges, firewall chains, masquerade rules, CNI cache and
-// IPAM entries of bottle networks, and slot reservations. Identities are resolved for hashed
-// names (bridges, chains) from the other entries.
+// IPAM entries of bottle networks, and slot reservations, of every owner on the host.
+// Identities are resolved for hashed names (bridges, chains) from the other entries.
 func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 	var out Leftovers
 	var errs []error
 
-	if entries, err := os.ReadDir(m.netnsDir); err == nil {
+	// Netns files: <root>/<owner>/bottle-*, legacy ones <root>/bottle-*.
+	if entries, err := os.ReadDir(m.netnsRoot); err == nil {
+		dirs := map[string]string{"": m.netnsRoot}
 		for _, e := range entries {
-			cn, ok := strings.CutPrefix(e.Name(), netnsFilePrefix)
-			if !ok {
+			if e.IsDir() && ownerIDRE.MatchString(e.Name()) {
+				dirs[e.Name()] = filepath.Join(m.netnsRoot, e.Name())
+			}
+		}
+		for owner, dir := range dirs {
+			files, err := os.ReadDir(dir)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("list netns directory %s: %w", dir, err))
 				continue
 			}
-			id, _ := identityFromContainerName(cn)
-			out = append(out, Leftover{Kind: KindNetns, Name: filepath.Join(m.netnsDir, e.Name()), Identity: id, container: cn})
+			for _, f := range files {
+				if cn, ok := strings.CutPrefix(f.Name(), netnsFilePrefix); ok && !f.IsDir() {
+					id, _ := identityFromContainerName(cn)
+					out = append(out, Leftover{Kind: KindNetns, Name: filepath.Join(dir, f.Name()), Owner: owner, Identity: id, container: cn})
+				}
+			}
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("list netns directory %s: %w", m.netnsDir, err))
+		errs = append(errs, fmt.Errorf("list netns directory %s: %w", m.netnsRoot, err))
 	}
 
 	if ifs, err := net.Interfaces(); err == nil {
 		for _, i := range ifs {
-			if bridgeNameRE.MatchString(i.Name) {
-				out = append(out, Leftover{Kind: KindBridge, Name: i.Name, Hash: i.Name[3:]})
+			if owner, hash, ok := parseBridgeName(i.Name); ok {
+				out = append(out, Leftover{Kind: KindBridge, Name: i.Name, Owner: owner, Hash: hash})
 			}
 		}
 	} else {
@@ -166,9 +154,12 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 			}
 			for _, l := range lines {
 				f := strings.Fields(l)
-				if len(f) == 2 && f[0] == "-N" && strings.HasPrefix(f[1], chainPrefix) && !seen[f[1]] {
+				if len(f) != 2 || f[0] != "-N" || seen[f[1]] {
+					continue
+				}
+				if owner, hash, ok := parseChainName(f[1]); ok {
 					seen[f[1]] = true
-					out = append(out, Leftover{Kind: KindChain, Name: f[1], Hash: strings.TrimPrefix(f[1], chainPrefix)})
+					out = append(out, Leftover{Kind: KindChain, Name: f[1], Owner: owner, Hash: hash})
 				}
 			}
 		}
@@ -183,8 +174,8 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 
 	if cached, err := m.cachedAttachments(""); err == nil {
 		for _, ca := range cached {
-			if id, ok := identityFromNetworkName(ca.Network); ok {
-				out = append(out, Leftover{Kind: KindCNICache, Name: cacheFilePath(ca.Network, ca.ContainerID, ca.IfName), Identity: id,
+			if owner, id, ok := parseNetworkName(ca.Network); ok {
+				out = append(out, Leftover{Kind: KindCNICache, Name: cacheFilePath(ca.Network, ca.ContainerID, ca.IfName), Owner: owner, Identity: id,
 					container: ca.ContainerID, network: ca.Network, ifName: ca.IfName})
 			}
 		}
@@ -195,32 +186,39 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 	ipamRoot := filepath.Join(CNICacheDir, "networks")
 	if entries, err := os.ReadDir(ipamRoot); err == nil {
 		for _, e := range entries {
-			if id, ok := identityFromNetworkName(e.Name()); ok {
-				out = append(out, Leftover{Kind: KindIPAMDir, Name: filepath.Join(ipamRoot, e.Name()), Identity: id, network: e.Name()})
+			if owner, id, ok := parseNetworkName(e.Name()); ok {
+				out = append(out, Leftover{Kind: KindIPAMDir, Name: filepath.Join(ipamRoot, e.Name()), Owner: owner, Identity: id, network: e.Name()})
 			}
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("list CNI IPAM directory %s: %w", ipamRoot, err))
 	}
 
-	if slots, err := listSlots(m.stateDir); err == nil {
-		for k, id := range slots {
-			out = append(out, Leftover{Kind: KindSlot, Name: filepath.Join(slotsDir(m.stateDir), strconv.Itoa(k)), Identity: id})
+	if slots, err := listSlots(m.slotDir); err == nil {
+		for name, rec := range slots {
+			out = append(out, Leftover{Kind: KindSlot, Name: filepath.Join(m.slotDir, name), Owner: rec.ID, Identity: rec.Identity})
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	if legacy, err := legacySlots(m.owner.StateDir); err == nil {
+		for p, id := range legacy {
+			out = append(out, Leftover{Kind: KindSlot, Name: p, Identity: id})
 		}
 	} else {
 		errs = append(errs, err)
 	}
 
-	// Resolve hashed names through every identity seen elsewhere.
-	byHash := map[string]string{}
+	// Resolve hashed names through every identity seen elsewhere, per owner.
+	byKey := map[string]string{}
 	for _, l := range out {
 		if l.Identity != "" {
-			byHash[IdentityHash(l.Identity)] = l.Identity
+			byKey[nameKey(l.Owner, l.Identity)] = l.Identity
 		}
 	}
 	for i := range out {
 		if out[i].Identity == "" && out[i].Hash != "" {
-			out[i].Identity = byHash[out[i].Hash]
+			out[i].Identity = byKey[out[i].Owner+"/"+out[i].Hash]
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
@@ -250,7 +248,7 @@ func listMasq(ctx context.Context) (Leftovers, error) {
 		if mm == nil {
 			continue
 		}
-		id, ok := identityFromNetworkName(mm[1])
+		owner, id, ok := parseNetworkName(mm[1])
 		if !ok {
 			continue
 		}
@@ -259,22 +257,61 @@ func listMasq(ctx context.Context) (Leftovers, error) {
 			continue
 		}
 		seen[key] = true
-		out = append(out, Leftover{Kind: KindMasq, Name: key, Identity: id, network: mm[1], container: mm[2]})
+		out = append(out, Leftover{Kind: KindMasq, Name: key, Owner: owner, Identity: id, network: mm[1], container: mm[2]})
 	}
 	return out, nil
 }
 
-// Sweep removes every leftover whose bottle is not kept: keep(identity) false. Leftovers
-// whose bottle cannot be told (a bridge or chain with no slot, netns or CNI entry naming
-// its identity) are passed as keep(""): return false to remove them too, which is safe only
-// when no bottle can be between InstallFirewall and its first Setup (e.g. under a global
-// lock, or with every state dir's slots visible). It returns what it removed.
+// Sweep removes every leftover of the Manager's owner whose bottle is not kept:
+// keep(identity) false. Leftovers whose bottle cannot be told (a bridge or chain with no
+// slot, netns or CNI entry naming its identity) are passed as keep(""): return false to
+// remove them too, which is safe only when no bottle of the owner can be between
+// InstallFirewall and its first Setup (its slot, reserved before, names it). Objects of
+// other owners are never touched. It returns what it removed.
 func (m *Manager) Sweep(ctx context.Context, keep func(identity string) bool) (Leftovers, error) {
 	all, err := m.Leftovers(ctx)
 	if err != nil {
 		return nil, err
 	}
-	drop := func(l Leftover) bool { return !keep(l.Identity) }
+	return m.sweep(ctx, all, func(l Leftover) bool { return l.Owner == m.owner.ID && !keep(l.Identity) })
+}
+
+// SweepOrphanedOwner removes every object of owner id (LegacyOwner: the objects without
+// owner) when nothing else can: it is not the Manager's owner and no slot record of it
+// names a state dir that still exists.
+func (m *Manager) SweepOrphanedOwner(ctx context.Context, id string) (Leftovers, error) {
+	owner := id
+	if id == LegacyOwner {
+		owner = ""
+	} else if !ownerIDRE.MatchString(id) {
+		return nil, fmt.Errorf("invalid owner %q: want 6 hex digits or %q, as `bottle cleanup` and `bottle doctor` print them", id, LegacyOwner)
+	}
+	if owner == m.owner.ID {
+		return nil, fmt.Errorf("owner %s is this state dir's (%s, namespace %q): run `bottle cleanup` instead", id, m.owner.StateDir, m.owner.Namespace)
+	}
+	slots, err := listSlots(m.slotDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, rec := range slots {
+		if owner != "" && rec.ID == owner && stateDirExists(rec.StateDir) {
+			return nil, fmt.Errorf("owner %s is not orphaned: its state dir %s exists; run `bottle --state-dir %s --namespace %s cleanup`", id, rec.StateDir, rec.StateDir, rec.Namespace)
+		}
+	}
+	all, err := m.Leftovers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return m.as(owner).sweep(ctx, all, func(l Leftover) bool { return l.Owner == owner })
+}
+
+func stateDirExists(dir string) bool {
+	_, err := os.Stat(dir)
+	return dir != "" && !errors.Is(err, fs.ErrNotExist)
+}
+
+// sweep removes the leftovers drop selects, as m (whose owner they must have).
+func (m *Manager) sweep(ctx context.Context, all Leftovers, drop func(Leftover) bool) (Leftovers, error) {
 	var removed Leftovers
 	var errs []error
 	done := func(l Leftover, err error) {
@@ -310,14 +347,84 @@ func (m *Manager) Sweep(ctx context.Context, keep func(identity string) bool) (L
 			case KindIPAMDir:
 				done(l, removeIPAMDir(l.network))
 			case KindSlot:
-				done(l, ReleaseSlot(m.stateDir, l.Identity))
+				done(l, removeSlotFile(l.Name))
 			}
 		}
+	}
+	if m.owner.ID != "" {
+		_ = os.Remove(m.netnsDir) // the owner's netns directory, once empty
 	}
 	if err := errors.Join(errs...); err != nil {
 		return removed, fmt.Errorf("sweep bottle network leftovers: %w", err)
 	}
 	return removed, nil
+}
+
+// OrphanedOwner is the host objects of another owner whose state dir is gone or unknown,
+// or of no owner (legacy): only Command removes them.
+type OrphanedOwner struct {
+	// Owner is what its slot records say; ID is LegacyOwner for objects without owner.
+	Owner
+	Objects Leftovers
+}
+
+// Command removes the objects.
+func (o OrphanedOwner) Command() string { return "bottle cleanup --orphaned-owner " + o.ID }
+
+func (o OrphanedOwner) String() string {
+	who := fmt.Sprintf("owner %s (state dir %s gone, namespace %q)", o.ID, o.StateDir, o.Namespace)
+	switch {
+	case o.ID == LegacyOwner:
+		who = "objects without owner (made before bottle recorded owners; remove them once no bottle started by that version runs)"
+	case o.StateDir == "":
+		who = "owner " + o.ID + " (no slot record names its state dir)"
+	}
+	names := make([]string, 0, 4)
+	for _, l := range o.Objects[:min(3, len(o.Objects))] {
+		names = append(names, string(l.Kind)+" "+l.Name)
+	}
+	if len(o.Objects) > 3 {
+		names = append(names, "...")
+	}
+	return fmt.Sprintf("%s: %d objects (%s)", who, len(o.Objects), strings.Join(names, ", "))
+}
+
+// OrphanedOwners groups the leftovers of other owners that no cleanup removes: legacy
+// objects, and objects of owners with no slot record naming an existing state dir. Live
+// owners' objects are none of ours and left out.
+func (m *Manager) OrphanedOwners(left Leftovers) ([]OrphanedOwner, error) {
+	slots, err := listSlots(m.slotDir)
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]Owner{}
+	for _, rec := range slots {
+		if rec.ID != "" && !stateDirExists(known[rec.ID].StateDir) {
+			known[rec.ID] = rec.Owner
+		}
+	}
+	groups := map[string]*OrphanedOwner{}
+	var ids []string
+	for _, l := range left {
+		o := known[l.Owner]
+		if l.Owner == m.owner.ID || (l.Owner != "" && stateDirExists(o.StateDir)) {
+			continue
+		}
+		o.ID = cmp.Or(l.Owner, LegacyOwner)
+		g := groups[o.ID]
+		if g == nil {
+			g = &OrphanedOwner{Owner: o}
+			groups[o.ID] = g
+			ids = append(ids, o.ID)
+		}
+		g.Objects = append(g.Objects, l)
+	}
+	sort.Strings(ids)
+	out := make([]OrphanedOwner, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, *groups[id])
+	}
+	return out, nil
 }
 
 func (m *Manager) sweepCache(ctx context.Context, l Leftover) error {

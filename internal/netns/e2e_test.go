@@ -67,6 +67,8 @@ func randomIdentity(t *testing.T) string {
 	return "nettest-" + hex.EncodeToString(b[:])
 }
 
+// e2eManager returns a Manager of a fresh owner (its own state dir) on a private netns
+// root, lock and slot dir; it only ever touches its own objects.
 func e2eManager(t *testing.T) *Manager {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -74,7 +76,15 @@ func e2eManager(t *testing.T) *Manager {
 	testutil.RequireBinary(t, "ip")
 	testutil.RequireBinary(t, "nsenter")
 	tmp := t.TempDir()
-	m, err := New(Options{NetnsDir: filepath.Join(tmp, "netns"), LockFile: filepath.Join(tmp, "cni.lock"), StateDir: tmp})
+	return e2eOwner(t, tmp, filepath.Join(tmp, "state"))
+}
+
+// e2eOwner returns a Manager of the owner of stateDir, with netns root, lock and slot dir
+// in shared (so several owners can share them).
+func e2eOwner(t *testing.T, shared, stateDir string) *Manager {
+	t.Helper()
+	m, err := New(Options{NetnsDir: filepath.Join(shared, "netns"), LockFile: filepath.Join(shared, "cni.lock"),
+		SlotDir: filepath.Join(shared, "slots"), StateDir: stateDir, Namespace: "netns-e2e"})
 	if err != nil {
 		testutil.Missing(t, "CNI plugins: %v", err)
 	}
@@ -85,17 +95,22 @@ func e2eManager(t *testing.T) *Manager {
 // cleanup removes everything (idempotent, so explicit teardown in the test is fine).
 func newTestBottle(t *testing.T, m *Manager, pool netip.Prefix) *testBottle {
 	t.Helper()
-	b := &testBottle{t: t, m: m, identity: randomIdentity(t)}
-	slot, err := ReserveSlot(m.stateDir, b.identity, pool)
+	return newTestBottleID(t, m, pool, randomIdentity(t))
+}
+
+func newTestBottleID(t *testing.T, m *Manager, pool netip.Prefix, identity string) *testBottle {
+	t.Helper()
+	b := &testBottle{t: t, m: m, identity: identity}
+	slot, err := m.ReserveSlot(b.identity, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.internal, b.egress, err = BottleNetworks(b.identity, slot, pool)
+	b.internal, b.egress, err = m.BottleNetworks(b.identity, slot, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.remove(context.Background()) })
-	if err := InstallFirewall(context.Background(), b.identity, b.internal); err != nil {
+	if err := m.InstallFirewall(context.Background(), b.identity, b.internal); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -109,13 +124,13 @@ func (b *testBottle) remove(ctx context.Context) {
 	if err := b.m.Teardown(ctx, b.sidecarName(), b.sidecarAtts()); err != nil {
 		t.Errorf("teardown sidecar: %v", err)
 	}
-	if err := RemoveFirewall(ctx, b.identity); err != nil {
+	if err := b.m.RemoveFirewall(ctx, b.identity); err != nil {
 		t.Errorf("remove firewall: %v", err)
 	}
 	if err := b.m.RemoveNetworks(ctx, b.identity, []Network{b.internal, b.egress}); err != nil {
 		t.Errorf("remove networks: %v", err)
 	}
-	if err := ReleaseSlot(b.m.stateDir, b.identity); err != nil {
+	if err := b.m.ReleaseSlot(b.identity); err != nil {
 		t.Errorf("release slot: %v", err)
 	}
 }
@@ -138,14 +153,14 @@ func (b *testBottle) assertGone(ctx context.Context) {
 		if _, err := exec.LookPath(bin); err != nil {
 			continue
 		}
-		if out, err := exec.Command(bin, "-w", "5", "-S", FirewallChain(b.identity)).CombinedOutput(); err == nil {
-			t.Errorf("%s chain %s still there:\n%s", bin, FirewallChain(b.identity), out)
+		if out, err := exec.Command(bin, "-w", "5", "-S", b.m.FirewallChain(b.identity)).CombinedOutput(); err == nil {
+			t.Errorf("%s chain %s still there:\n%s", bin, b.m.FirewallChain(b.identity), out)
 		}
 		out, err := exec.Command(bin, "-w", "5", "-S").CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s -S: %v: %s", bin, err, out)
 		}
-		if strings.Contains(string(out), FirewallChain(b.identity)) || strings.Contains(string(out), IdentityHash(b.identity)) {
+		if strings.Contains(string(out), b.m.FirewallChain(b.identity)) || strings.Contains(string(out), b.internal.Bridge[3:]) {
 			t.Errorf("%s still references bottle %s:\n%s", bin, b.identity, out)
 		}
 	}
@@ -153,8 +168,8 @@ func (b *testBottle) assertGone(ctx context.Context) {
 	if err != nil {
 		t.Fatalf("iptables -t nat -S: %v: %s", err, nat)
 	}
-	if strings.Contains(string(nat), b.identity) {
-		t.Errorf("nat table still references bottle %s:\n%s", b.identity, nat)
+	if strings.Contains(string(nat), b.internal.Name) || strings.Contains(string(nat), b.egress.Name) {
+		t.Errorf("nat table still references networks of bottle %s:\n%s", b.identity, nat)
 	}
 	for _, n := range []Network{b.internal, b.egress} {
 		for _, c := range []string{b.agentName(), b.sidecarName()} {
@@ -163,9 +178,9 @@ func (b *testBottle) assertGone(ctx context.Context) {
 			}
 		}
 	}
-	// Nothing anywhere in the CNI state directory names the bottle (results, IPAM dirs, ...).
+	// Nothing anywhere in the CNI state directory names its networks (results, IPAM dirs, ...).
 	_ = filepath.WalkDir(CNICacheDir, func(p string, _ fs.DirEntry, err error) error {
-		if err == nil && strings.Contains(filepath.Base(p), b.identity) {
+		if err == nil && (strings.Contains(filepath.Base(p), b.internal.Name) || strings.Contains(filepath.Base(p), b.egress.Name)) {
 			t.Errorf("CNI state entry left: %s", p)
 		}
 		return nil
@@ -175,7 +190,7 @@ func (b *testBottle) assertGone(ctx context.Context) {
 		t.Errorf("Leftovers: %v", err)
 	}
 	for _, l := range left {
-		if l.Identity == b.identity || l.Hash == IdentityHash(b.identity) {
+		if l.Owner == b.m.owner.ID && (l.Identity == b.identity || l.Hash == identityHash(b.identity)[:6]) {
 			t.Errorf("leftover: %s", l)
 		}
 	}
@@ -230,7 +245,7 @@ func listenIn(t *testing.T, path string, addr netip.Addr) string {
 func dialFrom(t *testing.T, path, addr string, timeout time.Duration) error {
 	t.Helper()
 	return inNetns(t, path, func() error {
-		c, err := net.DialTimeout("tcp4", addr, timeout)
+		c, err := net.DialTimeout("tcp", addr, timeout)
 		if err != nil {
 			return err
 		}
@@ -368,8 +383,8 @@ func TestE2ENetworkIsolation(t *testing.T) {
 		if _, err := os.Stat("/proc/net/if_inet6"); err != nil && bin == "ip6tables" {
 			continue
 		}
-		if out, err := exec.Command(bin, "-w", "5", "-S", FirewallChain(a.identity)).CombinedOutput(); err != nil || !strings.Contains(string(out), "-j DROP") {
-			t.Errorf("%s chain %s missing or without DROP: %v: %s", bin, FirewallChain(a.identity), err, out)
+		if out, err := exec.Command(bin, "-w", "5", "-S", m.FirewallChain(a.identity)).CombinedOutput(); err != nil || !strings.Contains(string(out), "-j DROP") {
+			t.Errorf("%s chain %s missing or without DROP: %v: %s", bin, m.FirewallChain(a.identity), err, out)
 		}
 	}
 
@@ -408,15 +423,15 @@ func TestE2ENetworkIsolation(t *testing.T) {
 	mustNotReach(t, "hostile agent A -> sidecar B egress (FORWARD)", agentA, srvBEgr)
 	// Control: without A's firewall the same attempts succeed, so the blocks above are the
 	// firewall's doing, not an artefact of the test.
-	if err := RemoveFirewall(ctx, a.identity); err != nil {
+	if err := m.RemoveFirewall(ctx, a.identity); err != nil {
 		t.Fatal(err)
 	}
 	mustReach(t, "hostile agent A without firewall -> host", agentA, hostSrv)
 	mustReach(t, "hostile agent A without firewall -> sidecar B egress", agentA, srvBEgr)
-	if err := InstallFirewall(ctx, a.identity, a.internal); err != nil {
+	if err := m.InstallFirewall(ctx, a.identity, a.internal); err != nil {
 		t.Fatal(err)
 	}
-	if err := InstallFirewall(ctx, a.identity, a.internal); err != nil { // idempotent
+	if err := m.InstallFirewall(ctx, a.identity, a.internal); err != nil { // idempotent
 		t.Fatal(err)
 	}
 	mustNotReach(t, "hostile agent A -> host after reinstall", agentA, hostSrv)
@@ -490,7 +505,7 @@ func TestE2ESetupFailureUndoes(t *testing.T) {
 	m := e2eManager(t)
 	ctx := context.Background()
 	c := newTestBottle(t, m, freeTestPool(t))
-	if out, err := exec.Command("ip", "link", "add", c.egress.Bridge, "type", "veth", "peer", "name", "nt-"+IdentityHash(c.identity)).CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "link", "add", c.egress.Bridge, "type", "veth", "peer", "name", "nt-"+identityHash(c.identity)).CombinedOutput(); err != nil {
 		t.Fatalf("add veth %s: %v: %s", c.egress.Bridge, err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", c.egress.Bridge).Run() })
@@ -527,12 +542,12 @@ func benchBottle(b *testing.B, slot int) (m *Manager, id string, in, eg Network)
 	b.Helper()
 	testutil.RequireRoot(b)
 	tmp := b.TempDir()
-	m, err := New(Options{NetnsDir: filepath.Join(tmp, "netns"), LockFile: filepath.Join(tmp, "cni.lock"), StateDir: tmp})
+	m, err := New(Options{NetnsDir: filepath.Join(tmp, "netns"), LockFile: filepath.Join(tmp, "cni.lock"), StateDir: tmp, SlotDir: filepath.Join(tmp, "slots")})
 	if err != nil {
 		testutil.Missing(b, "CNI plugins: %v", err)
 	}
-	id = "nettest-b" + IdentityHash(tmp)[:5]
-	in, eg, err = BottleNetworks(id, slot, netip.MustParsePrefix("10.254.240.0/20"))
+	id = "nettest-b" + identityHash(tmp)[:5]
+	in, eg, err = m.BottleNetworks(id, slot, netip.MustParsePrefix("10.254.240.0/20"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -629,8 +644,8 @@ func TestE2ETeardownBottle(t *testing.T) {
 		t.Fatalf("no masquerade rule of %s after setup (%v): the test would prove nothing", b.identity, err)
 	}
 	if cached, _ := m.cachedAttachments(""); !slices.ContainsFunc(cached, func(ca *libcni.NetworkAttachment) bool {
-		id, _ := identityFromNetworkName(ca.Network)
-		return id == b.identity
+		owner, id, _ := parseNetworkName(ca.Network)
+		return owner == m.owner.ID && id == b.identity
 	}) {
 		t.Fatal("no CNI cache result after setup: the test would prove nothing")
 	}
@@ -653,10 +668,10 @@ func TestE2ETeardownBottle(t *testing.T) {
 	assertVethsGone(t, veths)
 	held.Close()
 	// The firewall and the slot are separate.
-	if err := RemoveFirewall(ctx, b.identity); err != nil {
+	if err := m.RemoveFirewall(ctx, b.identity); err != nil {
 		t.Fatal(err)
 	}
-	if err := ReleaseSlot(m.stateDir, b.identity); err != nil {
+	if err := m.ReleaseSlot(b.identity); err != nil {
 		t.Fatal(err)
 	}
 	b.assertGone(ctx)
@@ -705,10 +720,10 @@ func TestE2ETeardownBottlePartial(t *testing.T) {
 		if err := b.teardownBottle(ctx); err != nil {
 			t.Fatalf("TeardownBottle of %s: %v", b.identity, err)
 		}
-		if err := RemoveFirewall(ctx, b.identity); err != nil {
+		if err := m.RemoveFirewall(ctx, b.identity); err != nil {
 			t.Fatal(err)
 		}
-		if err := ReleaseSlot(m.stateDir, b.identity); err != nil {
+		if err := m.ReleaseSlot(b.identity); err != nil {
 			t.Fatal(err)
 		}
 		b.assertGone(ctx)

@@ -74,8 +74,10 @@ func families() ([]ipt, error) {
 	return append(out, ipt{bin: "ip6tables"}), nil
 }
 
-// FirewallChain is the filter chain holding the rules of identity: BOTTLE-<8 hex>.
-func FirewallChain(identity string) string { return chainPrefix + IdentityHash(identity) }
+// FirewallChain is the filter chain holding the rules of identity: BOTTLE-<owner>-<6 hex>.
+func (m *Manager) FirewallChain(identity string) string {
+	return chainPrefix + m.owner.ID + "-" + identityHash(identity)[:6]
+}
 
 // jumps are the rules in built-in chains that send the internal bridge's traffic to chain.
 func jumps(bridge, chain string) [][]string {
@@ -90,35 +92,34 @@ func jumps(bridge, chain string) [][]string {
 // InstallFirewall isolates the internal network of identity on the host (IPv4 and IPv6):
 // nothing is forwarded from or to its bridge (other than between its own ports when
 // br_netfilter hands bridged frames to iptables), nothing it sends reaches the host (INPUT),
-// and the host sends nothing into it (OUTPUT). The rules live in chain BOTTLE-<8 hex>, jumped
-// to from the top of FORWARD, INPUT and OUTPUT, so removal is exact. Interfaces are matched
-// by name, so install it before the bridge exists (before the first Setup). Idempotent.
-func InstallFirewall(ctx context.Context, identity string, internal Network) error {
+// and the host sends nothing into it (OUTPUT). The rules live in chain FirewallChain,
+// jumped to from the top of FORWARD, INPUT and OUTPUT, so removal is exact. Interfaces are
+// matched by name, so install it before the bridge exists (before the first Setup).
+// Idempotent.
+func (m *Manager) InstallFirewall(ctx context.Context, identity string, internal Network) error {
 	if err := ValidateIdentity(identity); err != nil {
 		return err
 	}
-	if internal.Egress || internal.Bridge != InternalBridge(identity) {
-		return fmt.Errorf("install firewall of bottle %s: network %s (bridge %q) is not its internal network (want bridge %s; use BottleNetworks)", identity, internal.Name, internal.Bridge, InternalBridge(identity))
+	if want, _, _ := m.BottleNetworks(identity, 0, DefaultPool); internal.Egress || internal.Bridge != want.Bridge {
+		return fmt.Errorf("install firewall of bottle %s: network %s (bridge %q) is not its internal network (want bridge %s; use BottleNetworks)", identity, internal.Name, internal.Bridge, want.Bridge)
 	}
 	fams, err := families()
 	if err != nil {
 		return fmt.Errorf("install firewall of bottle %s: %w", identity, err)
 	}
-	chain := FirewallChain(identity)
+	chain := m.FirewallChain(identity)
 	errs := make([]error, len(fams))
 	var wg sync.WaitGroup
 	for i, t := range fams {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			if err := installFamily(ctx, t, internal.Bridge, chain); err != nil {
 				errs[i] = fmt.Errorf("install firewall of bottle %s (%s chain %s): %w", identity, t.bin, chain, err)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return errors.Join(err, RemoveFirewall(context.WithoutCancel(ctx), identity))
+		return errors.Join(err, m.RemoveFirewall(context.WithoutCancel(ctx), identity))
 	}
 	return nil
 }
@@ -155,11 +156,11 @@ func installFamily(ctx context.Context, t ipt, bridge, chain string) error {
 }
 
 // RemoveFirewall removes the chain of identity and every jump to it; missing ones are fine.
-func RemoveFirewall(ctx context.Context, identity string) error {
+func (m *Manager) RemoveFirewall(ctx context.Context, identity string) error {
 	if err := ValidateIdentity(identity); err != nil {
 		return err
 	}
-	if err := removeChain(ctx, FirewallChain(identity)); err != nil {
+	if err := removeChain(ctx, m.FirewallChain(identity)); err != nil {
 		return fmt.Errorf("remove firewall of bottle %s: %w", identity, err)
 	}
 	return nil

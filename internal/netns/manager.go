@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,7 +24,10 @@ const (
 	DefaultNetnsDir = "/run/netns"
 	DefaultLockFile = "/run/bottle/cni.lock"
 	DefaultStateDir = "/var/lib/bottle"
-	// netnsFilePrefix prefixes every netns file: <NetnsDir>/bottle-<container name>.
+	// DefaultSlotDir holds the slot reservations of every state dir and namespace: subnets
+	// are a host-wide resource. (The default state dir's legacy slots are numbered files.)
+	DefaultSlotDir = DefaultStateDir + "/" + slotsDirName
+	// netnsFilePrefix prefixes every netns file: <NetnsDir>/<owner>/bottle-<container name>.
 	netnsFilePrefix = "bottle-"
 	teardownTimeout = 30 * time.Second
 )
@@ -41,34 +45,36 @@ var requiredPlugins = []string{"bridge", "static"}
 type Options struct {
 	// PluginDirs to search for CNI plugins; default DefaultPluginDirs (only existing ones).
 	PluginDirs []string
-	// NetnsDir holds the netns files; default /run/netns.
+	// NetnsDir holds a directory of netns files per owner; default /run/netns.
 	NetnsDir string
 	// LockFile serializes CNI calls across processes (flock); default /run/bottle/cni.lock.
 	LockFile string
-	// StateDir holds slots/ (for Leftovers and Sweep); default /var/lib/bottle.
-	StateDir string
+	// StateDir and Namespace (containerd's) make the Owner; default /var/lib/bottle, "".
+	StateDir  string
+	Namespace string
+	// SlotDir holds the host-wide slot reservations; default DefaultSlotDir.
+	SlotDir string
 }
 
-// Manager creates and removes per-container network namespaces wired with CNI.
+// Manager creates and removes the host network objects of one Owner.
 type Manager struct {
 	pluginDirs []string
+	owner      Owner
+	netnsRoot  string // NetnsDir; the owner's files are in netnsDir, <netnsRoot>/<owner>
 	netnsDir   string
 	lockFile   string
-	stateDir   string
+	slotDir    string
 }
 
-// New checks the CNI plugins and returns a Manager.
+// New checks the CNI plugins and returns a Manager for the owner of opts.
 func New(opts Options) (*Manager, error) {
-	m := &Manager{netnsDir: opts.NetnsDir, lockFile: opts.LockFile, stateDir: opts.StateDir}
-	if m.netnsDir == "" {
-		m.netnsDir = DefaultNetnsDir
+	owner, err := NewOwner(cmp.Or(opts.StateDir, DefaultStateDir), opts.Namespace)
+	if err != nil {
+		return nil, err
 	}
-	if m.lockFile == "" {
-		m.lockFile = DefaultLockFile
-	}
-	if m.stateDir == "" {
-		m.stateDir = DefaultStateDir
-	}
+	m := &Manager{owner: owner, netnsRoot: cmp.Or(opts.NetnsDir, DefaultNetnsDir),
+		lockFile: cmp.Or(opts.LockFile, DefaultLockFile), slotDir: cmp.Or(opts.SlotDir, DefaultSlotDir)}
+	m.netnsDir = filepath.Join(m.netnsRoot, owner.ID)
 	candidates := opts.PluginDirs
 	if len(candidates) == 0 {
 		candidates = DefaultPluginDirs
@@ -97,12 +103,23 @@ func findPlugin(dirs []string, name string) (string, error) {
 	return "", fs.ErrNotExist
 }
 
+// Owner returns whose objects the Manager makes and removes.
+func (m *Manager) Owner() Owner { return m.owner }
+
+// as returns a Manager for the objects of owner ID id ("" for legacy objects).
+func (m *Manager) as(id string) *Manager {
+	c := *m
+	c.owner = Owner{ID: id}
+	c.netnsDir = filepath.Join(m.netnsRoot, id)
+	return &c
+}
+
 // PluginDirs returns the plugin directories in use.
 func (m *Manager) PluginDirs() []string { return append([]string(nil), m.pluginDirs...) }
 
 var containerNameRECheck = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,127}$`)
 
-// NetnsPath is the netns file of a container: <NetnsDir>/bottle-<containerName>.
+// NetnsPath is the netns file of a container: <NetnsDir>/<owner>/bottle-<containerName>.
 func (m *Manager) NetnsPath(containerName string) string {
 	return filepath.Join(m.netnsDir, netnsFilePrefix+containerName)
 }
@@ -226,12 +243,26 @@ func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attach
 		}
 	}()
 	start := time.Now()
+	for _, a := range atts {
+		if !a.Egress {
+			if err := ensureInternalBridge(a.Bridge); err != nil {
+				return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+			}
+		}
+	}
 	res, err := c.SetupSerially(ctx, containerName, path)
 	if err != nil {
 		return "", fmt.Errorf("network setup of container %s: CNI ADD of %s into %s: %w", containerName, attNames(atts), path, err)
 	}
 	if err := checkResult(res, atts); err != nil {
 		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+	}
+	for _, a := range atts {
+		if !a.Egress {
+			if err := disablePortsIPv6(a.Bridge); err != nil {
+				return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+			}
+		}
 	}
 	slog.Debug("netns: CNI ADD done", "container", containerName, "netns", path, "networks", attNames(atts), "took", time.Since(start))
 	return path, nil
@@ -342,7 +373,8 @@ func (m *Manager) cachedAttachments(containerID string) ([]*libcni.NetworkAttach
 }
 
 // delCached runs CNI DEL with the cached config of every cached attachment of containerID
-// (all containers if empty) that match filter (all if nil), then removes masquerade rules.
+// (all containers if empty) on the owner's networks that match filter (all if nil), then
+// removes masquerade rules.
 func (m *Manager) delCached(ctx context.Context, containerID string, filter func(*libcni.NetworkAttachment) bool) error {
 	cached, err := m.cachedAttachments(containerID)
 	if err != nil {
@@ -354,8 +386,8 @@ func (m *Manager) delCached(ctx context.Context, containerID string, filter func
 		if filter != nil && !filter(ca) {
 			continue
 		}
-		if _, ok := identityFromNetworkName(ca.Network); !ok {
-			continue // never touch networks that are not bottle's
+		if owner, _, ok := parseNetworkName(ca.Network); !ok || owner != m.owner.ID {
+			continue // never touch networks that are not this owner's
 		}
 		list, err := libcni.ConfListFromBytes(ca.Config)
 		if err != nil {

@@ -1,6 +1,7 @@
 // Package netns prepares the network side of a bottle: per-bottle subnets (slots),
 // named network namespaces configured with CNI (bridge + static IPAM), the host
-// firewall that isolates the internal network, and the sweep of leftovers.
+// firewall that isolates the internal network, and the sweep of leftovers. Every host-wide
+// object carries its Owner, and a Manager only ever removes its own owner's objects.
 //
 // It is the only package that imports go-cni.
 package netns
@@ -12,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"text/template"
@@ -35,11 +37,37 @@ const (
 	chainPrefix          = "BOTTLE-"
 )
 
+// Owner is who made a set of host objects: one state dir and one containerd namespace.
+// Its ID is in the name (or the directory) of every host-wide object bottle makes, so that
+// cleanup, sweep and doctor touch only their own owner's objects.
+type Owner struct {
+	ID        string `json:"owner"`
+	StateDir  string `json:"state_dir"`
+	Namespace string `json:"namespace"`
+}
+
+// NewOwner returns the owner of stateDir (made absolute) and namespace; its ID is 6 hex
+// of sha256(state dir, namespace).
+func NewOwner(stateDir, namespace string) (Owner, error) {
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		return Owner{}, fmt.Errorf("owner of state dir %q: %w", stateDir, err)
+	}
+	sum := sha256.Sum256([]byte(abs + "\x00" + namespace))
+	return Owner{ID: hex.EncodeToString(sum[:3]), StateDir: abs, Namespace: namespace}, nil
+}
+
+// LegacyOwner names the owner of objects made before names carried one (in messages and
+// `bottle cleanup --orphaned-owner`); such objects have Owner "" in a Leftover.
+const LegacyOwner = "legacy"
+
+var ownerIDRE = regexp.MustCompile(`^[0-9a-f]{6}$`)
+
 // Network is one per-bottle CNI network (a bridge and a /24).
 type Network struct {
-	// Name is the CNI network name, bottle-<identity>-int or bottle-<identity>-egr.
+	// Name is the CNI network name, bottle-<owner>-<identity>-int or -egr.
 	Name string
-	// Bridge is the host bridge, bi-<8 hex> or be-<8 hex>.
+	// Bridge is the host bridge, bi-<owner><6 hex> or be-<owner><6 hex>.
 	Bridge string
 	// Subnet is the /24 of this network.
 	Subnet netip.Prefix
@@ -58,7 +86,9 @@ type Attachment struct {
 	Addr netip.Addr
 }
 
-var identityRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}-[0-9a-f]{6}$`)
+const identityPattern = `[a-z][a-z0-9-]{0,23}-[0-9a-f]{6}`
+
+var identityRE = regexp.MustCompile(`^` + identityPattern + `$`)
 
 // ValidateIdentity checks the identity format `<agent>-<6 lowercase hex>`.
 func ValidateIdentity(identity string) error {
@@ -68,17 +98,40 @@ func ValidateIdentity(identity string) error {
 	return nil
 }
 
-// IdentityHash is the 8 hex chars of sha256(identity) used in bridge and chain names.
-func IdentityHash(identity string) string {
+// identityHash is 8 hex of sha256(identity): legacy names hold all 8, owned names the
+// first 6 after the 6 of the owner (interface names have at most 15 bytes).
+func identityHash(identity string) string {
 	sum := sha256.Sum256([]byte(identity))
 	return hex.EncodeToString(sum[:4])
 }
 
-// InternalBridge is the internal bridge name of identity.
-func InternalBridge(identity string) string { return internalBridgePrefix + IdentityHash(identity) }
+// nameKey is what a bridge or chain name says: owner ("" legacy) and identity hash.
+func nameKey(owner, identity string) string {
+	if owner == "" {
+		return "/" + identityHash(identity)
+	}
+	return owner + "/" + identityHash(identity)[:6]
+}
 
-// EgressBridge is the egress bridge name of identity.
-func EgressBridge(identity string) string { return egressBridgePrefix + IdentityHash(identity) }
+// BottleNetworks computes the internal and egress networks of identity in slot.
+func (m *Manager) BottleNetworks(identity string, slot int, pool netip.Prefix) (internal, egress Network, err error) {
+	return bottleNetworks(m.owner.ID, identity, slot, pool)
+}
+
+func bottleNetworks(owner, identity string, slot int, pool netip.Prefix) (internal, egress Network, err error) {
+	if err := ValidateIdentity(identity); err != nil {
+		return internal, egress, err
+	}
+	in, eg, err := SlotSubnets(slot, pool)
+	if err != nil {
+		return internal, egress, err
+	}
+	name := networkNamePrefix + owner + "-" + identity
+	tail := owner + identityHash(identity)[:6]
+	internal = Network{Name: name + internalSuffix, Bridge: internalBridgePrefix + tail, Subnet: in}
+	egress = Network{Name: name + egressSuffix, Bridge: egressBridgePrefix + tail, Subnet: eg, Egress: true}
+	return internal, egress, nil
+}
 
 // SlotCount is how many slots pool holds (two /24 per slot).
 func SlotCount(pool netip.Prefix) (int, error) {
@@ -116,20 +169,6 @@ func SlotSubnets(slot int, pool netip.Prefix) (internal, egress netip.Prefix, er
 	return mk(uint32(2 * slot)), mk(uint32(2*slot + 1)), nil
 }
 
-// BottleNetworks computes the internal and egress networks of identity in slot.
-func BottleNetworks(identity string, slot int, pool netip.Prefix) (internal, egress Network, err error) {
-	if err := ValidateIdentity(identity); err != nil {
-		return internal, egress, err
-	}
-	in, eg, err := SlotSubnets(slot, pool)
-	if err != nil {
-		return internal, egress, err
-	}
-	internal = Network{Name: networkNamePrefix + identity + internalSuffix, Bridge: InternalBridge(identity), Subnet: in}
-	egress = Network{Name: networkNamePrefix + identity + egressSuffix, Bridge: EgressBridge(identity), Subnet: eg, Egress: true}
-	return internal, egress, nil
-}
-
 // Addr returns the address with the given host part in the network's /24.
 func (n Network) Addr(host int) (netip.Addr, error) {
 	if !n.Subnet.Addr().Is4() || n.Subnet.Bits() != 24 || host < 1 || host > 254 {
@@ -161,15 +200,16 @@ func (n Network) Attach(ifName string, host int) (Attachment, error) {
 var ifNameRE = regexp.MustCompile(`^eth[0-9]$`)
 
 func (n Network) validate() error {
-	if !strings.HasPrefix(n.Name, networkNamePrefix) || len(n.Name) > 64 || strings.ContainsAny(n.Name, "/ \"\\") {
-		return fmt.Errorf("invalid CNI network name %q: want bottle-<identity>-int|egr (use BottleNetworks)", n.Name)
+	owner, _, ok := parseNetworkName(n.Name)
+	if !ok || owner == "" || len(n.Name) > 64 {
+		return fmt.Errorf("invalid CNI network name %q: want bottle-<owner>-<identity>-int|egr (use BottleNetworks)", n.Name)
 	}
 	wantPrefix := internalBridgePrefix
 	if n.Egress {
 		wantPrefix = egressBridgePrefix
 	}
-	if !regexp.MustCompile(`^` + wantPrefix + `[0-9a-f]{8}$`).MatchString(n.Bridge) {
-		return fmt.Errorf("invalid bridge %q for network %s: want %s<8 hex> (use BottleNetworks)", n.Bridge, n.Name, wantPrefix)
+	if bo, _, ok := parseBridgeName(n.Bridge); !ok || bo != owner || !strings.HasPrefix(n.Bridge, wantPrefix) {
+		return fmt.Errorf("invalid bridge %q for network %s: want %s%s<6 hex> (use BottleNetworks)", n.Bridge, n.Name, wantPrefix, owner)
 	}
 	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() || n.Subnet.Bits() != 24 || n.Subnet.Masked() != n.Subnet {
 		return fmt.Errorf("invalid subnet %s for network %s: want an IPv4 /24 (use BottleNetworks)", n.Subnet, n.Name)
@@ -229,18 +269,43 @@ func RenderConflist(a Attachment) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// identityFromNetworkName returns the identity of a bottle-<identity>-int|egr network name.
-func identityFromNetworkName(name string) (string, bool) {
-	rest, ok := strings.CutPrefix(name, networkNamePrefix)
-	if !ok {
-		return "", false
+var (
+	networkNameRE       = regexp.MustCompile(`^bottle-([0-9a-f]{6})-(` + identityPattern + `)-(?:int|egr)$`)
+	legacyNetworkNameRE = regexp.MustCompile(`^bottle-(` + identityPattern + `)-(?:int|egr)$`)
+	bridgeNameRE        = regexp.MustCompile(`^b[ie]-([0-9a-f]{6})([0-9a-f]{6})$`)
+	legacyBridgeNameRE  = regexp.MustCompile(`^b[ie]-([0-9a-f]{8})$`)
+	chainNameRE         = regexp.MustCompile(`^BOTTLE-([0-9a-f]{6})-([0-9a-f]{6})$`)
+	legacyChainNameRE   = regexp.MustCompile(`^BOTTLE-([0-9a-f]{8})$`)
+)
+
+// parseNetworkName returns owner ("" for a legacy name) and identity of a bottle network.
+func parseNetworkName(name string) (owner, identity string, ok bool) {
+	if m := networkNameRE.FindStringSubmatch(name); m != nil {
+		return m[1], m[2], true
 	}
-	for _, suf := range []string{internalSuffix, egressSuffix} {
-		if id, ok := strings.CutSuffix(rest, suf); ok && identityRE.MatchString(id) {
-			return id, true
-		}
+	if m := legacyNetworkNameRE.FindStringSubmatch(name); m != nil {
+		return "", m[1], true
 	}
-	return "", false
+	return "", "", false
+}
+
+// parseHashed returns owner ("" legacy) and identity hash of a bridge or chain name.
+func parseHashed(name string, owned, legacy *regexp.Regexp) (owner, hash string, ok bool) {
+	if m := owned.FindStringSubmatch(name); m != nil {
+		return m[1], m[2], true
+	}
+	if m := legacy.FindStringSubmatch(name); m != nil {
+		return "", m[1], true
+	}
+	return "", "", false
+}
+
+func parseBridgeName(name string) (owner, hash string, ok bool) {
+	return parseHashed(name, bridgeNameRE, legacyBridgeNameRE)
+}
+
+func parseChainName(name string) (owner, hash string, ok bool) {
+	return parseHashed(name, chainNameRE, legacyChainNameRE)
 }
 
 var containerNameRE = regexp.MustCompile(`^bottle-([a-z][a-z0-9-]{0,23}-[0-9a-f]{6})(?:-(?:agent|filter|egress-proxy|git-gate|supervise))?$`)

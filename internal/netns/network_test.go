@@ -14,7 +14,8 @@ import (
 func TestBottleNetworks(t *testing.T) {
 	const id = "claude-a1b2c3"
 	sum := sha256.Sum256([]byte(id))
-	hash := hex.EncodeToString(sum[:])[:8]
+	hash := hex.EncodeToString(sum[:])[:6]
+	m := &Manager{owner: Owner{ID: "0f0f0f"}}
 	cases := []struct {
 		slot        int
 		in, eg      string
@@ -27,7 +28,7 @@ func TestBottleNetworks(t *testing.T) {
 		{slot: -1, expectError: true},
 	}
 	for _, c := range cases {
-		in, eg, err := BottleNetworks(id, c.slot, DefaultPool)
+		in, eg, err := m.BottleNetworks(id, c.slot, DefaultPool)
 		if c.expectError {
 			if err == nil {
 				t.Errorf("slot %d: want error, got %+v %+v", c.slot, in, eg)
@@ -38,8 +39,8 @@ func TestBottleNetworks(t *testing.T) {
 			t.Fatalf("slot %d: %v", c.slot, err)
 		}
 		want := []Network{
-			{Name: "bottle-" + id + "-int", Bridge: "bi-" + hash, Subnet: netip.MustParsePrefix(c.in)},
-			{Name: "bottle-" + id + "-egr", Bridge: "be-" + hash, Subnet: netip.MustParsePrefix(c.eg), Egress: true},
+			{Name: "bottle-0f0f0f-" + id + "-int", Bridge: "bi-0f0f0f" + hash, Subnet: netip.MustParsePrefix(c.in)},
+			{Name: "bottle-0f0f0f-" + id + "-egr", Bridge: "be-0f0f0f" + hash, Subnet: netip.MustParsePrefix(c.eg), Egress: true},
 		}
 		if in != want[0] || eg != want[1] {
 			t.Errorf("slot %d: got %+v %+v, want %+v", c.slot, in, eg, want)
@@ -51,19 +52,58 @@ func TestBottleNetworks(t *testing.T) {
 			t.Errorf("egress network does not validate: %v", err)
 		}
 	}
-	if _, _, err := BottleNetworks("Bad_ID", 0, DefaultPool); err == nil {
+	if len(in0(t, m).Bridge) > 15 {
+		t.Errorf("bridge name %q longer than 15 bytes", in0(t, m).Bridge)
+	}
+	if _, _, err := m.BottleNetworks("Bad_ID", 0, DefaultPool); err == nil {
 		t.Error("invalid identity accepted")
 	}
 	for _, pool := range []string{"10.213.0.0/24", "fd00::/48", "10.213.0.1/16"} {
-		if _, _, err := BottleNetworks(id, 0, netip.MustParsePrefix(pool)); err == nil {
+		if _, _, err := m.BottleNetworks(id, 0, netip.MustParsePrefix(pool)); err == nil {
 			t.Errorf("pool %s accepted", pool)
 		}
 	}
 	if n, err := SlotCount(netip.MustParsePrefix("10.254.0.0/20")); err != nil || n != 8 {
 		t.Errorf("SlotCount(/20) = %d, %v; want 8", n, err)
 	}
-	if got := FirewallChain(id); got != "BOTTLE-"+hash || len(got) > 28 {
+	if got := m.FirewallChain(id); got != "BOTTLE-0f0f0f-"+hash || len(got) > 28 {
 		t.Errorf("FirewallChain = %q", got)
+	}
+	// Two owners' bottles of one identity share no name.
+	other := &Manager{owner: Owner{ID: "1e1e1e"}}
+	a, _, _ := m.BottleNetworks(id, 0, DefaultPool)
+	b, _, _ := other.BottleNetworks(id, 0, DefaultPool)
+	if a.Name == b.Name || a.Bridge == b.Bridge || m.FirewallChain(id) == other.FirewallChain(id) {
+		t.Errorf("owners share names: %+v %+v", a, b)
+	}
+}
+
+func in0(t *testing.T, m *Manager) Network {
+	t.Helper()
+	in, _, err := m.BottleNetworks("claude-a1b2c3", 0, DefaultPool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+func TestNewOwner(t *testing.T) {
+	a, err := NewOwner("/var/lib/bottle", "bottle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ownerIDRE.MatchString(a.ID) || a.StateDir != "/var/lib/bottle" || a.Namespace != "bottle" {
+		t.Errorf("NewOwner = %+v", a)
+	}
+	for _, o := range [][2]string{{"/var/lib/bottle/", "bottle"}, {"/var/lib/../lib/bottle", "bottle"}} {
+		if b, _ := NewOwner(o[0], o[1]); b != a {
+			t.Errorf("NewOwner(%q) = %+v, want the same owner as %+v", o[0], b, a)
+		}
+	}
+	for _, o := range [][2]string{{"/var/lib/bottle2", "bottle"}, {"/var/lib/bottle", "bottle-e2e"}} {
+		if b, _ := NewOwner(o[0], o[1]); b.ID == a.ID {
+			t.Errorf("NewOwner(%q, %q) has the ID of %+v", o[0], o[1], a)
+		}
 	}
 }
 
@@ -82,15 +122,35 @@ func TestNamesParse(t *testing.T) {
 			t.Errorf("identityFromContainerName(%q) = %q, %v; want %q", name, got, ok, want)
 		}
 	}
-	for name, want := range map[string]string{
-		"bottle-claude-a1b2c3-int": "claude-a1b2c3",
-		"bottle-claude-a1b2c3-egr": "claude-a1b2c3",
-		"bottle-claude-a1b2c3":     "",
-		"mynet":                    "",
+	for name, want := range map[string][2]string{
+		"bottle-0f0f0f-claude-a1b2c3-int": {"0f0f0f", "claude-a1b2c3"},
+		"bottle-0f0f0f-claude-a1b2c3-egr": {"0f0f0f", "claude-a1b2c3"},
+		"bottle-claude-a1b2c3-int":        {"", "claude-a1b2c3"}, // legacy
+		"bottle-claude-a1b2c3":            {},
+		"bottle-0f0f0f-claude-a1b2c3":     {},
+		"mynet":                           {},
 	} {
-		got, ok := identityFromNetworkName(name)
-		if got != want || ok != (want != "") {
-			t.Errorf("identityFromNetworkName(%q) = %q, %v; want %q", name, got, ok, want)
+		owner, id, ok := parseNetworkName(name)
+		if owner != want[0] || id != want[1] || ok != (want[1] != "") {
+			t.Errorf("parseNetworkName(%q) = %q, %q, %v; want %q", name, owner, id, ok, want)
+		}
+	}
+	for name, want := range map[string][2]string{
+		"bi-0f0f0fa1b2c3":       {"0f0f0f", "a1b2c3"},
+		"be-0f0f0fa1b2c3":       {"0f0f0f", "a1b2c3"},
+		"bi-a1b2c3d4":           {"", "a1b2c3d4"}, // legacy
+		"bx-0f0f0fa1b2c3":       {},
+		"bi-0f0f0fa1b2c":        {},
+		"BOTTLE-0f0f0f-a1b2c3":  {"0f0f0f", "a1b2c3"},
+		"BOTTLE-a1b2c3d4":       {"", "a1b2c3d4"}, // legacy
+		"BOTTLE-SOMETHING-ELSE": {},
+	} {
+		owner, hash, ok := parseBridgeName(name)
+		if strings.HasPrefix(name, "BOTTLE-") {
+			owner, hash, ok = parseChainName(name)
+		}
+		if owner != want[0] || hash != want[1] || ok != (want[1] != "") {
+			t.Errorf("parse %q = %q, %q, %v; want %q", name, owner, hash, ok, want)
 		}
 	}
 }
@@ -138,7 +198,7 @@ func render(t *testing.T, a Attachment) conflist {
 }
 
 func TestRenderConflist(t *testing.T) {
-	in, eg, err := BottleNetworks("claude-a1b2c3", 2, DefaultPool)
+	in, eg, err := (&Manager{owner: Owner{ID: "0f0f0f"}}).BottleNetworks("claude-a1b2c3", 2, DefaultPool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +208,7 @@ func TestRenderConflist(t *testing.T) {
 	}
 	c := render(t, ia)
 	p := c.Plugins[0]
-	if c.CNIVersion != "1.0.0" || c.Name != "bottle-claude-a1b2c3-int" || p.Type != "bridge" || p.Bridge != in.Bridge {
+	if c.CNIVersion != "1.0.0" || c.Name != "bottle-0f0f0f-claude-a1b2c3-int" || p.Type != "bridge" || p.Bridge != in.Bridge {
 		t.Errorf("internal header wrong: %+v", c)
 	}
 	if p.IsGateway == nil || *p.IsGateway || p.IsDefaultGateway == nil || *p.IsDefaultGateway || p.IPMasq == nil || *p.IPMasq {
@@ -164,7 +224,7 @@ func TestRenderConflist(t *testing.T) {
 	}
 	c = render(t, ea)
 	p = c.Plugins[0]
-	if c.Name != "bottle-claude-a1b2c3-egr" || p.Bridge != eg.Bridge {
+	if c.Name != "bottle-0f0f0f-claude-a1b2c3-egr" || p.Bridge != eg.Bridge {
 		t.Errorf("egress header wrong: %+v", c)
 	}
 	if p.IsGateway == nil || !*p.IsGateway || p.IsDefaultGateway == nil || !*p.IsDefaultGateway || p.IPMasq == nil || !*p.IPMasq {
@@ -187,7 +247,7 @@ func TestRenderConflist(t *testing.T) {
 }
 
 func TestNormalize(t *testing.T) {
-	in, eg, _ := BottleNetworks("claude-a1b2c3", 0, DefaultPool)
+	in, eg, _ := (&Manager{owner: Owner{ID: "0f0f0f"}}).BottleNetworks("claude-a1b2c3", 0, DefaultPool)
 	a, _ := in.Attach("", HostFilter)
 	b, _ := eg.Attach("", HostFilter)
 	got, err := normalize([]Attachment{a, b})

@@ -16,6 +16,46 @@ import (
 // deleteLink deletes the interface with index ifIndex through rtnetlink (RTM_DELLINK), which
 // saves an `ip` process per interface. A missing interface is fine.
 func deleteLink(ifIndex int) error {
+	err := rtnl(unix.RTM_DELLINK, 0, ifInfoMsg(ifIndex))
+	if err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete interface %d: %w", ifIndex, err)
+	}
+	return nil
+}
+
+// addBridge creates the bridge name, down (RTM_NEWLINK); the error wraps EEXIST if an
+// interface of that name exists.
+func addBridge(name string) error {
+	body := ifInfoMsg(0)
+	body = append(body, rtAttr(unix.IFLA_IFNAME, append([]byte(name), 0))...)
+	body = append(body, rtAttr(unix.IFLA_LINKINFO, rtAttr(unix.IFLA_INFO_KIND, []byte("bridge")))...)
+	if err := rtnl(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL, body); err != nil {
+		return fmt.Errorf("create bridge %s: %w", name, err)
+	}
+	return nil
+}
+
+// ifInfoMsg is a struct ifinfomsg: family, pad, type, index, flags, change.
+func ifInfoMsg(ifIndex int) []byte {
+	b := make([]byte, unix.SizeofIfInfomsg)
+	b[0] = unix.AF_UNSPEC
+	binary.NativeEndian.PutUint32(b[4:], uint32(int32(ifIndex)))
+	return b
+}
+
+// rtAttr encodes one netlink attribute, padded to 4 bytes.
+func rtAttr(typ uint16, data []byte) []byte {
+	n := unix.SizeofRtAttr + len(data)
+	b := make([]byte, (n+unix.NLA_ALIGNTO-1) & ^(unix.NLA_ALIGNTO-1))
+	binary.NativeEndian.PutUint16(b[0:], uint16(n))
+	binary.NativeEndian.PutUint16(b[2:], typ)
+	copy(b[unix.SizeofRtAttr:], data)
+	return b
+}
+
+// rtnl sends one rtnetlink request and returns the kernel's answer to it as an error
+// (nil when it succeeded).
+func rtnl(typ, flags uint16, body []byte) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("open rtnetlink socket: %w", err)
@@ -26,17 +66,15 @@ func deleteLink(ifIndex int) error {
 	}
 
 	const seq = 1
-	msg := make([]byte, unix.SizeofNlMsghdr+unix.SizeofIfInfomsg)
 	ne := binary.NativeEndian
+	msg := make([]byte, unix.SizeofNlMsghdr, unix.SizeofNlMsghdr+len(body))
+	msg = append(msg, body...)
 	ne.PutUint32(msg[0:], uint32(len(msg)))
-	ne.PutUint16(msg[4:], unix.RTM_DELLINK)
-	ne.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	ne.PutUint16(msg[4:], typ)
+	ne.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK|flags)
 	ne.PutUint32(msg[8:], seq)
-	// ifinfomsg: family, pad, type, index, flags, change
-	msg[unix.SizeofNlMsghdr] = unix.AF_UNSPEC
-	ne.PutUint32(msg[unix.SizeofNlMsghdr+4:], uint32(int32(ifIndex)))
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("send RTM_DELLINK for interface %d: %w", ifIndex, err)
+		return fmt.Errorf("send rtnetlink request: %w", err)
 	}
 
 	buf := make([]byte, 4096)
@@ -46,25 +84,23 @@ func deleteLink(ifIndex int) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("read RTM_DELLINK answer for interface %d: %w", ifIndex, err)
+			return fmt.Errorf("read rtnetlink answer: %w", err)
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return fmt.Errorf("parse RTM_DELLINK answer for interface %d: %w", ifIndex, err)
+			return fmt.Errorf("parse rtnetlink answer: %w", err)
 		}
 		for _, m := range msgs {
 			if m.Header.Seq != seq || m.Header.Type != unix.NLMSG_ERROR {
 				continue
 			}
 			if len(m.Data) < 4 {
-				return fmt.Errorf("short RTM_DELLINK answer for interface %d", ifIndex)
+				return errors.New("short rtnetlink answer")
 			}
-			switch errno := -int32(ne.Uint32(m.Data)); {
-			case errno == 0, unix.Errno(errno) == unix.ENODEV:
-				return nil
-			default:
-				return fmt.Errorf("delete interface %d: %w", ifIndex, unix.Errno(errno))
+			if errno := -int32(ne.Uint32(m.Data)); errno != 0 {
+				return unix.Errno(errno)
 			}
+			return nil
 		}
 	}
 }

@@ -2,6 +2,8 @@ package netns
 
 import (
 	"bufio"
+	"cmp"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -18,14 +20,41 @@ import (
 
 const slotsDirName = "slots"
 
-func slotsDir(stateDir string) string { return filepath.Join(stateDir, slotsDirName) }
+// slotRecord is the content of a slot file <SlotDir>/<address of the slot's internal /24>.
+// The slot dir is shared by every state dir and namespace on the host, so that no two
+// owners pick the same subnets; each record names its owner, and only it frees the slot.
+type slotRecord struct {
+	Identity string `json:"identity"`
+	Owner
+	Pool string `json:"pool"`
+}
+
+// slotFile is the file name of slot k of pool: the address of its internal /24. Pools are
+// /23 or wider, so a slot is the same pair of /24s in every pool that holds it.
+func slotFile(k int, pool netip.Prefix) string {
+	in, _, _ := SlotSubnets(k, pool)
+	return in.Addr().String()
+}
+
+// slotIndex is the slot number in pool of slot file name.
+func slotIndex(name string, pool netip.Prefix) (int, bool) {
+	a, err := netip.ParseAddr(name)
+	if err != nil || !a.Is4() || !pool.Contains(a) {
+		return 0, false
+	}
+	d := binary.BigEndian.Uint32(a.AsSlice()) - binary.BigEndian.Uint32(pool.Addr().AsSlice())
+	if d%512 != 0 {
+		return 0, false
+	}
+	return int(d / 512), true
+}
 
 // ReserveSlot reserves a free slot of pool for identity and returns it. A slot is free when
-// no file stateDir/slots/<k> exists and neither of its two /24 overlaps an address or route
-// of the host (another bottle's egress bridge, a VPN, the LAN, ...). The reservation is an
-// exclusive create, so concurrent callers get different slots. If identity already holds a
-// slot, that slot is returned.
-func ReserveSlot(stateDir, identity string, pool netip.Prefix) (int, error) {
+// no slot file of its subnets exists (of any owner) and neither of its two /24 overlaps an
+// address or route of the host (another bottle's egress bridge, a VPN, the LAN, ...). The
+// reservation is an exclusive create, so concurrent callers get different slots. If
+// identity already holds a slot, that slot is returned.
+func (m *Manager) ReserveSlot(identity string, pool netip.Prefix) (int, error) {
 	if err := ValidateIdentity(identity); err != nil {
 		return 0, err
 	}
@@ -33,18 +62,25 @@ func ReserveSlot(stateDir, identity string, pool netip.Prefix) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if slot, err := SlotOf(stateDir, identity); err == nil {
-		return slot, nil
+	if name, rec, err := m.slotOf(identity); err == nil {
+		if k, ok := slotIndex(name, pool); ok && rec.Pool == pool.String() {
+			return k, nil
+		}
+		return 0, fmt.Errorf("bottle %s holds slot %s of pool %s, not of pool %s: remove it (`bottle rm %s`) or use --pool %s", identity, name, rec.Pool, pool, identity, rec.Pool)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return 0, err
 	}
-	dir := slotsDir(stateDir)
+	dir := m.slotDir
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return 0, fmt.Errorf("create slot directory %s: %w (check --state-dir and permissions)", dir, err)
+		return 0, fmt.Errorf("create slot directory %s: %w (check permissions)", dir, err)
 	}
 	hostNets, err := hostPrefixes()
 	if err != nil {
 		return 0, err
+	}
+	content, err := json.Marshal(slotRecord{Identity: identity, Owner: m.owner, Pool: pool.String()})
+	if err != nil {
+		return 0, fmt.Errorf("encode slot record of bottle %s: %w", identity, err)
 	}
 	// Write the content first, then link it into place: link(2) fails with EEXIST like
 	// O_EXCL, and readers never see a half-written slot file.
@@ -54,7 +90,7 @@ func ReserveSlot(stateDir, identity string, pool netip.Prefix) (int, error) {
 	}
 	tmpName := tmp.Name()
 	defer os.Remove(tmpName)
-	if _, err := tmp.WriteString(identity + "\n"); err != nil {
+	if _, err := tmp.Write(append(content, '\n')); err != nil {
 		tmp.Close()
 		return 0, fmt.Errorf("write temporary slot file %s: %w", tmpName, err)
 	}
@@ -74,7 +110,7 @@ func ReserveSlot(stateDir, identity string, pool netip.Prefix) (int, error) {
 			}
 			continue
 		}
-		err := os.Link(tmpName, filepath.Join(dir, strconv.Itoa(k)))
+		err := os.Link(tmpName, filepath.Join(dir, slotFile(k, pool)))
 		if err == nil {
 			return k, nil
 		}
@@ -89,53 +125,88 @@ func ReserveSlot(stateDir, identity string, pool netip.Prefix) (int, error) {
 	return 0, fmt.Errorf("no free slot in subnet pool %s: all %d slots are reserved in %s or overlap host networks%s; remove bottles you no longer need (`bottle rm ID`), run `bottle cleanup` for leftovers, or choose another pool with --pool", pool, n, dir, hint)
 }
 
-// SlotOf returns the slot reserved for identity; the error wraps fs.ErrNotExist if none.
-func SlotOf(stateDir, identity string) (int, error) {
-	slots, err := listSlots(stateDir)
+// SlotOf returns the slot of pool reserved for identity; the error wraps fs.ErrNotExist if
+// none.
+func (m *Manager) SlotOf(identity string, pool netip.Prefix) (int, error) {
+	name, _, err := m.slotOf(identity)
 	if err != nil {
 		return 0, err
 	}
-	for k, id := range slots {
-		if id == identity {
-			return k, nil
-		}
+	k, ok := slotIndex(name, pool)
+	if !ok {
+		return 0, fmt.Errorf("slot %s of bottle %s is not in pool %s (use the pool it was started with)", name, identity, pool)
 	}
-	return 0, fmt.Errorf("no slot reserved for bottle %s in %s: %w", identity, slotsDir(stateDir), fs.ErrNotExist)
+	return k, nil
 }
 
-// ReleaseSlot removes the slot reservation of identity; releasing a missing one is fine.
-func ReleaseSlot(stateDir, identity string) error {
-	slots, err := listSlots(stateDir)
+// slotOf returns the slot file name and record of the owner's bottle identity.
+func (m *Manager) slotOf(identity string) (string, slotRecord, error) {
+	slots, err := listSlots(m.slotDir)
+	if err != nil {
+		return "", slotRecord{}, err
+	}
+	for name, rec := range slots {
+		if rec.Identity == identity && rec.ID == m.owner.ID {
+			return name, rec, nil
+		}
+	}
+	return "", slotRecord{}, fmt.Errorf("no slot reserved for bottle %s of owner %s in %s: %w", identity, m.owner.ID, m.slotDir, fs.ErrNotExist)
+}
+
+// ReleaseSlot removes the owner's slot reservation of identity; a missing one is fine.
+func (m *Manager) ReleaseSlot(identity string) error {
+	slots, err := listSlots(m.slotDir)
 	if err != nil {
 		return err
 	}
-	for k, id := range slots {
-		if id != identity {
-			continue
-		}
-		p := filepath.Join(slotsDir(stateDir), strconv.Itoa(k))
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("release slot %d of bottle %s (%s): %w", k, identity, p, err)
+	for name, rec := range slots {
+		if rec.Identity == identity && rec.ID == m.owner.ID {
+			if err := removeSlotFile(filepath.Join(m.slotDir, name)); err != nil {
+				return fmt.Errorf("release slot of bottle %s: %w", identity, err)
+			}
 		}
 	}
 	return nil
 }
 
-// listSlots maps reserved slot numbers to the identity recorded in each slot file.
-func listSlots(stateDir string) (map[int]string, error) {
-	dir := slotsDir(stateDir)
+func removeSlotFile(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove slot file %s: %w", path, err)
+	}
+	return nil
+}
+
+// ForeignBottles maps the identities whose slots other owners hold to those owners: their
+// containers, snapshots and state (in a shared namespace or state dir) are none of ours.
+func (m *Manager) ForeignBottles() (map[string]Owner, error) {
+	slots, err := listSlots(m.slotDir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Owner{}
+	for _, rec := range slots {
+		if rec.ID != m.owner.ID && rec.Identity != "" {
+			out[rec.Identity] = rec.Owner
+		}
+	}
+	return out, nil
+}
+
+// listSlots maps slot file names in dir to their records. A record that cannot be read
+// counts with an empty owner: it holds its slot, and only an explicit
+// `bottle cleanup --orphaned-owner legacy` removes it.
+func listSlots(dir string) (map[string]slotRecord, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return map[int]string{}, nil
+		return map[string]slotRecord{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read slot directory %s: %w", dir, err)
 	}
-	out := make(map[int]string, len(entries))
+	out := make(map[string]slotRecord, len(entries))
 	for _, e := range entries {
-		k, err := strconv.Atoi(e.Name())
-		if err != nil || k < 0 || strconv.Itoa(k) != e.Name() {
-			continue
+		if a, err := netip.ParseAddr(e.Name()); err != nil || !a.Is4() {
+			continue // temporary files, and legacy slots (numbers) of the default state dir
 		}
 		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if errors.Is(err, fs.ErrNotExist) {
@@ -144,7 +215,35 @@ func listSlots(stateDir string) (map[int]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read slot file %s: %w", filepath.Join(dir, e.Name()), err)
 		}
-		out[k] = strings.TrimSpace(string(b))
+		var rec slotRecord
+		if json.Unmarshal(b, &rec) != nil || !ownerIDRE.MatchString(rec.ID) {
+			rec = slotRecord{}
+		}
+		out[e.Name()] = rec
+	}
+	return out, nil
+}
+
+// legacySlots maps the slot files <stateDir>/slots/<k> of bottles started before slots
+// were host-wide to the identity each holds.
+func legacySlots(stateDir string) (map[string]string, error) {
+	dir := filepath.Join(stateDir, slotsDirName)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read legacy slot directory %s: %w", dir, err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		if k, err := strconv.Atoi(e.Name()); err != nil || k < 0 || strconv.Itoa(k) != e.Name() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if b, err := os.ReadFile(p); err == nil {
+			out[p] = strings.TrimSpace(string(b))
+		}
 	}
 	return out, nil
 }
@@ -254,14 +353,15 @@ func procNetRoutes() ([]netip.Prefix, error) {
 	return out, sc.Err()
 }
 
-// FirstFreeSlot returns the first slot of pool that is neither reserved in stateDir nor
-// overlapping a host network, without reserving it (for `bottle doctor`).
-func FirstFreeSlot(stateDir string, pool netip.Prefix) (int, error) {
+// FirstFreeSlot returns the first slot of pool that is neither reserved in slotDir (""
+// for DefaultSlotDir) nor overlapping a host network, without reserving it (for doctor).
+func FirstFreeSlot(slotDir string, pool netip.Prefix) (int, error) {
+	slotDir = cmp.Or(slotDir, DefaultSlotDir)
 	n, err := SlotCount(pool)
 	if err != nil {
 		return 0, err
 	}
-	taken, err := listSlots(stateDir)
+	taken, err := listSlots(slotDir)
 	if err != nil {
 		return 0, err
 	}
@@ -271,7 +371,7 @@ func FirstFreeSlot(stateDir string, pool netip.Prefix) (int, error) {
 	}
 	for k := range n {
 		in, eg, _ := SlotSubnets(k, pool)
-		if _, ok := taken[k]; ok {
+		if _, ok := taken[slotFile(k, pool)]; ok {
 			continue
 		}
 		if _, ok := overlapsAny(hostNets, in, eg); ok {
@@ -279,5 +379,5 @@ func FirstFreeSlot(stateDir string, pool netip.Prefix) (int, error) {
 		}
 		return k, nil
 	}
-	return 0, fmt.Errorf("no free slot in subnet pool %s: %d reserved in %s, the rest overlap host networks; remove bottles you no longer need (`bottle rm ID`), run `bottle cleanup` for leftovers, or choose another pool with --pool", pool, len(taken), slotsDir(stateDir))
+	return 0, fmt.Errorf("no free slot in subnet pool %s: %d reserved in %s, the rest overlap host networks; remove bottles you no longer need (`bottle rm ID`), run `bottle cleanup` for leftovers, or choose another pool with --pool", pool, len(taken), slotDir)
 }

@@ -31,19 +31,29 @@ func freeTestPool(t *testing.T) netip.Prefix {
 	return netip.Prefix{}
 }
 
+// slotManager is a Manager of owner (stateDir, "test") on the slot dir slotDir.
+func slotManager(t *testing.T, slotDir, stateDir string) *Manager {
+	t.Helper()
+	o, err := NewOwner(stateDir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Manager{owner: o, slotDir: slotDir}
+}
+
 func TestReserveSlotConcurrent(t *testing.T) {
 	dir := t.TempDir()
 	pool := freeTestPool(t) // 8 slots
+	// Two owners share the slot dir: the pool is host-wide.
+	owners := []*Manager{slotManager(t, dir, "/state/a"), slotManager(t, dir, "/state/b")}
 	const n = 8
 	var wg sync.WaitGroup
 	slots := make([]int, n)
 	errs := make([]error, n)
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			slots[i], errs[i] = ReserveSlot(dir, fmt.Sprintf("agent-%06x", i), pool)
-		}()
+		wg.Go(func() {
+			slots[i], errs[i] = owners[i%2].ReserveSlot(fmt.Sprintf("agent-%06x", i), pool)
+		})
 	}
 	wg.Wait()
 	seen := map[int]int{}
@@ -55,45 +65,83 @@ func TestReserveSlotConcurrent(t *testing.T) {
 			t.Fatalf("identities %d and %d both got slot %d", i, j, slots[i])
 		}
 		seen[slots[i]] = i
-		got, err := SlotOf(dir, fmt.Sprintf("agent-%06x", i))
+		got, err := owners[i%2].SlotOf(fmt.Sprintf("agent-%06x", i), pool)
 		if err != nil || got != slots[i] {
 			t.Errorf("SlotOf(%d) = %d, %v; want %d", i, got, err, slots[i])
 		}
+		if _, err := owners[(i+1)%2].SlotOf(fmt.Sprintf("agent-%06x", i), pool); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("the other owner sees slot of %d: %v", i, err)
+		}
 	}
-	// The pool is full now.
-	if _, err := ReserveSlot(dir, "agent-ffffff", pool); err == nil || !strings.Contains(err.Error(), "no free slot") {
+	a := owners[0]
+	// The pool is full now, for every owner.
+	if _, err := a.ReserveSlot("agent-ffffff", pool); err == nil || !strings.Contains(err.Error(), "no free slot") {
 		t.Errorf("reserve in full pool: %v", err)
 	}
-	// Reserving again returns the same slot.
-	if again, err := ReserveSlot(dir, "agent-000003", pool); err != nil || again != slots[3] {
-		t.Errorf("re-reserve = %d, %v; want %d", again, err, slots[3])
+	// Reserving again returns the same slot; another pool is refused.
+	if again, err := a.ReserveSlot("agent-000002", pool); err != nil || again != slots[2] {
+		t.Errorf("re-reserve = %d, %v; want %d", again, err, slots[2])
 	}
-	// Release frees exactly that slot, which the next reservation gets; release is idempotent.
-	if err := ReleaseSlot(dir, "agent-000003"); err != nil {
+	if _, err := a.ReserveSlot("agent-000002", DefaultPool); err == nil {
+		t.Error("re-reserve in another pool accepted")
+	}
+	// The other owner cannot release it; its owner releases exactly that slot, which the
+	// next reservation gets; release is idempotent.
+	if err := owners[1].ReleaseSlot("agent-000002"); err != nil {
 		t.Fatal(err)
 	}
-	if err := ReleaseSlot(dir, "agent-000003"); err != nil {
+	if _, err := a.SlotOf("agent-000002", pool); err != nil {
+		t.Errorf("another owner released the slot: %v", err)
+	}
+	if err := a.ReleaseSlot("agent-000002"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ReleaseSlot("agent-000002"); err != nil {
 		t.Errorf("second release: %v", err)
 	}
-	if _, err := SlotOf(dir, "agent-000003"); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := a.SlotOf("agent-000002", pool); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("SlotOf after release: %v", err)
 	}
-	if k, err := ReserveSlot(dir, "agent-ffffff", pool); err != nil || k != slots[3] {
-		t.Errorf("reserve after release = %d, %v; want %d", k, err, slots[3])
+	if k, err := owners[1].ReserveSlot("agent-ffffff", pool); err != nil || k != slots[2] {
+		t.Errorf("reserve after release = %d, %v; want %d", k, err, slots[2])
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "slots", fmt.Sprint(slots[3])))
-	if err != nil || strings.TrimSpace(string(b)) != "agent-ffffff" {
+	in, _, _ := SlotSubnets(slots[2], pool)
+	b, err := os.ReadFile(filepath.Join(dir, in.Addr().String()))
+	if err != nil || !strings.Contains(string(b), `"identity":"agent-ffffff"`) || !strings.Contains(string(b), `"state_dir":"/state/b"`) || !strings.Contains(string(b), `"owner":"`+owners[1].owner.ID+`"`) {
 		t.Errorf("slot file holds %q, %v", b, err)
 	}
-	entries, _ := os.ReadDir(filepath.Join(dir, "slots"))
+	entries, _ := os.ReadDir(dir)
 	if len(entries) != n {
 		t.Errorf("slots dir has %d entries (temporary files left?), want %d", len(entries), n)
+	}
+	foreign, err := a.ForeignBottles()
+	if err != nil || len(foreign) != n/2+1 || foreign["agent-ffffff"].StateDir != "/state/b" {
+		t.Errorf("ForeignBottles = %v, %v", foreign, err)
+	}
+	if k, err := FirstFreeSlot(dir, pool); err == nil {
+		t.Errorf("FirstFreeSlot in a full pool = %d", k)
+	}
+}
+
+func TestSlotsAcrossPools(t *testing.T) {
+	dir := t.TempDir()
+	m := slotManager(t, dir, "/state/a")
+	big := freeTestPool(t)
+	// The second /23 of big is slot 0 of this pool and slot 1 of big: one slot file.
+	small := netip.PrefixFrom(netip.AddrFrom4([4]byte{big.Addr().As4()[0], big.Addr().As4()[1], big.Addr().As4()[2] + 2, 0}), 23)
+	if k, err := m.ReserveSlot("agent-000001", small); err != nil || k != 0 {
+		t.Fatalf("reserve in %s = %d, %v", small, k, err)
+	}
+	for _, id := range []string{"agent-000002", "agent-000003"} {
+		if k, err := m.ReserveSlot(id, big); err != nil || k == 1 {
+			t.Errorf("reserve %s in %s = %d, %v; slot 1 is slot 0 of %s, taken", id, big, k, err, small)
+		}
 	}
 }
 
 func TestReserveSlotSkipsHostNetworks(t *testing.T) {
 	// 127.0.0.0/8 is on every host's lo (local table): a pool inside it is all taken.
-	_, err := ReserveSlot(t.TempDir(), "agent-abcdef", netip.MustParsePrefix("127.100.0.0/22"))
+	_, err := slotManager(t, t.TempDir(), "/state/a").ReserveSlot("agent-abcdef", netip.MustParsePrefix("127.100.0.0/22"))
 	if err == nil || !strings.Contains(err.Error(), "overlaps host network") {
 		t.Fatalf("want overlap error, got %v", err)
 	}

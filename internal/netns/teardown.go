@@ -51,7 +51,7 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	}
 	networks := map[string]bool{} // names of the networks whose masquerade and cache entries go
 	for _, n := range nets {
-		if err := checkOwnNetwork(identity, n); err != nil {
+		if err := m.checkOwnNetwork(identity, n); err != nil {
 			return invalid(err)
 		}
 		networks[n.Name] = true
@@ -64,7 +64,7 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 			return invalid(fmt.Errorf("container %s is not one of its containers (bottle-%s[-<role>])", name, identity))
 		}
 		for _, a := range atts {
-			if err := checkOwnNetwork(identity, a.Network); err != nil {
+			if err := m.checkOwnNetwork(identity, a.Network); err != nil {
 				return invalid(fmt.Errorf("container %s: %w", name, err))
 			}
 			networks[a.Name] = true
@@ -85,9 +85,9 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 
 	// What is ours in the CNI cache: entries of these networks and of these containers.
 	owned := func(network, containerID string) bool {
-		id, ok := identityFromNetworkName(network)
+		owner, id, ok := parseNetworkName(network)
 		_, isContainer := containers[containerID]
-		return ok && id == identity && (networks[network] || isContainer)
+		return ok && owner == m.owner.ID && id == identity && (networks[network] || isContainer)
 	}
 	cached, err := m.cachedAttachments("")
 	if err != nil {
@@ -173,13 +173,13 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	return nil
 }
 
-// checkOwnNetwork makes sure n is a valid network of bottle identity.
-func checkOwnNetwork(identity string, n Network) error {
+// checkOwnNetwork makes sure n is a valid network of the owner's bottle identity.
+func (m *Manager) checkOwnNetwork(identity string, n Network) error {
 	if err := n.validate(); err != nil {
 		return err
 	}
-	if id, ok := identityFromNetworkName(n.Name); !ok || id != identity {
-		return fmt.Errorf("network %s belongs to another bottle", n.Name)
+	if owner, id, _ := parseNetworkName(n.Name); owner != m.owner.ID || id != identity {
+		return fmt.Errorf("network %s belongs to another bottle or owner (this is bottle %s of owner %s)", n.Name, identity, m.owner.ID)
 	}
 	return nil
 }

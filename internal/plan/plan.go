@@ -19,6 +19,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/manifest"
 )
 
@@ -71,13 +72,6 @@ const (
 
 // hostPart is each role's host number on both bottle networks.
 var hostPart = map[string]byte{RoleFilter: 2, RoleEgressProxy: 3, RoleGitGate: 4, RoleSupervise: 5, RoleAgent: 10}
-
-// DefaultInternalCIDRs are refused by the filter (SSRF guard): loopback, private,
-// link-local (cloud metadata), CGNAT, multicast and their IPv6 counterparts.
-var DefaultInternalCIDRs = []string{
-	"0.0.0.0/8", "127.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12",
-	"192.168.0.0/16", "169.254.0.0/16", "224.0.0.0/4", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
-}
 
 // Input is everything Build needs; functions inject the outside world.
 type Input struct {
@@ -524,14 +518,14 @@ func (b *builder) filterContainer() (*Container, error) {
 		// the host can ask GET /health on the egress side.
 		listen = fmt.Sprintf("0.0.0.0:%d", FilterPort)
 		c := b.newContainer(RoleFilter, PipelockImageFor(b.bottle, b.in.PipelockImage), true)
-		b.p.StageFiles = append(b.p.StageFiles, StageFile{Name: "filter/pipelock.yaml", Mode: 0o644, Content: PipelockConfig(b.p.Allowlist, DefaultInternalCIDRs)})
+		b.p.StageFiles = append(b.p.StageFiles, StageFile{Name: "filter/pipelock.yaml", Mode: 0o644, Content: PipelockConfig(b.p.Allowlist, egress.DefaultInternal)})
 		spec, err := b.sidecarSpec(RoleFilter, []string{"/pipelock", "run", "--listen", listen, "--config", "/etc/pipelock/pipelock.yaml"}, nil,
 			WithBind(path.Join(stage, "filter/pipelock.yaml"), "/etc/pipelock/pipelock.yaml", true))
 		c.Spec = spec
 		return c, err
 	}
 	c := b.newContainer(RoleFilter, b.in.SidecarImage, true)
-	cfg, err := json.MarshalIndent(FilterConfig{Listen: listen, Allowlist: b.p.Allowlist, Internal: DefaultInternalCIDRs, Ports: []int{443, 80}}, "", "  ")
+	cfg, err := json.MarshalIndent(FilterConfig{Listen: listen, Allowlist: b.p.Allowlist, Internal: egress.DefaultInternal, Ports: []int{443, 80}}, "", "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -582,7 +576,7 @@ func (b *builder) gitGateContainer() (*Container, error) {
 	}
 	env := map[string]string{}
 	for i, g := range b.bottle.Git {
-		r := GitGateRemote{Name: g.Name, URL: g.URL, KnownHosts: g.KnownHosts}
+		r := GitGateRemote{Name: g.Name, URL: g.URL, KnownHosts: g.KnownHosts, PushOptions: g.PushOptions}
 		for _, pr := range g.PushRules() {
 			r.Push = append(r.Push, GitPushRule{Ref: pr.Ref, Force: pr.Force, Delete: pr.Delete})
 		}
@@ -596,15 +590,11 @@ func (b *builder) gitGateContainer() (*Container, error) {
 			}
 		}
 		if g.SSHKey != "" {
-			r.SSHKeyEnv = fmt.Sprintf("BOTTLE_GIT_SSH_KEY_%d", i)
-			keyPath := g.SSHKey
-			if !path.IsAbs(keyPath) && path.IsAbs(b.in.ManifestPath) {
-				keyPath = path.Join(path.Dir(b.in.ManifestPath), keyPath)
-			}
+			r.SSHKeyEnv = fmt.Sprint(manifest.SSHKeyEnvPrefix, i)
 			if b.in.ReadFile == nil {
-				b.p.Unresolved = append(b.p.Unresolved, "ssh_key "+keyPath)
-			} else if key, err := b.in.ReadFile(keyPath); err != nil {
-				return nil, fmt.Errorf("git remote %s: cannot read ssh_key %s (%v); check the path and that bottle runs as a user who can read it", g.Name, keyPath, err)
+				b.p.Unresolved = append(b.p.Unresolved, "ssh_key "+sshKeyPath(g.SSHKey, b.in.ManifestPath))
+			} else if key, err := readSSHKey(b.in.ReadFile, b.in.ManifestPath, b.agent.Bottle, i, g); err != nil {
+				return nil, err
 			} else {
 				env[r.SSHKeyEnv] = string(key)
 				c.SecretEnv = append(c.SecretEnv, r.SSHKeyEnv)
@@ -631,6 +621,47 @@ func (b *builder) gitGateContainer() (*Container, error) {
 	return c, err
 }
 
+// ReadHostFiles reads the host files an agent's bottle names (each git remote's ssh_key)
+// through read, as Build does: start calls it before it creates anything, so that a file
+// it cannot read is refused before there is anything to take back.
+func ReadHostFiles(m *manifest.Manifest, manifestPath, agent string, read func(string) ([]byte, error)) error {
+	a := m.Agents[agent]
+	if a == nil || m.Bottles[a.Bottle] == nil {
+		return nil // Build says what is wrong
+	}
+	for i, g := range m.Bottles[a.Bottle].Git {
+		if g.SSHKey != "" {
+			if _, err := readSSHKey(read, manifestPath, a.Bottle, i, g); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readSSHKey reads the ssh_key of the bottle's remote i; its error is a manifest error
+// naming the field.
+func readSSHKey(read func(string) ([]byte, error), manifestPath, bottle string, i int, g *manifest.GitRemote) ([]byte, error) {
+	key, err := read(sshKeyPath(g.SSHKey, manifestPath))
+	if err != nil {
+		return nil, &manifest.Errors{List: []*manifest.FieldError{{
+			File: manifestPath, Path: fmt.Sprintf("bottles.%s.git[%d].ssh_key", bottle, i),
+			Problem: fmt.Sprintf("git remote %s: cannot read ssh_key: %v", g.Name, err),
+			Fix:     "name the private key file (absolute, or relative to the manifest's directory) and run bottle as a user who can read it",
+		}}}
+	}
+	return key, nil
+}
+
+// sshKeyPath is where a remote's ssh_key is on the host: a relative path is relative to
+// the manifest's directory.
+func sshKeyPath(key, manifestPath string) string {
+	if path.IsAbs(key) || manifestPath == manifest.DefaultName {
+		return key
+	}
+	return path.Join(path.Dir(manifestPath), key)
+}
+
 // GitGateURL is where the agent reaches a declared remote.
 func GitGateURL(name string) string { return fmt.Sprintf("http://%s/%s.git", RoleGitGate, name) }
 
@@ -650,6 +681,8 @@ type GitGateRemote struct {
 	SSHKeyEnv  string        `json:"ssh_key_env,omitempty"`
 	KnownHosts string        `json:"known_hosts,omitempty"`
 	Push       []GitPushRule `json:"push"`
+	// PushOptions are the push options passed upstream (gitgate.Remote.PushOptions).
+	PushOptions []string `json:"push_options,omitempty"`
 }
 
 // GitPushRule allows pushes to refs matching Ref.

@@ -2,10 +2,16 @@ package plan
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,6 +19,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/manifest"
 )
 
@@ -297,21 +304,23 @@ func TestFilterChoice(t *testing.T) {
 // DefaultPipelockImage) accepts with its strict parser and runs in strict mode; a change
 // here must be checked against that binary (`pipelock check --config FILE`).
 func TestPipelockConfig(t *testing.T) {
-	const tail = "forward_proxy:\n  enabled: true\n  max_tunnel_seconds: 14400\n  idle_timeout_seconds: 3600\n  sni_verification: true\n" +
+	const tail = "forward_proxy:\n  enabled: true\n  max_tunnel_seconds: 14400\n  idle_timeout_seconds: 600\n  sni_verification: true\n" +
 		"logging:\n  format: json\n  output: stdout\n  include_allowed: true\n  include_blocked: true\n" +
-		"internal:\n  - \"0.0.0.0/8\"\n  - \"127.0.0.0/8\"\n  - \"10.0.0.0/8\"\n  - \"100.64.0.0/10\"\n  - \"172.16.0.0/12\"\n" +
-		"  - \"192.168.0.0/16\"\n  - \"169.254.0.0/16\"\n  - \"224.0.0.0/4\"\n  - \"::1/128\"\n  - \"fc00::/7\"\n" +
-		"  - \"fe80::/10\"\n  - \"ff00::/8\"\n"
+		"internal:\n"
+	var internal strings.Builder
+	for _, cidr := range egress.DefaultInternal {
+		internal.WriteString("  - \"" + cidr + "\"\n")
+	}
 	const head = "# Rendered by bottle; pipelock parses this strictly.\nversion: 1\nmode: strict\nenforce: true\napi_allowlist:\n"
 	for _, tc := range []struct {
 		allow []string
 		want  string
 	}{
-		{[]string{"api.anthropic.com", "*.github.com"}, head + "  - \"api.anthropic.com\"\n  - \"*.github.com\"\n" + tail},
+		{[]string{"api.anthropic.com", "*.github.com"}, head + "  - \"api.anthropic.com\"\n  - \"*.github.com\"\n" + tail + internal.String()},
 		// strict mode refuses an empty api_allowlist: a never-resolving name stands in.
-		{nil, head + "  - \"nothing-allowed.invalid\"\n" + tail},
+		{nil, head + "  - \"nothing-allowed.invalid\"\n" + tail + internal.String()},
 	} {
-		if got := PipelockConfig(tc.allow, DefaultInternalCIDRs); got != tc.want {
+		if got := PipelockConfig(tc.allow, egress.DefaultInternal); got != tc.want {
 			t.Errorf("PipelockConfig(%q):\n%s\nwant:\n%s", tc.allow, got, tc.want)
 		}
 	}
@@ -356,7 +365,7 @@ func TestPipelockFilterContainer(t *testing.T) {
 			cfg = &p.StageFiles[i]
 		}
 	}
-	if cfg == nil || cfg.Content != PipelockConfig(p.Allowlist, DefaultInternalCIDRs) {
+	if cfg == nil || cfg.Content != PipelockConfig(p.Allowlist, egress.DefaultInternal) {
 		t.Errorf("stage file filter/pipelock.yaml %+v, want the rendered config", cfg)
 	}
 }
@@ -462,4 +471,126 @@ func TestSecretsNeverLeak(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestInternalRangesRefusedByBothFilters walks every range of the one internal list and
+// shows that both rendered filter configs refuse an allowlisted name resolving into it:
+// the builtin filter built from filter.json answers 403 without dialing, and pipelock's
+// `internal:` list, read the way pipelock reads it, covers the address.
+func TestInternalRangesRefusedByBothFilters(t *testing.T) {
+	m := load(t, "../../examples/claude.toml")
+	stage := func(filter, name string) string {
+		t.Helper()
+		in := input(m, "claude", nil)
+		in.FilterOverride = filter
+		p, err := Build(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sf := range p.StageFiles {
+			if sf.Name == name {
+				return sf.Content
+			}
+		}
+		t.Fatalf("plan with filter %s has no stage file %s", filter, name)
+		return ""
+	}
+	var cfg egress.FilterConfig
+	if err := json.Unmarshal([]byte(stage(FilterBuiltin, "filter/filter.json")), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	pipelockInternal := pipelockInternalList(t, stage(FilterPipelock, "filter/pipelock.yaml"))
+	host := m.Bottles["claude"].EgressProxy.Routes[0].Host // allowlisted via its route
+	var target netip.Addr
+	cfg.Resolver = func(context.Context, string) ([]netip.Addr, error) { return []netip.Addr{target}, nil }
+	// Nothing is ever dialed: an admitted address shows as a 502 from this dialer.
+	cfg.Dial = func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("test: no dialing") }
+	f, err := egress.NewFilter(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtinRefuses := func(a netip.Addr) bool {
+		target = a
+		req := httptest.NewRequest(http.MethodConnect, "http://"+host+":443", nil)
+		req.Host = host + ":443"
+		rec := httptest.NewRecorder()
+		f.ServeHTTP(rec, req)
+		return rec.Code == http.StatusForbidden
+	}
+	var refused []netip.Addr
+	for _, cidr := range egress.DefaultInternal {
+		prefix := netip.MustParsePrefix(cidr)
+		// An address in the middle of the range, and its last one.
+		refused = append(refused, middleOf(prefix), lastOf(prefix))
+	}
+	// IPv4-mapped forms of internal IPv4 addresses are refused too.
+	refused = append(refused, netip.MustParseAddr("::ffff:10.1.2.3"), netip.MustParseAddr("::ffff:169.254.169.254"))
+	for _, a := range refused {
+		if !builtinRefuses(a) {
+			t.Errorf("builtin filter: %s resolving to %s is admitted", host, a)
+		}
+		if !pipelockRefuses(pipelockInternal, a) {
+			t.Errorf("pipelock config: %s is not in its internal list", a)
+		}
+	}
+	// Control: public addresses pass both (no traffic: the dialer above refuses).
+	for _, a := range []netip.Addr{netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("::ffff:203.0.113.1"), netip.MustParseAddr("2001:db8::1")} {
+		if builtinRefuses(a) {
+			t.Errorf("builtin filter refuses the public address %s", a)
+		}
+		if pipelockRefuses(pipelockInternal, a) {
+			t.Errorf("pipelock config refuses the public address %s (an entry reads wider than written)", a)
+		}
+	}
+}
+
+// pipelockRefuses matches a as pipelock v2.3.0 does: entries parsed by net.ParseCIDR, the
+// address reduced to 4 bytes when it is IPv4 (or IPv4-mapped), then IPNet.Contains.
+func pipelockRefuses(internal []*net.IPNet, a netip.Addr) bool {
+	ip := net.IP(a.AsSlice())
+	if v4 := ip.To4(); v4 != nil {
+		ip = v4
+	}
+	return slices.ContainsFunc(internal, func(n *net.IPNet) bool { return n.Contains(ip) })
+}
+
+// pipelockInternalList reads the CIDRs of the rendered config's top-level `internal:`
+// block sequence.
+func pipelockInternalList(t *testing.T, yaml string) []*net.IPNet {
+	t.Helper()
+	_, block, ok := strings.Cut(yaml, "\ninternal:\n")
+	if !ok {
+		t.Fatalf("pipelock config has no internal list:\n%s", yaml)
+	}
+	var out []*net.IPNet
+	for line := range strings.Lines(block) {
+		item, ok := strings.CutPrefix(strings.TrimRight(line, "\n"), "  - ")
+		if !ok {
+			break
+		}
+		_, n, err := net.ParseCIDR(strings.Trim(item, `"`))
+		if err != nil {
+			t.Fatalf("pipelock internal entry %q: %v", item, err)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+func middleOf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	if bit := p.Bits(); bit < len(b)*8 {
+		b[bit/8] |= 0x80 >> (bit % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+func lastOf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }

@@ -51,8 +51,9 @@ const PipelockEmptyAllowlistHost = "nothing-allowed.invalid"
 // PipelockConfig renders pipelock's YAML config (checked against pipelock v2.3.0, whose
 // parser rejects unknown fields). `mode: strict` is what makes pipelock enforce
 // api_allowlist (its `*.suffix` matches the suffix and every subdomain, as bottle's
-// does); `internal` replaces pipelock's own SSRF list; the tunnel limits are long enough
-// for hour-long model streams.
+// does); `internal` is added to pipelock's own SSRF list; a tunnel lives at most 4 h and
+// closes after 10 min idle, as the builtin filter's (pipelock caps concurrent tunnels
+// itself, at 1024, with no setting).
 func PipelockConfig(allow, internal []string) string {
 	if len(allow) == 0 {
 		allow = []string{PipelockEmptyAllowlistHost}
@@ -61,7 +62,7 @@ func PipelockConfig(allow, internal []string) string {
 	b.WriteString("# Rendered by bottle; pipelock parses this strictly.\nversion: 1\nmode: strict\nenforce: true\n")
 	b.WriteString("api_allowlist:\n")
 	writeYAMLList(&b, allow)
-	b.WriteString("forward_proxy:\n  enabled: true\n  max_tunnel_seconds: 14400\n  idle_timeout_seconds: 3600\n  sni_verification: true\n")
+	b.WriteString("forward_proxy:\n  enabled: true\n  max_tunnel_seconds: 14400\n  idle_timeout_seconds: 600\n  sni_verification: true\n")
 	b.WriteString("logging:\n  format: json\n  output: stdout\n  include_allowed: true\n  include_blocked: true\n")
 	b.WriteString("internal:\n")
 	writeYAMLList(&b, internal)

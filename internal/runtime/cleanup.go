@@ -16,22 +16,27 @@ const settleDelay = time.Second
 // CleanupReport says what cleanup removed.
 type CleanupReport struct {
 	Bottles    []string // identities removed whole
+	Stopped    []string // identities nobody looked after, stopped and kept for resume
 	Containers []string // containers (with tasks and snapshots) of no kept bottle
 	Tasks      []string
 	Snapshots  []string
 	Network    []string // netns files, bridges, firewall chains, CNI state, slots
+	// Orphaned are other owners' host objects nobody else can remove (their state dir is
+	// gone, or they predate owners), each with the command that removes them: never
+	// removed silently.
+	Orphaned []string
 }
 
 // Empty reports whether nothing was removed.
 func (r CleanupReport) Empty() bool {
-	return len(r.Bottles)+len(r.Containers)+len(r.Tasks)+len(r.Snapshots)+len(r.Network) == 0
+	return len(r.Bottles)+len(r.Stopped)+len(r.Containers)+len(r.Tasks)+len(r.Snapshots)+len(r.Network) == 0
 }
 
 func (r CleanupReport) String() string {
-	if r.Empty() {
-		return "nothing to clean up"
-	}
 	var b strings.Builder
+	if r.Empty() {
+		b.WriteString("nothing to clean up\n")
+	}
 	for _, s := range []struct {
 		what  string
 		items []string
@@ -40,13 +45,19 @@ func (r CleanupReport) String() string {
 			fmt.Fprintf(&b, "removed %d %s: %s\n", len(s.items), s.what, strings.Join(s.items, ", "))
 		}
 	}
+	if len(r.Stopped) > 0 {
+		fmt.Fprintf(&b, "stopped %d bottles nobody looked after (kept for `bottle resume`): %s\n", len(r.Stopped), strings.Join(r.Stopped, ", "))
+	}
+	for _, o := range r.Orphaned {
+		fmt.Fprintf(&b, "left alone: %s\n", o)
+	}
 	return strings.TrimSuffix(b.String(), "\n")
 }
 
-// Cleanup removes orphaned bottles (a start that never finished, or an attached bottle
-// whose bottle process is gone) and every bottle object no recorded bottle owns:
-// containers, tasks, snapshots, netns files, bridges, CNI state, firewall rules, address
-// slots and stage dirs. With all, every bottle goes, running or not.
+// Cleanup removes orphaned bottles (a start that never finished) and every bottle object
+// no recorded bottle owns: containers, tasks, snapshots, netns files, bridges, CNI state,
+// firewall rules, address slots and stage dirs. Bottles nobody looks after any more (see
+// settle) are stopped and kept. With all, every bottle goes, running or not.
 func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 	var rep CleanupReport
 	var errs []error
@@ -54,10 +65,27 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	// Bottles whose slots another owner holds (another namespace on this state dir, or
+	// another state dir in this namespace) are none of ours: keep all of theirs.
+	foreign, err := e.net.ForeignBottles()
+	if err != nil {
+		return rep, err
+	}
 	keep := map[string]bool{}
+	for id := range foreign {
+		keep[id] = true
+	}
 	for _, m := range metas {
+		if _, ok := foreign[m.Identity]; ok {
+			continue
+		}
 		if !all && !state.Orphaned(m) {
 			keep[m.Identity] = true
+			if settled, err := e.settle(ctx, m); err != nil {
+				errs = append(errs, err)
+			} else if settled {
+				rep.Stopped = append(rep.Stopped, m.Identity)
+			}
 			continue
 		}
 		if err := e.removeMeta(ctx, m); err != nil {
@@ -141,6 +169,9 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 	for _, l := range swept {
 		rep.Network = append(rep.Network, l.String())
 	}
+	if err := e.reportOrphanedOwners(ctx, &rep); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return rep, fmt.Errorf("cleanup incomplete: %w", err)
 	}
@@ -156,4 +187,29 @@ func keepsSnapshot(keep map[string]bool, key string) bool {
 		}
 	}
 	return false
+}
+
+// reportOrphanedOwners adds other owners' host objects that no cleanup removes to rep.
+func (e *Engine) reportOrphanedOwners(ctx context.Context, rep *CleanupReport) error {
+	left, err := e.net.Leftovers(ctx)
+	if err != nil {
+		return err
+	}
+	orphans, err := e.net.OrphanedOwners(left)
+	for _, o := range orphans {
+		rep.Orphaned = append(rep.Orphaned, fmt.Sprintf("%s; remove them with `%s`", o, o.Command()))
+	}
+	return err
+}
+
+// CleanupOrphanedOwner removes the host network objects of owner id, another state dir
+// and namespace whose state dir is gone (or netns.LegacyOwner: objects without owner), as
+// Cleanup reports them.
+func (e *Engine) CleanupOrphanedOwner(ctx context.Context, id string) (CleanupReport, error) {
+	var rep CleanupReport
+	removed, err := e.net.SweepOrphanedOwner(ctx, id)
+	for _, l := range removed {
+		rep.Network = append(rep.Network, l.String())
+	}
+	return rep, err
 }

@@ -93,12 +93,12 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 		}
 	}
 
-	if n, err := netns.New(netns.Options{PluginDirs: o.PluginDirs, StateDir: o.StateDir, NetnsDir: o.NetnsDir}); err != nil {
+	if n, err := netns.New(netns.Options{PluginDirs: o.PluginDirs, StateDir: o.StateDir, Namespace: o.Namespace, NetnsDir: o.NetnsDir}); err != nil {
 		add("cni", CheckFail, oneLine(err), "") // the error says what to install
 	} else {
 		add("cni", CheckOK, "plugins in "+strings.Join(n.PluginDirs(), ", "), "")
 		if c != nil {
-			checks = append(checks, leftoverCheck(ctx, c, n, o.StateDir))
+			checks = append(checks, leftoverChecks(ctx, c, n, o.StateDir)...)
 		}
 	}
 	if fams, err := netns.CheckFirewall(ctx); err != nil {
@@ -113,7 +113,7 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 	} else {
 		add("ip_forward", CheckWarn, "off; the first bottle's egress network turns it on (the agent's internal network stays blocked by bottle's firewall rules)", "")
 	}
-	if slot, err := netns.FirstFreeSlot(o.StateDir, o.Pool); err != nil {
+	if slot, err := netns.FirstFreeSlot("", o.Pool); err != nil {
 		add("subnet", CheckFail, oneLine(err), "remove bottles (`bottle rm`, `bottle cleanup`) or choose another --pool")
 	} else {
 		internal, egress, _ := netns.SlotSubnets(slot, o.Pool)
@@ -174,11 +174,20 @@ func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version st
 	return nil
 }
 
-func leftoverCheck(ctx context.Context, c *ctr.Client, n *netns.Manager, stateDir string) Check {
+// leftoverChecks lists what `bottle cleanup` would remove (objects of this state dir and
+// namespace only) and other owners' objects that only an explicit command removes.
+func leftoverChecks(ctx context.Context, c *ctr.Client, n *netns.Manager, stateDir string) []Check {
 	var items []string
-	owned := map[string]bool{} // identities of bottles that are not orphans
+	owned := map[string]bool{} // identities of bottles that are not orphans, or not ours
+	foreign, _ := n.ForeignBottles()
+	for id := range foreign {
+		owned[id] = true
+	}
 	if metas, broken, err := (state.Store{Dir: stateDir}).List(); err == nil {
 		for _, m := range metas {
+			if owned[m.Identity] {
+				continue
+			}
 			if state.Orphaned(m) {
 				items = append(items, "orphaned bottle "+m.Identity)
 			} else {
@@ -209,21 +218,26 @@ func leftoverCheck(ctx context.Context, c *ctr.Client, n *netns.Manager, stateDi
 			}
 		}
 	}
+	var checks []Check
 	if left, err := n.Leftovers(ctx); err == nil {
 		for _, l := range left {
-			if !owned[l.Identity] {
+			if l.Owner == n.Owner().ID && !owned[l.Identity] {
 				items = append(items, l.String())
 			}
 		}
+		orphans, _ := n.OrphanedOwners(left)
+		for _, o := range orphans {
+			checks = append(checks, Check{Name: "other owner", Status: CheckWarn, Detail: o.String(), Fix: "sudo " + o.Command()})
+		}
 	}
 	if len(items) == 0 {
-		return Check{Name: "leftovers", Status: CheckOK, Detail: "none"}
+		return append([]Check{{Name: "leftovers", Status: CheckOK, Detail: "none"}}, checks...)
 	}
 	shown := items
 	if len(shown) > 5 {
 		shown = append(shown[:5:5], fmt.Sprintf("... (%d in all)", len(items)))
 	}
-	return Check{Name: "leftovers", Status: CheckWarn, Detail: strings.Join(shown, ", "), Fix: "sudo bottle cleanup"}
+	return append([]Check{{Name: "leftovers", Status: CheckWarn, Detail: strings.Join(shown, ", "), Fix: "sudo bottle cleanup"}}, checks...)
 }
 
 func imageChecks(ctx context.Context, c *ctr.Client, o DoctorOptions) []Check {

@@ -60,7 +60,9 @@ type Options struct {
 	PipelockImage string
 	// KillAt makes start SIGKILL itself after the named step (crash tests only).
 	KillAt string
-	Log    *slog.Logger
+	// LookupEnv reads the invoking host's environment (default os.LookupEnv).
+	LookupEnv func(string) (string, bool)
+	Log       *slog.Logger
 }
 
 // Engine performs bottle operations against containerd and the host network.
@@ -97,7 +99,7 @@ func Open(ctx context.Context, opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := netns.New(netns.Options{StateDir: opts.StateDir, NetnsDir: opts.NetnsDir})
+	n, err := netns.New(netns.Options{StateDir: opts.StateDir, Namespace: opts.Namespace, NetnsDir: opts.NetnsDir})
 	if err != nil {
 		c.Close()
 		return nil, err
@@ -108,6 +110,14 @@ func Open(ctx context.Context, opts Options) (*Engine, error) {
 // Close releases the containerd connection.
 func (e *Engine) Close() error { return e.ctr.Close() }
 
+// lookupEnv reads a variable of the invoking host's environment.
+func (e *Engine) lookupEnv(name string) (string, bool) {
+	if e.opts.LookupEnv != nil {
+		return e.opts.LookupEnv(name)
+	}
+	return os.LookupEnv(name)
+}
+
 // networks returns the bottle's two networks for a recorded slot.
 func (e *Engine) networks(m *state.Meta) (internal, egress netns.Network, err error) {
 	pool := e.opts.Pool
@@ -116,7 +126,7 @@ func (e *Engine) networks(m *state.Meta) (internal, egress netns.Network, err er
 			return internal, egress, fmt.Errorf("bottle %s: recorded pool %q: %w", m.Identity, m.Pool, err)
 		}
 	}
-	return netns.BottleNetworks(m.Identity, m.Slot, pool)
+	return e.net.BottleNetworks(m.Identity, m.Slot, pool)
 }
 
 // attachments converts a recorded container's attachments for netns.

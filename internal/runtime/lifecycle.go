@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -31,7 +32,8 @@ func (e *Engine) load(identity string) (*state.Meta, error) {
 
 // Stop ends a bottle's tasks and takes down their network namespaces; containers,
 // snapshots, metadata, the address slot, the (empty) bridges and the firewall rules stay
-// so `bottle resume` can continue it. Stopping a stopped bottle is fine.
+// so `bottle resume` can continue it. Stopping a stopped bottle is fine. When the
+// record cannot be written (a full disk) the bottle is stopped all the same.
 func (e *Engine) Stop(ctx context.Context, identity string) error {
 	m, err := e.load(identity)
 	if err != nil {
@@ -42,8 +44,14 @@ func (e *Engine) Stop(ctx context.Context, identity string) error {
 	if err := e.stopMeta(ctx, m); err != nil {
 		return err
 	}
-	m.Phase, m.Pid, m.PidStart = state.PhaseStopped, 0, 0
-	return e.store.Save(m)
+	if m.Phase == state.PhaseStopped {
+		return nil
+	}
+	m.Phase, m.Pid, m.PidStart, m.Reason = state.PhaseStopped, 0, 0, ""
+	if err := e.store.Save(m); err != nil {
+		return fmt.Errorf("bottle %s is stopped, but recording that failed (`bottle ps` shows it stopped all the same): %w", identity, err)
+	}
+	return nil
 }
 
 func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
@@ -55,6 +63,10 @@ func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
 func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) error {
 	t0 := time.Now()
 	defer func() { e.log.Debug("stopped", "identity", m.Identity, "took", time.Since(t0).Round(time.Millisecond)) }()
+	// Without containerd nobody can tell which tasks still use their netns: take nothing down.
+	if err := e.ctr.Ping(ctx, pingWait); err != nil {
+		return fmt.Errorf("stop bottle %s: nothing taken down; retry once containerd answers: %w", m.Identity, err)
+	}
 	stop := func(c state.Container) error {
 		if _, err := e.ctr.Stop(ctx, c.Name, stopTimeout); err != nil && !errdefs.IsNotFound(err) {
 			return err
@@ -101,15 +113,41 @@ func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) e
 	return nil
 }
 
-// Remove stops a bottle and deletes everything of it: containers, snapshots, netns,
+// settle stops a bottle that nobody looks after any more and keeps it for resume: it ran
+// attached to a process that is gone, or its record says running while its tasks are
+// gone (a reboot), so what is left of it (netns, CNI state) belongs to no task. It
+// reports whether it stopped m.
+func (e *Engine) settle(ctx context.Context, m *state.Meta) (bool, error) {
+	if m.Phase != state.PhaseRunning {
+		return false, nil
+	}
+	if !state.Unattended(m) {
+		if phase, _, err := e.phase(ctx, m); err != nil || phase != state.PhaseStopped {
+			return false, err
+		}
+	}
+	if err := e.Stop(ctx, m.Identity); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Remove deletes a stopped bottle and everything of it: containers, snapshots, netns,
 // firewall rules, its address slot and its state dir (stage files, logs, workspace copy).
-func (e *Engine) Remove(ctx context.Context, identity string) error {
+// A bottle that is not stopped (nor abandoned part way) is only removed with force.
+func (e *Engine) Remove(ctx context.Context, identity string, force bool) error {
 	m, err := e.load(identity)
 	if err != nil {
 		return err
 	}
-	if m.Phase == state.PhaseRunning && m.Pid != 0 && state.OwnerAlive(m) && m.Pid != os.Getpid() {
-		return fmt.Errorf("bottle %s is running attached to process %d; stop it first with `bottle stop %s`", identity, m.Pid, identity)
+	if !force && !state.Orphaned(m) {
+		phase, _, err := e.phase(ctx, m)
+		if err != nil {
+			return err
+		}
+		if phase != state.PhaseStopped {
+			return fmt.Errorf("bottle %s is %s; stop it first with `bottle stop %s`, or remove it anyway with `bottle rm --force %s`", identity, phase, identity, identity)
+		}
 	}
 	return e.removeMeta(ctx, m)
 }
@@ -139,7 +177,7 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
 	} else {
 		errs = append(errs, e.net.RemoveNetworks(ctx, m.Identity, []netns.Network{internal, egress}))
 	}
-	errs = append(errs, netns.RemoveFirewall(ctx, m.Identity), netns.ReleaseSlot(e.opts.StateDir, m.Identity))
+	errs = append(errs, e.net.RemoveFirewall(ctx, m.Identity), e.net.ReleaseSlot(m.Identity))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)
 	}
@@ -153,11 +191,27 @@ func (e *Engine) Resume(ctx context.Context, identity string, loadManifest func(
 	if err != nil {
 		return 0, err
 	}
+	phase, reason, err := e.phase(ctx, m)
+	if err != nil {
+		return 0, err
+	}
 	switch {
 	case state.Orphaned(m):
-		return 0, fmt.Errorf("bottle %s was abandoned part way; remove it with `bottle rm %s` (or `bottle cleanup`)", identity, identity)
-	case m.Phase != state.PhaseStopped:
-		return 0, fmt.Errorf("bottle %s is %s; stop it first with `bottle stop %s`", identity, m.Phase, identity)
+		return 0, fmt.Errorf("bottle %s was abandoned part way through its start; remove it with `bottle rm %s` (or `bottle cleanup`)", identity, identity)
+	case m.Phase == state.PhaseStarting:
+		return 0, fmt.Errorf("bottle %s is starting (process %d)", identity, m.Pid)
+	case phase == state.PhaseStopped:
+	case m.Phase == state.PhaseRunning && !m.Detached && state.OwnerAlive(m):
+		return 0, fmt.Errorf("bottle %s is %s, attached to process %d; stop it first with `bottle stop %s`", identity, phase, m.Pid, identity)
+	case phase == state.PhaseRunning && !state.Unattended(m):
+		return 0, fmt.Errorf("bottle %s is running; stop it first with `bottle stop %s`", identity, identity)
+	default: // degraded, exited, or its attached process is gone: nobody looks after it
+		e.log.Info("stopping what is left of the bottle before resuming it", "identity", identity, "phase", phase, "reason", reason)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
+		defer cancel()
+		if err := e.stopMeta(sctx, m); err != nil {
+			return 0, err
+		}
 	}
 	man, path, err := loadManifest(m.ManifestPath)
 	if err != nil {
@@ -173,18 +227,33 @@ func (e *Engine) Resume(ctx context.Context, identity string, loadManifest func(
 	return e.run(ctx, so, m)
 }
 
+// Phases derived from the tasks, besides the recorded ones (state.Phase*).
+const (
+	// PhaseDegraded: the agent runs, a sidecar does not (its way out may be dead).
+	PhaseDegraded = "degraded"
+	// PhaseExited: the agent's task ended while sidecars still run (a detached agent
+	// finished; `bottle stop` ends the rest).
+	PhaseExited = "exited"
+)
+
+// pingWait is how long a stop waits for containerd to answer (e.g. while it restarts).
+const pingWait = 10 * time.Second
+
 // Status is one bottle as `bottle ps` shows it.
 type Status struct {
-	Identity   string            `json:"identity"`
-	Agent      string            `json:"agent"`
-	Phase      string            `json:"phase"`
+	Identity string `json:"identity"`
+	Agent    string `json:"agent"`
+	// Phase is told from the tasks: starting, running, degraded, exited or stopped.
+	Phase string `json:"phase"`
+	// Reason explains the phase, e.g. "filter exited 137".
+	Reason     string            `json:"reason,omitempty"`
 	Orphaned   bool              `json:"orphaned"`
 	Workspace  string            `json:"workspace"`
 	CreatedAt  time.Time         `json:"created_at"`
 	Containers map[string]string `json:"containers"` // role -> task status
 }
 
-// List returns every recorded bottle with its containers' task states.
+// List returns every recorded bottle with its phase and its containers' task states.
 func (e *Engine) List(ctx context.Context) ([]Status, error) {
 	metas, _, err := e.store.List()
 	if err != nil {
@@ -194,23 +263,86 @@ func (e *Engine) List(ctx context.Context) ([]Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	tasks := map[string]ctr.TaskStatus{}
-	for _, i := range infos {
-		tasks[i.Name] = i.TaskStatus
-	}
+	tasks := byName(infos)
 	out := make([]Status, 0, len(metas))
 	for _, m := range metas {
-		s := Status{Identity: m.Identity, Agent: m.Agent, Phase: m.Phase, Orphaned: state.Orphaned(m), Workspace: m.Workspace, CreatedAt: m.CreatedAt, Containers: map[string]string{}}
+		phase, reason := phaseOf(m, tasks)
+		s := Status{Identity: m.Identity, Agent: m.Agent, Phase: phase, Reason: reason, Orphaned: state.Orphaned(m), Workspace: m.Workspace, CreatedAt: m.CreatedAt, Containers: map[string]string{}}
 		for _, c := range m.Containers {
-			st, ok := tasks[c.Name]
-			if !ok {
-				st = "missing"
+			st := "missing"
+			if i, ok := tasks[c.Name]; ok {
+				st = string(i.TaskStatus)
 			}
-			s.Containers[c.Role] = string(st)
+			s.Containers[c.Role] = st
 		}
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+func byName(infos []ctr.ContainerInfo) map[string]ctr.ContainerInfo {
+	m := make(map[string]ctr.ContainerInfo, len(infos))
+	for _, i := range infos {
+		m[i.Name] = i
+	}
+	return m
+}
+
+// phase tells one bottle's phase from its tasks (see phaseOf).
+func (e *Engine) phase(ctx context.Context, m *state.Meta) (phase, reason string, err error) {
+	infos, err := e.ctr.List(ctx, map[string]string{plan.LabelIdentity: m.Identity})
+	if err != nil {
+		return "", "", fmt.Errorf("bottle %s: %w", m.Identity, err)
+	}
+	phase, reason = phaseOf(m, byName(infos))
+	return phase, reason, nil
+}
+
+// phaseOf tells a bottle's phase from its tasks, since the record can be stale (a
+// reboot, a killed process, a full disk, a sidecar that died). The record only says
+// whether a start is in progress and why bottle stopped a bottle by itself.
+func phaseOf(m *state.Meta, tasks map[string]ctr.ContainerInfo) (phase, reason string) {
+	if m.Phase == state.PhaseStarting {
+		if state.Orphaned(m) {
+			return state.PhaseStarting, "abandoned part way; `bottle cleanup` removes it"
+		}
+		return state.PhaseStarting, ""
+	}
+	agentUp, agent := false, ""
+	var up, down []string
+	for _, c := range m.Containers {
+		i, ok := tasks[c.Name]
+		alive := ok && i.TaskStatus != ctr.TaskNone && i.TaskStatus != ctr.TaskStopped
+		var what string
+		switch {
+		case alive:
+		case !ok:
+			what = c.Role + " container is missing"
+		case i.TaskStatus == ctr.TaskStopped:
+			what = fmt.Sprintf("%s exited %d", c.Role, i.ExitStatus)
+		default:
+			what = c.Role + " has no task"
+		}
+		switch {
+		case c.Role == plan.RoleAgent:
+			agentUp, agent = alive, what
+		case alive:
+			up = append(up, c.Role)
+		default:
+			down = append(down, what)
+		}
+	}
+	switch {
+	case agentUp && len(down) == 0 && state.Unattended(m):
+		return state.PhaseRunning, fmt.Sprintf("the process it ran attached to (%d) is gone", m.Pid)
+	case agentUp && len(down) == 0:
+		return state.PhaseRunning, ""
+	case agentUp:
+		return PhaseDegraded, strings.Join(down, ", ")
+	case len(up) > 0:
+		return PhaseExited, strings.Join(append([]string{agent}, down...), ", ")
+	}
+	return state.PhaseStopped, m.Reason
 }
 
 // Exec runs args in a running bottle's agent container.

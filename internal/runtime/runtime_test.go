@@ -3,14 +3,17 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
 )
@@ -100,5 +103,76 @@ func TestSidecarSettingsResumeReusesRecorded(t *testing.T) {
 	got, _ = e.sidecarSettings(prev)
 	if got.ResolvConf != e.opts.SidecarResolvConf || got.Hosts[0].Name != "b.test" || got.ExtraCA != "PEM" {
 		t.Fatalf("options given again win: %+v", got)
+	}
+}
+
+func TestPhaseOfTellsTheTruthFromTasks(t *testing.T) {
+	meta := func(phase string, detached bool, reason string) *state.Meta {
+		return &state.Meta{Identity: "a-000001", Phase: phase, Detached: detached, Reason: reason, Pid: 1 << 30, Containers: []state.Container{
+			{Name: "agent", Role: plan.RoleAgent}, {Name: "filter", Role: plan.RoleFilter}, {Name: "proxy", Role: plan.RoleEgressProxy},
+		}}
+	}
+	run := ctr.ContainerInfo{TaskStatus: ctr.TaskRunning}
+	none := ctr.ContainerInfo{TaskStatus: ctr.TaskNone}
+	killed := ctr.ContainerInfo{TaskStatus: ctr.TaskStopped, ExitStatus: 137}
+	exited := ctr.ContainerInfo{TaskStatus: ctr.TaskStopped}
+	for _, tc := range []struct {
+		name                string
+		m                   *state.Meta
+		agent, filter, prox ctr.ContainerInfo
+		phase, reason       string
+	}{
+		{"all run", meta(state.PhaseRunning, true, ""), run, run, run, state.PhaseRunning, ""},
+		{"reboot: every task gone", meta(state.PhaseRunning, true, ""), none, none, none, state.PhaseStopped, ""},
+		{"stopped by bottle", meta(state.PhaseStopped, false, "filter exited 137"), none, none, none, state.PhaseStopped, "filter exited 137"},
+		{"sidecar killed", meta(state.PhaseRunning, true, ""), run, killed, run, PhaseDegraded, "filter exited 137"},
+		{"sidecar task gone", meta(state.PhaseRunning, true, ""), run, run, none, PhaseDegraded, "egress-proxy has no task"},
+		{"detached agent done", meta(state.PhaseRunning, true, ""), exited, run, run, PhaseExited, "agent exited 0"},
+		{"recorded stopped, tasks run", meta(state.PhaseStopped, true, ""), run, run, run, state.PhaseRunning, ""},
+		{"attached process gone", meta(state.PhaseRunning, false, ""), run, run, run, state.PhaseRunning, "the process it ran attached to (1073741824) is gone"},
+		{"abandoned start", meta(state.PhaseStarting, false, ""), run, run, run, state.PhaseStarting, "abandoned part way; `bottle cleanup` removes it"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tasks := map[string]ctr.ContainerInfo{"agent": tc.agent, "filter": tc.filter, "proxy": tc.prox}
+			if phase, reason := phaseOf(tc.m, tasks); phase != tc.phase || reason != tc.reason {
+				t.Errorf("phaseOf = %q, %q; want %q, %q", phase, reason, tc.phase, tc.reason)
+			}
+		})
+	}
+	if phase, reason := phaseOf(meta(state.PhaseRunning, true, ""), map[string]ctr.ContainerInfo{"agent": run}); phase != PhaseDegraded || reason != "filter container is missing, egress-proxy container is missing" {
+		t.Errorf("missing containers: %q, %q", phase, reason)
+	}
+}
+
+func TestUndoStopsWhenContainerdIsGone(t *testing.T) {
+	var order []string
+	u := &undoStack{}
+	u.push("teardown netns", func(context.Context) error { order = append(order, "netns"); return nil })
+	u.push("delete container", func(context.Context) error {
+		order = append(order, "container")
+		return fmt.Errorf("delete container x: %w", errdefs.ErrUnavailable)
+	})
+	u.push("remove stage file", func(context.Context) error { order = append(order, "stage"); return nil })
+	if err := u.run(context.Background(), slog.Default()); !errdefs.IsUnavailable(err) {
+		t.Errorf("undo error %v", err)
+	}
+	// The task of the container may still run on its netns: that stays.
+	if strings.Join(order, " ") != "stage container" {
+		t.Errorf("undo ran %v, want stage and container only", order)
+	}
+}
+
+func TestPeersAreTheOthersOnTheSameNetworks(t *testing.T) {
+	m := &state.Meta{Containers: []state.Container{
+		{Name: "agent", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.10"}}},
+		{Name: "filter", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.2"}, {Network: plan.NetEgress, Address: "10.0.1.2"}}},
+		{Name: "proxy", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.3"}, {Network: plan.NetEgress, Address: "10.0.1.3"}}},
+	}}
+	got := fmt.Sprint(peers(m, "filter"))
+	if got != "[10.0.0.10 10.0.0.3 10.0.1.3]" {
+		t.Errorf("peers of the filter: %s", got)
+	}
+	if got := fmt.Sprint(peers(m, "agent")); got != "[10.0.0.2 10.0.0.3]" {
+		t.Errorf("peers of the agent: %s", got)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
+	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
@@ -153,10 +154,10 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 
 	slot := so.slot
 	if prev == nil {
-		if slot, err = netns.ReserveSlot(e.opts.StateDir, so.identity, e.opts.Pool); err != nil {
+		if slot, err = e.net.ReserveSlot(so.identity, e.opts.Pool); err != nil {
 			return 0, err
 		}
-		undo.push("release slot", func(context.Context) error { return netns.ReleaseSlot(e.opts.StateDir, so.identity) })
+		undo.push("release slot", func(context.Context) error { return e.net.ReleaseSlot(so.identity) })
 	}
 	meta := &state.Meta{
 		Identity: so.identity, Agent: so.Agent, ManifestPath: so.ManifestPath, Workspace: so.Workspace,
@@ -175,10 +176,10 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	// The rules match the bridges by name; they are in force before any task starts (the
 	// netns and bridges may come first: nothing can send before a sandbox runs).
 	undo.push("remove firewall", func(ctx context.Context) error {
-		return errors.Join(netns.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
+		return errors.Join(e.net.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
 	})
 	firewallC := make(chan error, 1)
-	go func() { firewallC <- netns.InstallFirewall(setupCtx, so.identity, internal) }()
+	go func() { firewallC <- e.net.InstallFirewall(setupCtx, so.identity, internal) }()
 	waitFirewall := sync.OnceValue(func() error { return <-firewallC })
 	defer waitFirewall()
 
@@ -204,13 +205,13 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	}
 	p, err := plan.Build(plan.Input{
 		Manifest: so.Manifest, ManifestPath: so.ManifestPath, AgentName: so.Agent,
-		LookupEnv: os.LookupEnv, Identity: so.identity, WorkspaceOwner: hostenv.Owner(so.Workspace),
+		LookupEnv: e.lookupEnv, Identity: so.identity, WorkspaceOwner: hostenv.Owner(so.Workspace),
 		Workspace: so.Workspace, CopyWorkspace: so.CopyCwd, Command: so.Command,
 		StateDir: e.opts.StateDir, Internal: internal.Subnet, Egress: egress.Subnet,
 		SidecarImage: sidecarImage, PipelockImage: pipelockImage, PipelockPresent: pipelockPresent,
 		SidecarHosts: hosts, ExtraCA: outside.ExtraCA,
 		RuntimeOverride: rt.String(), FilterOverride: e.opts.FilterOverride,
-		SidecarResolvConf: outside.ResolvConf, ReadFile: os.ReadFile, Strict: true,
+		SidecarResolvConf: outside.ResolvConf, ReadFile: hostfile.ReadPEM, Strict: true,
 	})
 	if err != nil {
 		return 0, err
@@ -226,12 +227,16 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		}
 		meta.Containers = append(meta.Containers, rc)
 	}
-	if err := e.store.Save(meta); err != nil {
-		return 0, err
-	}
 	if prev == nil {
+		// Create leaves nothing when it fails; from here on the dir is ours to remove.
+		if err := e.store.Create(meta); err != nil {
+			return 0, err
+		}
 		undo.push("remove bottle dir", func(context.Context) error { return e.store.Remove(so.identity) })
 	} else {
+		if err := e.store.Save(meta); err != nil {
+			return 0, err
+		}
 		undo.push("mark stopped", func(context.Context) error {
 			meta.Phase, meta.Pid, meta.PidStart = state.PhaseStopped, 0, 0
 			return e.store.Save(meta)
@@ -304,7 +309,9 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		return 0, nil
 	}
 	// The agent's sandbox boots while the sidecars start; its process starts only once
-	// they serve. Until then a failure still takes everything back.
+	// they serve. Until then a failure still takes everything back. From then on the
+	// sidecars are watched (restarted if they exit).
+	var watch *sidecarWatch
 	commit := func() error {
 		if err := waitSidecars(); err != nil {
 			return err
@@ -320,6 +327,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		committed = true
 		// From here on signals go to the agent (ctr.Run forwards them), not to our setup.
 		stopSignals()
+		watch = e.watchSidecars(ctx, meta, p)
 		return nil
 	}
 	// Once the agent has exited, the rest of the bottle is taken down while its task is
@@ -331,27 +339,45 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	exited := func(int) {
 		step("agent exited")
 		restStarted = true
-		go func() { restDone <- e.stopParts(stopCtx, meta, false) }()
+		go func() {
+			watch.stop()
+			restDone <- e.stopParts(stopCtx, meta, false)
+		}()
 	}
 	exit, runErr := e.ctr.Run(ctx, agentName, ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit, Exited: exited})
 	if !committed {
 		return 0, errors.Join(runErr, waitSidecars())
 	}
 	step("agent ran")
+	if !restStarted && ctr.Unreachable(runErr) {
+		// Run rode out a containerd restart for ReconnectTimeout; now containerd is gone
+		// for good. The tasks run on under their shims, on their netns: nothing is
+		// taken down, and the record says running (ps tells the truth once it is back).
+		watch.stop()
+		return exit, fmt.Errorf("lost containerd, so bottle %s is left as it is (its tasks may still run); once containerd is back, `bottle resume %s` continues it or `bottle stop %s` stops it: %w", so.identity, so.identity, so.identity, runErr)
+	}
 	var stopErr error
 	if restStarted {
 		stopErr = <-restDone
 	} else { // the agent did not exit normally (Run failed): stop everything
+		watch.stop()
 		stopErr = e.stopMeta(stopCtx, meta)
 	}
+	reason := watch.reason()
 	if stopErr == nil {
-		meta.Phase, meta.Pid, meta.PidStart = state.PhaseStopped, 0, 0
-		stopErr = e.store.Save(meta)
-	}
-	if so.Remove && stopErr == nil {
-		stopErr = e.Remove(context.WithoutCancel(ctx), so.identity)
+		meta.Phase, meta.Pid, meta.PidStart, meta.Reason = state.PhaseStopped, 0, 0, reason
+		if err := e.store.Save(meta); err != nil {
+			// The bottle is down all the same, and `bottle ps` tells that from its tasks.
+			e.log.Warn("bottle stopped, but recording that failed", "identity", so.identity, "error", err)
+		}
+		if so.Remove {
+			stopErr = e.removeMeta(ctx, meta)
+		}
 	}
 	step("stopped")
+	if reason != "" {
+		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again", so.identity, reason, so.identity), stopErr)
+	}
 	if runErr != nil {
 		return exit, errors.Join(runErr, stopErr)
 	}
@@ -361,13 +387,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 // prepareContainer wires one container's netns and creates the container (on resume it
 // replaces the recorded container; the agent keeps its writable snapshot).
 func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *state.Meta, p *plan.Plan, c *plan.Container, rt ctr.Runtime, so StartOptions, resume bool) error {
-	var rec state.Container
-	for _, r := range meta.Containers {
-		if r.Name == c.Name {
-			rec = r
-		}
-	}
-	atts, err := e.attachments(meta, rec)
+	atts, err := e.attachments(meta, recorded(meta, c.Name))
 	if err != nil {
 		return err
 	}
@@ -465,11 +485,9 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return fmt.Errorf("stage dir of %s: %w", p.Identity, err)
 		}
-		if err := os.WriteFile(path, []byte(f.Content), os.FileMode(f.Mode)); err != nil {
+		// Atomic: a failed write leaves the old file (resume) or none.
+		if err := state.WriteFile(path, []byte(f.Content), os.FileMode(f.Mode)); err != nil {
 			return fmt.Errorf("write stage file %s: %w", path, err)
-		}
-		if err := os.Chmod(path, os.FileMode(f.Mode)); err != nil {
-			return err
 		}
 	}
 	for _, c := range p.Containers {

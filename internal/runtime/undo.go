@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/ctr"
 )
 
 // teardownTimeout bounds every teardown, which runs even after the caller's ctx is done.
@@ -30,7 +32,9 @@ func (u *undoStack) push(what string, fn func(context.Context) error) {
 }
 
 // run undoes every step on a context that outlives ctx's cancellation (Ctrl-C is what
-// often brings us here) and returns the joined errors.
+// often brings us here) and returns the joined errors. When containerd does not answer,
+// it stops there: a task may still run on the netns and behind the firewall of the
+// steps before, and the record is what lets `bottle cleanup` find it all later.
 func (u *undoStack) run(ctx context.Context, log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
 	defer cancel()
@@ -43,6 +47,10 @@ func (u *undoStack) run(ctx context.Context, log *slog.Logger) error {
 		log.Debug("undo", "step", steps[i].what)
 		if err := steps[i].fn(ctx); err != nil {
 			errs = append(errs, err)
+			if ctr.Unreachable(err) {
+				log.Warn("containerd does not answer: leaving the rest for `bottle cleanup`", "steps", i)
+				break
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -48,6 +48,8 @@ type Meta struct {
 	Sidecars SidecarSettings `json:"sidecars"`
 	// Containers are recorded before any is created, so teardown finds them all.
 	Containers []Container `json:"containers"`
+	// Reason says why bottle stopped it by itself (e.g. a sidecar that kept exiting).
+	Reason string `json:"reason,omitempty"`
 }
 
 // SidecarSettings are how the sidecars that leave the bottle reach the outside.
@@ -93,30 +95,76 @@ func (s Store) metaPath(identity string) string {
 // ErrNotFound means no bottle with that identity is recorded.
 var ErrNotFound = errors.New("bottle not found")
 
-// Save writes the metadata atomically (0600; the dir is 0700).
-func (s Store) Save(m *Meta) error {
+// Create records a new bottle: it makes the bottle's dir (0700), which must not exist yet,
+// and writes the metadata. On failure nothing of it is left.
+func (s Store) Create(m *Meta) (err error) {
+	if err := os.MkdirAll(filepath.Join(s.Dir, "bottles"), 0o700); err != nil {
+		return fmt.Errorf("create bottles dir in %s: %w", s.Dir, err)
+	}
 	dir := s.BottleDir(m.Identity)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		return fmt.Errorf("create bottle dir %s: %w", dir, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	return s.Save(m)
+}
+
+// Save replaces the metadata of a recorded bottle atomically (0600). A bottle removed
+// meanwhile is not recreated: that is an error errors.Is(err, ErrNotFound) recognizes.
+func (s Store) Save(m *Meta) error {
+	if _, err := os.Stat(s.BottleDir(m.Identity)); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("write metadata of %s: %w (removed meanwhile)", m.Identity, ErrNotFound)
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".meta-*")
-	if err != nil {
+	if err := WriteFile(s.metaPath(m.Identity), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write metadata of %s: %w", m.Identity, err)
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write metadata of %s: %w", m.Identity, err)
-	}
-	if err := tmp.Close(); err != nil {
+	return nil
+}
+
+// failpoint lets tests fail a write step ("create", "write", "sync", "chmod", "rename").
+var failpoint = func(step, path string) error { return nil }
+
+// WriteFile writes data to path atomically: a temporary file next to it is written,
+// synced and renamed over path, so path holds the old or the new content, never a part.
+// On failure the temporary file is removed and path is unchanged.
+func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+	if err := failpoint("create", path); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), s.metaPath(m.Identity)); err != nil {
-		return fmt.Errorf("write metadata of %s: %w", m.Identity, err)
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	for _, step := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"write", func() error { _, err := tmp.Write(data); return err }},
+		{"sync", tmp.Sync},
+		{"chmod", func() error { return tmp.Chmod(perm) }},
+		{"close", tmp.Close},
+		{"rename", func() error { return os.Rename(tmp.Name(), path) }},
+	} {
+		if err := failpoint(step.name, path); err != nil {
+			return err
+		}
+		if err := step.fn(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -203,14 +251,14 @@ func OwnerAlive(m *Meta) bool {
 	return err == nil && start == m.PidStart
 }
 
-// Orphaned reports whether a bottle was abandoned: its start never finished, or it ran
-// attached to a process that is gone (nobody will stop it).
+// Orphaned reports whether a start was abandoned part way: its process is gone before the
+// bottle ran. Nothing of it is worth keeping.
 func Orphaned(m *Meta) bool {
-	switch m.Phase {
-	case PhaseStarting:
-		return !OwnerAlive(m)
-	case PhaseRunning:
-		return !m.Detached && !OwnerAlive(m)
-	}
-	return false
+	return m.Phase == PhaseStarting && !OwnerAlive(m)
+}
+
+// Unattended reports whether a bottle ran attached to a process that is gone: its tasks
+// (if any still run) have nobody to stop them, but the bottle itself is worth resuming.
+func Unattended(m *Meta) bool {
+	return m.Phase == PhaseRunning && !m.Detached && !OwnerAlive(m)
 }

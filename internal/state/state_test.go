@@ -2,8 +2,11 @@ package state
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -15,8 +18,11 @@ func TestSaveLoadListRemove(t *testing.T) {
 	}
 	m := &Meta{Identity: "a-000001", Agent: "a", Phase: PhaseStarting, CreatedAt: time.Unix(1, 0).UTC(),
 		Containers: []Container{{Name: "bottle-a-000001-agent", Role: "agent", Attachments: []Attachment{{Network: "internal", IfName: "eth0", Address: "10.0.0.10"}}}}}
-	if err := s.Save(m); err != nil {
+	if err := s.Create(m); err != nil {
 		t.Fatal(err)
+	}
+	if err := s.Create(m); err == nil {
+		t.Error("Create of a recorded identity succeeded")
 	}
 	info, err := os.Stat(filepath.Join(s.BottleDir(m.Identity), "meta.json"))
 	if err != nil || info.Mode().Perm() != 0o600 {
@@ -62,12 +68,119 @@ func TestOrphaned(t *testing.T) {
 		{Meta{Phase: PhaseStarting, Pid: reused.Pid, PidStart: reused.PidStart}, true},
 		{Meta{Phase: PhaseStarting}, true},
 		{Meta{Phase: PhaseRunning, Detached: true}, false},
-		{Meta{Phase: PhaseRunning, Pid: reused.Pid, PidStart: reused.PidStart}, true},
+		// A bottle that ran is not abandoned part way, even when its process is gone.
+		{Meta{Phase: PhaseRunning, Pid: reused.Pid, PidStart: reused.PidStart}, false},
 		{Meta{Phase: PhaseRunning, Pid: alive.Pid, PidStart: alive.PidStart}, false},
 		{Meta{Phase: PhaseStopped}, false},
 	} {
 		if got := Orphaned(&tc.m); got != tc.want {
 			t.Errorf("Orphaned(%+v) = %v, want %v", tc.m, got, tc.want)
 		}
+	}
+	for _, tc := range []struct {
+		m    Meta
+		want bool
+	}{
+		{Meta{Phase: PhaseRunning, Pid: reused.Pid, PidStart: reused.PidStart}, true},
+		{Meta{Phase: PhaseRunning, Pid: alive.Pid, PidStart: alive.PidStart}, false},
+		{Meta{Phase: PhaseRunning, Detached: true}, false},
+		{Meta{Phase: PhaseStarting}, false},
+		{Meta{Phase: PhaseStopped}, false},
+	} {
+		if got := Unattended(&tc.m); got != tc.want {
+			t.Errorf("Unattended(%+v) = %v, want %v", tc.m, got, tc.want)
+		}
+	}
+}
+
+// failAt makes the named write step fail with ENOSPC until the test ends.
+func failAt(t *testing.T, step string) {
+	t.Helper()
+	failpoint = func(s, _ string) error {
+		if s == step {
+			return &os.PathError{Op: s, Path: "test", Err: syscall.ENOSPC}
+		}
+		return nil
+	}
+	t.Cleanup(func() { failpoint = func(string, string) error { return nil } })
+}
+
+var writeSteps = []string{"create", "write", "sync", "chmod", "close", "rename"}
+
+// entries lists every file and dir under dir (relative), to see what a failure left.
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err == nil && p != dir {
+			rel, _ := filepath.Rel(dir, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	return out
+}
+
+func TestCreateFailingAtEachWriteLeavesNothing(t *testing.T) {
+	for _, step := range writeSteps {
+		t.Run(step, func(t *testing.T) {
+			s := Store{Dir: t.TempDir()}
+			failAt(t, step)
+			err := s.Create(&Meta{Identity: "a-000001", Phase: PhaseStarting})
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("Create with %s failing: %v, want ENOSPC", step, err)
+			}
+			if left := entries(t, filepath.Join(s.Dir, "bottles")); len(left) != 0 {
+				t.Errorf("left after a failed Create: %v", left)
+			}
+		})
+	}
+}
+
+func TestSaveFailingAtEachWriteKeepsTheRecord(t *testing.T) {
+	for _, step := range writeSteps {
+		t.Run(step, func(t *testing.T) {
+			s := Store{Dir: t.TempDir()}
+			if err := s.Create(&Meta{Identity: "a-000001", Phase: PhaseRunning}); err != nil {
+				t.Fatal(err)
+			}
+			failAt(t, step)
+			if err := s.Save(&Meta{Identity: "a-000001", Phase: PhaseStopped}); !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("Save with %s failing: %v, want ENOSPC", step, err)
+			}
+			if m, err := s.Load("a-000001"); err != nil || m.Phase != PhaseRunning {
+				t.Errorf("after a failed Save: %+v, %v; want the old record", m, err)
+			}
+			if left := entries(t, s.BottleDir("a-000001")); !slices.Equal(left, []string{"meta.json"}) {
+				t.Errorf("bottle dir after a failed Save: %v", left)
+			}
+		})
+	}
+}
+
+func TestSaveDoesNotRecreateARemovedBottle(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	m := &Meta{Identity: "a-000001", Phase: PhaseRunning}
+	if err := s.Create(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(m.Identity); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(m); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Save of a removed bottle: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(s.BottleDir(m.Identity)); !os.IsNotExist(err) {
+		t.Error("Save recreated a removed bottle")
+	}
+}
+
+func TestWriteFileMode(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v, %v; want 0644", st.Mode(), err)
 	}
 }

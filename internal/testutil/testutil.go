@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run under CI, where a missing prerequisite is a failure.
@@ -69,4 +71,27 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// IP runs `ip ARGS...` and fails the test when it fails.
+func IP(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %v: %v: %s", args, err, out)
+	}
+}
+
+// WaitLinkLocal waits until dev has a usable (not tentative) IPv6 link-local address.
+func WaitLinkLocal(t testing.TB, dev string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		out, _ := exec.Command("ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link").Output()
+		if f := strings.Fields(string(out)); len(f) > 3 && !strings.Contains(string(out), "tentative") {
+			return strings.Split(f[3], "/")[0]
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no link-local address on %s after enabling IPv6", dev)
+	return ""
 }

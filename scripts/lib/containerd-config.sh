@@ -21,3 +21,10 @@ disabled_plugins = [
   address = "$3"
 EOF
 }
+
+# DAEMON_ENV is the prefix that starts a daemon with an explicit, minimal environment. The
+# caller's may hold credentials (`make run` needs CLAUDE_CODE_OAUTH_TOKEN exported), and
+# containerd passes its environment on to every shim and runsc process for its lifetime.
+# An array, not a function: `"${DAEMON_ENV[@]}" daemon &` keeps $! the daemon's pid.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+DAEMON_ENV=(env -i PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
