@@ -13,11 +13,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/urfave/cli/v2"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
@@ -461,4 +463,41 @@ func checkSidecarConfigs(t *testing.T, what string, m *manifest.Manifest, agent 
 			t.Errorf("%s: the %s refuses what the manifest accepts: %v", what, c.Role, err)
 		}
 	}
+}
+
+// TestFlagHelpHasNoStrayPlaceholders renders every flag of every command as --help shows
+// it: urfave/cli turns a back-quoted word of a flag's usage into the flag's value
+// placeholder, so prose like "see `bottle logs`" would print as "--detach bottle logs".
+// A placeholder must be one upper-case word, and only on flags that take a value.
+func TestFlagHelpHasNoStrayPlaceholders(t *testing.T) {
+	placeholder := regexp.MustCompile(`^[A-Z][A-Z0-9_]*$`)
+	var walk func(path string, cmds []*cli.Command)
+	check := func(path string, flags []cli.Flag) {
+		for _, f := range flags {
+			df, ok := f.(cli.DocGenerationFlag)
+			if !ok {
+				continue
+			}
+			// As urfave/cli reads it: the first back-quoted word is the placeholder.
+			usage := df.GetUsage()
+			_, rest, ok := strings.Cut(usage, "`")
+			name, _, closed := strings.Cut(rest, "`")
+			if !ok || !closed {
+				continue
+			}
+			if !df.TakesValue() || !placeholder.MatchString(name) {
+				t.Errorf("%s --%s: usage %q makes %q its placeholder; quote prose with '...' instead of back quotes", path, f.Names()[0], usage, name)
+			}
+		}
+	}
+	walk = func(path string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			p := path + " " + c.Name
+			check(p, c.Flags)
+			walk(p, c.Subcommands)
+		}
+	}
+	app := newApp()
+	check("bottle", app.Flags)
+	walk("bottle", app.Commands)
 }

@@ -24,7 +24,7 @@ import (
 // runFlags are shared by start and resume.
 func runFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "start the agent in the background (output goes to `bottle logs`)"},
+		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "start the agent in the background (output goes to 'bottle logs')"},
 		&cli.StringFlag{Name: "runtime", Usage: "override the runtime: " + strings.Join(manifest.RuntimeChoices, ", ")},
 		&cli.StringFlag{Name: "filter", Usage: "override the allowlist filter: " + strings.Join(manifest.FilterChoices, ", ")},
 		&cli.StringFlag{Name: "runsc", Usage: "path of the runsc binary (default: search PATH, then /usr/local/bin)"},
@@ -135,7 +135,7 @@ func lifecycleCommands() []*cli.Command {
 			OnUsageError: onUsageError,
 			Flags: append(runFlags(), manifestFlag(),
 				&cli.BoolFlag{Name: "cwd", Usage: "give the agent a copy of the current directory instead of the directory itself"},
-				&cli.BoolFlag{Name: "rm", Usage: "remove the bottle when the agent exits (instead of keeping it stopped for `bottle resume`)"}),
+				&cli.BoolFlag{Name: "rm", Usage: "remove the bottle when the agent exits (instead of keeping it stopped for 'bottle resume')"}),
 			Action: func(c *cli.Context) error {
 				m, src, err := loadManifest(c)
 				if err != nil {
