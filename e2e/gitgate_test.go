@@ -205,9 +205,10 @@ func runCmd(t *testing.T, cmd *exec.Cmd) (string, string, int) {
 
 // TestGitGate runs the agent image with two remotes, one HTTPS (token) and one SSH (key,
 // pinned host key), on a real forge on the test's fake internet. The agent clones,
-// fetches and pushes by the remotes' usual URLs; git-gate refuses protected, forced
-// (also disguised by a crafted commit) and deleting pushes, undeclared repositories are out of reach, the credentials never enter
-// the agent or a host command line, and bad remotes fail the start cleanly.
+// fetches and pushes by the remotes' usual URLs; git-gate refuses protected, forced (also
+// disguised by a crafted commit) and deleting pushes, undeclared repositories are out of
+// reach, the credentials never enter the agent or a host command line, and bad remotes
+// fail the start cleanly.
 func TestGitGate(t *testing.T) {
 	e := newEnv(t)
 	ensureAgentImage(t, e)

@@ -227,13 +227,10 @@ func TestRmOfARunningBottleNeedsForce(t *testing.T) {
 func TestResumeAfterTheAttachedProcessWasKilled(t *testing.T) {
 	e := newEnv(t)
 	e.writeManifest("dropped")
-	cmd := e.command(nil, "start", "dropped", "--", "/bin/sleep", "300")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	_, wait, cmd := e.background(nil, "start", "dropped", "--", "/bin/sleep", "300")
 	id := e.waitPhase("dropped", "running", 60*time.Second)
 	cmd.Process.Kill()
-	cmd.Wait()
+	wait(30 * time.Second)
 	if out := e.must("ps"); !strings.Contains(out, fmt.Sprintf("running: the process it ran attached to (%d) is gone", cmd.Process.Pid)) {
 		t.Errorf("ps does not say the attached process is gone:\n%s", out)
 	}

@@ -44,7 +44,8 @@ func TestCleanupTouchesOnlyItsOwnOwner(t *testing.T) {
 	c.namespace = "bottle-e2e-other"
 	c.must("cleanup", "--all")
 	a.assertWorks(id)
-	d := &env{t: t, address: a.address, namespace: "bottle-e2e-other", stateDir: a.stateDir, resolv: a.resolv, manifest: a.manifest}
+	d := *a
+	d.namespace = c.namespace
 	d.must("cleanup", "--all")
 	a.assertWorks(id)
 

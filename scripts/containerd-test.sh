@@ -101,21 +101,28 @@ launch() {
 	die "containerd (pid $pid) did not answer on $socket within ${START_TIMEOUT_S} s (log above: $logfile); stop it with: $0 stop $dir"
 }
 
+# term_daemon PID sends SIGTERM and waits up to STOP_TIMEOUT_S for PID to exit; it fails
+# if PID still runs then.
+term_daemon() {
+	local i
+	kill -TERM "$1" 2>/dev/null || true
+	for ((i = 0; i < STOP_TIMEOUT_S * 5; i++)); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.2
+	done
+	! kill -0 "$1" 2>/dev/null
+}
+
 # restart stops only the daemon (SIGTERM, by the pid in DIR/containerd.pid; its shims and
 # their tasks keep running) and starts it again on the same config, root and state, as a
 # containerd upgrade or crash-restart would. A daemon that is not running is just started.
 restart() {
 	[[ $(id -u) -eq 0 ]] || die "must run as root"
 	[[ -e $dir/$MARKER && -f $config ]] || die "$dir was not made by $0 start; refusing to touch it"
-	local pid i
+	local pid
 	if pid=$(daemon_pid); then
 		log "stopping containerd (pid $pid) for a restart"
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < STOP_TIMEOUT_S * 5; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.2
-		done
-		! kill -0 "$pid" 2>/dev/null || die "containerd (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_S} s"
+		term_daemon "$pid" || die "containerd (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_S} s"
 	fi
 	launch
 }
@@ -174,12 +181,7 @@ stop() {
 	if pid=$(daemon_pid); then
 		remove_leftovers
 		log "stopping containerd (pid $pid)"
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < STOP_TIMEOUT_S * 5; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.2
-		done
-		if kill -0 "$pid" 2>/dev/null; then
+		if ! term_daemon "$pid"; then
 			log "containerd (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_S} s; sending SIGKILL"
 			kill -KILL "$pid" 2>/dev/null || true
 			for ((i = 0; i < 50; i++)); do

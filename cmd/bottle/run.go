@@ -149,8 +149,9 @@ func lifecycleCommands() []*cli.Command {
 				if c.Bool("rm") && c.Bool("detach") {
 					return usageError{errors.New("--rm and --detach exclude each other: a detached bottle is removed with `bottle rm ID`")}
 				}
-				// Every host file is read before anything is created (and again by the plan).
-				if err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM); err != nil {
+				// Every host file is read once, before anything is created.
+				files, err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
+				if err != nil {
 					return err
 				}
 				cwd, err := os.Getwd()
@@ -160,7 +161,7 @@ func lifecycleCommands() []*cli.Command {
 				return withEngine(c, func(e *runtime.Engine) error {
 					return exitWith(e.Start(c.Context, runtime.StartOptions{
 						Manifest: m, ManifestPath: src.Path, Agent: agent, Workspace: cwd,
-						CopyCwd: c.Bool("cwd"), Command: command, Detach: c.Bool("detach"), Remove: c.Bool("rm"), Stdio: stdio(),
+						CopyCwd: c.Bool("cwd"), Command: command, Detach: c.Bool("detach"), Remove: c.Bool("rm"), Stdio: stdio(), HostFiles: files,
 					}))
 				})
 			},
@@ -177,20 +178,21 @@ func lifecycleCommands() []*cli.Command {
 					return err
 				}
 				return withEngine(c, func(e *runtime.Engine) error {
-					load := func(path string) (*manifest.Manifest, string, error) {
+					load := func(path string) (*manifest.Manifest, string, plan.HostFiles, error) {
 						if path == manifest.DefaultName {
 							path = ""
 						}
 						src, data, err := manifest.Locate(path, func(string) string { return "" })
 						if err != nil {
-							return nil, "", err
+							return nil, "", nil, err
 						}
 						m, err := manifest.Load(src.Path, data)
 						if err != nil {
-							return nil, "", err
+							return nil, "", nil, err
 						}
 						agent, _, _ := plan.ParseIdentity(id)
-						return m, src.Path, plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
+						files, err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
+						return m, src.Path, files, err
 					}
 					return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
 				})

@@ -185,13 +185,8 @@ func Unreachable(err error) bool {
 }
 
 // Ping checks that containerd answers, waiting up to wait for it (e.g. while it restarts).
+// The gRPC connection redials by itself (its backoff is at most dialTimeout).
 func (c *Client) Ping(ctx context.Context, wait time.Duration) error {
-	return c.awaitDaemon(ctx, wait)
-}
-
-// awaitDaemon waits until containerd answers again, at most for wait. The gRPC connection
-// redials by itself (its backoff is at most dialTimeout).
-func (c *Client) awaitDaemon(ctx context.Context, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	for {
 		pctx, cancel := context.WithTimeout(c.ctx(ctx), dialTimeout)

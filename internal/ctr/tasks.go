@@ -199,7 +199,7 @@ func (c *Client) waitExit(ctx context.Context, p process) (<-chan exitResult, er
 				return
 			}
 			slog.Warn("lost the connection to containerd; waiting for it to come back", "address", c.address, "for", ReconnectTimeout)
-			if err := c.awaitDaemon(ctx, ReconnectTimeout); err != nil {
+			if err := c.Ping(ctx, ReconnectTimeout); err != nil {
 				out <- exitResult{-1, err}
 				return
 			}
@@ -236,7 +236,7 @@ func (c *Client) WaitTask(ctx context.Context, name string) (int, error) {
 		if retried || !Unreachable(err) {
 			return -1, fmt.Errorf("wait for container %s: %w", name, err)
 		}
-		if err := c.awaitDaemon(ctx, ReconnectTimeout); err != nil {
+		if err := c.Ping(ctx, ReconnectTimeout); err != nil {
 			return -1, fmt.Errorf("wait for container %s: %w", name, err)
 		}
 	}

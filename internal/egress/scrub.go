@@ -217,15 +217,35 @@ func (s *scrubber) at(src []byte, final bool) (best int, pending bool) {
 	return best, pending
 }
 
+// string returns v scrubbed.
+func (s *scrubber) string(v string) string {
+	if out, _ := s.scrub(nil, []byte(v), true); string(out) != v {
+		return string(out)
+	}
+	return v
+}
+
 // header scrubs every value of h in place.
 func (s *scrubber) header(h map[string][]string) {
 	for _, vs := range h {
 		for i, v := range vs {
-			if out, _ := s.scrub(nil, []byte(v), true); string(out) != v {
-				vs[i] = string(out)
-			}
+			vs[i] = s.string(v)
 		}
 	}
+}
+
+// error returns err, or an error with its text scrubbed if that quotes the credential:
+// Go's HTTP client quotes malformed upstream header lines in its errors, which reach
+// the agent's 502 and the log. The replacement does not wrap err (its text would leak
+// through errors.As).
+func (s *scrubber) error(err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	if msg := s.string(err.Error()); msg != err.Error() {
+		return errors.New(msg)
+	}
+	return err
 }
 
 // scrubBody scrubs a response body as it streams.
@@ -262,7 +282,7 @@ func (b *scrubBody) Read(p []byte) (int, error) {
 			// Read no more than p holds, so the output lands in p without a copy.
 			held := len(b.in)
 			n, err := b.body.Read(b.in[held:min(cap(b.in), held+max(len(p)-held, 1))])
-			b.in, b.err = b.in[:held+n], err
+			b.in, b.err = b.in[:held+n], b.s.error(err)
 		}
 		out, keep := b.s.scrub(p[:0:len(p)], b.in, b.err != nil)
 		b.in = b.in[:copy(b.in, b.in[len(b.in)-keep:])]
@@ -302,17 +322,17 @@ func (t *scrubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	})
 	resp, err := t.next.RoundTrip(req.WithContext(ctx))
 	if err != nil {
-		return nil, err
+		return nil, t.s.error(err)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		resp.Body.Close()
 		return nil, errors.New("protocol upgrades are not proxied: the upgraded stream could not be scrubbed of the credential")
 	}
+	t.s.header(resp.Header) // first: the refusal below quotes a header
 	if ce := encoded(resp.Header); ce != "" && resp.Body != http.NoBody {
 		resp.Body.Close()
 		return nil, fmt.Errorf("upstream answered with Content-Encoding %q although identity was asked; an encoded body cannot be scrubbed of the credential", ce)
 	}
-	t.s.header(resp.Header)
 	if resp.Body == http.NoBody {
 		return resp, nil
 	}

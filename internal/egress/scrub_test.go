@@ -524,3 +524,60 @@ func TestProxyScrubsOverHTTP2(t *testing.T) {
 		t.Errorf("over HTTP/2 the agent got:\n%s", seen)
 	}
 }
+
+// TestProxyScrubsUpstreamErrors: an upstream answer the proxy refuses or cannot parse
+// may quote the credential in the error (Go quotes a malformed header line, the
+// refusal names the Content-Encoding); neither the agent's 502 nor the log shows it.
+func TestProxyScrubsUpstreamErrors(t *testing.T) {
+	ca := newTestCA(t)
+	up := newTLSUpstream(t, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		switch r.URL.Path {
+		case "/encoding":
+			w.Header().Set("Content-Encoding", token)
+			io.WriteString(w, "x")
+		case "/header", "/trailer":
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			if r.URL.Path == "/header" {
+				brw.WriteString("HTTP/1.1 200 OK\r\nX-Echo " + token + "\r\nContent-Length: 0\r\n\r\n")
+			} else {
+				brw.WriteString("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Echo\r\n\r\n1\r\nx\r\n0\r\nX-Echo " + token + "\r\n\r\n")
+			}
+			brw.Flush()
+		}
+	}), "api.example.test")
+	var buf syncBuffer
+	addr := startProxy(t, ProxyConfig{Routes: []Route{{Host: "api.example.test", TokenRef: "T", Upstream: up.URL, CAFile: ca.file(t)}}},
+		map[string]string{"T": scrubToken}, jsonLogger(&buf))
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	for _, path := range []string{"/encoding", "/header", "/trailer"} {
+		resp, err := client.Get("http://" + addr + "/api.example.test" + path)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body) // the trailer response is aborted
+		resp.Body.Close()
+		seen := fmt.Sprintf("%d %s\n%v\n%v", resp.StatusCode, body, resp.Header, resp.Trailer)
+		if path != "/trailer" && (resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), CredentialPlaceholder)) {
+			t.Errorf("%s: agent got %s, want a 502 quoting the placeholder", path, seen)
+		}
+		if how := leak(seen, scrubToken); how != "" {
+			t.Errorf("%s: the agent read the token (%s):\n%s", path, how, seen)
+		}
+	}
+	// The aborted trailer response leaves only the reverse proxy's warning, written
+	// before the agent saw the connection end.
+	waitLog(t, &buf, "egress-proxy request", func(recs []map[string]any) bool { return len(recs) == 2 })
+	if !strings.Contains(buf.String(), "ReverseProxy read error") {
+		t.Errorf("the log does not show the trailer error:\n%s", buf.String())
+	}
+	if how := leak(buf.String(), scrubToken); how != "" {
+		t.Errorf("the log holds the token (%s):\n%s", how, buf.String())
+	}
+}

@@ -172,6 +172,14 @@ func parseRemoteURL(raw string) (remoteAddr, error) {
 	return remoteAddr{kind: kindSSH, user: m[1], host: strings.Trim(m[2], "[]"), port: "22", path: m[3]}, nil
 }
 
+// CheckPushOption validates one push option a remote allows (the manifest applies it too).
+func CheckPushOption(o string) error {
+	if o == "" || strings.ContainsFunc(o, func(r rune) bool { return r < ' ' || r > '~' }) {
+		return fmt.Errorf("push option %q is empty or not printable ASCII", o)
+	}
+	return nil
+}
+
 // CheckRefPattern validates a push rule's ref glob (the manifest applies it too).
 func CheckRefPattern(p string) error {
 	if !strings.HasPrefix(p, "refs/") {

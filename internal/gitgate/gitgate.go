@@ -76,9 +76,10 @@ const (
 	serviceReceive = "git-receive-pack"
 	// maxFetchRequest caps one upload-pack request body (wants and haves).
 	maxFetchRequest = 64 << 20
-	// maxAllowedOptions caps a remote's push_options (the manifest's limit too).
-	maxAllowedOptions = 20
 )
+
+// MaxPushOptions caps a remote's push_options (the manifest applies it too).
+const MaxPushOptions = 20
 
 // New validates cfg and reads every credential once through getenv (the sidecar's
 // own environment). A missing credential is an error naming the variable, never a
@@ -142,12 +143,12 @@ func newRemote(rc Remote, getenv func(string) string, cfg *Config) (*gateRemote,
 			return nil, fmt.Errorf("push[%d]: %w", j, err)
 		}
 	}
-	if len(rc.PushOptions) > maxAllowedOptions {
-		return nil, fmt.Errorf("push_options: %d entries, at most %d; list only the options the agent needs", len(rc.PushOptions), maxAllowedOptions)
+	if len(rc.PushOptions) > MaxPushOptions {
+		return nil, fmt.Errorf("push_options: %d entries, at most %d; list only the options the agent needs", len(rc.PushOptions), MaxPushOptions)
 	}
 	for j, o := range rc.PushOptions {
-		if o == "" || strings.ContainsFunc(o, func(r rune) bool { return r < ' ' || r > '~' }) {
-			return nil, fmt.Errorf("push_options[%d] %q: use a non-empty string of printable ASCII", j, o)
+		if err := CheckPushOption(o); err != nil {
+			return nil, fmt.Errorf("push_options[%d]: %w", j, err)
 		}
 	}
 	r := &gateRemote{name: rc.Name, display: addr.display(), rules: rules, readOnly: rc.ReadOnly, pushOptions: rc.PushOptions}

@@ -121,7 +121,7 @@ func TestRouteDefaults(t *testing.T) {
 	}
 }
 
-func TestGitURLKind(t *testing.T) {
+func TestParseGitURL(t *testing.T) {
 	good := map[string]string{
 		"ssh://git@github.com/a/b.git":      "ssh",
 		"ssh://git@example.com:2222/a.git":  "ssh",
@@ -131,8 +131,8 @@ func TestGitURLKind(t *testing.T) {
 		"https://git.example.test:8443/x/y": "https",
 	}
 	for u, want := range good {
-		if got, err := GitURLKind(u); err != nil || got != want {
-			t.Errorf("%s: got %q, %v; want %q", u, got, err, want)
+		if got, err := parseGitURL(u); err != nil || got.kind != want {
+			t.Errorf("%s: got %q, %v; want %q", u, got.kind, err, want)
 		}
 	}
 	for _, u := range []string{"", "http://github.com/a.git", "file:///tmp/x", "https://user:pw@github.com/a.git",
@@ -140,9 +140,32 @@ func TestGitURLKind(t *testing.T) {
 		"github.com:a/b.git", "ssh://github.com/a/b.git", "ssh://git:pw@github.com/a.git", "https://github.com/a.git?x=1",
 		"https://github.com/a.git#frag", "https://github.com/a.git?", "https://github.com:99999/a.git", "ssh://git@github.com:0/a.git",
 		"git@github.com:a\x01b.git", "https://github.1com/a.git"} {
-		if _, err := GitURLKind(u); err == nil {
+		if _, err := parseGitURL(u); err == nil {
 			t.Errorf("%q: accepted, want error", u)
 		}
+	}
+}
+
+// TestGitURLErrorsHideCredentials: a URL carrying a credential is refused, and the
+// refusal does not print it.
+func TestGitURLErrorsHideCredentials(t *testing.T) {
+	const secret = "s3cr3t-tok"
+	for _, u := range []string{
+		"https://" + secret + "@github.com/a.git", "https://x:" + secret + "@github.com/a.git",
+		"ssh://git:" + secret + "@github.com/a.git", "https://github.com/a.git?token=" + secret,
+		"https://github.com/a.git#" + secret, "git:" + secret + "@github.com:a/b.git",
+		"https://" + secret + "@github.com:99999/a.git", "ftp://" + secret + "@github.com/a.git",
+	} {
+		_, err := parseGitURL(u)
+		if err == nil {
+			t.Errorf("%q: accepted, want error", u)
+		} else if strings.Contains(err.Error(), secret) {
+			t.Errorf("%q: error shows the credential: %v", u, err)
+		}
+	}
+	// Control: a user name of an ssh:// URL is no secret and is shown.
+	if _, err := parseGitURL("ssh://deploy@github.com/a.git?x"); err == nil || !strings.Contains(err.Error(), "ssh://deploy@github.com") {
+		t.Errorf("ssh user name hidden or URL accepted: %v", err)
 	}
 }
 

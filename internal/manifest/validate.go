@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"net/url"
@@ -379,21 +380,15 @@ func validateGit(bad reporter, p string, remotes []*GitRemote) {
 				bad(fmt.Sprintf("%s.push[%d].ref", gp, j), err.Error(), "use a pattern like \"refs/heads/bottle/*\": a full ref name where '*' matches any run of characters")
 			}
 		}
-		if len(g.PushOptions) > 20 {
-			bad(gp+".push_options", fmt.Sprintf("%d push options, at most 20", len(g.PushOptions)), "list only the options the agent needs, e.g. [\"ci.skip\"]")
+		if len(g.PushOptions) > gitgate.MaxPushOptions {
+			bad(gp+".push_options", fmt.Sprintf("%d push options, at most %d", len(g.PushOptions), gitgate.MaxPushOptions), "list only the options the agent needs, e.g. [\"ci.skip\"]")
 		}
 		for j, o := range g.PushOptions {
-			if o == "" || strings.ContainsFunc(o, func(r rune) bool { return r < ' ' || r > '~' }) {
-				bad(fmt.Sprintf("%s.push_options[%d]", gp, j), fmt.Sprintf("push option %q is empty or not printable ASCII", o), "write the exact string `git push -o` sends, e.g. \"ci.skip\"")
+			if err := gitgate.CheckPushOption(o); err != nil {
+				bad(fmt.Sprintf("%s.push_options[%d]", gp, j), err.Error(), "write the exact string `git push -o` sends, e.g. \"ci.skip\"")
 			}
 		}
 	}
-}
-
-// GitURLKind classifies a git remote URL as "ssh" or "https", or says why it is malformed.
-func GitURLKind(raw string) (string, error) {
-	u, err := parseGitURL(raw)
-	return u.kind, err
 }
 
 // gitURL is a parsed git remote URL: its kind ("ssh" or "https") and where it connects.
@@ -402,57 +397,82 @@ type gitURL struct{ kind, host, port string }
 // parseGitURL accepts what git-gate accepts (ssh://user@host[:port]/path, user@host:path,
 // https://host[:port]/path), and only host names or IP addresses as hosts.
 func parseGitURL(raw string) (gitURL, error) {
+	shown := redactGitURL(raw)
 	if raw == "" {
 		return gitURL{}, fmt.Errorf("empty git url")
 	}
 	if strings.ContainsFunc(raw, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return gitURL{}, fmt.Errorf("git url %q contains whitespace or control characters", raw)
+		return gitURL{}, fmt.Errorf("git url %q contains whitespace or control characters", shown)
 	}
 	if !strings.Contains(raw, "://") {
 		m := scpLikeRE.FindStringSubmatch(raw)
 		if m == nil || strings.HasPrefix(raw, "-") {
-			return gitURL{}, fmt.Errorf("malformed git url %q", raw)
+			return gitURL{}, fmt.Errorf("malformed git url %q", shown)
 		}
 		if err := checkHostName(m[2]); err != nil {
-			return gitURL{}, fmt.Errorf("git url %q: %v", raw, err)
+			return gitURL{}, fmt.Errorf("git url %q: %v", shown, err)
 		}
 		return gitURL{kind: "ssh", host: m[2], port: "22"}, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return gitURL{}, fmt.Errorf("malformed git url %q: %v", raw, err)
+		return gitURL{}, fmt.Errorf("malformed git url %q: %v", shown, errors.Unwrap(err))
 	}
 	g := gitURL{kind: u.Scheme, host: u.Hostname(), port: u.Port()}
 	switch u.Scheme {
 	case "ssh":
 		if u.User == nil || u.User.Username() == "" {
-			return gitURL{}, fmt.Errorf("git url %q names no user (ssh://USER@host/path)", raw)
+			return gitURL{}, fmt.Errorf("git url %q names no user (ssh://USER@host/path)", shown)
 		}
 		if _, pw := u.User.Password(); pw {
-			return gitURL{}, fmt.Errorf("git url %q carries a password; use ssh_key instead", raw)
+			return gitURL{}, fmt.Errorf("git url %q carries a password; use ssh_key instead", shown)
 		}
 		g.port = cmp.Or(g.port, "22")
 	case "https":
 		if u.User != nil {
-			return gitURL{}, fmt.Errorf("git url %q carries credentials; use token_ref instead", raw)
+			return gitURL{}, fmt.Errorf("git url %q carries credentials; use token_ref instead", shown)
 		}
 		g.port = cmp.Or(g.port, "443")
 	default:
-		return gitURL{}, fmt.Errorf("git url %q: scheme %q is not supported", raw, u.Scheme)
+		return gitURL{}, fmt.Errorf("git url %q: scheme %q is not supported", shown, u.Scheme)
 	}
 	if g.host == "" || u.Path == "" || u.Path == "/" {
-		return gitURL{}, fmt.Errorf("git url %q needs a host and a repository path", raw)
+		return gitURL{}, fmt.Errorf("git url %q needs a host and a repository path", shown)
 	}
 	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#") {
-		return gitURL{}, fmt.Errorf("git url %q has a query or fragment, which git-gate cannot pass on", raw)
+		return gitURL{}, fmt.Errorf("git url %q has a query or fragment, which git-gate cannot pass on", shown)
 	}
 	if err := checkHostName(g.host); err != nil && !isIPLiteral(g.host) {
-		return gitURL{}, fmt.Errorf("git url %q: %v", raw, err)
+		return gitURL{}, fmt.Errorf("git url %q: %v", shown, err)
 	}
 	if n, err := strconv.Atoi(g.port); err != nil || n < 1 || n > 65535 {
-		return gitURL{}, fmt.Errorf("git url %q: port %s is not from 1 to 65535", raw, g.port)
+		return gitURL{}, fmt.Errorf("git url %q: port %s is not from 1 to 65535", shown, g.port)
 	}
 	return g, nil
+}
+
+// gitURLSecretRE finds what a git URL may carry as a secret: the user part of a
+// scheme://user@ URL (a token as user name, or user:password), a user:password@ before an
+// scp-like host, and a query or fragment.
+var gitURLSecretRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@|^[^/@]*:[^/@]*@|[?#].*$`)
+
+// redactGitURL is raw as error messages show it: a credential written into the URL is
+// refused, and must not be printed with the refusal. An ssh:// user name without a
+// password (ssh://git@host) is no secret and stays.
+func redactGitURL(raw string) string {
+	return gitURLSecretRE.ReplaceAllStringFunc(raw, func(m string) string {
+		if m[0] == '?' || m[0] == '#' {
+			return m[:1] + "<redacted>"
+		}
+		scheme, user, ok := strings.Cut(m, "://")
+		if !ok {
+			return "<redacted>@"
+		}
+		if strings.EqualFold(scheme, "ssh") && !strings.Contains(user, ":") {
+			return m
+		}
+		return scheme + "://<redacted>@"
+	})
 }
 
 func isIPLiteral(h string) bool {

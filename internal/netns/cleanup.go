@@ -314,19 +314,22 @@ func stateDirExists(dir string) bool {
 func (m *Manager) sweep(ctx context.Context, all Leftovers, drop func(Leftover) bool) (Leftovers, error) {
 	var removed Leftovers
 	var errs []error
+	failed := map[string]bool{} // identities with an object that could not be removed
 	done := func(l Leftover, err error) {
 		if err != nil {
 			errs = append(errs, err)
+			failed[l.Identity] = true
 			return
 		}
 		removed = append(removed, l)
 	}
 	// Netns first (CNI DEL of their cached attachments), then the rest of the CNI cache,
-	// then firewall, bridges, IPAM dirs, and slots last so a failure leaves the slot held.
+	// then firewall, bridges, IPAM dirs, and slots last so a failure leaves the slot held
+	// (its record is what tells other owners that these objects are not orphaned).
 	order := []LeftoverKind{KindNetns, KindCNICache, KindMasq, KindChain, KindBridge, KindIPAMDir, KindSlot}
 	for _, kind := range order {
 		for _, l := range all {
-			if l.Kind != kind || !drop(l) {
+			if l.Kind != kind || !drop(l) || (kind == KindSlot && failed[l.Identity]) {
 				continue
 			}
 			switch kind {

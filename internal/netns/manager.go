@@ -131,8 +131,9 @@ func validateContainerName(name string) error {
 	return nil
 }
 
-// normalize fills default interface names and validates attachments.
-func normalize(atts []Attachment) ([]Attachment, error) {
+// normalize fills default interface names and validates attachments, which must be on
+// networks of the Manager's owner.
+func (m *Manager) normalize(atts []Attachment) ([]Attachment, error) {
 	if len(atts) == 0 {
 		return nil, errors.New("no network attachments given: a bottle container needs at least the internal network")
 	}
@@ -148,6 +149,9 @@ func normalize(atts []Attachment) ([]Attachment, error) {
 		}
 		if err := a.validate(i); err != nil {
 			return nil, err
+		}
+		if owner, _, _ := parseNetworkName(a.Name); owner != m.owner.ID {
+			return nil, fmt.Errorf("network %s belongs to another owner (this is owner %s)", a.Name, m.owner.ID)
 		}
 		if seen[a.Name] {
 			return nil, fmt.Errorf("network %s attached twice: attach each network once", a.Name)
@@ -204,7 +208,7 @@ func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attach
 	if err := validateContainerName(containerName); err != nil {
 		return "", err
 	}
-	atts, err = normalize(atts)
+	atts, err = m.normalize(atts)
 	if err != nil {
 		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
@@ -312,7 +316,7 @@ func (m *Manager) Teardown(ctx context.Context, containerName string, atts []Att
 	var c gocni.CNI
 	if len(atts) > 0 {
 		var err error
-		if atts, err = normalize(atts); err != nil {
+		if atts, err = m.normalize(atts); err != nil {
 			return fmt.Errorf("network teardown of container %s: %w", containerName, err)
 		}
 		if c, err = m.newCNI(atts); err != nil {

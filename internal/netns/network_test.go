@@ -247,10 +247,12 @@ func TestRenderConflist(t *testing.T) {
 }
 
 func TestNormalize(t *testing.T) {
-	in, eg, _ := (&Manager{owner: Owner{ID: "0f0f0f"}}).BottleNetworks("claude-a1b2c3", 0, DefaultPool)
+	m := &Manager{owner: Owner{ID: "0f0f0f"}}
+	in, eg, _ := m.BottleNetworks("claude-a1b2c3", 0, DefaultPool)
 	a, _ := in.Attach("", HostFilter)
 	b, _ := eg.Attach("", HostFilter)
-	got, err := normalize([]Attachment{a, b})
+	other, _, _ := (&Manager{owner: Owner{ID: "1e1e1e"}}).BottleNetworks("claude-a1b2c3", 0, DefaultPool)
+	got, err := m.normalize([]Attachment{a, b})
 	if err != nil || got[0].IfName != "eth0" || got[1].IfName != "eth1" {
 		t.Fatalf("normalize = %+v, %v", got, err)
 	}
@@ -262,8 +264,9 @@ func TestNormalize(t *testing.T) {
 		"twice":         {a, {Network: in, Addr: a.Addr}},
 		"two egress":    {b, b},
 		"bad interface": {{Network: in, IfName: "wlan0", Addr: a.Addr}},
+		"other owner":   {{Network: other, Addr: a.Addr}},
 	} {
-		if _, err := normalize(atts); err == nil {
+		if _, err := m.normalize(atts); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

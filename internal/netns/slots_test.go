@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -176,5 +177,33 @@ func TestProcNetRoutes(t *testing.T) {
 		if p.Bits() > 0 && !set[p] {
 			t.Errorf("/proc/net/route has %s, ip route does not (%v)", p, fromIP)
 		}
+	}
+}
+
+// TestSweepKeepsSlotOfFailedBottle: when an object of a bottle cannot be removed, its slot
+// stays (its record tells other owners the objects are not orphaned); other slots go.
+func TestSweepKeepsSlotOfFailedBottle(t *testing.T) {
+	dir := t.TempDir()
+	m := slotManager(t, dir, "/state/a")
+	m.netnsDir = filepath.Join(dir, "netns")
+	pool := freeTestPool(t)
+	var left Leftovers
+	for _, id := range []string{"agent-000001", "agent-000002"} {
+		k, err := m.ReserveSlot(id, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, Leftover{Kind: KindSlot, Name: filepath.Join(dir, slotFile(k, pool)), Owner: m.owner.ID, Identity: id})
+	}
+	// "lo" is no bottle bridge: deleteBridge refuses it without touching it.
+	left = append(left, Leftover{Kind: KindBridge, Name: "lo", Owner: m.owner.ID, Identity: "agent-000001"})
+	if _, err := m.sweep(context.Background(), left, func(Leftover) bool { return true }); err == nil {
+		t.Error("sweep reported no error for the bridge it refused")
+	}
+	if _, err := m.SlotOf("agent-000001", pool); err != nil {
+		t.Errorf("slot of the bottle whose bridge failed released: %v", err)
+	}
+	if _, err := m.SlotOf("agent-000002", pool); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("slot of the other bottle kept: %v", err)
 	}
 }

@@ -62,8 +62,9 @@ const (
 // Redacted replaces every secret value in plan output.
 const Redacted = "<redacted>"
 
-// ClaudePlaceholderToken is what the agent holds instead of the real OAuth token.
-const ClaudePlaceholderToken = "egress-proxy-placeholder"
+// ClaudePlaceholderToken is what the agent holds instead of the real OAuth token: the
+// value the egress-proxy also writes where an upstream echoes the real one.
+const ClaudePlaceholderToken = egress.CredentialPlaceholder
 
 // Default images.
 const (
@@ -621,22 +622,38 @@ func (b *builder) gitGateContainer() (*Container, error) {
 	return c, err
 }
 
-// ReadHostFiles reads the host files an agent's bottle names (each git remote's ssh_key)
-// through read, as Build does: start calls it before it creates anything, so that a file
-// it cannot read is refused before there is anything to take back.
-func ReadHostFiles(m *manifest.Manifest, manifestPath, agent string, read func(string) ([]byte, error)) error {
+// HostFiles are the host files an agent's bottle names (each git remote's ssh_key), read
+// once by ReadHostFiles; Read serves them to Build.
+type HostFiles map[string][]byte
+
+// Read returns a file ReadHostFiles read; any other path is an error.
+func (f HostFiles) Read(path string) ([]byte, error) {
+	data, ok := f[path]
+	if !ok {
+		return nil, fmt.Errorf("%s was not read before the start", path)
+	}
+	return data, nil
+}
+
+// ReadHostFiles reads the host files an agent's bottle names through read. start and
+// resume call it before they create anything, so that a file it cannot read is refused
+// before there is anything to take back, and hand the result to Build as its ReadFile.
+func ReadHostFiles(m *manifest.Manifest, manifestPath, agent string, read func(string) ([]byte, error)) (HostFiles, error) {
+	files := HostFiles{}
 	a := m.Agents[agent]
 	if a == nil || m.Bottles[a.Bottle] == nil {
-		return nil // Build says what is wrong
+		return files, nil // Build says what is wrong
 	}
 	for i, g := range m.Bottles[a.Bottle].Git {
 		if g.SSHKey != "" {
-			if _, err := readSSHKey(read, manifestPath, a.Bottle, i, g); err != nil {
-				return err
+			key, err := readSSHKey(read, manifestPath, a.Bottle, i, g)
+			if err != nil {
+				return nil, err
 			}
+			files[sshKeyPath(g.SSHKey, manifestPath)] = key
 		}
 	}
-	return nil
+	return files, nil
 }
 
 // readSSHKey reads the ssh_key of the bottle's remote i; its error is a manifest error

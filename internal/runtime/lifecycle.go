@@ -185,8 +185,9 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
 }
 
 // Resume starts a stopped bottle again with its recorded identity, agent, workspace and
-// command, a fresh netns per container, and the manifest as it reads now.
-func (e *Engine) Resume(ctx context.Context, identity string, loadManifest func(path string) (*manifest.Manifest, string, error), detach bool, stdio Stdio) (int, error) {
+// command, a fresh netns per container, and the manifest (and the host files it names)
+// as they read now.
+func (e *Engine) Resume(ctx context.Context, identity string, loadManifest func(path string) (*manifest.Manifest, string, plan.HostFiles, error), detach bool, stdio Stdio) (int, error) {
 	m, err := e.load(identity)
 	if err != nil {
 		return 0, err
@@ -213,7 +214,7 @@ func (e *Engine) Resume(ctx context.Context, identity string, loadManifest func(
 			return 0, err
 		}
 	}
-	man, path, err := loadManifest(m.ManifestPath)
+	man, path, files, err := loadManifest(m.ManifestPath)
 	if err != nil {
 		return 0, err
 	}
@@ -222,7 +223,7 @@ func (e *Engine) Resume(ctx context.Context, identity string, loadManifest func(
 	}
 	so := StartOptions{
 		Manifest: man, ManifestPath: path, Agent: m.Agent, Workspace: m.Workspace, CopyCwd: m.CopyCwd,
-		Command: m.Command, Detach: detach, Stdio: stdio, identity: identity, slot: m.Slot,
+		Command: m.Command, Detach: detach, Stdio: stdio, HostFiles: files, identity: identity, slot: m.Slot,
 	}
 	return e.run(ctx, so, m)
 }

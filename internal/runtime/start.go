@@ -22,7 +22,6 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
-	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
@@ -49,6 +48,9 @@ type StartOptions struct {
 	// Remove deletes the bottle when the agent exits instead of keeping it for resume.
 	Remove bool
 	Stdio  Stdio
+	// HostFiles are the host files the bottle names, read before the start
+	// (plan.ReadHostFiles).
+	HostFiles plan.HostFiles
 	// identity is set on resume.
 	identity string
 	slot     int
@@ -211,7 +213,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		SidecarImage: sidecarImage, PipelockImage: pipelockImage, PipelockPresent: pipelockPresent,
 		SidecarHosts: hosts, ExtraCA: outside.ExtraCA,
 		RuntimeOverride: rt.String(), FilterOverride: e.opts.FilterOverride,
-		SidecarResolvConf: outside.ResolvConf, ReadFile: hostfile.ReadPEM, Strict: true,
+		SidecarResolvConf: outside.ResolvConf, ReadFile: so.HostFiles.Read, Strict: true,
 	})
 	if err != nil {
 		return 0, err
@@ -267,10 +269,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 			if err := waitFirewall(); err != nil {
 				return err
 			}
-			if _, err := e.ctr.Start(setupCtx, c.Name, e.logPath(so.identity, c.Role)); err != nil {
-				return err
-			}
-			return e.waitReady(setupCtx, p, c)
+			return e.startSidecar(setupCtx, p, c)
 		})
 		if err == nil {
 			e.killPoint(setupCtx, "sidecars")
@@ -349,18 +348,17 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 		return 0, errors.Join(runErr, waitSidecars())
 	}
 	step("agent ran")
+	watch.stop() // (already stopped if the agent exited)
 	if !restStarted && ctr.Unreachable(runErr) {
 		// Run rode out a containerd restart for ReconnectTimeout; now containerd is gone
 		// for good. The tasks run on under their shims, on their netns: nothing is
 		// taken down, and the record says running (ps tells the truth once it is back).
-		watch.stop()
 		return exit, fmt.Errorf("lost containerd, so bottle %s is left as it is (its tasks may still run); once containerd is back, `bottle resume %s` continues it or `bottle stop %s` stops it: %w", so.identity, so.identity, so.identity, runErr)
 	}
 	var stopErr error
 	if restStarted {
 		stopErr = <-restDone
 	} else { // the agent did not exit normally (Run failed): stop everything
-		watch.stop()
 		stopErr = e.stopMeta(stopCtx, meta)
 	}
 	reason := watch.reason()
@@ -387,11 +385,7 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 // prepareContainer wires one container's netns and creates the container (on resume it
 // replaces the recorded container; the agent keeps its writable snapshot).
 func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *state.Meta, p *plan.Plan, c *plan.Container, rt ctr.Runtime, so StartOptions, resume bool) error {
-	atts, err := e.attachments(meta, recorded(meta, c.Name))
-	if err != nil {
-		return err
-	}
-	nsPath, err := e.net.Setup(ctx, c.Name, atts)
+	nsPath, atts, err := e.setupNetns(ctx, meta, c.Name)
 	if err != nil {
 		return err
 	}
@@ -426,6 +420,15 @@ func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *st
 		undo.push("delete container "+c.Name, func(ctx context.Context) error { return e.ctr.Delete(ctx, c.Name) })
 	}
 	return nil
+}
+
+// setupNetns gives container name a fresh netns with its recorded attachments.
+func (e *Engine) setupNetns(ctx context.Context, meta *state.Meta, name string) (nsPath string, atts []netns.Attachment, err error) {
+	if atts, err = e.attachments(meta, recorded(meta, name)); err != nil {
+		return "", nil, err
+	}
+	nsPath, err = e.net.Setup(ctx, name, atts)
+	return nsPath, atts, err
 }
 
 // finalizeSpec completes a planned spec with what only the runtime knows: the image's env
@@ -495,8 +498,6 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 			continue
 		}
 		dir := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role))
-		_ = os.Remove(filepath.Join(dir, plan.SidecarReadyFile))
-		_ = os.Remove(filepath.Join(dir, plan.SidecarErrorFile))
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("sidecar run dir %s: %w", dir, err)
 		}
@@ -522,6 +523,21 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 		}
 	}
 	return nil
+}
+
+// startSidecar starts a sidecar's task (again) and waits until it serves; the ready and
+// error files of an earlier run go first.
+func (e *Engine) startSidecar(ctx context.Context, p *plan.Plan, c *plan.Container) error {
+	dir := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role))
+	for _, f := range []string{plan.SidecarReadyFile, plan.SidecarErrorFile} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("start %s: %w", c.Name, err)
+		}
+	}
+	if _, err := e.ctr.Start(ctx, c.Name, e.logPath(p.Identity, c.Role)); err != nil {
+		return err
+	}
+	return e.waitReady(ctx, p, c)
 }
 
 // waitReady waits until a sidecar serves, or its task ends. Our sidecars create a ready

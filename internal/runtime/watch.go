@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	goruntime "runtime"
 	"sync"
 	"syscall"
@@ -91,27 +89,14 @@ func (e *Engine) watchSidecar(ctx context.Context, w *sidecarWatch, meta *state.
 // restartSidecar starts an exited sidecar again: a netns serves one sandbox start, so it
 // gets a fresh one with the same addresses, and its old task is replaced.
 func (e *Engine) restartSidecar(ctx context.Context, meta *state.Meta, p *plan.Plan, c *plan.Container) error {
-	atts, err := e.attachments(meta, recorded(meta, c.Name))
-	if err != nil {
-		return err
-	}
-	nsPath, err := e.net.Setup(ctx, c.Name, atts)
+	nsPath, _, err := e.setupNetns(ctx, meta, c.Name)
 	if err != nil {
 		return err
 	}
 	if err := announce(nsPath, peers(meta, c.Name)); err != nil {
 		e.log.Debug("announcing the restarted sidecar to its peers", "sidecar", c.Name, "error", err)
 	}
-	dir := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role))
-	for _, f := range []string{plan.SidecarReadyFile, plan.SidecarErrorFile} {
-		if err := os.Remove(filepath.Join(dir, f)); err != nil && !os.IsNotExist(err) {
-			return fmt.Errorf("restart %s: %w", c.Name, err)
-		}
-	}
-	if _, err := e.ctr.Start(ctx, c.Name, e.logPath(meta.Identity, c.Role)); err != nil {
-		return err
-	}
-	return e.waitReady(ctx, p, c)
+	return e.startSidecar(ctx, p, c)
 }
 
 // fail records why the bottle stops and ends the agent: SIGTERM, SIGKILL after
@@ -139,7 +124,7 @@ func (w *sidecarWatch) fail(ctx context.Context, e *Engine, agent, why string) {
 	}
 }
 
-// stop ends the watch and returns once none of it runs any more.
+// stop ends the watch and returns once none of it runs any more; again, it does nothing.
 func (w *sidecarWatch) stop() {
 	if w != nil {
 		w.cancel()

@@ -129,7 +129,7 @@ func (s Store) Save(m *Meta) error {
 	return nil
 }
 
-// failpoint lets tests fail a write step ("create", "write", "sync", "chmod", "rename").
+// failpoint lets tests fail a write step ("create", "write", "sync", "chmod", "close", "rename").
 var failpoint = func(step, path string) error { return nil }
 
 // WriteFile writes data to path atomically: a temporary file next to it is written,
