@@ -3,10 +3,8 @@ package runtime
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,8 +15,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
@@ -431,55 +427,6 @@ func (e *Engine) setupNetns(ctx context.Context, meta *state.Meta, name string) 
 	return nsPath, atts, err
 }
 
-// finalizeSpec completes a planned spec with what only the runtime knows: the image's env
-// and default command, the netns path and the terminal. The plan itself is not changed.
-func finalizeSpec(c *plan.Container, imageEnv, imageArgs []string, nsPath string, tty bool) (*specs.Spec, error) {
-	data, err := json.Marshal(c.Spec)
-	if err != nil {
-		return nil, err
-	}
-	var s specs.Spec
-	if err := json.Unmarshal(data, &s); err != nil {
-		return nil, err
-	}
-	s.Process.Env = mergeEnv(imageEnv, s.Process.Env)
-	if len(s.Process.Args) == 0 {
-		if len(imageArgs) == 0 {
-			return nil, fmt.Errorf("container %s: image %s has no default command; set `command` in the manifest", c.Name, c.Image)
-		}
-		s.Process.Args = imageArgs
-	}
-	s.Process.Terminal = tty
-	for i := range s.Linux.Namespaces {
-		if s.Linux.Namespaces[i].Type == specs.NetworkNamespace {
-			s.Linux.Namespaces[i].Path = nsPath
-		}
-	}
-	return &s, nil
-}
-
-// mergeEnv puts the planned env over the image's env; PATH gets a default if neither has it.
-func mergeEnv(image, planned []string) []string {
-	vals := map[string]string{}
-	var order []string
-	for _, kv := range append(slices.Clone(image), planned...) {
-		k, v, _ := strings.Cut(kv, "=")
-		if _, seen := vals[k]; !seen {
-			order = append(order, k)
-		}
-		vals[k] = v
-	}
-	if _, ok := vals["PATH"]; !ok {
-		order = append(order, "PATH")
-		vals["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-	}
-	out := make([]string, 0, len(order))
-	for _, k := range order {
-		out = append(out, k+"="+vals[k])
-	}
-	return out
-}
-
 // writeStage writes the plan's stage files, the sidecars' writable run dirs and, with
 // --cwd, the copy of the workspace.
 func (e *Engine) writeStage(p *plan.Plan) error {
@@ -523,111 +470,6 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 		}
 	}
 	return nil
-}
-
-// startSidecar starts a sidecar's task (again) and waits until it serves; the ready and
-// error files of an earlier run go first.
-func (e *Engine) startSidecar(ctx context.Context, p *plan.Plan, c *plan.Container) error {
-	dir := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role))
-	for _, f := range []string{plan.SidecarReadyFile, plan.SidecarErrorFile} {
-		if err := os.Remove(filepath.Join(dir, f)); err != nil && !os.IsNotExist(err) {
-			return fmt.Errorf("start %s: %w", c.Name, err)
-		}
-	}
-	if _, err := e.ctr.Start(ctx, c.Name, e.logPath(p.Identity, c.Role)); err != nil {
-		return err
-	}
-	return e.waitReady(ctx, p, c)
-}
-
-// waitReady waits until a sidecar serves, or its task ends. Our sidecars create a ready
-// file; pipelock is asked GET /health on its egress address (the host cannot reach the
-// internal network).
-func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container) error {
-	ready := func() bool {
-		_, err := os.Stat(filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarReadyFile))
-		return err == nil
-	}
-	if c.Role == plan.RoleFilter && p.Filter == plan.FilterPipelock {
-		url := fmt.Sprintf("http://%s/health", netip.AddrPortFrom(egressAddr(c), plan.FilterPort))
-		client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil}}
-		ready = func() bool {
-			resp, err := client.Get(url)
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
-		}
-	}
-	deadline := time.Now().Add(sidecarReadyTimeout)
-	for delay := 2 * time.Millisecond; ; delay = min(delay*2, 10*time.Millisecond) {
-		if ready() {
-			return nil
-		}
-		info, err := e.ctr.Info(ctx, c.Name)
-		if err == nil && info.TaskStatus != ctr.TaskRunning && info.TaskStatus != ctr.TaskCreated {
-			if reason, err := os.ReadFile(filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarErrorFile)); err == nil {
-				return fmt.Errorf("%s sidecar %s failed: %s", c.Role, c.Name, strings.TrimSpace(string(reason)))
-			}
-			// The shim copies the task's output into the log file after the exit is
-			// reported: give that copy a moment, or the tail misses the sidecar's error.
-			e.waitLogSettled(ctx, p.Identity, c.Role)
-			return fmt.Errorf("%s sidecar %s exited before it was ready; its log: %s", c.Role, c.Name, e.logTail(p.Identity, c.Role))
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s sidecar %s not ready after %s; its log: %s", c.Role, c.Name, sidecarReadyTimeout, e.logTail(p.Identity, c.Role))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
-		}
-	}
-}
-
-func (e *Engine) logPath(identity, role string) string {
-	return filepath.Join(e.store.LogDir(identity), role+".log")
-}
-
-// waitLogSettled waits (at most logSettleTimeout) until an exited task's log file is
-// non-empty and has stopped growing.
-func (e *Engine) waitLogSettled(ctx context.Context, identity, role string) {
-	deadline := time.Now().Add(logSettleTimeout)
-	last := int64(-1)
-	for time.Now().Before(deadline) {
-		st, err := os.Stat(e.logPath(identity, role))
-		if err == nil && st.Size() > 0 && st.Size() == last {
-			return
-		}
-		if err == nil {
-			last = st.Size()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func (e *Engine) logTail(identity, role string) string {
-	data, err := os.ReadFile(e.logPath(identity, role))
-	if err != nil || len(data) == 0 {
-		return "(empty)"
-	}
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	return strings.Join(lines[max(0, len(lines)-5):], " | ")
-}
-
-// egressAddr is a container's address on the egress network.
-func egressAddr(c *plan.Container) netip.Addr {
-	for _, a := range c.Attachments {
-		if a.Network == plan.NetEgress {
-			return a.Address
-		}
-	}
-	return netip.Addr{}
 }
 
 // sidecarSettings are the options given now, else (on resume) the recorded ones, else
