@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
-	"github.com/bottle-dev/bottle/internal/runtime"
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
@@ -397,7 +397,7 @@ func TestContainerdRestartDuringAttachedRun(t *testing.T) {
 		t.Errorf("start without containerd exited 0")
 	}
 	oneLineError(t, errOut, "lost containerd, so bottle "+id+" is left as it is")
-	if files, _ := filepath.Glob(filepath.Join(runtime.DefaultNetnsDir, "*", "bottle-bottle-"+id+"-*")); len(files) != 2 {
+	if files, _ := filepath.Glob(filepath.Join(netns.DefaultNetnsDir, "*", "bottle-bottle-"+id+"-*")); len(files) != 2 {
 		t.Errorf("netns files of the running tasks: %v, want the agent's and the filter's", files)
 	}
 	containerdScript(t, "restart", dir)
@@ -499,7 +499,7 @@ func TestRebootSimulation(t *testing.T) {
 		}
 	}
 	for _, id := range []string{kept[0], kept[1], abandoned} { // the stopped one has none
-		files, _ := filepath.Glob(filepath.Join(runtime.DefaultNetnsDir, "*", "bottle-bottle-"+id+"-*"))
+		files, _ := filepath.Glob(filepath.Join(netns.DefaultNetnsDir, "*", "bottle-bottle-"+id+"-*"))
 		if len(files) == 0 {
 			t.Errorf("no netns files of %s to remove: the simulation misses them", id)
 		}

@@ -22,7 +22,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/ociarchive"
-	"github.com/bottle-dev/bottle/internal/runtime"
+	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
@@ -112,7 +112,7 @@ func (e *env) cleanupAll() {
 // netns returns a netns Manager of this env's owner (for names and host objects).
 func (e *env) netns() *netns.Manager {
 	e.t.Helper()
-	n, err := netns.New(netns.Options{StateDir: e.stateDir, Namespace: e.namespace, NetnsDir: runtime.DefaultNetnsDir})
+	n, err := netns.New(netns.Options{StateDir: e.stateDir, Namespace: e.namespace, NetnsDir: netns.DefaultNetnsDir})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -244,7 +244,7 @@ func (e *env) assertNothingLeft(ids ...string) {
 			}
 		}
 		// Bridge names carry owner and identity hash; the slot does not matter for names.
-		internal, _, err := n.BottleNetworks(id, 0, netns.DefaultPool)
+		internal, _, err := n.BottleNetworks(id, 0, slots.DefaultPool)
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -257,7 +257,7 @@ func (e *env) assertNothingLeft(ids ...string) {
 		if _, err := os.Stat(filepath.Join(e.stateDir, "bottles", id)); err == nil {
 			e.t.Errorf("state dir of %s left", id)
 		}
-		if files, _ := filepath.Glob(filepath.Join(runtime.DefaultNetnsDir, n.Owner().ID, "*"+id+"*")); len(files) > 0 {
+		if files, _ := filepath.Glob(filepath.Join(netns.DefaultNetnsDir, n.Owner().ID, "*"+id+"*")); len(files) > 0 {
 			e.t.Errorf("netns files left: %v", files)
 		}
 		if procs := processesMentioning(id, 5*time.Second); len(procs) > 0 {

@@ -36,7 +36,7 @@ func doctorCommand() *cli.Command {
 			checks := runtime.Doctor(c.Context, runtime.DoctorOptions{
 				Options: runtime.Options{
 					Address: lineageString(c, "address"), Namespace: lineageString(c, "namespace"),
-					StateDir: absOr(lineageString(c, "state-dir")), Pool: pool, NetnsDir: runtime.DefaultNetnsDir,
+					StateDir: absOr(lineageString(c, "state-dir")), Pool: pool,
 					RuntimeOverride: c.String("runtime"), RunscPath: c.String("runsc"), RuncRoot: c.String("runc-root"),
 					Version: version,
 				},

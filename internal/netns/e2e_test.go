@@ -18,9 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/firewall"
+	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/bottle-dev/bottle/internal/testutil"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 )
 
 // These tests use real network namespaces, the real CNI plugins and real iptables.
@@ -32,6 +36,7 @@ type testBottle struct {
 	t        *testing.T
 	m        *Manager
 	identity string
+	pool     netip.Prefix
 	internal Network
 	egress   Network
 }
@@ -100,7 +105,7 @@ func newTestBottle(t *testing.T, m *Manager, pool netip.Prefix) *testBottle {
 
 func newTestBottleID(t *testing.T, m *Manager, pool netip.Prefix, identity string) *testBottle {
 	t.Helper()
-	b := &testBottle{t: t, m: m, identity: identity}
+	b := &testBottle{t: t, m: m, identity: identity, pool: pool}
 	slot, err := m.ReserveSlot(b.identity, pool)
 	if err != nil {
 		t.Fatal(err)
@@ -173,13 +178,13 @@ func (b *testBottle) assertGone(ctx context.Context) {
 	}
 	for _, n := range []Network{b.internal, b.egress} {
 		for _, c := range []string{b.agentName(), b.sidecarName()} {
-			if chain := masqChain(n.Name, c); strings.Contains(string(nat), chain) {
+			if chain := firewall.MasqChain(n.Name, c); strings.Contains(string(nat), chain) {
 				t.Errorf("nat chain %s of network %s container %s still there:\n%s", chain, n.Name, c, nat)
 			}
 		}
 	}
 	// Nothing anywhere in the CNI state directory names its networks (results, IPAM dirs, ...).
-	_ = filepath.WalkDir(CNICacheDir, func(p string, _ fs.DirEntry, err error) error {
+	_ = filepath.WalkDir(libcni.CacheDir, func(p string, _ fs.DirEntry, err error) error {
 		if err == nil && (strings.Contains(filepath.Base(p), b.internal.Name) || strings.Contains(filepath.Base(p), b.egress.Name)) {
 			t.Errorf("CNI state entry left: %s", p)
 		}
@@ -190,7 +195,7 @@ func (b *testBottle) assertGone(ctx context.Context) {
 		t.Errorf("Leftovers: %v", err)
 	}
 	for _, l := range left {
-		if l.Owner == b.m.owner.ID && (l.Identity == b.identity || l.Hash == identityHash(b.identity)[:6]) {
+		if l.Owner == b.m.owner.ID && (l.Identity == b.identity || l.Hash == names.NameHash(b.m.owner.ID, names.Identity(b.identity))) {
 			t.Errorf("leftover: %s", l)
 		}
 	}
@@ -351,10 +356,10 @@ func TestE2ENetworkIsolation(t *testing.T) {
 		if err != nil {
 			t.Fatalf("setup sidecar of %s: %v", x.identity, err)
 		}
-		if agentNS != m.NetnsPath(x.agentName()) || !isNetnsMount(agentNS) || !isNetnsMount(sidecarNS) {
-			t.Fatalf("netns paths %s %s are not mounted namespaces at the documented place", agentNS, sidecarNS)
+		if agentNS.Path != m.NetnsPath(x.agentName()) || !isNetnsMount(agentNS.Path) || !isNetnsMount(sidecarNS.Path) {
+			t.Fatalf("netns paths %s %s are not mounted namespaces at the documented place", agentNS.Path, sidecarNS.Path)
 		}
-		paths[x] = [2]string{agentNS, sidecarNS}
+		paths[x] = [2]string{agentNS.Path, sidecarNS.Path}
 	}
 	agentA, sidecarA := paths[a][0], paths[a][1]
 	agentB, sidecarB := paths[b][0], paths[b][1]
@@ -505,7 +510,7 @@ func TestE2ESetupFailureUndoes(t *testing.T) {
 	m := e2eManager(t)
 	ctx := context.Background()
 	c := newTestBottle(t, m, freeTestPool(t))
-	if out, err := exec.Command("ip", "link", "add", c.egress.Bridge, "type", "veth", "peer", "name", "nt-"+identityHash(c.identity)).CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "link", "add", c.egress.Bridge, "type", "veth", "peer", "name", "nt-"+names.NameHash("", names.Identity(c.identity))).CombinedOutput(); err != nil {
 		t.Fatalf("add veth %s: %v: %s", c.egress.Bridge, err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", c.egress.Bridge).Run() })
@@ -536,6 +541,35 @@ func TestE2ESetupFailureUndoes(t *testing.T) {
 	}
 }
 
+// TestE2ERelease releases a container's netns through its handle: once, whatever the
+// number of calls, and nothing of it is left.
+func TestE2ERelease(t *testing.T) {
+	m := e2eManager(t)
+	ctx := context.Background()
+	b := newTestBottle(t, m, freeTestPool(t))
+	ns, err := m.Setup(ctx, b.sidecarName(), b.sidecarAtts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	veths := b.hostVeths(2)
+	if err := ns.Release(ctx); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if err := ns.Release(ctx); err != nil {
+		t.Fatalf("second release: %v", err)
+	}
+	assertVethsGone(t, veths)
+	if _, err := os.Lstat(ns.Path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("netns file %s left after release (%v)", ns.Path, err)
+	}
+	if cached, _ := m.cachedAttachments(b.sidecarName()); len(cached) != 0 {
+		t.Errorf("CNI cache entries left after release: %+v", cached)
+	}
+	if masq, err := firewall.ListMasq(ctx); err != nil || slices.ContainsFunc(masq, func(r firewall.Masq) bool { return r.Network == b.egress.Name }) {
+		t.Errorf("masquerade rule of %s left after release (%v)", b.egress.Name, err)
+	}
+}
+
 // benchBottle prepares a Manager and the networks of a benchmark bottle in slot of the
 // test pool.
 func benchBottle(b *testing.B, slot int) (m *Manager, id string, in, eg Network) {
@@ -546,16 +580,16 @@ func benchBottle(b *testing.B, slot int) (m *Manager, id string, in, eg Network)
 	if err != nil {
 		testutil.Missing(b, "CNI plugins: %v", err)
 	}
-	id = "nettest-b" + identityHash(tmp)[:5]
+	id = "nettest-b" + names.NameHash("", names.Identity(tmp))[:5]
 	in, eg, err = m.BottleNetworks(id, slot, netip.MustParsePrefix("10.254.240.0/20"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	host, err := hostPrefixes()
+	host, err := slots.HostPrefixes()
 	if err != nil {
 		b.Fatal(err)
 	}
-	if p, clash := overlapsAny(host, in.Subnet, eg.Subnet); clash {
+	if p, clash := slots.Overlap(host, in.Subnet, eg.Subnet); clash {
 		b.Skipf("benchmark subnets overlap host network %s", p)
 	}
 	return m, id, in, eg
@@ -573,10 +607,11 @@ func BenchmarkSetupTeardown(b *testing.B) {
 		_ = m.RemoveNetworks(ctx, id, []Network{in, eg})
 	})
 	for b.Loop() {
-		if _, err := m.Setup(ctx, "bottle-"+id+"-filter", atts); err != nil {
+		ns, err := m.Setup(ctx, "bottle-"+id+"-filter", atts)
+		if err != nil {
 			b.Fatal(err)
 		}
-		if err := m.Teardown(ctx, "bottle-"+id+"-filter", atts); err != nil {
+		if err := ns.Release(ctx); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -584,7 +619,7 @@ func BenchmarkSetupTeardown(b *testing.B) {
 
 // setupBottle runs Setup for the agent (internal) and the sidecar (internal + egress) and
 // returns the host ends of their veth pairs.
-func (b *testBottle) setupBottle(ctx context.Context) []sysLink {
+func (b *testBottle) setupBottle(ctx context.Context) []netlink.Link {
 	t := b.t
 	t.Helper()
 	if _, err := b.m.Setup(ctx, b.agentName(), b.agentAtts()); err != nil {
@@ -597,10 +632,10 @@ func (b *testBottle) setupBottle(ctx context.Context) []sysLink {
 }
 
 // hostVeths returns the ports of the bottle's bridges and checks there are want of them.
-func (b *testBottle) hostVeths(want int) []sysLink {
+func (b *testBottle) hostVeths(want int) []netlink.Link {
 	t := b.t
 	t.Helper()
-	var all []sysLink
+	var all []netlink.Link
 	for _, br := range []string{b.internal.Bridge, b.egress.Bridge} {
 		p, err := bridgePorts(br)
 		if err != nil {
@@ -621,11 +656,12 @@ func (b *testBottle) teardownBottle(ctx context.Context) error {
 	}, []Network{b.internal, b.egress})
 }
 
-func assertVethsGone(t *testing.T, veths []sysLink) {
+func assertVethsGone(t *testing.T, veths []netlink.Link) {
 	t.Helper()
 	for _, v := range veths {
-		if i, err := readIfIndex(v.name); err != nil || i == v.index {
-			t.Errorf("host veth %s (index %d) still there (%v)", v.name, v.index, err)
+		l, err := netlink.LinkByIndex(v.Attrs().Index)
+		if _, gone := errors.AsType[netlink.LinkNotFoundError](err); !gone && (err != nil || l.Attrs().Name == v.Attrs().Name) {
+			t.Errorf("host veth %s (index %d) still there (%v)", v.Attrs().Name, v.Attrs().Index, err)
 		}
 	}
 }
@@ -640,12 +676,12 @@ func TestE2ETeardownBottle(t *testing.T) {
 	veths := b.setupBottle(ctx)
 
 	// Precondition: the state that must go exists.
-	if masq, err := listMasq(ctx); err != nil || !slices.ContainsFunc(masq, func(l Leftover) bool { return l.Identity == b.identity }) {
+	if masq, err := firewall.ListMasq(ctx); err != nil || !slices.ContainsFunc(masq, func(r firewall.Masq) bool { return r.Network == b.egress.Name }) {
 		t.Fatalf("no masquerade rule of %s after setup (%v): the test would prove nothing", b.identity, err)
 	}
 	if cached, _ := m.cachedAttachments(""); !slices.ContainsFunc(cached, func(ca *libcni.NetworkAttachment) bool {
-		owner, id, _ := parseNetworkName(ca.Network)
-		return owner == m.owner.ID && id == b.identity
+		owner, id, _ := names.ParseNetworkName(ca.Network)
+		return owner == m.owner.ID && string(id) == b.identity
 	}) {
 		t.Fatal("no CNI cache result after setup: the test would prove nothing")
 	}

@@ -12,8 +12,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/firewall"
+	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/slots"
 	gocni "github.com/containerd/go-cni"
 	"github.com/containernetworking/cni/libcni"
 	"golang.org/x/sys/unix"
@@ -21,14 +25,12 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultNetnsDir = "/run/netns"
+	// DefaultNetnsDir holds bottle's netns files. It is not iproute2's /run/netns on
+	// purpose: `ip netns add` bind-mounts /run/netns onto itself, which hides the netns
+	// mounts made before it and makes their files impossible to remove.
+	DefaultNetnsDir = "/run/bottle/netns"
 	DefaultLockFile = "/run/bottle/cni.lock"
 	DefaultStateDir = "/var/lib/bottle"
-	// DefaultSlotDir holds the slot reservations of every state dir and namespace: subnets
-	// are a host-wide resource. (The default state dir's legacy slots are numbered files.)
-	DefaultSlotDir = DefaultStateDir + "/" + slotsDirName
-	// netnsFilePrefix prefixes every netns file: <NetnsDir>/<owner>/bottle-<container name>.
-	netnsFilePrefix = "bottle-"
 	teardownTimeout = 30 * time.Second
 )
 
@@ -45,35 +47,35 @@ var requiredPlugins = []string{"bridge", "static"}
 type Options struct {
 	// PluginDirs to search for CNI plugins; default DefaultPluginDirs (only existing ones).
 	PluginDirs []string
-	// NetnsDir holds a directory of netns files per owner; default /run/netns.
+	// NetnsDir holds a directory of netns files per owner; default DefaultNetnsDir.
 	NetnsDir string
 	// LockFile serializes CNI calls across processes (flock); default /run/bottle/cni.lock.
 	LockFile string
 	// StateDir and Namespace (containerd's) make the Owner; default /var/lib/bottle, "".
 	StateDir  string
 	Namespace string
-	// SlotDir holds the host-wide slot reservations; default DefaultSlotDir.
+	// SlotDir holds the host-wide slot reservations; default slots.DefaultDir.
 	SlotDir string
 }
 
 // Manager creates and removes the host network objects of one Owner.
 type Manager struct {
 	pluginDirs []string
-	owner      Owner
+	owner      names.Owner
 	netnsRoot  string // NetnsDir; the owner's files are in netnsDir, <netnsRoot>/<owner>
 	netnsDir   string
 	lockFile   string
-	slotDir    string
+	slots      slots.Store
 }
 
 // New checks the CNI plugins and returns a Manager for the owner of opts.
 func New(opts Options) (*Manager, error) {
-	owner, err := NewOwner(cmp.Or(opts.StateDir, DefaultStateDir), opts.Namespace)
+	owner, err := names.NewOwner(cmp.Or(opts.StateDir, DefaultStateDir), opts.Namespace)
 	if err != nil {
 		return nil, err
 	}
 	m := &Manager{owner: owner, netnsRoot: cmp.Or(opts.NetnsDir, DefaultNetnsDir),
-		lockFile: cmp.Or(opts.LockFile, DefaultLockFile), slotDir: cmp.Or(opts.SlotDir, DefaultSlotDir)}
+		lockFile: cmp.Or(opts.LockFile, DefaultLockFile), slots: slots.Store{Dir: opts.SlotDir, Owner: owner}}
 	m.netnsDir = filepath.Join(m.netnsRoot, owner.ID)
 	candidates := opts.PluginDirs
 	if len(candidates) == 0 {
@@ -104,13 +106,14 @@ func findPlugin(dirs []string, name string) (string, error) {
 }
 
 // Owner returns whose objects the Manager makes and removes.
-func (m *Manager) Owner() Owner { return m.owner }
+func (m *Manager) Owner() names.Owner { return m.owner }
 
 // as returns a Manager for the objects of owner ID id ("" for legacy objects).
 func (m *Manager) as(id string) *Manager {
 	c := *m
-	c.owner = Owner{ID: id}
+	c.owner = names.Owner{ID: id}
 	c.netnsDir = filepath.Join(m.netnsRoot, id)
+	c.slots.Owner = c.owner
 	return &c
 }
 
@@ -121,7 +124,7 @@ var containerNameRECheck = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,127}$`)
 
 // NetnsPath is the netns file of a container: <NetnsDir>/<owner>/bottle-<containerName>.
 func (m *Manager) NetnsPath(containerName string) string {
-	return filepath.Join(m.netnsDir, netnsFilePrefix+containerName)
+	return filepath.Join(m.netnsDir, names.NetnsFile(containerName))
 }
 
 func validateContainerName(name string) error {
@@ -150,7 +153,7 @@ func (m *Manager) normalize(atts []Attachment) ([]Attachment, error) {
 		if err := a.validate(i); err != nil {
 			return nil, err
 		}
-		if owner, _, _ := parseNetworkName(a.Name); owner != m.owner.ID {
+		if owner, _, _ := names.ParseNetworkName(a.Name); owner != m.owner.ID {
 			return nil, fmt.Errorf("network %s belongs to another owner (this is owner %s)", a.Name, m.owner.ID)
 		}
 		if seen[a.Name] {
@@ -200,41 +203,57 @@ func attNames(atts []Attachment) string {
 	return strings.Join(names, ", ")
 }
 
+// Netns is one container's network namespace, configured by Setup. Release takes it down
+// (CNI DEL, netns file) exactly once: later calls return the first call's result.
+type Netns struct {
+	// Path is the netns file, for the container's OCI spec.
+	Path    string
+	release func(context.Context) error
+	once    sync.Once
+	err     error
+}
+
+// Release takes the netns down, as Teardown does.
+func (n *Netns) Release(ctx context.Context) error {
+	n.once.Do(func() { n.err = n.release(ctx) })
+	return n.err
+}
+
 // Setup creates the netns file of containerName, brings lo up and runs CNI ADD for every
 // attachment (eth0, eth1, ... in order). A leftover netns or cached CNI result of an earlier
 // attempt is removed first (CNI DEL before ADD). On failure everything done is undone.
-// A netns serves one sandbox start: to restart a container call Teardown, then Setup.
-func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attachment) (nsPath string, err error) {
+// A netns serves one sandbox start: to restart a container, Setup it again.
+func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attachment) (_ *Netns, err error) {
 	if err := validateContainerName(containerName); err != nil {
-		return "", err
+		return nil, err
 	}
 	atts, err = m.normalize(atts)
 	if err != nil {
-		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+		return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
 	c, err := m.newCNI(atts)
 	if err != nil {
-		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+		return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
 	unlock, err := m.lock(ctx)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer unlock()
 
 	path := m.NetnsPath(containerName)
 	stale, err := m.hasState(containerName)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if stale {
 		slog.Debug("netns: removing leftovers of an earlier setup before CNI ADD", "container", containerName)
 		if err := m.teardownLocked(ctx, containerName, atts, c); err != nil {
-			return "", fmt.Errorf("network setup of container %s: remove leftovers of an earlier attempt: %w (run `bottle cleanup`)", containerName, err)
+			return nil, fmt.Errorf("network setup of container %s: remove leftovers of an earlier attempt: %w (run `bottle cleanup`)", containerName, err)
 		}
 	}
 	if err := createNetnsFile(path); err != nil {
-		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+		return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
 	defer func() {
 		if err == nil {
@@ -250,26 +269,26 @@ func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attach
 	for _, a := range atts {
 		if !a.Egress {
 			if err := ensureInternalBridge(a.Bridge); err != nil {
-				return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+				return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 			}
 		}
 	}
 	res, err := c.SetupSerially(ctx, containerName, path)
 	if err != nil {
-		return "", fmt.Errorf("network setup of container %s: CNI ADD of %s into %s: %w", containerName, attNames(atts), path, err)
+		return nil, fmt.Errorf("network setup of container %s: CNI ADD of %s into %s: %w", containerName, attNames(atts), path, err)
 	}
 	if err := checkResult(res, atts); err != nil {
-		return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+		return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
 	for _, a := range atts {
 		if !a.Egress {
 			if err := disablePortsIPv6(a.Bridge); err != nil {
-				return "", fmt.Errorf("network setup of container %s: %w", containerName, err)
+				return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 			}
 		}
 	}
 	slog.Debug("netns: CNI ADD done", "container", containerName, "netns", path, "networks", attNames(atts), "took", time.Since(start))
-	return path, nil
+	return &Netns{Path: path, release: func(ctx context.Context) error { return m.Teardown(ctx, containerName, atts) }}, nil
 }
 
 // checkResult makes sure every interface got exactly its static address.
@@ -306,9 +325,10 @@ func (m *Manager) hasState(containerName string) (bool, error) {
 	return len(cached) > 0, nil
 }
 
-// Teardown runs CNI DEL for the attachments (and for any other cached attachment of the
-// container), removes masquerade rules left behind, and unmounts and removes the netns
-// file. Missing netns, interfaces or cache entries are fine: Teardown is idempotent.
+// Teardown runs CNI DEL (the plugins' own) for the attachments and for any other cached
+// attachment of the container, removes the masquerade rules the bridge plugin could not
+// find, and unmounts and removes the netns file. Missing netns, interfaces or cache
+// entries are fine: Teardown is idempotent.
 func (m *Manager) Teardown(ctx context.Context, containerName string, atts []Attachment) error {
 	if err := validateContainerName(containerName); err != nil {
 		return err
@@ -333,30 +353,26 @@ func (m *Manager) Teardown(ctx context.Context, containerName string, atts []Att
 	return m.teardownLocked(ctx, containerName, atts, c)
 }
 
+// teardownLocked is Teardown under the CNI lock; c holds the conflists of atts (nil if none).
 func (m *Manager) teardownLocked(ctx context.Context, containerName string, atts []Attachment, c gocni.CNI) error {
 	path := m.NetnsPath(containerName)
 	var errs []error
+	// A file that holds no netns (a start killed before the bind mount, an unmount without
+	// the remove) has nothing to undo, and the plugins' DEL would refuse it: drop it first.
+	errs = append(errs, dropUnmounted(path))
 	if c != nil {
-		// A missing netns path is fine: the plugins then only release IPAM state.
+		// A missing netns is fine: the plugins then only release their IPAM state.
 		if err := c.Remove(ctx, containerName, path); err != nil {
 			errs = append(errs, fmt.Errorf("CNI DEL of %s for container %s: %w", attNames(atts), containerName, err))
 		}
 	}
-	if err := m.delCached(ctx, containerName, nil); err != nil {
-		errs = append(errs, err)
-	}
-	// The bridge plugin only removes its masquerade rules when it still finds the
-	// addresses in the netns, and runsc removes them at sandbox start: remove them here.
+	errs = append(errs, m.delCached(ctx, containerName, nil))
 	for _, a := range atts {
 		if a.Egress {
-			if err := removeMasq(ctx, a.Name, containerName); err != nil {
-				errs = append(errs, err)
-			}
+			errs = append(errs, firewall.RemoveMasq(a.Name, containerName, a.Addr))
 		}
 	}
-	if err := removeNetnsFile(path); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, removeNetnsFile(path))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("network teardown of container %s: %w", containerName, err)
 	}
@@ -367,18 +383,25 @@ func (m *Manager) libcni() *libcni.CNIConfig {
 	return libcni.NewCNIConfig(m.pluginDirs, nil)
 }
 
-// cachedAttachments lists libcni's cached results of containerName ("" for all).
+// cachedAttachments lists libcni's cached attachments of containerName ("" for all) on the
+// owner's networks.
 func (m *Manager) cachedAttachments(containerID string) ([]*libcni.NetworkAttachment, error) {
-	atts, err := m.libcni().GetCachedAttachments(containerID)
+	all, err := m.libcni().GetCachedAttachments(containerID)
 	if err != nil {
-		return nil, fmt.Errorf("read CNI cache %s: %w", filepath.Join(CNICacheDir, "results"), err)
+		return nil, fmt.Errorf("read CNI cache %s: %w", filepath.Join(libcni.CacheDir, "results"), err)
 	}
-	return atts, nil
+	var own []*libcni.NetworkAttachment
+	for _, ca := range all {
+		if owner, _, ok := names.ParseNetworkName(ca.Network); ok && owner == m.owner.ID {
+			own = append(own, ca)
+		}
+	}
+	return own, nil
 }
 
 // delCached runs CNI DEL with the cached config of every cached attachment of containerID
 // (all containers if empty) on the owner's networks that match filter (all if nil), then
-// removes masquerade rules.
+// removes the masquerade rules of those networks and containers the plugin left.
 func (m *Manager) delCached(ctx context.Context, containerID string, filter func(*libcni.NetworkAttachment) bool) error {
 	cached, err := m.cachedAttachments(containerID)
 	if err != nil {
@@ -386,43 +409,44 @@ func (m *Manager) delCached(ctx context.Context, containerID string, filter func
 	}
 	cni := m.libcni()
 	var errs []error
+	done := map[[2]string]bool{}
 	for _, ca := range cached {
 		if filter != nil && !filter(ca) {
 			continue
 		}
-		if owner, _, ok := parseNetworkName(ca.Network); !ok || owner != m.owner.ID {
-			continue // never touch networks that are not this owner's
-		}
 		list, err := libcni.ConfListFromBytes(ca.Config)
 		if err != nil {
-			// Unreadable cache entry: nothing to DEL with, drop it.
-			slog.Warn("netns: dropping unreadable CNI cache entry", "network", ca.Network, "container", ca.ContainerID, "err", err)
-			errs = append(errs, removeCacheFile(ca))
+			errs = append(errs, fmt.Errorf("cached config of network %s (container %s, %s): %w", ca.Network, ca.ContainerID, ca.IfName, err))
 			continue
 		}
+		errs = append(errs, dropUnmounted(ca.NetNS))
 		rt := &libcni.RuntimeConf{ContainerID: ca.ContainerID, NetNS: ca.NetNS, IfName: ca.IfName, Args: ca.CniArgs, CapabilityArgs: ca.CapabilityArgs}
-		if err := cni.DelNetworkList(ctx, list, rt); err != nil && !strings.Contains(err.Error(), "not found") {
+		if err := cni.DelNetworkList(ctx, list, rt); err != nil {
 			errs = append(errs, fmt.Errorf("CNI DEL of cached network %s (container %s, %s): %w", ca.Network, ca.ContainerID, ca.IfName, err))
 			continue
 		}
-		if err := removeMasq(ctx, ca.Network, ca.ContainerID); err != nil {
-			errs = append(errs, err)
-		}
-		errs = append(errs, removeCacheFile(ca))
+		done[[2]string{ca.Network, ca.ContainerID}] = true
+	}
+	if len(done) > 0 {
+		errs = append(errs, removeListedMasq(ctx, func(network, container string) bool { return done[[2]string{network, container}] }))
 	}
 	return errors.Join(errs...)
 }
 
-func cacheFilePath(network, containerID, ifName string) string {
-	return filepath.Join(CNICacheDir, "results", fmt.Sprintf("%s-%s-%s", network, containerID, ifName))
-}
-
-func removeCacheFile(ca *libcni.NetworkAttachment) error {
-	p := cacheFilePath(ca.Network, ca.ContainerID, ca.IfName)
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove CNI cache entry %s: %w", p, err)
+// removeListedMasq removes the masquerade rules (found in the nat table) of the networks
+// and containers match selects.
+func removeListedMasq(ctx context.Context, match func(network, container string) bool) error {
+	rules, err := firewall.ListMasq(ctx)
+	if err != nil {
+		return fmt.Errorf("list masquerade rules: %w", err)
 	}
-	return nil
+	var errs []error
+	for _, r := range rules {
+		if match(r.Network, r.Container) {
+			errs = append(errs, firewall.RemoveMasq(r.Network, r.Container, r.Source.Addr()))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // lock takes the CNI flock, polling so that ctx can cancel the wait.

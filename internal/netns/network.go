@@ -1,67 +1,26 @@
-// Package netns prepares the network side of a bottle: per-bottle subnets (slots),
-// named network namespaces configured with CNI (bridge + static IPAM), the host
-// firewall that isolates the internal network, and the sweep of leftovers. Every host-wide
-// object carries its Owner, and a Manager only ever removes its own owner's objects.
-//
-// It is the only package that imports go-cni.
+// Package netns wires the network side of a bottle: netns files configured with CNI
+// (bridge + static IPAM; it is the only package that imports go-cni), the bottle's
+// bridges, and the sweep of leftovers. Its Manager also fronts the bottle's firewall
+// (internal/firewall) and subnet slot (internal/slots). Every host-wide object carries its
+// owner (names.Owner), and a Manager only ever removes its own owner's objects.
 package netns
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"regexp"
-	"strings"
 	"text/template"
 
 	cniconfigs "github.com/bottle-dev/bottle/configs/cni"
+	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/slots"
 )
-
-// DefaultPool is the address pool slots are carved from (ARCHITECTURE.md).
-var DefaultPool = netip.MustParsePrefix("10.213.0.0/16")
 
 // HostGateway is the host part of an egress network's gateway (the host's address on
 // the bridge). The containers' addresses come from the plan.
 const HostGateway = 1
-
-const (
-	internalBridgePrefix = "bi-"
-	egressBridgePrefix   = "be-"
-	networkNamePrefix    = "bottle-"
-	internalSuffix       = "-int"
-	egressSuffix         = "-egr"
-	chainPrefix          = "BOTTLE-"
-)
-
-// Owner is who made a set of host objects: one state dir and one containerd namespace.
-// Its ID is in the name (or the directory) of every host-wide object bottle makes, so that
-// cleanup, sweep and doctor touch only their own owner's objects.
-type Owner struct {
-	ID        string `json:"owner"`
-	StateDir  string `json:"state_dir"`
-	Namespace string `json:"namespace"`
-}
-
-// NewOwner returns the owner of stateDir (made absolute) and namespace; its ID is 6 hex
-// of sha256(state dir, namespace).
-func NewOwner(stateDir, namespace string) (Owner, error) {
-	abs, err := filepath.Abs(stateDir)
-	if err != nil {
-		return Owner{}, fmt.Errorf("owner of state dir %q: %w", stateDir, err)
-	}
-	sum := sha256.Sum256([]byte(abs + "\x00" + namespace))
-	return Owner{ID: hex.EncodeToString(sum[:3]), StateDir: abs, Namespace: namespace}, nil
-}
-
-// LegacyOwner names the owner of objects made before names carried one (in messages and
-// `bottle cleanup --orphaned-owner`); such objects have Owner "" in a Leftover.
-const LegacyOwner = "legacy"
-
-var ownerIDRE = regexp.MustCompile(`^[0-9a-f]{6}$`)
 
 // Network is one per-bottle CNI network (a bridge and a /24).
 type Network struct {
@@ -86,87 +45,20 @@ type Attachment struct {
 	Addr netip.Addr
 }
 
-const identityPattern = `[a-z][a-z0-9-]{0,23}-[0-9a-f]{6}`
-
-var identityRE = regexp.MustCompile(`^` + identityPattern + `$`)
-
-// ValidateIdentity checks the identity format `<agent>-<6 lowercase hex>`.
-func ValidateIdentity(identity string) error {
-	if !identityRE.MatchString(identity) {
-		return fmt.Errorf("invalid bottle identity %q: want <agent>-<6 lowercase hex> (agent matching ^[a-z][a-z0-9-]{0,23}$)", identity)
-	}
-	return nil
-}
-
-// identityHash is 8 hex of sha256(identity): legacy names hold all 8, owned names the
-// first 6 after the 6 of the owner (interface names have at most 15 bytes).
-func identityHash(identity string) string {
-	sum := sha256.Sum256([]byte(identity))
-	return hex.EncodeToString(sum[:4])
-}
-
-// nameKey is what a bridge or chain name says: owner ("" legacy) and identity hash.
-func nameKey(owner, identity string) string {
-	if owner == "" {
-		return "/" + identityHash(identity)
-	}
-	return owner + "/" + identityHash(identity)[:6]
-}
-
 // BottleNetworks computes the internal and egress networks of identity in slot.
 func (m *Manager) BottleNetworks(identity string, slot int, pool netip.Prefix) (internal, egress Network, err error) {
-	return bottleNetworks(m.owner.ID, identity, slot, pool)
-}
-
-func bottleNetworks(owner, identity string, slot int, pool netip.Prefix) (internal, egress Network, err error) {
-	if err := ValidateIdentity(identity); err != nil {
-		return internal, egress, err
-	}
-	in, eg, err := SlotSubnets(slot, pool)
+	id, err := names.ParseIdentity(identity)
 	if err != nil {
 		return internal, egress, err
 	}
-	name := networkNamePrefix + owner + "-" + identity
-	tail := owner + identityHash(identity)[:6]
-	internal = Network{Name: name + internalSuffix, Bridge: internalBridgePrefix + tail, Subnet: in}
-	egress = Network{Name: name + egressSuffix, Bridge: egressBridgePrefix + tail, Subnet: eg, Egress: true}
+	in, eg, err := slots.Subnets(slot, pool)
+	if err != nil {
+		return internal, egress, err
+	}
+	o := m.owner.ID
+	internal = Network{Name: names.NetworkName(o, id, names.NetInternal), Bridge: names.BridgeName(o, id, names.NetInternal), Subnet: in}
+	egress = Network{Name: names.NetworkName(o, id, names.NetEgress), Bridge: names.BridgeName(o, id, names.NetEgress), Subnet: eg, Egress: true}
 	return internal, egress, nil
-}
-
-// SlotCount is how many slots pool holds (two /24 per slot).
-func SlotCount(pool netip.Prefix) (int, error) {
-	if err := validatePool(pool); err != nil {
-		return 0, err
-	}
-	return 1 << (24 - pool.Bits() - 1), nil
-}
-
-func validatePool(pool netip.Prefix) error {
-	if !pool.IsValid() || !pool.Addr().Is4() || pool.Bits() > 23 || pool.Bits() < 8 {
-		return fmt.Errorf("invalid subnet pool %s: want an IPv4 prefix between /8 and /23 (e.g. %s)", pool, DefaultPool)
-	}
-	if pool.Masked() != pool {
-		return fmt.Errorf("invalid subnet pool %s: host bits set, use %s", pool, pool.Masked())
-	}
-	return nil
-}
-
-// SlotSubnets returns the internal (2k-th /24) and egress ((2k+1)-th /24) subnets of slot k.
-func SlotSubnets(slot int, pool netip.Prefix) (internal, egress netip.Prefix, err error) {
-	n, err := SlotCount(pool)
-	if err != nil {
-		return internal, egress, err
-	}
-	if slot < 0 || slot >= n {
-		return internal, egress, fmt.Errorf("slot %d outside subnet pool %s (it holds slots 0..%d)", slot, pool, n-1)
-	}
-	base := pool.Addr().As4()
-	baseInt := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-	mk := func(index uint32) netip.Prefix {
-		v := baseInt + index<<8
-		return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), 0}), 24)
-	}
-	return mk(uint32(2 * slot)), mk(uint32(2*slot + 1)), nil
 }
 
 // Addr returns the address with the given host part in the network's /24.
@@ -177,6 +69,13 @@ func (n Network) Addr(host int) (netip.Addr, error) {
 	a := n.Subnet.Masked().Addr().As4()
 	a[3] = byte(host)
 	return netip.AddrFrom4(a), nil
+}
+
+func (n Network) kind() string {
+	if n.Egress {
+		return names.NetEgress
+	}
+	return names.NetInternal
 }
 
 // Gateway is the egress gateway (.1, on the host bridge); invalid for internal networks.
@@ -200,16 +99,12 @@ func (n Network) Attach(ifName string, host int) (Attachment, error) {
 var ifNameRE = regexp.MustCompile(`^eth[0-9]$`)
 
 func (n Network) validate() error {
-	owner, _, ok := parseNetworkName(n.Name)
+	owner, _, ok := names.ParseNetworkName(n.Name)
 	if !ok || owner == "" || len(n.Name) > 64 {
 		return fmt.Errorf("invalid CNI network name %q: want bottle-<owner>-<identity>-int|egr (use BottleNetworks)", n.Name)
 	}
-	wantPrefix := internalBridgePrefix
-	if n.Egress {
-		wantPrefix = egressBridgePrefix
-	}
-	if bo, _, ok := parseBridgeName(n.Bridge); !ok || bo != owner || !strings.HasPrefix(n.Bridge, wantPrefix) {
-		return fmt.Errorf("invalid bridge %q for network %s: want %s%s<6 hex> (use BottleNetworks)", n.Bridge, n.Name, wantPrefix, owner)
+	if !names.IsBridgeOf(n.Bridge, owner, n.kind()) {
+		return fmt.Errorf("invalid bridge %q for network %s: want a %s bridge of owner %s (use BottleNetworks)", n.Bridge, n.Name, n.kind(), owner)
 	}
 	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() || n.Subnet.Bits() != 24 || n.Subnet.Masked() != n.Subnet {
 		return fmt.Errorf("invalid subnet %s for network %s: want an IPv4 /24 (use BottleNetworks)", n.Subnet, n.Name)
@@ -267,54 +162,4 @@ func RenderConflist(a Attachment) ([]byte, error) {
 		return nil, fmt.Errorf("render conflist %s for network %s: result is not valid JSON (template broken)", name, a.Name)
 	}
 	return buf.Bytes(), nil
-}
-
-var (
-	networkNameRE       = regexp.MustCompile(`^bottle-([0-9a-f]{6})-(` + identityPattern + `)-(?:int|egr)$`)
-	legacyNetworkNameRE = regexp.MustCompile(`^bottle-(` + identityPattern + `)-(?:int|egr)$`)
-	bridgeNameRE        = regexp.MustCompile(`^b[ie]-([0-9a-f]{6})([0-9a-f]{6})$`)
-	legacyBridgeNameRE  = regexp.MustCompile(`^b[ie]-([0-9a-f]{8})$`)
-	chainNameRE         = regexp.MustCompile(`^BOTTLE-([0-9a-f]{6})-([0-9a-f]{6})$`)
-	legacyChainNameRE   = regexp.MustCompile(`^BOTTLE-([0-9a-f]{8})$`)
-)
-
-// parseNetworkName returns owner ("" for a legacy name) and identity of a bottle network.
-func parseNetworkName(name string) (owner, identity string, ok bool) {
-	if m := networkNameRE.FindStringSubmatch(name); m != nil {
-		return m[1], m[2], true
-	}
-	if m := legacyNetworkNameRE.FindStringSubmatch(name); m != nil {
-		return "", m[1], true
-	}
-	return "", "", false
-}
-
-// parseHashed returns owner ("" legacy) and identity hash of a bridge or chain name.
-func parseHashed(name string, owned, legacy *regexp.Regexp) (owner, hash string, ok bool) {
-	if m := owned.FindStringSubmatch(name); m != nil {
-		return m[1], m[2], true
-	}
-	if m := legacy.FindStringSubmatch(name); m != nil {
-		return "", m[1], true
-	}
-	return "", "", false
-}
-
-func parseBridgeName(name string) (owner, hash string, ok bool) {
-	return parseHashed(name, bridgeNameRE, legacyBridgeNameRE)
-}
-
-func parseChainName(name string) (owner, hash string, ok bool) {
-	return parseHashed(name, chainNameRE, legacyChainNameRE)
-}
-
-var containerNameRE = regexp.MustCompile(`^bottle-([a-z][a-z0-9-]{0,23}-[0-9a-f]{6})(?:-(?:agent|filter|egress-proxy|git-gate|supervise))?$`)
-
-// identityFromContainerName returns the identity of bottle-<identity>[-<role>].
-func identityFromContainerName(name string) (string, bool) {
-	m := containerNameRE.FindStringSubmatch(name)
-	if m == nil {
-		return "", false
-	}
-	return m[1], true
 }

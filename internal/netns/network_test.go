@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/containernetworking/cni/libcni"
 )
 
@@ -15,7 +17,7 @@ func TestBottleNetworks(t *testing.T) {
 	const id = "claude-a1b2c3"
 	sum := sha256.Sum256([]byte(id))
 	hash := hex.EncodeToString(sum[:])[:6]
-	m := &Manager{owner: Owner{ID: "0f0f0f"}}
+	m := &Manager{owner: names.Owner{ID: "0f0f0f"}}
 	cases := []struct {
 		slot        int
 		in, eg      string
@@ -28,7 +30,7 @@ func TestBottleNetworks(t *testing.T) {
 		{slot: -1, expectError: true},
 	}
 	for _, c := range cases {
-		in, eg, err := m.BottleNetworks(id, c.slot, DefaultPool)
+		in, eg, err := m.BottleNetworks(id, c.slot, slots.DefaultPool)
 		if c.expectError {
 			if err == nil {
 				t.Errorf("slot %d: want error, got %+v %+v", c.slot, in, eg)
@@ -55,7 +57,7 @@ func TestBottleNetworks(t *testing.T) {
 	if len(in0(t, m).Bridge) > 15 {
 		t.Errorf("bridge name %q longer than 15 bytes", in0(t, m).Bridge)
 	}
-	if _, _, err := m.BottleNetworks("Bad_ID", 0, DefaultPool); err == nil {
+	if _, _, err := m.BottleNetworks("Bad_ID", 0, slots.DefaultPool); err == nil {
 		t.Error("invalid identity accepted")
 	}
 	for _, pool := range []string{"10.213.0.0/24", "fd00::/48", "10.213.0.1/16"} {
@@ -63,16 +65,16 @@ func TestBottleNetworks(t *testing.T) {
 			t.Errorf("pool %s accepted", pool)
 		}
 	}
-	if n, err := SlotCount(netip.MustParsePrefix("10.254.0.0/20")); err != nil || n != 8 {
-		t.Errorf("SlotCount(/20) = %d, %v; want 8", n, err)
+	if n, err := slots.SlotCount(netip.MustParsePrefix("10.254.0.0/20")); err != nil || n != 8 {
+		t.Errorf("slots.SlotCount(/20) = %d, %v; want 8", n, err)
 	}
 	if got := m.FirewallChain(id); got != "BOTTLE-0f0f0f-"+hash || len(got) > 28 {
 		t.Errorf("FirewallChain = %q", got)
 	}
 	// Two owners' bottles of one identity share no name.
-	other := &Manager{owner: Owner{ID: "1e1e1e"}}
-	a, _, _ := m.BottleNetworks(id, 0, DefaultPool)
-	b, _, _ := other.BottleNetworks(id, 0, DefaultPool)
+	other := &Manager{owner: names.Owner{ID: "1e1e1e"}}
+	a, _, _ := m.BottleNetworks(id, 0, slots.DefaultPool)
+	b, _, _ := other.BottleNetworks(id, 0, slots.DefaultPool)
 	if a.Name == b.Name || a.Bridge == b.Bridge || m.FirewallChain(id) == other.FirewallChain(id) {
 		t.Errorf("owners share names: %+v %+v", a, b)
 	}
@@ -80,79 +82,11 @@ func TestBottleNetworks(t *testing.T) {
 
 func in0(t *testing.T, m *Manager) Network {
 	t.Helper()
-	in, _, err := m.BottleNetworks("claude-a1b2c3", 0, DefaultPool)
+	in, _, err := m.BottleNetworks("claude-a1b2c3", 0, slots.DefaultPool)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return in
-}
-
-func TestNewOwner(t *testing.T) {
-	a, err := NewOwner("/var/lib/bottle", "bottle")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !ownerIDRE.MatchString(a.ID) || a.StateDir != "/var/lib/bottle" || a.Namespace != "bottle" {
-		t.Errorf("NewOwner = %+v", a)
-	}
-	for _, o := range [][2]string{{"/var/lib/bottle/", "bottle"}, {"/var/lib/../lib/bottle", "bottle"}} {
-		if b, _ := NewOwner(o[0], o[1]); b != a {
-			t.Errorf("NewOwner(%q) = %+v, want the same owner as %+v", o[0], b, a)
-		}
-	}
-	for _, o := range [][2]string{{"/var/lib/bottle2", "bottle"}, {"/var/lib/bottle", "bottle-e2e"}} {
-		if b, _ := NewOwner(o[0], o[1]); b.ID == a.ID {
-			t.Errorf("NewOwner(%q, %q) has the ID of %+v", o[0], o[1], a)
-		}
-	}
-}
-
-func TestNamesParse(t *testing.T) {
-	for name, want := range map[string]string{
-		"bottle-claude-a1b2c3":                "claude-a1b2c3",
-		"bottle-claude-a1b2c3-filter":         "claude-a1b2c3",
-		"bottle-my-agent-0a0b0c-egress-proxy": "my-agent-0a0b0c",
-		"bottle-claude-a1b2c3-git-gate":       "claude-a1b2c3",
-		"bottle-claude-a1b2c3-supervise":      "claude-a1b2c3",
-		"bottle-claude-a1b2c3-other":          "",
-		"other-claude-a1b2c3":                 "",
-	} {
-		got, ok := identityFromContainerName(name)
-		if got != want || ok != (want != "") {
-			t.Errorf("identityFromContainerName(%q) = %q, %v; want %q", name, got, ok, want)
-		}
-	}
-	for name, want := range map[string][2]string{
-		"bottle-0f0f0f-claude-a1b2c3-int": {"0f0f0f", "claude-a1b2c3"},
-		"bottle-0f0f0f-claude-a1b2c3-egr": {"0f0f0f", "claude-a1b2c3"},
-		"bottle-claude-a1b2c3-int":        {"", "claude-a1b2c3"}, // legacy
-		"bottle-claude-a1b2c3":            {},
-		"bottle-0f0f0f-claude-a1b2c3":     {},
-		"mynet":                           {},
-	} {
-		owner, id, ok := parseNetworkName(name)
-		if owner != want[0] || id != want[1] || ok != (want[1] != "") {
-			t.Errorf("parseNetworkName(%q) = %q, %q, %v; want %q", name, owner, id, ok, want)
-		}
-	}
-	for name, want := range map[string][2]string{
-		"bi-0f0f0fa1b2c3":       {"0f0f0f", "a1b2c3"},
-		"be-0f0f0fa1b2c3":       {"0f0f0f", "a1b2c3"},
-		"bi-a1b2c3d4":           {"", "a1b2c3d4"}, // legacy
-		"bx-0f0f0fa1b2c3":       {},
-		"bi-0f0f0fa1b2c":        {},
-		"BOTTLE-0f0f0f-a1b2c3":  {"0f0f0f", "a1b2c3"},
-		"BOTTLE-a1b2c3d4":       {"", "a1b2c3d4"}, // legacy
-		"BOTTLE-SOMETHING-ELSE": {},
-	} {
-		owner, hash, ok := parseBridgeName(name)
-		if strings.HasPrefix(name, "BOTTLE-") {
-			owner, hash, ok = parseChainName(name)
-		}
-		if owner != want[0] || hash != want[1] || ok != (want[1] != "") {
-			t.Errorf("parse %q = %q, %q, %v; want %q", name, owner, hash, ok, want)
-		}
-	}
 }
 
 // conflist mirrors the parts of the rendered conflist that matter.
@@ -198,7 +132,7 @@ func render(t *testing.T, a Attachment) conflist {
 }
 
 func TestRenderConflist(t *testing.T) {
-	in, eg, err := (&Manager{owner: Owner{ID: "0f0f0f"}}).BottleNetworks("claude-a1b2c3", 2, DefaultPool)
+	in, eg, err := (&Manager{owner: names.Owner{ID: "0f0f0f"}}).BottleNetworks("claude-a1b2c3", 2, slots.DefaultPool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,11 +181,11 @@ func TestRenderConflist(t *testing.T) {
 }
 
 func TestNormalize(t *testing.T) {
-	m := &Manager{owner: Owner{ID: "0f0f0f"}}
-	in, eg, _ := m.BottleNetworks("claude-a1b2c3", 0, DefaultPool)
+	m := &Manager{owner: names.Owner{ID: "0f0f0f"}}
+	in, eg, _ := m.BottleNetworks("claude-a1b2c3", 0, slots.DefaultPool)
 	a, _ := in.Attach("", HostFilter)
 	b, _ := eg.Attach("", HostFilter)
-	other, _, _ := (&Manager{owner: Owner{ID: "1e1e1e"}}).BottleNetworks("claude-a1b2c3", 0, DefaultPool)
+	other, _, _ := (&Manager{owner: names.Owner{ID: "1e1e1e"}}).BottleNetworks("claude-a1b2c3", 0, slots.DefaultPool)
 	got, err := m.normalize([]Attachment{a, b})
 	if err != nil || got[0].IfName != "eth0" || got[1].IfName != "eth1" {
 		t.Fatalf("normalize = %+v, %v", got, err)
@@ -269,24 +203,6 @@ func TestNormalize(t *testing.T) {
 		if _, err := m.normalize(atts); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
-	}
-}
-
-func TestSplitQuoted(t *testing.T) {
-	line := `-A POSTROUTING -s 10.213.1.2/32 -m comment --comment "name: \"bottle-x-a1b2c3-egr\" id: \"bottle-x-a1b2c3-filter\"" -j CNI-abc`
-	args, target, err := deleteArgs(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"-D", "POSTROUTING", "-s", "10.213.1.2/32", "-m", "comment", "--comment", `name: "bottle-x-a1b2c3-egr" id: "bottle-x-a1b2c3-filter"`, "-j", "CNI-abc"}
-	if strings.Join(args, "|") != strings.Join(want, "|") || target != "CNI-abc" {
-		t.Errorf("deleteArgs = %q %q", args, target)
-	}
-	if m := masqCommentRE.FindStringSubmatch(line); m == nil || m[1] != "bottle-x-a1b2c3-egr" || m[2] != "bottle-x-a1b2c3-filter" {
-		t.Errorf("masqCommentRE = %q", m)
-	}
-	if got := masqChain("n", "c"); len(got) != 28 || !strings.HasPrefix(got, "CNI-") {
-		t.Errorf("masqChain = %q", got)
 	}
 }
 

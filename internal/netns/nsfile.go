@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 )
 
@@ -84,9 +85,23 @@ func removeNetnsFile(path string) error {
 
 // isNetnsMount reports whether path is a bind-mounted network namespace.
 func isNetnsMount(path string) bool {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
+	n, err := ns.GetNS(path)
+	if err != nil {
 		return false
 	}
-	return st.Type == unix.NSFS_MAGIC
+	n.Close()
+	return true
+}
+
+// dropUnmounted removes the file at path if it exists but holds no network namespace.
+func dropUnmounted(path string) error {
+	n, err := ns.GetNS(path)
+	if err == nil {
+		return n.Close()
+	}
+	if _, notNS := errors.AsType[ns.NSPathNotNSErr](err); notNS {
+		return removeNetnsFile(path)
+	}
+	return nil // missing
+
 }

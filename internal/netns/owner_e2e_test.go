@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
@@ -45,7 +46,7 @@ func TestE2EOwnersAreSeparate(t *testing.T) {
 	mustReach(t, "agent A -> sidecar A", mA.NetnsPath(a.agentName()), srv)
 
 	// A legacy object (no owner in its name) is reported, never swept.
-	legacy := "bi-" + identityHash(randomIdentity(t))
+	legacy := names.BridgeName("", names.Identity(randomIdentity(t)), names.NetInternal)
 	if out, err := exec.Command("ip", "link", "add", legacy, "type", "bridge").CombinedOutput(); err != nil {
 		t.Fatalf("add legacy bridge %s: %v: %s", legacy, err, out)
 	}
@@ -68,7 +69,7 @@ func TestE2EOwnersAreSeparate(t *testing.T) {
 	}
 
 	// While A's state dir exists, A is not orphaned: not reported, not removable by B.
-	if orphans := orphansOf(t, mB); orphans[mA.owner.ID] != nil || orphans[LegacyOwner] == nil {
+	if orphans := orphansOf(t, mB); orphans[mA.owner.ID] != nil || orphans[names.LegacyOwner] == nil {
 		t.Errorf("orphaned owners with A alive: %v; want the legacy objects only", orphans)
 	}
 	if _, err := mB.SweepOrphanedOwner(ctx, mA.owner.ID); err == nil || !strings.Contains(err.Error(), stateA) {
@@ -152,7 +153,7 @@ func (b *testBottle) assertIntact(ctx context.Context, srv string) {
 			t.Errorf("%s chain %s gone or without DROP: %v: %s", bin, b.m.FirewallChain(b.identity), err, out)
 		}
 	}
-	if _, _, err := b.m.slotOf(b.identity); err != nil {
+	if _, err := b.m.SlotOf(b.identity, b.pool); err != nil {
 		t.Errorf("slot gone: %v", err)
 	}
 	left, err := b.m.Leftovers(ctx)
@@ -196,7 +197,7 @@ func TestE2EInternalBridgeHasNoHostAddress(t *testing.T) {
 		if err != nil || len(ports) != 2 {
 			t.Fatalf("ports of %s: %v, %v", br, ports, err)
 		}
-		for _, ifName := range []string{br, ports[0].name, ports[1].name} {
+		for _, ifName := range []string{br, ports[0].Attrs().Name, ports[1].Attrs().Name} {
 			if v, err := os.ReadFile(filepath.Join("/proc/sys/net/ipv6/conf", ifName, "disable_ipv6")); err != nil || strings.TrimSpace(string(v)) != "1" {
 				t.Errorf("IPv6 not disabled on %s: %q %v", ifName, v, err)
 			}

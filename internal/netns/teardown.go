@@ -5,29 +5,25 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os/exec"
-	"regexp"
-	"strings"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/names"
+	gocni "github.com/containerd/go-cni"
 	"github.com/containernetworking/cni/libcni"
+	"github.com/vishvananda/netlink"
 )
-
-// hostVethRE matches the host end of a veth pair the bridge plugin makes (ip.RandomVethName).
-var hostVethRE = regexp.MustCompile(`^veth[0-9a-f]{8}$`)
 
 // TeardownBottle removes all network state of bottle identity at once, when it stops: what
 // Teardown does for each of containers (container name -> its attachments; nil attachments
 // are fine) plus what RemoveNetworks does for nets. It leaves no netns file, veth pair,
 // bridge, masquerade rule or chain, CNI cache result or IPAM directory of these behind.
 //
-// It does not run the CNI plugins' DEL: they are bottle's own bridge + static conflists, whose
-// DEL only deletes the veth in the netns, removes the masquerade rules and (libcni) the cache
-// entry, and static IPAM keeps no state. Instead, under one hold of the CNI lock, it unmounts
-// the netns files, deletes the veth pairs (from their host ends, the bridges' ports), removes
-// every masquerade rule and chain of the bottle in one iptables-restore transaction, and
-// deletes the bridges, concurrently; then it removes the cache results and IPAM directories.
+// Under one hold of the CNI lock it runs the plugins' DEL of every container at once, then
+// deletes the veth pairs still on the bridges (their netns file was gone, so DEL could not
+// reach them, and a netns goes only once nothing holds it) and the bridges, concurrently.
 //
 // The containers must be stopped. It is idempotent: missing pieces (a second call, a start
 // killed half way) are fine. The firewall (RemoveFirewall) and the slot are separate.
@@ -43,32 +39,44 @@ func (m *Manager) TeardownContainers(ctx context.Context, identity string, conta
 }
 
 func (m *Manager) teardownBottle(ctx context.Context, identity string, containers map[string][]Attachment, nets []Network, deleteBridges bool) error {
-	if err := ValidateIdentity(identity); err != nil {
+	id, err := names.ParseIdentity(identity)
+	if err != nil {
 		return err
 	}
 	invalid := func(err error) error {
 		return fmt.Errorf("network teardown of bottle %s: %w", identity, err)
 	}
-	networks := map[string]bool{} // names of the networks whose masquerade and cache entries go
+	networks := map[string]bool{} // names of the networks whose cache entries go
 	for _, n := range nets {
-		if err := m.checkOwnNetwork(identity, n); err != nil {
+		if err := m.checkOwnNetwork(id, n); err != nil {
 			return invalid(err)
 		}
 		networks[n.Name] = true
 	}
+	clists := map[string]*cniList{}
 	for name, atts := range containers {
 		if err := validateContainerName(name); err != nil {
 			return invalid(err)
 		}
-		if id, ok := identityFromContainerName(name); !ok || id != identity {
-			return invalid(fmt.Errorf("container %s is not one of its containers (bottle-%s[-<role>])", name, identity))
+		if got, ok := names.IdentityOfContainer(name); !ok || got != id {
+			return invalid(fmt.Errorf("container %s is not one of its containers (%s%s[-<role>])", name, names.Prefix, identity))
 		}
 		for _, a := range atts {
-			if err := m.checkOwnNetwork(identity, a.Network); err != nil {
+			if err := m.checkOwnNetwork(id, a.Network); err != nil {
 				return invalid(fmt.Errorf("container %s: %w", name, err))
 			}
 			networks[a.Name] = true
 		}
+		cl := &cniList{}
+		if len(atts) > 0 {
+			if cl.atts, err = m.normalize(atts); err != nil {
+				return invalid(fmt.Errorf("container %s: %w", name, err))
+			}
+			if cl.cni, err = m.newCNI(cl.atts); err != nil {
+				return invalid(fmt.Errorf("container %s: %w", name, err))
+			}
+		}
+		clists[name] = cl
 	}
 	fail := func(err error) error {
 		return fmt.Errorf("network teardown of bottle %s: %w (run `bottle cleanup`)", identity, err)
@@ -83,41 +91,13 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	defer unlock()
 	start := time.Now()
 
-	// What is ours in the CNI cache: entries of these networks and of these containers.
-	owned := func(network, containerID string) bool {
-		owner, id, ok := parseNetworkName(network)
-		_, isContainer := containers[containerID]
-		return ok && owner == m.owner.ID && id == identity && (networks[network] || isContainer)
-	}
-	cached, err := m.cachedAttachments("")
-	if err != nil {
-		return fail(err)
-	}
-	var ownCache []*libcni.NetworkAttachment
-	masqChains := map[string]bool{}
-	for _, ca := range cached {
-		if owned(ca.Network, ca.ContainerID) {
-			ownCache = append(ownCache, ca)
-			masqChains[masqChain(ca.Network, ca.ContainerID)] = true
-		}
-	}
-	for name := range containers {
-		for n := range networks {
-			masqChains[masqChain(n, name)] = true
-		}
-	}
-
-	var ports []sysLink // host ends of the containers' veth pairs
+	var ports []netlink.Link // host ends of the containers' veth pairs, listed before DEL
 	for _, n := range nets {
 		p, err := bridgePorts(n.Bridge)
 		if err != nil {
 			return fail(err)
 		}
-		for _, l := range p {
-			if hostVethRE.MatchString(l.name) { // others were not made by the bridge plugin
-				ports = append(ports, l)
-			}
-		}
+		ports = append(ports, p...)
 	}
 
 	var (
@@ -132,34 +112,31 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 			mu.Unlock()
 		}
 	}
+	for name, cl := range clists {
+		wg.Go(func() { collect(m.teardownLocked(ctx, name, cl.atts, cl.cni)) })
+	}
+	wg.Wait()
+	// The rest of the bottle's CNI cache: entries of its networks (of containers not
+	// named) and of its containers (on networks not named).
+	collect(m.delCached(ctx, "", func(ca *libcni.NetworkAttachment) bool {
+		_, isContainer := containers[ca.ContainerID]
+		_, of, _ := names.ParseNetworkName(ca.Network)
+		return of == id && (networks[ca.Network] || isContainer)
+	}))
 	// Deleting a bridge is the slowest part (two RCU barriers in the kernel, one under RTNL):
-	// start those first.
+	// those run alongside the veths.
 	if deleteBridges {
 		for _, n := range nets {
 			wg.Go(func() { collect(deleteBridge(n.Bridge)) })
 		}
 	}
-	wg.Go(func() { collect(removeBottleMasq(ctx, owned, masqChains)) })
-	// The veth pairs would go with their netns, but only once the kernel's asynchronous netns
-	// cleanup has run, and never while a process still holds the netns: delete them from
-	// their host ends (the bridges' ports, listed before the bridges went).
 	for _, p := range ports {
-		wg.Go(func() {
-			if err := deleteLink(p.index); err != nil {
-				collect(fmt.Errorf("delete veth %s: %w", p.name, err))
-			}
-		})
-	}
-	for name := range containers {
-		collect(removeNetnsFile(m.NetnsPath(name)))
+		wg.Go(func() { collect(deleteLink(p)) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		// The cache entries and IPAM directories stay: they tell `bottle cleanup` what to undo.
+		// The IPAM directories stay: with the cache they tell `bottle cleanup` what to undo.
 		return fail(err)
-	}
-	for _, ca := range ownCache {
-		collect(removeCacheFile(ca))
 	}
 	if deleteBridges {
 		for _, n := range nets {
@@ -173,70 +150,88 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	return nil
 }
 
-// checkOwnNetwork makes sure n is a valid network of the owner's bottle identity.
-func (m *Manager) checkOwnNetwork(identity string, n Network) error {
+// cniList is a container's attachments with their go-cni instance.
+type cniList struct {
+	atts []Attachment
+	cni  gocni.CNI
+}
+
+// checkOwnNetwork makes sure n is a valid network of the owner's bottle id.
+func (m *Manager) checkOwnNetwork(id names.Identity, n Network) error {
 	if err := n.validate(); err != nil {
 		return err
 	}
-	if owner, id, _ := parseNetworkName(n.Name); owner != m.owner.ID || id != identity {
-		return fmt.Errorf("network %s belongs to another bottle or owner (this is bottle %s of owner %s)", n.Name, identity, m.owner.ID)
+	if owner, of, _ := names.ParseNetworkName(n.Name); owner != m.owner.ID || of != id {
+		return fmt.Errorf("network %s belongs to another bottle or owner (this is bottle %s of owner %s)", n.Name, id, m.owner.ID)
 	}
 	return nil
 }
 
-// removeBottleMasq removes the bridge plugin's masquerade rules (POSTROUTING jumps whose
-// comment names an owned network and container) and their CNI-<hash> chains, plus any chain
-// of extraChains that exists, from the IPv4 nat table: one listing, one iptables-restore
-// transaction. A concurrent change fails the transaction; it is retried on a fresh listing.
-func removeBottleMasq(ctx context.Context, owned func(network, containerID string) bool, extraChains map[string]bool) error {
-	t := ipt{bin: "iptables"}
-	if _, err := exec.LookPath(t.bin); err != nil {
-		return nil // no iptables, so the plugin cannot have written rules either
+// RemoveNetworks removes what the networks of identity leave on the host once no container
+// uses them: remaining cached CNI attachments (libcni's GC: DEL of each), masquerade
+// rules, the bridges, and the CNI IPAM directories <cache>/networks/<name>. Missing pieces
+// are fine. Call it after Teardown of every container of the bottle.
+func (m *Manager) RemoveNetworks(ctx context.Context, identity string, nets []Network) error {
+	id, err := names.ParseIdentity(identity)
+	if err != nil {
+		return err
 	}
-	var lastErr error
-	for range 3 {
-		lines, err := t.rules(ctx, "nat", "")
-		if err != nil {
-			return fmt.Errorf("remove masquerade rules: %w", err)
-		}
-		existing := map[string]bool{}
-		drop := map[string]bool{}
-		var script strings.Builder
-		for _, l := range lines {
-			f := strings.Fields(l)
-			if len(f) == 2 && f[0] == "-N" {
-				existing[f[1]] = true
-			}
-			if len(f) < 2 || f[0] != "-A" || f[1] != "POSTROUTING" {
-				continue
-			}
-			mm := masqCommentRE.FindStringSubmatch(l)
-			if mm == nil || !owned(mm[1], mm[2]) {
-				continue
-			}
-			_, target, err := deleteArgs(l)
-			if err != nil {
-				return fmt.Errorf("remove masquerade rules: %w", err)
-			}
-			if strings.HasPrefix(target, "CNI-") {
-				drop[target] = true
-			}
-			script.WriteString("-D" + strings.TrimPrefix(l, "-A") + "\n")
-		}
-		for c := range extraChains {
-			drop[c] = true
-		}
-		for c := range drop {
-			if existing[c] {
-				script.WriteString("-F " + c + "\n-X " + c + "\n")
-			}
-		}
-		if script.Len() == 0 {
-			return nil
-		}
-		if lastErr = t.restore(ctx, "*nat\n"+script.String()+"COMMIT\n"); lastErr == nil {
-			return nil
+	for _, n := range nets {
+		if err := m.checkOwnNetwork(id, n); err != nil {
+			return fmt.Errorf("remove networks of bottle %s: %w", identity, err)
 		}
 	}
-	return fmt.Errorf("remove masquerade rules: %w", lastErr)
+	unlock, err := m.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var errs []error
+	for _, n := range nets {
+		errs = append(errs, m.gcNetwork(ctx, n.Name), deleteBridge(n.Bridge), removeIPAMDir(n.Name))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove networks of bottle %s: %w (run `bottle cleanup`)", identity, err)
+	}
+	return nil
+}
+
+// gcNetwork runs libcni's GC of network with no attachment valid: CNI DEL of every cached
+// attachment on it, with the network's cached config; then it removes the masquerade
+// rules of the network that the plugin left.
+func (m *Manager) gcNetwork(ctx context.Context, network string) error {
+	cached, err := m.cachedAttachments("")
+	if err != nil {
+		return err
+	}
+	var list *libcni.NetworkConfigList
+	for _, ca := range cached {
+		if ca.Network != network {
+			continue
+		}
+		if err := dropUnmounted(ca.NetNS); err != nil {
+			return err
+		}
+		if list == nil {
+			if list, err = libcni.ConfListFromBytes(ca.Config); err != nil {
+				return fmt.Errorf("cached config of network %s (container %s, %s): %w", ca.Network, ca.ContainerID, ca.IfName, err)
+			}
+		}
+	}
+	var errs []error
+	if list != nil {
+		if err := m.libcni().GCNetworkList(ctx, list, nil); err != nil {
+			errs = append(errs, fmt.Errorf("CNI GC of network %s: %w", network, err))
+		}
+	}
+	errs = append(errs, removeListedMasq(ctx, func(n, _ string) bool { return n == network }))
+	return errors.Join(errs...)
+}
+
+func removeIPAMDir(network string) error {
+	p := filepath.Join(libcni.CacheDir, "networks", network)
+	if err := os.RemoveAll(p); err != nil {
+		return fmt.Errorf("remove CNI IPAM directory %s: %w", p, err)
+	}
+	return nil
 }

@@ -203,7 +203,7 @@ func (e *Engine) reportOrphanedOwners(ctx context.Context, rep *CleanupReport) e
 }
 
 // CleanupOrphanedOwner removes the host network objects of owner id, another state dir
-// and namespace whose state dir is gone (or netns.LegacyOwner: objects without owner), as
+// and namespace whose state dir is gone (or names.LegacyOwner: objects without owner), as
 // Cleanup reports them.
 func (e *Engine) CleanupOrphanedOwner(ctx context.Context, id string) (CleanupReport, error) {
 	var rep CleanupReport

@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/firewall"
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
@@ -101,7 +103,7 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 			checks = append(checks, leftoverChecks(ctx, c, n, o.StateDir)...)
 		}
 	}
-	if fams, err := netns.CheckFirewall(ctx); err != nil {
+	if fams, err := firewall.Check(ctx); err != nil {
 		add("iptables", CheckFail, oneLine(err), "install iptables (Debian: apt-get install iptables)")
 	} else {
 		add("iptables", CheckOK, strings.Join(fams, " and ")+" usable", "")
@@ -113,10 +115,10 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 	} else {
 		add("ip_forward", CheckWarn, "off; the first bottle's egress network turns it on (the agent's internal network stays blocked by bottle's firewall rules)", "")
 	}
-	if slot, err := netns.FirstFreeSlot("", o.Pool); err != nil {
+	if slot, err := slots.FirstFree("", o.Pool); err != nil {
 		add("subnet", CheckFail, oneLine(err), "remove bottles (`bottle rm`, `bottle cleanup`) or choose another --pool")
 	} else {
-		internal, egress, _ := netns.SlotSubnets(slot, o.Pool)
+		internal, egress, _ := slots.Subnets(slot, o.Pool)
 		add("subnet", CheckOK, fmt.Sprintf("next bottle gets %s and %s from pool %s", internal, egress, o.Pool), "")
 	}
 	if c != nil && o.Manifest != nil {

@@ -18,21 +18,17 @@ import (
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
-// DefaultNetnsDir holds bottle's netns files. It is not iproute2's /run/netns on purpose:
-// `ip netns add` bind-mounts /run/netns onto itself, which hides the netns mounts made
-// before it and makes their files impossible to remove.
-const DefaultNetnsDir = "/run/bottle/netns"
-
 // DefaultPool is the address pool bottle networks are carved from.
-var DefaultPool = netns.DefaultPool
+var DefaultPool = slots.DefaultPool
 
 // PoolSubnets are the internal and egress subnets of a pool's first slot (what `bottle
 // plan` shows; start reserves a free slot).
 func PoolSubnets(pool netip.Prefix) (internal, egress netip.Prefix, err error) {
-	return netns.SlotSubnets(0, pool)
+	return slots.Subnets(0, pool)
 }
 
 // Options configure an Engine.
@@ -40,7 +36,7 @@ type Options struct {
 	Address, Namespace string
 	StateDir           string
 	Pool               netip.Prefix
-	// NetnsDir holds the netns files (default DefaultNetnsDir).
+	// NetnsDir holds the netns files (default netns.DefaultNetnsDir).
 	NetnsDir string
 	// RuncRoot is the runc state root for runc-shim runtimes (default: the shim's).
 	RuncRoot string
@@ -81,9 +77,6 @@ func Open(ctx context.Context, opts Options) (*Engine, error) {
 	}
 	if !opts.Pool.IsValid() {
 		opts.Pool = DefaultPool
-	}
-	if opts.NetnsDir == "" {
-		opts.NetnsDir = DefaultNetnsDir
 	}
 	if opts.StateDir == "" || !filepath.IsAbs(opts.StateDir) {
 		return nil, fmt.Errorf("state dir %q must be an absolute path", opts.StateDir)

@@ -381,16 +381,16 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 // prepareContainer wires one container's netns and creates the container (on resume it
 // replaces the recorded container; the agent keeps its writable snapshot).
 func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *state.Meta, p *plan.Plan, c *plan.Container, rt ctr.Runtime, so StartOptions, resume bool) error {
-	nsPath, atts, err := e.setupNetns(ctx, meta, c.Name)
+	ns, err := e.setupNetns(ctx, meta, c.Name)
 	if err != nil {
 		return err
 	}
-	undo.push("teardown netns "+c.Name, func(ctx context.Context) error { return e.net.Teardown(ctx, c.Name, atts) })
+	undo.push("teardown netns "+c.Name, ns.Release)
 	cfg, err := e.ctr.ImageConfig(ctx, c.Image)
 	if err != nil {
 		return err
 	}
-	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), nsPath, c.Role == plan.RoleAgent && so.Stdio.TTY && !so.Detach)
+	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), ns.Path, c.Role == plan.RoleAgent && so.Stdio.TTY && !so.Detach)
 	if err != nil {
 		return err
 	}
@@ -419,12 +419,12 @@ func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *st
 }
 
 // setupNetns gives container name a fresh netns with its recorded attachments.
-func (e *Engine) setupNetns(ctx context.Context, meta *state.Meta, name string) (nsPath string, atts []netns.Attachment, err error) {
-	if atts, err = e.attachments(meta, recorded(meta, name)); err != nil {
-		return "", nil, err
+func (e *Engine) setupNetns(ctx context.Context, meta *state.Meta, name string) (*netns.Netns, error) {
+	atts, err := e.attachments(meta, recorded(meta, name))
+	if err != nil {
+		return nil, err
 	}
-	nsPath, err = e.net.Setup(ctx, name, atts)
-	return nsPath, atts, err
+	return e.net.Setup(ctx, name, atts)
 }
 
 // writeStage writes the plan's stage files, the sidecars' writable run dirs and, with

@@ -7,62 +7,17 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 
+	"github.com/bottle-dev/bottle/internal/firewall"
+	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/containernetworking/cni/libcni"
 )
-
-// RemoveNetworks removes what the networks of identity leave on the host once no container
-// uses them: remaining cached CNI attachments (DEL with the cached config), masquerade
-// rules, the bridges, and the CNI IPAM directories /var/lib/cni/networks/<name>. Missing
-// pieces are fine. Call it after Teardown of every container of the bottle.
-func (m *Manager) RemoveNetworks(ctx context.Context, identity string, nets []Network) error {
-	if err := ValidateIdentity(identity); err != nil {
-		return err
-	}
-	for _, n := range nets {
-		if err := m.checkOwnNetwork(identity, n); err != nil {
-			return fmt.Errorf("remove networks of bottle %s: %w", identity, err)
-		}
-	}
-	unlock, err := m.lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	var errs []error
-	names := map[string]bool{}
-	for _, n := range nets {
-		names[n.Name] = true
-	}
-	if err := m.delCached(ctx, "", func(ca *libcni.NetworkAttachment) bool { return names[ca.Network] }); err != nil {
-		errs = append(errs, err)
-	}
-	for _, n := range nets {
-		if err := deleteBridge(n.Bridge); err != nil {
-			errs = append(errs, err)
-		}
-		if err := removeIPAMDir(n.Name); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("remove networks of bottle %s: %w (run `bottle cleanup`)", identity, err)
-	}
-	return nil
-}
-
-func removeIPAMDir(network string) error {
-	p := filepath.Join(CNICacheDir, "networks", network)
-	if err := os.RemoveAll(p); err != nil {
-		return fmt.Errorf("remove CNI IPAM directory %s: %w", p, err)
-	}
-	return nil
-}
 
 // LeftoverKind says what a Leftover is.
 type LeftoverKind string
@@ -92,7 +47,8 @@ type Leftover struct {
 	// Hash is the identity hash in bridge and chain names.
 	Hash string
 
-	container, network, ifName string // cache and masq entries
+	container, network, ifName string     // cache and masq entries
+	source                     netip.Addr // masq entries
 }
 
 func (l Leftover) String() string {
@@ -113,7 +69,7 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 	if entries, err := os.ReadDir(m.netnsRoot); err == nil {
 		dirs := map[string]string{"": m.netnsRoot}
 		for _, e := range entries {
-			if e.IsDir() && ownerIDRE.MatchString(e.Name()) {
+			if e.IsDir() && names.IsOwnerID(e.Name()) {
 				dirs[e.Name()] = filepath.Join(m.netnsRoot, e.Name())
 			}
 		}
@@ -124,9 +80,9 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 				continue
 			}
 			for _, f := range files {
-				if cn, ok := strings.CutPrefix(f.Name(), netnsFilePrefix); ok && !f.IsDir() {
-					id, _ := identityFromContainerName(cn)
-					out = append(out, Leftover{Kind: KindNetns, Name: filepath.Join(dir, f.Name()), Owner: owner, Identity: id, container: cn})
+				if cn, ok := names.ContainerOfNetnsFile(f.Name()); ok && !f.IsDir() {
+					id, _ := names.IdentityOfContainer(cn)
+					out = append(out, Leftover{Kind: KindNetns, Name: filepath.Join(dir, f.Name()), Owner: owner, Identity: string(id), container: cn})
 				}
 			}
 		}
@@ -136,7 +92,7 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 
 	if ifs, err := net.Interfaces(); err == nil {
 		for _, i := range ifs {
-			if owner, hash, ok := parseBridgeName(i.Name); ok {
+			if owner, hash, ok := names.ParseBridgeName(i.Name); ok {
 				out = append(out, Leftover{Kind: KindBridge, Name: i.Name, Owner: owner, Hash: hash})
 			}
 		}
@@ -144,64 +100,60 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 		errs = append(errs, fmt.Errorf("list host interfaces: %w", err))
 	}
 
-	if fams, err := families(); err == nil {
+	if chains, err := firewall.Chains(ctx); err == nil {
+		for _, c := range chains {
+			if owner, hash, ok := names.ParseChainName(c); ok {
+				out = append(out, Leftover{Kind: KindChain, Name: c, Owner: owner, Hash: hash})
+			}
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	if rules, err := firewall.ListMasq(ctx); err == nil {
 		seen := map[string]bool{}
-		for _, t := range fams {
-			lines, err := t.rules(ctx, "filter", "")
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			for _, l := range lines {
-				f := strings.Fields(l)
-				if len(f) != 2 || f[0] != "-N" || seen[f[1]] {
-					continue
-				}
-				if owner, hash, ok := parseChainName(f[1]); ok {
-					seen[f[1]] = true
-					out = append(out, Leftover{Kind: KindChain, Name: f[1], Owner: owner, Hash: hash})
-				}
+		for _, r := range rules {
+			owner, id, ok := names.ParseNetworkName(r.Network)
+			if key := r.Network + "/" + r.Container; ok && !seen[key] {
+				seen[key] = true
+				out = append(out, Leftover{Kind: KindMasq, Name: key, Owner: owner, Identity: string(id), network: r.Network, container: r.Container, source: r.Source.Addr()})
 			}
 		}
-		masq, err := listMasq(ctx)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		out = append(out, masq...)
 	} else {
 		errs = append(errs, err)
 	}
 
-	if cached, err := m.cachedAttachments(""); err == nil {
+	// Every owner's cache entries (cachedAttachments keeps only ours).
+	if cached, err := m.libcni().GetCachedAttachments(""); err == nil {
 		for _, ca := range cached {
-			if owner, id, ok := parseNetworkName(ca.Network); ok {
-				out = append(out, Leftover{Kind: KindCNICache, Name: cacheFilePath(ca.Network, ca.ContainerID, ca.IfName), Owner: owner, Identity: id,
+			if owner, id, ok := names.ParseNetworkName(ca.Network); ok {
+				out = append(out, Leftover{Kind: KindCNICache, Name: ca.Network + "/" + ca.ContainerID + "/" + ca.IfName, Owner: owner, Identity: string(id),
 					container: ca.ContainerID, network: ca.Network, ifName: ca.IfName})
 			}
 		}
 	} else {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("read CNI cache %s: %w", filepath.Join(libcni.CacheDir, "results"), err))
 	}
 
-	ipamRoot := filepath.Join(CNICacheDir, "networks")
+	ipamRoot := filepath.Join(libcni.CacheDir, "networks")
 	if entries, err := os.ReadDir(ipamRoot); err == nil {
 		for _, e := range entries {
-			if owner, id, ok := parseNetworkName(e.Name()); ok {
-				out = append(out, Leftover{Kind: KindIPAMDir, Name: filepath.Join(ipamRoot, e.Name()), Owner: owner, Identity: id, network: e.Name()})
+			if owner, id, ok := names.ParseNetworkName(e.Name()); ok {
+				out = append(out, Leftover{Kind: KindIPAMDir, Name: filepath.Join(ipamRoot, e.Name()), Owner: owner, Identity: string(id), network: e.Name()})
 			}
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("list CNI IPAM directory %s: %w", ipamRoot, err))
 	}
 
-	if slots, err := listSlots(m.slotDir); err == nil {
-		for name, rec := range slots {
-			out = append(out, Leftover{Kind: KindSlot, Name: filepath.Join(m.slotDir, name), Owner: rec.ID, Identity: rec.Identity})
+	slotDir := cmp.Or(m.slots.Dir, slots.DefaultDir)
+	if recs, err := slots.List(slotDir); err == nil {
+		for name, rec := range recs {
+			out = append(out, Leftover{Kind: KindSlot, Name: filepath.Join(slotDir, name), Owner: rec.ID, Identity: rec.Identity})
 		}
 	} else {
 		errs = append(errs, err)
 	}
-	if legacy, err := legacySlots(m.owner.StateDir); err == nil {
+	if legacy, err := slots.Legacy(m.owner.StateDir); err == nil {
 		for p, id := range legacy {
 			out = append(out, Leftover{Kind: KindSlot, Name: p, Identity: id})
 		}
@@ -213,7 +165,7 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 	byKey := map[string]string{}
 	for _, l := range out {
 		if l.Identity != "" {
-			byKey[nameKey(l.Owner, l.Identity)] = l.Identity
+			byKey[l.Owner+"/"+names.NameHash(l.Owner, names.Identity(l.Identity))] = l.Identity
 		}
 	}
 	for i := range out {
@@ -233,35 +185,6 @@ func (m *Manager) Leftovers(ctx context.Context) (Leftovers, error) {
 	return out, nil
 }
 
-var masqCommentRE = regexp.MustCompile(`name: \\?"(bottle-[a-z0-9-]+)\\?" id: \\?"([^"\\]+)\\?"`)
-
-// listMasq finds POSTROUTING jumps the bridge plugin made for bottle networks.
-func listMasq(ctx context.Context) (Leftovers, error) {
-	lines, err := ipt{bin: "iptables"}.rules(ctx, "nat", "POSTROUTING")
-	if err != nil {
-		return nil, err
-	}
-	var out Leftovers
-	seen := map[string]bool{}
-	for _, l := range lines {
-		mm := masqCommentRE.FindStringSubmatch(l)
-		if mm == nil {
-			continue
-		}
-		owner, id, ok := parseNetworkName(mm[1])
-		if !ok {
-			continue
-		}
-		key := mm[1] + "/" + mm[2]
-		if seen[key] {
-			continue
-		}
-		seen[key] = true
-		out = append(out, Leftover{Kind: KindMasq, Name: key, Owner: owner, Identity: id, network: mm[1], container: mm[2]})
-	}
-	return out, nil
-}
-
 // Sweep removes every leftover of the Manager's owner whose bottle is not kept:
 // keep(identity) false. Leftovers whose bottle cannot be told (a bridge or chain with no
 // slot, netns or CNI entry naming its identity) are passed as keep(""): return false to
@@ -276,24 +199,24 @@ func (m *Manager) Sweep(ctx context.Context, keep func(identity string) bool) (L
 	return m.sweep(ctx, all, func(l Leftover) bool { return l.Owner == m.owner.ID && !keep(l.Identity) })
 }
 
-// SweepOrphanedOwner removes every object of owner id (LegacyOwner: the objects without
+// SweepOrphanedOwner removes every object of owner id (names.LegacyOwner: the objects without
 // owner) when nothing else can: it is not the Manager's owner and no slot record of it
 // names a state dir that still exists.
 func (m *Manager) SweepOrphanedOwner(ctx context.Context, id string) (Leftovers, error) {
 	owner := id
-	if id == LegacyOwner {
+	if id == names.LegacyOwner {
 		owner = ""
-	} else if !ownerIDRE.MatchString(id) {
-		return nil, fmt.Errorf("invalid owner %q: want 6 hex digits or %q, as `bottle cleanup` and `bottle doctor` print them", id, LegacyOwner)
+	} else if !names.IsOwnerID(id) {
+		return nil, fmt.Errorf("invalid owner %q: want 6 hex digits or %q, as `bottle cleanup` and `bottle doctor` print them", id, names.LegacyOwner)
 	}
 	if owner == m.owner.ID {
 		return nil, fmt.Errorf("owner %s is this state dir's (%s, namespace %q): run `bottle cleanup` instead", id, m.owner.StateDir, m.owner.Namespace)
 	}
-	slots, err := listSlots(m.slotDir)
+	recs, err := slots.List(cmp.Or(m.slots.Dir, slots.DefaultDir))
 	if err != nil {
 		return nil, err
 	}
-	for _, rec := range slots {
+	for _, rec := range recs {
 		if owner != "" && rec.ID == owner && stateDirExists(rec.StateDir) {
 			return nil, fmt.Errorf("owner %s is not orphaned: its state dir %s exists; run `bottle --state-dir %s --namespace %s cleanup`", id, rec.StateDir, rec.StateDir, rec.Namespace)
 		}
@@ -336,21 +259,17 @@ func (m *Manager) sweep(ctx context.Context, all Leftovers, drop func(Leftover) 
 			case KindNetns:
 				done(l, m.Teardown(ctx, l.container, nil))
 			case KindCNICache:
-				if _, err := os.Stat(l.Name); errors.Is(err, fs.ErrNotExist) {
-					removed = append(removed, l) // removed with its netns above
-					continue
-				}
 				done(l, m.sweepCache(ctx, l))
 			case KindMasq:
-				done(l, removeMasq(ctx, l.network, l.container))
+				done(l, firewall.RemoveMasq(l.network, l.container, l.source))
 			case KindChain:
-				done(l, removeChain(ctx, l.Name))
+				done(l, firewall.Remove(ctx, l.Name))
 			case KindBridge:
 				done(l, deleteBridge(l.Name))
 			case KindIPAMDir:
 				done(l, removeIPAMDir(l.network))
 			case KindSlot:
-				done(l, removeSlotFile(l.Name))
+				done(l, slots.RemoveFile(l.Name))
 			}
 		}
 	}
@@ -366,8 +285,8 @@ func (m *Manager) sweep(ctx context.Context, all Leftovers, drop func(Leftover) 
 // OrphanedOwner is the host objects of another owner whose state dir is gone or unknown,
 // or of no owner (legacy): only Command removes them.
 type OrphanedOwner struct {
-	// Owner is what its slot records say; ID is LegacyOwner for objects without owner.
-	Owner
+	// Owner is what its slot records say; ID is names.LegacyOwner for objects without owner.
+	names.Owner
 	Objects Leftovers
 }
 
@@ -377,7 +296,7 @@ func (o OrphanedOwner) Command() string { return "bottle cleanup --orphaned-owne
 func (o OrphanedOwner) String() string {
 	who := fmt.Sprintf("owner %s (state dir %s gone, namespace %q)", o.ID, o.StateDir, o.Namespace)
 	switch {
-	case o.ID == LegacyOwner:
+	case o.ID == names.LegacyOwner:
 		who = "objects without owner (made before bottle recorded owners; remove them once no bottle started by that version runs)"
 	case o.StateDir == "":
 		who = "owner " + o.ID + " (no slot record names its state dir)"
@@ -396,12 +315,12 @@ func (o OrphanedOwner) String() string {
 // objects, and objects of owners with no slot record naming an existing state dir. Live
 // owners' objects are none of ours and left out.
 func (m *Manager) OrphanedOwners(left Leftovers) ([]OrphanedOwner, error) {
-	slots, err := listSlots(m.slotDir)
+	recs, err := slots.List(cmp.Or(m.slots.Dir, slots.DefaultDir))
 	if err != nil {
 		return nil, err
 	}
-	known := map[string]Owner{}
-	for _, rec := range slots {
+	known := map[string]names.Owner{}
+	for _, rec := range recs {
 		if rec.ID != "" && !stateDirExists(known[rec.ID].StateDir) {
 			known[rec.ID] = rec.Owner
 		}
@@ -413,7 +332,7 @@ func (m *Manager) OrphanedOwners(left Leftovers) ([]OrphanedOwner, error) {
 		if l.Owner == m.owner.ID || (l.Owner != "" && stateDirExists(o.StateDir)) {
 			continue
 		}
-		o.ID = cmp.Or(l.Owner, LegacyOwner)
+		o.ID = cmp.Or(l.Owner, names.LegacyOwner)
 		g := groups[o.ID]
 		if g == nil {
 			g = &OrphanedOwner{Owner: o}

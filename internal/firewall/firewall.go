@@ -1,10 +1,17 @@
-package netns
+// Package firewall keeps bottle's host firewall: one filter chain per bottle that isolates
+// its internal bridge (IPv4 and IPv6), and the removal of the masquerade rules the CNI
+// bridge plugin leaves behind.
+//
+// The filter chain is written with iptables-restore rather than a library (go-iptables
+// runs one iptables process per rule): one transaction per family fills the chain before
+// anything jumps to it, so it never passes traffic half-built, a failure changes nothing,
+// and a bottle's start pays one process per family.
+package firewall
 
 import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha512"
 	"errors"
 	"fmt"
 	"os"
@@ -74,11 +81,6 @@ func families() ([]ipt, error) {
 	return append(out, ipt{bin: "ip6tables"}), nil
 }
 
-// FirewallChain is the filter chain holding the rules of identity: BOTTLE-<owner>-<6 hex>.
-func (m *Manager) FirewallChain(identity string) string {
-	return chainPrefix + m.owner.ID + "-" + identityHash(identity)[:6]
-}
-
 // jumps are the rules in built-in chains that send the internal bridge's traffic to chain.
 func jumps(bridge, chain string) [][]string {
 	return [][]string{
@@ -89,37 +91,29 @@ func jumps(bridge, chain string) [][]string {
 	}
 }
 
-// InstallFirewall isolates the internal network of identity on the host (IPv4 and IPv6):
-// nothing is forwarded from or to its bridge (other than between its own ports when
-// br_netfilter hands bridged frames to iptables), nothing it sends reaches the host (INPUT),
-// and the host sends nothing into it (OUTPUT). The rules live in chain FirewallChain,
-// jumped to from the top of FORWARD, INPUT and OUTPUT, so removal is exact. Interfaces are
-// matched by name, so install it before the bridge exists (before the first Setup).
-// Idempotent.
-func (m *Manager) InstallFirewall(ctx context.Context, identity string, internal Network) error {
-	if err := ValidateIdentity(identity); err != nil {
-		return err
-	}
-	if want, _, _ := m.BottleNetworks(identity, 0, DefaultPool); internal.Egress || internal.Bridge != want.Bridge {
-		return fmt.Errorf("install firewall of bottle %s: network %s (bridge %q) is not its internal network (want bridge %s; use BottleNetworks)", identity, internal.Name, internal.Bridge, want.Bridge)
-	}
+// Install isolates bridge, the internal bridge of a bottle, on the host (IPv4 and IPv6):
+// nothing is forwarded from or to it (other than between its own ports when br_netfilter
+// hands bridged frames to iptables), nothing it sends reaches the host (INPUT), and the
+// host sends nothing into it (OUTPUT). The rules live in chain, jumped to from the top of
+// FORWARD, INPUT and OUTPUT, so removal is exact. Interfaces are matched by name, so
+// install it before the bridge exists. Idempotent; a failure removes what it made.
+func Install(ctx context.Context, chain, bridge string) error {
 	fams, err := families()
 	if err != nil {
-		return fmt.Errorf("install firewall of bottle %s: %w", identity, err)
+		return err
 	}
-	chain := m.FirewallChain(identity)
 	errs := make([]error, len(fams))
 	var wg sync.WaitGroup
 	for i, t := range fams {
 		wg.Go(func() {
-			if err := installFamily(ctx, t, internal.Bridge, chain); err != nil {
-				errs[i] = fmt.Errorf("install firewall of bottle %s (%s chain %s): %w", identity, t.bin, chain, err)
+			if err := installFamily(ctx, t, bridge, chain); err != nil {
+				errs[i] = fmt.Errorf("%s chain %s: %w", t.bin, chain, err)
 			}
 		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return errors.Join(err, m.RemoveFirewall(context.WithoutCancel(ctx), identity))
+		return errors.Join(err, Remove(context.WithoutCancel(ctx), chain))
 	}
 	return nil
 }
@@ -155,21 +149,10 @@ func installFamily(ctx context.Context, t ipt, bridge, chain string) error {
 	return t.restore(ctx, script.String())
 }
 
-// RemoveFirewall removes the chain of identity and every jump to it; missing ones are fine.
-func (m *Manager) RemoveFirewall(ctx context.Context, identity string) error {
-	if err := ValidateIdentity(identity); err != nil {
-		return err
-	}
-	if err := removeChain(ctx, m.FirewallChain(identity)); err != nil {
-		return fmt.Errorf("remove firewall of bottle %s: %w", identity, err)
-	}
-	return nil
-}
-
-// removeChain deletes every rule of the built-in filter chains that jumps to chain, then
-// flushes and deletes chain, for each family (at once: teardown latency is start latency
+// Remove deletes every rule of the built-in filter chains that jumps to chain, then
+// flushes and deletes chain, for each family; missing ones are fine (at once: teardown latency is start latency
 // for a user who runs one command after another).
-func removeChain(ctx context.Context, chain string) error {
+func Remove(ctx context.Context, chain string) error {
 	fams, err := families()
 	if err != nil {
 		return err
@@ -232,104 +215,31 @@ func jumpsTo(fields []string, chain string) bool {
 	return false
 }
 
-// masqChain is the bridge plugin's masquerade chain name (plugins pkg/utils.FormatChainName).
-func masqChain(network, containerID string) string {
-	return fmt.Sprintf("CNI-%x", sha512.Sum512([]byte(network+containerID)))[:28]
-}
-
-// removeMasq removes the bridge plugin's masquerade rules of (network, container): the
-// POSTROUTING jumps carrying its comment and its CNI-<hash> chain in the nat table.
-func removeMasq(ctx context.Context, network, containerID string) error {
-	t := ipt{bin: "iptables"}
-	if _, err := exec.LookPath(t.bin); err != nil {
-		return nil // no iptables, so the plugin cannot have written rules either
-	}
-	chains := map[string]bool{masqChain(network, containerID): true}
-	lines, err := t.rules(ctx, "nat", "POSTROUTING")
+// Chains lists the names of the filter chains of every family bottle programs.
+func Chains(ctx context.Context) ([]string, error) {
+	fams, err := families()
 	if err != nil {
-		return fmt.Errorf("remove masquerade rules of network %s (container %s): %w", network, containerID, err)
+		return nil, err
 	}
-	for _, l := range lines {
-		// iptables -S prints the comment quoted with escaped inner quotes.
-		if m := masqCommentRE.FindStringSubmatch(l); m == nil || m[1] != network || m[2] != containerID {
+	var out []string
+	var errs []error
+	for _, t := range fams {
+		lines, err := t.rules(ctx, "filter", "")
+		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		args, target, err := deleteArgs(l)
-		if err != nil {
-			return fmt.Errorf("remove masquerade rules of network %s (container %s): %w", network, containerID, err)
-		}
-		if _, err := t.run(ctx, append([]string{"-t", "nat"}, args...)...); err != nil {
-			return fmt.Errorf("remove masquerade rules of network %s (container %s): %w", network, containerID, err)
-		}
-		if strings.HasPrefix(target, "CNI-") {
-			chains[target] = true
-		}
-	}
-	for c := range chains {
-		if err := removeChainFamily(ctx, t, "nat", c, []string{"POSTROUTING"}); err != nil {
-			return fmt.Errorf("remove masquerade chain %s of network %s (container %s): %w", c, network, containerID, err)
-		}
-	}
-	return nil
-}
-
-// deleteArgs turns an `iptables -S` line "-A CHAIN ..." into "-D CHAIN ..." arguments,
-// honouring the double quotes iptables prints around comments; it also returns the -j target.
-func deleteArgs(line string) (args []string, target string, err error) {
-	fields, err := splitQuoted(line)
-	if err != nil {
-		return nil, "", err
-	}
-	if len(fields) < 2 || fields[0] != "-A" {
-		return nil, "", fmt.Errorf("unexpected iptables rule %q", line)
-	}
-	fields[0] = "-D"
-	for i := 0; i+1 < len(fields); i++ {
-		if fields[i] == "-j" {
-			target = fields[i+1]
-		}
-	}
-	return fields, target, nil
-}
-
-// splitQuoted splits an iptables-save style line: fields separated by spaces, "..." quoted
-// with backslash escapes.
-func splitQuoted(s string) ([]string, error) {
-	var out []string
-	var cur strings.Builder
-	inQuote, escaped, have := false, false, false
-	for _, r := range s {
-		switch {
-		case escaped:
-			cur.WriteRune(r)
-			escaped = false
-		case r == '\\' && inQuote:
-			escaped = true
-		case r == '"':
-			inQuote = !inQuote
-			have = true
-		case r == ' ' && !inQuote:
-			if have {
-				out = append(out, cur.String())
-				cur.Reset()
-				have = false
+		for _, l := range lines {
+			if f := strings.Fields(l); len(f) == 2 && f[0] == "-N" && !slices.Contains(out, f[1]) {
+				out = append(out, f[1])
 			}
-		default:
-			cur.WriteRune(r)
-			have = true
 		}
 	}
-	if inQuote || escaped {
-		return nil, fmt.Errorf("unbalanced quotes in iptables rule %q", s)
-	}
-	if have {
-		out = append(out, cur.String())
-	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
-// CheckFirewall reports whether the iptables families bottle programs are usable.
-func CheckFirewall(ctx context.Context) ([]string, error) {
+// Check reports whether the iptables families bottle programs are usable.
+func Check(ctx context.Context) ([]string, error) {
 	fams, err := families()
 	if err != nil {
 		return nil, err

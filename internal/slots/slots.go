@@ -1,4 +1,6 @@
-package netns
+// Package slots hands out per-bottle subnets: a pool of /24 pairs ("slots") and the
+// host-wide reservations of them, one file per slot naming the bottle and its owner.
+package slots
 
 import (
 	"bufio"
@@ -16,23 +18,78 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
-const slotsDirName = "slots"
+// DefaultPool is the address pool slots are carved from (ARCHITECTURE.md).
+var DefaultPool = netip.MustParsePrefix("10.213.0.0/16")
 
-// slotRecord is the content of a slot file <SlotDir>/<address of the slot's internal /24>.
+// DefaultDir holds the slot reservations of every state dir and namespace: subnets
+// are a host-wide resource. (The default state dir's legacy slots are numbered files.)
+const DefaultDir = "/var/lib/bottle/" + LegacyDirName
+
+// SlotCount is how many slots pool holds (two /24 per slot).
+func SlotCount(pool netip.Prefix) (int, error) {
+	if err := validatePool(pool); err != nil {
+		return 0, err
+	}
+	return 1 << (24 - pool.Bits() - 1), nil
+}
+
+func validatePool(pool netip.Prefix) error {
+	if !pool.IsValid() || !pool.Addr().Is4() || pool.Bits() > 23 || pool.Bits() < 8 {
+		return fmt.Errorf("invalid subnet pool %s: want an IPv4 prefix between /8 and /23 (e.g. %s)", pool, DefaultPool)
+	}
+	if pool.Masked() != pool {
+		return fmt.Errorf("invalid subnet pool %s: host bits set, use %s", pool, pool.Masked())
+	}
+	return nil
+}
+
+// Subnets returns the internal (2k-th /24) and egress ((2k+1)-th /24) subnets of slot k.
+func Subnets(slot int, pool netip.Prefix) (internal, egress netip.Prefix, err error) {
+	n, err := SlotCount(pool)
+	if err != nil {
+		return internal, egress, err
+	}
+	if slot < 0 || slot >= n {
+		return internal, egress, fmt.Errorf("slot %d outside subnet pool %s (it holds slots 0..%d)", slot, pool, n-1)
+	}
+	base := pool.Addr().As4()
+	baseInt := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	mk := func(index uint32) netip.Prefix {
+		v := baseInt + index<<8
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), 0}), 24)
+	}
+	return mk(uint32(2 * slot)), mk(uint32(2*slot + 1)), nil
+}
+
+// LegacyDirName is the slot directory inside a state dir of bottles started before slots
+// were host-wide.
+const LegacyDirName = "slots"
+
+// Record is the content of a slot file <SlotDir>/<address of the slot's internal /24>.
 // The slot dir is shared by every state dir and namespace on the host, so that no two
 // owners pick the same subnets; each record names its owner, and only it frees the slot.
-type slotRecord struct {
+type Record struct {
 	Identity string `json:"identity"`
-	Owner
+	names.Owner
 	Pool string `json:"pool"`
 }
 
-// slotFile is the file name of slot k of pool: the address of its internal /24. Pools are
+// Store is the reservations of one owner in the host-wide slot directory.
+type Store struct {
+	Dir   string // DefaultDir if empty
+	Owner names.Owner
+}
+
+func (s Store) dir() string { return cmp.Or(s.Dir, DefaultDir) }
+
+// File is the file name of slot k of pool: the address of its internal /24. Pools are
 // /23 or wider, so a slot is the same pair of /24s in every pool that holds it.
-func slotFile(k int, pool netip.Prefix) string {
-	in, _, _ := SlotSubnets(k, pool)
+func File(k int, pool netip.Prefix) string {
+	in, _, _ := Subnets(k, pool)
 	return in.Addr().String()
 }
 
@@ -49,20 +106,20 @@ func slotIndex(name string, pool netip.Prefix) (int, bool) {
 	return int(d / 512), true
 }
 
-// ReserveSlot reserves a free slot of pool for identity and returns it. A slot is free when
+// Reserve reserves a free slot of pool for identity and returns it. A slot is free when
 // no slot file of its subnets exists (of any owner) and neither of its two /24 overlaps an
 // address or route of the host (another bottle's egress bridge, a VPN, the LAN, ...). The
 // reservation is an exclusive create, so concurrent callers get different slots. If
 // identity already holds a slot, that slot is returned.
-func (m *Manager) ReserveSlot(identity string, pool netip.Prefix) (int, error) {
-	if err := ValidateIdentity(identity); err != nil {
+func (s Store) Reserve(identity string, pool netip.Prefix) (int, error) {
+	if _, err := names.ParseIdentity(identity); err != nil {
 		return 0, err
 	}
 	n, err := SlotCount(pool)
 	if err != nil {
 		return 0, err
 	}
-	if name, rec, err := m.slotOf(identity); err == nil {
+	if name, rec, err := s.slotOf(identity); err == nil {
 		if k, ok := slotIndex(name, pool); ok && rec.Pool == pool.String() {
 			return k, nil
 		}
@@ -70,15 +127,15 @@ func (m *Manager) ReserveSlot(identity string, pool netip.Prefix) (int, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return 0, err
 	}
-	dir := m.slotDir
+	dir := s.dir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return 0, fmt.Errorf("create slot directory %s: %w (check permissions)", dir, err)
 	}
-	hostNets, err := hostPrefixes()
+	hostNets, err := HostPrefixes()
 	if err != nil {
 		return 0, err
 	}
-	content, err := json.Marshal(slotRecord{Identity: identity, Owner: m.owner, Pool: pool.String()})
+	content, err := json.Marshal(Record{Identity: identity, Owner: s.Owner, Pool: pool.String()})
 	if err != nil {
 		return 0, fmt.Errorf("encode slot record of bottle %s: %w", identity, err)
 	}
@@ -103,14 +160,14 @@ func (m *Manager) ReserveSlot(identity string, pool netip.Prefix) (int, error) {
 	}
 	var clashes []string
 	for k := range n {
-		in, eg, _ := SlotSubnets(k, pool)
-		if p, ok := overlapsAny(hostNets, in, eg); ok {
+		in, eg, _ := Subnets(k, pool)
+		if p, ok := Overlap(hostNets, in, eg); ok {
 			if len(clashes) < 3 {
 				clashes = append(clashes, fmt.Sprintf("slot %d overlaps host network %s", k, p))
 			}
 			continue
 		}
-		err := os.Link(tmpName, filepath.Join(dir, slotFile(k, pool)))
+		err := os.Link(tmpName, filepath.Join(dir, File(k, pool)))
 		if err == nil {
 			return k, nil
 		}
@@ -127,8 +184,8 @@ func (m *Manager) ReserveSlot(identity string, pool netip.Prefix) (int, error) {
 
 // SlotOf returns the slot of pool reserved for identity; the error wraps fs.ErrNotExist if
 // none.
-func (m *Manager) SlotOf(identity string, pool netip.Prefix) (int, error) {
-	name, _, err := m.slotOf(identity)
+func (s Store) SlotOf(identity string, pool netip.Prefix) (int, error) {
+	name, _, err := s.slotOf(identity)
 	if err != nil {
 		return 0, err
 	}
@@ -140,28 +197,28 @@ func (m *Manager) SlotOf(identity string, pool netip.Prefix) (int, error) {
 }
 
 // slotOf returns the slot file name and record of the owner's bottle identity.
-func (m *Manager) slotOf(identity string) (string, slotRecord, error) {
-	slots, err := listSlots(m.slotDir)
+func (s Store) slotOf(identity string) (string, Record, error) {
+	slots, err := List(s.dir())
 	if err != nil {
-		return "", slotRecord{}, err
+		return "", Record{}, err
 	}
 	for name, rec := range slots {
-		if rec.Identity == identity && rec.ID == m.owner.ID {
+		if rec.Identity == identity && rec.ID == s.Owner.ID {
 			return name, rec, nil
 		}
 	}
-	return "", slotRecord{}, fmt.Errorf("no slot reserved for bottle %s of owner %s in %s: %w", identity, m.owner.ID, m.slotDir, fs.ErrNotExist)
+	return "", Record{}, fmt.Errorf("no slot reserved for bottle %s of owner %s in %s: %w", identity, s.Owner.ID, s.dir(), fs.ErrNotExist)
 }
 
-// ReleaseSlot removes the owner's slot reservation of identity; a missing one is fine.
-func (m *Manager) ReleaseSlot(identity string) error {
-	slots, err := listSlots(m.slotDir)
+// Release removes the owner's slot reservation of identity; a missing one is fine.
+func (s Store) Release(identity string) error {
+	slots, err := List(s.dir())
 	if err != nil {
 		return err
 	}
 	for name, rec := range slots {
-		if rec.Identity == identity && rec.ID == m.owner.ID {
-			if err := removeSlotFile(filepath.Join(m.slotDir, name)); err != nil {
+		if rec.Identity == identity && rec.ID == s.Owner.ID {
+			if err := RemoveFile(filepath.Join(s.dir(), name)); err != nil {
 				return fmt.Errorf("release slot of bottle %s: %w", identity, err)
 			}
 		}
@@ -169,41 +226,42 @@ func (m *Manager) ReleaseSlot(identity string) error {
 	return nil
 }
 
-func removeSlotFile(path string) error {
+// RemoveFile removes a slot file; a missing one is fine.
+func RemoveFile(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove slot file %s: %w", path, err)
 	}
 	return nil
 }
 
-// ForeignBottles maps the identities whose slots other owners hold to those owners: their
+// Foreign maps the identities whose slots other owners hold to those owners: their
 // containers, snapshots and state (in a shared namespace or state dir) are none of ours.
-func (m *Manager) ForeignBottles() (map[string]Owner, error) {
-	slots, err := listSlots(m.slotDir)
+func (s Store) Foreign() (map[string]names.Owner, error) {
+	slots, err := List(s.dir())
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]Owner{}
+	out := map[string]names.Owner{}
 	for _, rec := range slots {
-		if rec.ID != m.owner.ID && rec.Identity != "" {
+		if rec.ID != s.Owner.ID && rec.Identity != "" {
 			out[rec.Identity] = rec.Owner
 		}
 	}
 	return out, nil
 }
 
-// listSlots maps slot file names in dir to their records. A record that cannot be read
+// List maps slot file names in dir to their records. A record that cannot be read
 // counts with an empty owner: it holds its slot, and only an explicit
 // `bottle cleanup --orphaned-owner legacy` removes it.
-func listSlots(dir string) (map[string]slotRecord, error) {
+func List(dir string) (map[string]Record, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return map[string]slotRecord{}, nil
+		return map[string]Record{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read slot directory %s: %w", dir, err)
 	}
-	out := make(map[string]slotRecord, len(entries))
+	out := make(map[string]Record, len(entries))
 	for _, e := range entries {
 		if a, err := netip.ParseAddr(e.Name()); err != nil || !a.Is4() {
 			continue // temporary files, and legacy slots (numbers) of the default state dir
@@ -215,19 +273,19 @@ func listSlots(dir string) (map[string]slotRecord, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read slot file %s: %w", filepath.Join(dir, e.Name()), err)
 		}
-		var rec slotRecord
-		if json.Unmarshal(b, &rec) != nil || !ownerIDRE.MatchString(rec.ID) {
-			rec = slotRecord{}
+		var rec Record
+		if json.Unmarshal(b, &rec) != nil || !names.IsOwnerID(rec.ID) {
+			rec = Record{}
 		}
 		out[e.Name()] = rec
 	}
 	return out, nil
 }
 
-// legacySlots maps the slot files <stateDir>/slots/<k> of bottles started before slots
+// Legacy maps the slot files <stateDir>/slots/<k> of bottles started before slots
 // were host-wide to the identity each holds.
-func legacySlots(stateDir string) (map[string]string, error) {
-	dir := filepath.Join(stateDir, slotsDirName)
+func Legacy(stateDir string) (map[string]string, error) {
+	dir := filepath.Join(stateDir, LegacyDirName)
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -248,7 +306,8 @@ func legacySlots(stateDir string) (map[string]string, error) {
 	return out, nil
 }
 
-func overlapsAny(hostNets []netip.Prefix, subnets ...netip.Prefix) (netip.Prefix, bool) {
+// Overlap returns a host prefix that overlaps one of subnets.
+func Overlap(hostNets []netip.Prefix, subnets ...netip.Prefix) (netip.Prefix, bool) {
 	for _, h := range hostNets {
 		for _, s := range subnets {
 			if h.Overlaps(s) {
@@ -259,9 +318,9 @@ func overlapsAny(hostNets []netip.Prefix, subnets ...netip.Prefix) (netip.Prefix
 	return netip.Prefix{}, false
 }
 
-// hostPrefixes lists the IPv4 prefixes in use on the host: interface addresses (with their
+// HostPrefixes lists the IPv4 prefixes in use on the host: interface addresses (with their
 // subnet) and every non-default route of every routing table.
-func hostPrefixes() ([]netip.Prefix, error) {
+func HostPrefixes() ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
@@ -353,28 +412,28 @@ func procNetRoutes() ([]netip.Prefix, error) {
 	return out, sc.Err()
 }
 
-// FirstFreeSlot returns the first slot of pool that is neither reserved in slotDir (""
-// for DefaultSlotDir) nor overlapping a host network, without reserving it (for doctor).
-func FirstFreeSlot(slotDir string, pool netip.Prefix) (int, error) {
-	slotDir = cmp.Or(slotDir, DefaultSlotDir)
+// FirstFree returns the first slot of pool that is neither reserved in slotDir (""
+// for DefaultDir) nor overlapping a host network, without reserving it (for doctor).
+func FirstFree(slotDir string, pool netip.Prefix) (int, error) {
+	slotDir = cmp.Or(slotDir, DefaultDir)
 	n, err := SlotCount(pool)
 	if err != nil {
 		return 0, err
 	}
-	taken, err := listSlots(slotDir)
+	taken, err := List(slotDir)
 	if err != nil {
 		return 0, err
 	}
-	hostNets, err := hostPrefixes()
+	hostNets, err := HostPrefixes()
 	if err != nil {
 		return 0, err
 	}
 	for k := range n {
-		in, eg, _ := SlotSubnets(k, pool)
-		if _, ok := taken[slotFile(k, pool)]; ok {
+		in, eg, _ := Subnets(k, pool)
+		if _, ok := taken[File(k, pool)]; ok {
 			continue
 		}
-		if _, ok := overlapsAny(hostNets, in, eg); ok {
+		if _, ok := Overlap(hostNets, in, eg); ok {
 			continue
 		}
 		return k, nil

@@ -1,7 +1,6 @@
-package netns
+package slots
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,19 +11,20 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
 // freeTestPool returns a /20 in 10.254.0.0/16 that overlaps nothing on this host.
 func freeTestPool(t *testing.T) netip.Prefix {
 	t.Helper()
-	host, err := hostPrefixes()
+	host, err := HostPrefixes()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 16; i++ {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 254, byte(i * 16), 0}), 20)
-		if _, clash := overlapsAny(host, p); !clash {
+		if _, clash := Overlap(host, p); !clash {
 			return p
 		}
 	}
@@ -32,28 +32,28 @@ func freeTestPool(t *testing.T) netip.Prefix {
 	return netip.Prefix{}
 }
 
-// slotManager is a Manager of owner (stateDir, "test") on the slot dir slotDir.
-func slotManager(t *testing.T, slotDir, stateDir string) *Manager {
+// store is the Store of owner (stateDir, "test") on the slot dir slotDir.
+func store(t *testing.T, slotDir, stateDir string) Store {
 	t.Helper()
-	o, err := NewOwner(stateDir, "test")
+	o, err := names.NewOwner(stateDir, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Manager{owner: o, slotDir: slotDir}
+	return Store{Dir: slotDir, Owner: o}
 }
 
 func TestReserveSlotConcurrent(t *testing.T) {
 	dir := t.TempDir()
 	pool := freeTestPool(t) // 8 slots
 	// Two owners share the slot dir: the pool is host-wide.
-	owners := []*Manager{slotManager(t, dir, "/state/a"), slotManager(t, dir, "/state/b")}
+	owners := []Store{store(t, dir, "/state/a"), store(t, dir, "/state/b")}
 	const n = 8
 	var wg sync.WaitGroup
 	slots := make([]int, n)
 	errs := make([]error, n)
 	for i := range n {
 		wg.Go(func() {
-			slots[i], errs[i] = owners[i%2].ReserveSlot(fmt.Sprintf("agent-%06x", i), pool)
+			slots[i], errs[i] = owners[i%2].Reserve(fmt.Sprintf("agent-%06x", i), pool)
 		})
 	}
 	wg.Wait()
@@ -76,65 +76,65 @@ func TestReserveSlotConcurrent(t *testing.T) {
 	}
 	a := owners[0]
 	// The pool is full now, for every owner.
-	if _, err := a.ReserveSlot("agent-ffffff", pool); err == nil || !strings.Contains(err.Error(), "no free slot") {
+	if _, err := a.Reserve("agent-ffffff", pool); err == nil || !strings.Contains(err.Error(), "no free slot") {
 		t.Errorf("reserve in full pool: %v", err)
 	}
 	// Reserving again returns the same slot; another pool is refused.
-	if again, err := a.ReserveSlot("agent-000002", pool); err != nil || again != slots[2] {
+	if again, err := a.Reserve("agent-000002", pool); err != nil || again != slots[2] {
 		t.Errorf("re-reserve = %d, %v; want %d", again, err, slots[2])
 	}
-	if _, err := a.ReserveSlot("agent-000002", DefaultPool); err == nil {
+	if _, err := a.Reserve("agent-000002", DefaultPool); err == nil {
 		t.Error("re-reserve in another pool accepted")
 	}
 	// The other owner cannot release it; its owner releases exactly that slot, which the
 	// next reservation gets; release is idempotent.
-	if err := owners[1].ReleaseSlot("agent-000002"); err != nil {
+	if err := owners[1].Release("agent-000002"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.SlotOf("agent-000002", pool); err != nil {
 		t.Errorf("another owner released the slot: %v", err)
 	}
-	if err := a.ReleaseSlot("agent-000002"); err != nil {
+	if err := a.Release("agent-000002"); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.ReleaseSlot("agent-000002"); err != nil {
+	if err := a.Release("agent-000002"); err != nil {
 		t.Errorf("second release: %v", err)
 	}
 	if _, err := a.SlotOf("agent-000002", pool); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("SlotOf after release: %v", err)
 	}
-	if k, err := owners[1].ReserveSlot("agent-ffffff", pool); err != nil || k != slots[2] {
+	if k, err := owners[1].Reserve("agent-ffffff", pool); err != nil || k != slots[2] {
 		t.Errorf("reserve after release = %d, %v; want %d", k, err, slots[2])
 	}
-	in, _, _ := SlotSubnets(slots[2], pool)
+	in, _, _ := Subnets(slots[2], pool)
 	b, err := os.ReadFile(filepath.Join(dir, in.Addr().String()))
-	if err != nil || !strings.Contains(string(b), `"identity":"agent-ffffff"`) || !strings.Contains(string(b), `"state_dir":"/state/b"`) || !strings.Contains(string(b), `"owner":"`+owners[1].owner.ID+`"`) {
+	if err != nil || !strings.Contains(string(b), `"identity":"agent-ffffff"`) || !strings.Contains(string(b), `"state_dir":"/state/b"`) || !strings.Contains(string(b), `"owner":"`+owners[1].Owner.ID+`"`) {
 		t.Errorf("slot file holds %q, %v", b, err)
 	}
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != n {
 		t.Errorf("slots dir has %d entries (temporary files left?), want %d", len(entries), n)
 	}
-	foreign, err := a.ForeignBottles()
+	foreign, err := a.Foreign()
 	if err != nil || len(foreign) != n/2+1 || foreign["agent-ffffff"].StateDir != "/state/b" {
 		t.Errorf("ForeignBottles = %v, %v", foreign, err)
 	}
-	if k, err := FirstFreeSlot(dir, pool); err == nil {
+	if k, err := FirstFree(dir, pool); err == nil {
 		t.Errorf("FirstFreeSlot in a full pool = %d", k)
 	}
 }
 
 func TestSlotsAcrossPools(t *testing.T) {
 	dir := t.TempDir()
-	m := slotManager(t, dir, "/state/a")
+	m := store(t, dir, "/state/a")
 	big := freeTestPool(t)
 	// The second /23 of big is slot 0 of this pool and slot 1 of big: one slot file.
 	small := netip.PrefixFrom(netip.AddrFrom4([4]byte{big.Addr().As4()[0], big.Addr().As4()[1], big.Addr().As4()[2] + 2, 0}), 23)
-	if k, err := m.ReserveSlot("agent-000001", small); err != nil || k != 0 {
+	if k, err := m.Reserve("agent-000001", small); err != nil || k != 0 {
 		t.Fatalf("reserve in %s = %d, %v", small, k, err)
 	}
 	for _, id := range []string{"agent-000002", "agent-000003"} {
-		if k, err := m.ReserveSlot(id, big); err != nil || k == 1 {
+		if k, err := m.Reserve(id, big); err != nil || k == 1 {
 			t.Errorf("reserve %s in %s = %d, %v; slot 1 is slot 0 of %s, taken", id, big, k, err, small)
 		}
 	}
@@ -142,17 +142,17 @@ func TestSlotsAcrossPools(t *testing.T) {
 
 func TestReserveSlotSkipsHostNetworks(t *testing.T) {
 	// 127.0.0.0/8 is on every host's lo (local table): a pool inside it is all taken.
-	_, err := slotManager(t, t.TempDir(), "/state/a").ReserveSlot("agent-abcdef", netip.MustParsePrefix("127.100.0.0/22"))
+	_, err := store(t, t.TempDir(), "/state/a").Reserve("agent-abcdef", netip.MustParsePrefix("127.100.0.0/22"))
 	if err == nil || !strings.Contains(err.Error(), "overlaps host network") {
 		t.Fatalf("want overlap error, got %v", err)
 	}
 	host := []netip.Prefix{netip.MustParsePrefix("10.254.1.0/24")}
-	in, eg, _ := SlotSubnets(0, netip.MustParsePrefix("10.254.0.0/20"))
-	if _, ok := overlapsAny(host, in, eg); !ok {
+	in, eg, _ := Subnets(0, netip.MustParsePrefix("10.254.0.0/20"))
+	if _, ok := Overlap(host, in, eg); !ok {
 		t.Error("egress /24 overlap not detected")
 	}
-	in, eg, _ = SlotSubnets(1, netip.MustParsePrefix("10.254.0.0/20"))
-	if _, ok := overlapsAny(host, in, eg); ok {
+	in, eg, _ = Subnets(1, netip.MustParsePrefix("10.254.0.0/20"))
+	if _, ok := Overlap(host, in, eg); ok {
 		t.Error("slot 1 wrongly overlaps")
 	}
 }
@@ -177,33 +177,5 @@ func TestProcNetRoutes(t *testing.T) {
 		if p.Bits() > 0 && !set[p] {
 			t.Errorf("/proc/net/route has %s, ip route does not (%v)", p, fromIP)
 		}
-	}
-}
-
-// TestSweepKeepsSlotOfFailedBottle: when an object of a bottle cannot be removed, its slot
-// stays (its record tells other owners the objects are not orphaned); other slots go.
-func TestSweepKeepsSlotOfFailedBottle(t *testing.T) {
-	dir := t.TempDir()
-	m := slotManager(t, dir, "/state/a")
-	m.netnsDir = filepath.Join(dir, "netns")
-	pool := freeTestPool(t)
-	var left Leftovers
-	for _, id := range []string{"agent-000001", "agent-000002"} {
-		k, err := m.ReserveSlot(id, pool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		left = append(left, Leftover{Kind: KindSlot, Name: filepath.Join(dir, slotFile(k, pool)), Owner: m.owner.ID, Identity: id})
-	}
-	// "lo" is no bottle bridge: deleteBridge refuses it without touching it.
-	left = append(left, Leftover{Kind: KindBridge, Name: "lo", Owner: m.owner.ID, Identity: "agent-000001"})
-	if _, err := m.sweep(context.Background(), left, func(Leftover) bool { return true }); err == nil {
-		t.Error("sweep reported no error for the bridge it refused")
-	}
-	if _, err := m.SlotOf("agent-000001", pool); err != nil {
-		t.Errorf("slot of the bottle whose bridge failed released: %v", err)
-	}
-	if _, err := m.SlotOf("agent-000002", pool); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("slot of the other bottle kept: %v", err)
 	}
 }
