@@ -2,11 +2,13 @@ package firewall
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/utils"
@@ -32,26 +34,44 @@ var (
 	masqSourceRE  = regexp.MustCompile(`-s ([0-9a-f.:]+/[0-9]+)`)
 )
 
-// ListMasq lists the bridge plugin's masquerade rules (IPv4), of every network.
-func ListMasq(ctx context.Context) ([]Masq, error) {
+// NAT is what one listing of the IPv4 nat table shows of the bridge plugin's masquerade.
+type NAT struct {
+	Rules  []Masq
+	chains map[string]bool
+}
+
+// ReadNAT lists the nat table once (nothing without iptables: then the plugin cannot
+// have written rules either).
+func ReadNAT(ctx context.Context) (NAT, error) {
 	if _, err := exec.LookPath("iptables"); err != nil {
-		return nil, nil // no iptables, so the plugin cannot have written rules either
+		return NAT{}, nil
 	}
-	lines, err := ipt{bin: "iptables"}.rules(ctx, "nat", "POSTROUTING")
+	lines, err := ipt{bin: "iptables"}.rules(ctx, "nat", "")
 	if err != nil {
-		return nil, err
+		return NAT{}, fmt.Errorf("list masquerade rules: %w", err)
 	}
-	var out []Masq
+	n := NAT{chains: map[string]bool{}}
 	for _, l := range lines {
-		if m, ok := parseMasq(l); ok {
-			out = append(out, m)
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "-N" {
+			n.chains[f[1]] = true
+		} else if m, ok := parseMasq(l); ok {
+			n.Rules = append(n.Rules, m)
 		}
 	}
-	return out, nil
+	return n, nil
+}
+
+// ListMasq lists the bridge plugin's masquerade rules (IPv4) of every network.
+func ListMasq(ctx context.Context) ([]Masq, error) {
+	n, err := ReadNAT(ctx)
+	return n.Rules, err
 }
 
 // parseMasq reads a POSTROUTING rule of `iptables -S` as a masquerade rule.
 func parseMasq(line string) (Masq, bool) {
+	if !strings.HasPrefix(line, "-A POSTROUTING ") {
+		return Masq{}, false
+	}
 	c, s := masqCommentRE.FindStringSubmatch(line), masqSourceRE.FindStringSubmatch(line)
 	if c == nil || s == nil {
 		return Masq{}, false
@@ -61,6 +81,25 @@ func parseMasq(line string) (Masq, bool) {
 		return Masq{}, false
 	}
 	return Masq{Network: c[1], Container: c[2], Source: src}, true
+}
+
+// Remove removes what n shows of the masquerade of network and container: each rule (by
+// its source) with the chain, or the chain alone when no rule jumps to it any more.
+func (n NAT) Remove(network, container string) error {
+	var errs []error
+	found := false
+	for _, r := range n.Rules {
+		if r.Network == network && r.Container == container {
+			found = true
+			errs = append(errs, RemoveMasq(network, container, r.Source.Addr()))
+		}
+	}
+	if !found && n.chains[MasqChain(network, container)] {
+		// No rule names a source: the teardown's rule deletions find nothing, its chain
+		// deletion does the work.
+		errs = append(errs, RemoveMasq(network, container, netip.IPv4Unspecified()))
+	}
+	return errors.Join(errs...)
 }
 
 // RemoveMasq runs the bridge plugin's own teardown of the masquerade rules of network and

@@ -355,7 +355,8 @@ func (m *Manager) sweepCache(ctx context.Context, l Leftover) error {
 		return err
 	}
 	defer unlock()
-	return m.delCached(ctx, l.container, func(ca *libcni.NetworkAttachment) bool {
+	pairs, err := m.delCached(ctx, l.container, func(ca *libcni.NetworkAttachment) bool {
 		return ca.Network == l.network && ca.IfName == l.ifName
 	})
+	return errors.Join(err, removeMasq(ctx, pairs))
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/firewall"
 	"github.com/bottle-dev/bottle/internal/names"
 	gocni "github.com/containerd/go-cni"
 	"github.com/containernetworking/cni/libcni"
@@ -112,17 +113,28 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 			mu.Unlock()
 		}
 	}
+	var pairs []masqOf
 	for name, cl := range clists {
-		wg.Go(func() { collect(m.teardownLocked(ctx, name, cl.atts, cl.cni)) })
+		wg.Go(func() {
+			p, err := m.delContainer(ctx, name, cl.atts, cl.cni)
+			collect(err)
+			collect(removeNetnsFile(m.NetnsPath(name)))
+			mu.Lock()
+			pairs = append(pairs, p...)
+			mu.Unlock()
+		})
 	}
 	wg.Wait()
 	// The rest of the bottle's CNI cache: entries of its networks (of containers not
 	// named) and of its containers (on networks not named).
-	collect(m.delCached(ctx, "", func(ca *libcni.NetworkAttachment) bool {
+	rest, err := m.delCached(ctx, "", func(ca *libcni.NetworkAttachment) bool {
 		_, isContainer := containers[ca.ContainerID]
 		_, of, _ := names.ParseNetworkName(ca.Network)
 		return of == id && (networks[ca.Network] || isContainer)
-	}))
+	})
+	collect(err)
+	pairs = append(pairs, rest...)
+	wg.Go(func() { collect(removeMasq(ctx, pairs)) })
 	// Deleting a bridge is the slowest part (two RCU barriers in the kernel, one under RTNL):
 	// those run alongside the veths.
 	if deleteBridges {
@@ -224,7 +236,15 @@ func (m *Manager) gcNetwork(ctx context.Context, network string) error {
 			errs = append(errs, fmt.Errorf("CNI GC of network %s: %w", network, err))
 		}
 	}
-	errs = append(errs, removeListedMasq(ctx, func(n, _ string) bool { return n == network }))
+	nat, err := firewall.ReadNAT(ctx)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, r := range nat.Rules {
+		if r.Network == network {
+			errs = append(errs, nat.Remove(r.Network, r.Container))
+		}
+	}
 	return errors.Join(errs...)
 }
 
