@@ -3,10 +3,8 @@
 package slots
 
 import (
-	"bufio"
 	"cmp"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,12 +12,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultPool is the address pool slots are carved from (ARCHITECTURE.md).
@@ -346,70 +346,28 @@ func HostPrefixes() ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, r := range routes {
-		if r.Bits() > 0 {
-			out = append(out, r)
-		}
-	}
+	out = append(out, routes...)
 	return out, nil
 }
 
-// hostRoutes reads IPv4 route destinations from all tables with `ip -j route`, falling back
-// to /proc/net/route (main table only) when iproute2 is missing.
+// hostRoutes lists the IPv4 route destinations of every routing table.
 func hostRoutes() ([]netip.Prefix, error) {
-	ipBin, err := exec.LookPath("ip")
+	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return procNetRoutes()
+		return nil, fmt.Errorf("list host routes to avoid subnet clashes: %w", err)
 	}
-	out, err := exec.Command(ipBin, "-j", "-4", "route", "show", "table", "all").Output()
-	if err != nil {
-		return nil, fmt.Errorf("list host routes (ip -j -4 route show table all) to avoid subnet clashes: %w", err)
-	}
-	var entries []struct {
-		Dst string `json:"dst"`
-	}
-	if err := json.Unmarshal(out, &entries); err != nil {
-		return nil, fmt.Errorf("parse output of ip -j -4 route: %w", err)
-	}
-	var prefixes []netip.Prefix
-	for _, e := range entries {
-		if e.Dst == "" || e.Dst == "default" {
-			continue
-		}
-		if p, err := netip.ParsePrefix(e.Dst); err == nil {
-			prefixes = append(prefixes, p.Masked())
-		} else if a, err := netip.ParseAddr(e.Dst); err == nil {
-			prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
-		}
-	}
-	return prefixes, nil
-}
-
-func procNetRoutes() ([]netip.Prefix, error) {
-	f, err := os.Open("/proc/net/route")
-	if err != nil {
-		return nil, fmt.Errorf("list host routes (/proc/net/route) to avoid subnet clashes: %w", err)
-	}
-	defer f.Close()
 	var out []netip.Prefix
-	sc := bufio.NewScanner(f)
-	sc.Scan() // header
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 8 {
-			continue
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue // default route
 		}
-		dst, err1 := hex.DecodeString(fields[1])
-		mask, err2 := hex.DecodeString(fields[7])
-		if err1 != nil || err2 != nil || len(dst) != 4 || len(mask) != 4 {
-			continue
+		if a, ok := netip.AddrFromSlice(r.Dst.IP); ok {
+			if ones, _ := r.Dst.Mask.Size(); ones > 0 { // not a default route
+				out = append(out, netip.PrefixFrom(a.Unmap(), ones).Masked())
+			}
 		}
-		// The kernel prints the network-order words as little-endian hex: reverse the bytes.
-		a := netip.AddrFrom4([4]byte{dst[3], dst[2], dst[1], dst[0]})
-		ones, _ := net.IPv4Mask(mask[3], mask[2], mask[1], mask[0]).Size()
-		out = append(out, netip.PrefixFrom(a, ones).Masked())
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // FirstFree returns the first slot of pool that is neither reserved in slotDir (""

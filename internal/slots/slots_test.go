@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/bottle-dev/bottle/internal/names"
-	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
 // freeTestPool returns a /20 in 10.254.0.0/16 that overlaps nothing on this host.
@@ -154,28 +153,5 @@ func TestReserveSlotSkipsHostNetworks(t *testing.T) {
 	in, eg, _ = Subnets(1, netip.MustParsePrefix("10.254.0.0/20"))
 	if _, ok := Overlap(host, in, eg); ok {
 		t.Error("slot 1 wrongly overlaps")
-	}
-}
-
-func TestProcNetRoutes(t *testing.T) {
-	if _, err := os.Stat("/proc/net/route"); err != nil {
-		testutil.Missing(t, "/proc/net/route")
-	}
-	fromProc, err := procNetRoutes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fromIP, err := hostRoutes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := map[netip.Prefix]bool{}
-	for _, p := range fromIP {
-		set[p] = true
-	}
-	for _, p := range fromProc {
-		if p.Bits() > 0 && !set[p] {
-			t.Errorf("/proc/net/route has %s, ip route does not (%v)", p, fromIP)
-		}
 	}
 }
