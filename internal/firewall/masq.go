@@ -28,7 +28,9 @@ func MasqChain(network, container string) string {
 }
 
 // masqCommentRE reads the comment utils.FormatComment gives every masquerade rule, as
-// `iptables -S` prints it (quoted, inner quotes escaped), and the rule's source.
+// `iptables -S` prints it (quoted, inner quotes escaped), and the rule's source: the
+// plugins' iptables backend cannot list its rules (its GC is a no-op), so the sweep reads
+// them here.
 var (
 	masqCommentRE = regexp.MustCompile(`name: \\?"([^"\\]+)\\?" id: \\?"([^"\\]+)\\?"`)
 	masqSourceRE  = regexp.MustCompile(`-s ([0-9a-f.:]+/[0-9]+)`)

@@ -14,6 +14,8 @@ import (
 
 // createNetnsFile creates a new network namespace, brings its loopback up and pins it by
 // bind-mounting it onto path (which must not exist), like `ip netns add` and containerd.
+// Hand-written: containerd's pkg/netns picks random file names and the plugins' ns package
+// only enters namespaces, while a bottle's netns file is named after its container.
 func createNetnsFile(path string) (err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create netns directory %s: %w", filepath.Dir(path), err)
