@@ -18,57 +18,44 @@ import (
 	"github.com/containernetworking/cni/libcni"
 )
 
-// Netns is one container's network namespace, configured by Setup. Release takes it down
-// (CNI DEL, netns file) exactly once: later calls return the first call's result.
-type Netns struct {
-	// Path is the netns file, for the container's OCI spec.
-	Path    string
-	release func(context.Context) error
-	once    sync.Once
-	err     error
-}
-
-// Release takes the netns down, as Teardown does.
-func (n *Netns) Release(ctx context.Context) error {
-	n.once.Do(func() { n.err = n.release(ctx) })
-	return n.err
-}
-
 // Setup creates the netns file of containerName, brings lo up and runs CNI ADD for every
 // attachment (eth0, eth1, ... in order). A leftover netns or cached CNI result of an earlier
 // attempt is removed first (CNI DEL before ADD). On failure everything done is undone.
 // A netns serves one sandbox start: to restart a container, Setup it again.
-func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attachment) (_ *Netns, err error) {
+//
+// release takes the netns down as Teardown does, exactly once: later calls return the
+// first call's result.
+func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attachment) (nsPath string, release func(context.Context) error, err error) {
 	if err := validateContainerName(containerName); err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	atts, err = m.normalize(atts)
 	if err != nil {
-		return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
+		return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
 	c, err := m.newCNI(atts)
 	if err != nil {
-		return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
+		return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
 	unlock, err := m.lock(ctx)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	defer unlock()
 
 	path := m.NetnsPath(containerName)
 	stale, err := m.hasState(containerName)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	if stale {
 		slog.Debug("netns: removing leftovers of an earlier setup before CNI ADD", "container", containerName)
 		if err := m.teardownLocked(ctx, containerName, atts, c); err != nil {
-			return nil, fmt.Errorf("network setup of container %s: remove leftovers of an earlier attempt: %w (run `bottle cleanup`)", containerName, err)
+			return "", nil, fmt.Errorf("network setup of container %s: remove leftovers of an earlier attempt: %w (run `bottle cleanup`)", containerName, err)
 		}
 	}
 	if err := createNetnsFile(path); err != nil {
-		return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
+		return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
 	defer func() {
 		if err == nil {
@@ -84,26 +71,33 @@ func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attach
 	for _, a := range atts {
 		if !a.Egress {
 			if err := ensureInternalBridge(a.Bridge); err != nil {
-				return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
+				return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 			}
 		}
 	}
 	res, err := c.SetupSerially(ctx, containerName, path)
 	if err != nil {
-		return nil, fmt.Errorf("network setup of container %s: CNI ADD of %s into %s: %w", containerName, attNames(atts), path, err)
+		return "", nil, fmt.Errorf("network setup of container %s: CNI ADD of %s into %s: %w", containerName, attNames(atts), path, err)
 	}
 	if err := checkResult(res, atts); err != nil {
-		return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
+		return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
 	for _, a := range atts {
 		if !a.Egress {
 			if err := disablePortsIPv6(a.Bridge); err != nil {
-				return nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
+				return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 			}
 		}
 	}
 	slog.Debug("netns: CNI ADD done", "container", containerName, "netns", path, "networks", attNames(atts), "took", time.Since(start))
-	return &Netns{Path: path, release: func(ctx context.Context) error { return m.Teardown(ctx, containerName, atts) }}, nil
+	var (
+		once       sync.Once
+		releaseErr error
+	)
+	return path, func(ctx context.Context) error {
+		once.Do(func() { releaseErr = m.Teardown(ctx, containerName, atts) })
+		return releaseErr
+	}, nil
 }
 
 // checkResult makes sure every interface got exactly its static address.

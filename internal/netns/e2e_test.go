@@ -348,18 +348,18 @@ func TestE2ENetworkIsolation(t *testing.T) {
 
 	paths := map[*testBottle][2]string{}
 	for _, x := range []*testBottle{a, b} {
-		agentNS, err := m.Setup(ctx, x.agentName(), x.agentAtts())
+		agentNS, _, err := m.Setup(ctx, x.agentName(), x.agentAtts())
 		if err != nil {
 			t.Fatalf("setup agent of %s: %v", x.identity, err)
 		}
-		sidecarNS, err := m.Setup(ctx, x.sidecarName(), x.sidecarAtts())
+		sidecarNS, _, err := m.Setup(ctx, x.sidecarName(), x.sidecarAtts())
 		if err != nil {
 			t.Fatalf("setup sidecar of %s: %v", x.identity, err)
 		}
-		if agentNS.Path != m.NetnsPath(x.agentName()) || !isNetnsMount(agentNS.Path) || !isNetnsMount(sidecarNS.Path) {
-			t.Fatalf("netns paths %s %s are not mounted namespaces at the documented place", agentNS.Path, sidecarNS.Path)
+		if agentNS != m.NetnsPath(x.agentName()) || !isNetnsMount(agentNS) || !isNetnsMount(sidecarNS) {
+			t.Fatalf("netns paths %s %s are not mounted namespaces at the documented place", agentNS, sidecarNS)
 		}
-		paths[x] = [2]string{agentNS.Path, sidecarNS.Path}
+		paths[x] = [2]string{agentNS, sidecarNS}
 	}
 	agentA, sidecarA := paths[a][0], paths[a][1]
 	agentB, sidecarB := paths[b][0], paths[b][1]
@@ -471,10 +471,10 @@ func TestE2ENetworkIsolation(t *testing.T) {
 	if err := m.Teardown(ctx, a.agentName(), a.agentAtts()); err != nil {
 		t.Fatalf("second teardown (idempotent): %v", err)
 	}
-	if _, err := m.Setup(ctx, a.agentName(), a.agentAtts()); err != nil {
+	if _, _, err := m.Setup(ctx, a.agentName(), a.agentAtts()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Setup(ctx, a.agentName(), a.agentAtts()); err != nil {
+	if _, _, err := m.Setup(ctx, a.agentName(), a.agentAtts()); err != nil {
 		t.Fatalf("setup over a leftover netns: %v", err)
 	}
 	mustReach(t, "agent A (re-setup) -> sidecar A", agentA, srvAInt)
@@ -515,7 +515,7 @@ func TestE2ESetupFailureUndoes(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", c.egress.Bridge).Run() })
 
-	_, err := m.Setup(ctx, c.sidecarName(), c.sidecarAtts())
+	_, _, err := m.Setup(ctx, c.sidecarName(), c.sidecarAtts())
 	if err == nil {
 		t.Fatal("setup succeeded although the egress bridge name is taken")
 	}
@@ -541,32 +541,38 @@ func TestE2ESetupFailureUndoes(t *testing.T) {
 	}
 }
 
-// TestE2ERelease releases a container's netns through its handle: once, whatever the
-// number of calls, and nothing of it is left.
+// TestE2ERelease releases a container's netns through the release Setup returned: nothing
+// of it is left, and a second call does nothing (not even to the container's next netns).
 func TestE2ERelease(t *testing.T) {
 	m := e2eManager(t)
 	ctx := context.Background()
 	b := newTestBottle(t, m, freeTestPool(t))
-	ns, err := m.Setup(ctx, b.sidecarName(), b.sidecarAtts())
+	path, release, err := m.Setup(ctx, b.sidecarName(), b.sidecarAtts())
 	if err != nil {
 		t.Fatal(err)
 	}
 	veths := b.hostVeths(2)
-	if err := ns.Release(ctx); err != nil {
+	if err := release(ctx); err != nil {
 		t.Fatalf("release: %v", err)
 	}
-	if err := ns.Release(ctx); err != nil {
-		t.Fatalf("second release: %v", err)
-	}
 	assertVethsGone(t, veths)
-	if _, err := os.Lstat(ns.Path); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("netns file %s left after release (%v)", ns.Path, err)
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("netns file %s left after release (%v)", path, err)
 	}
 	if cached, _ := m.cachedAttachments(b.sidecarName()); len(cached) != 0 {
 		t.Errorf("CNI cache entries left after release: %+v", cached)
 	}
 	if masq, err := firewall.ListMasq(ctx); err != nil || slices.ContainsFunc(masq, func(r firewall.Masq) bool { return r.Network == b.egress.Name }) {
 		t.Errorf("masquerade rule of %s left after release (%v)", b.egress.Name, err)
+	}
+	if _, _, err := m.Setup(ctx, b.sidecarName(), b.sidecarAtts()); err != nil {
+		t.Fatal(err)
+	}
+	if err := release(ctx); err != nil {
+		t.Fatalf("second release: %v", err)
+	}
+	if !isNetnsMount(path) {
+		t.Error("a second release took down the netns of the next Setup")
 	}
 }
 
@@ -607,11 +613,11 @@ func BenchmarkSetupTeardown(b *testing.B) {
 		_ = m.RemoveNetworks(ctx, id, []Network{in, eg})
 	})
 	for b.Loop() {
-		ns, err := m.Setup(ctx, "bottle-"+id+"-filter", atts)
+		_, release, err := m.Setup(ctx, "bottle-"+id+"-filter", atts)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := ns.Release(ctx); err != nil {
+		if err := release(ctx); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -622,10 +628,10 @@ func BenchmarkSetupTeardown(b *testing.B) {
 func (b *testBottle) setupBottle(ctx context.Context) []netlink.Link {
 	t := b.t
 	t.Helper()
-	if _, err := b.m.Setup(ctx, b.agentName(), b.agentAtts()); err != nil {
+	if _, _, err := b.m.Setup(ctx, b.agentName(), b.agentAtts()); err != nil {
 		t.Fatalf("setup agent: %v", err)
 	}
-	if _, err := b.m.Setup(ctx, b.sidecarName(), b.sidecarAtts()); err != nil {
+	if _, _, err := b.m.Setup(ctx, b.sidecarName(), b.sidecarAtts()); err != nil {
 		t.Fatalf("setup sidecar: %v", err)
 	}
 	return b.hostVeths(3)
@@ -736,7 +742,7 @@ func TestE2ETeardownBottlePartial(t *testing.T) {
 
 	// Only the agent was set up: no egress bridge, no sidecar netns.
 	agentOnly := newTestBottle(t, m, pool)
-	if _, err := m.Setup(ctx, agentOnly.agentName(), agentOnly.agentAtts()); err != nil {
+	if _, _, err := m.Setup(ctx, agentOnly.agentName(), agentOnly.agentAtts()); err != nil {
 		t.Fatal(err)
 	}
 	agentVeths := agentOnly.hostVeths(1)
@@ -744,7 +750,7 @@ func TestE2ETeardownBottlePartial(t *testing.T) {
 	// The sidecar was set up, then its netns file vanished (its cache results, masquerade
 	// rule and bridges remain); the agent never was.
 	sidecarOnly := newTestBottle(t, m, pool)
-	if _, err := m.Setup(ctx, sidecarOnly.sidecarName(), sidecarOnly.sidecarAtts()); err != nil {
+	if _, _, err := m.Setup(ctx, sidecarOnly.sidecarName(), sidecarOnly.sidecarAtts()); err != nil {
 		t.Fatal(err)
 	}
 	sidecarVeths := sidecarOnly.hostVeths(2)
@@ -789,7 +795,7 @@ func BenchmarkTeardownBottle(b *testing.B) {
 	setup := func(b *testing.B) {
 		b.StopTimer()
 		for name, atts := range containers {
-			if _, err := m.Setup(ctx, name, atts); err != nil {
+			if _, _, err := m.Setup(ctx, name, atts); err != nil {
 				b.Fatal(err)
 			}
 		}

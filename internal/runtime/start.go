@@ -381,16 +381,16 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 // prepareContainer wires one container's netns and creates the container (on resume it
 // replaces the recorded container; the agent keeps its writable snapshot).
 func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *state.Meta, p *plan.Plan, c *plan.Container, rt ctr.Runtime, so StartOptions, resume bool) error {
-	ns, err := e.setupNetns(ctx, meta, c.Name)
+	nsPath, release, err := e.setupNetns(ctx, meta, c.Name)
 	if err != nil {
 		return err
 	}
-	undo.push("teardown netns "+c.Name, ns.Release)
+	undo.push("teardown netns "+c.Name, release)
 	cfg, err := e.ctr.ImageConfig(ctx, c.Image)
 	if err != nil {
 		return err
 	}
-	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), ns.Path, c.Role == plan.RoleAgent && so.Stdio.TTY && !so.Detach)
+	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), nsPath, c.Role == plan.RoleAgent && so.Stdio.TTY && !so.Detach)
 	if err != nil {
 		return err
 	}
@@ -419,10 +419,10 @@ func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *st
 }
 
 // setupNetns gives container name a fresh netns with its recorded attachments.
-func (e *Engine) setupNetns(ctx context.Context, meta *state.Meta, name string) (*netns.Netns, error) {
+func (e *Engine) setupNetns(ctx context.Context, meta *state.Meta, name string) (nsPath string, release func(context.Context) error, err error) {
 	atts, err := e.attachments(meta, recorded(meta, name))
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	return e.net.Setup(ctx, name, atts)
 }

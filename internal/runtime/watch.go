@@ -89,11 +89,11 @@ func (e *Engine) watchSidecar(ctx context.Context, w *sidecarWatch, meta *state.
 // restartSidecar starts an exited sidecar again: a netns serves one sandbox start, so it
 // gets a fresh one with the same addresses, and its old task is replaced.
 func (e *Engine) restartSidecar(ctx context.Context, meta *state.Meta, p *plan.Plan, c *plan.Container) error {
-	ns, err := e.setupNetns(ctx, meta, c.Name)
+	nsPath, _, err := e.setupNetns(ctx, meta, c.Name)
 	if err != nil {
 		return err
 	}
-	if err := announce(ns.Path, peers(meta, c.Name)); err != nil {
+	if err := announce(nsPath, peers(meta, c.Name)); err != nil {
 		e.log.Debug("announcing the restarted sidecar to its peers", "sidecar", c.Name, "error", err)
 	}
 	return e.startSidecar(ctx, p, c)
