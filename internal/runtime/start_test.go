@@ -21,6 +21,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
+	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
@@ -35,10 +36,11 @@ type fakeHost struct {
 	fail     map[string]error
 	hook     map[string]func()
 	started  map[string]bool
+	exists   map[string]bool
 }
 
 func newFakeHost(stateDir string) *fakeHost {
-	return &fakeHost{stateDir: stateDir, fail: map[string]error{}, hook: map[string]func(){}, started: map[string]bool{}}
+	return &fakeHost{stateDir: stateDir, fail: map[string]error{}, hook: map[string]func(){}, started: map[string]bool{}, exists: map[string]bool{}}
 }
 
 // role is the role part of a container name.
@@ -74,9 +76,13 @@ func (f *fakeHost) ops() []string {
 
 // containers
 
-func (f *fakeHost) Close() error                                 { return nil }
-func (f *fakeHost) Ping(context.Context, time.Duration) error    { return nil }
-func (f *fakeHost) Exists(context.Context, string) (bool, error) { return false, nil }
+func (f *fakeHost) Close() error                              { return nil }
+func (f *fakeHost) Ping(context.Context, time.Duration) error { return nil }
+func (f *fakeHost) Exists(_ context.Context, name string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.exists[name], nil
+}
 func (f *fakeHost) ImageExists(_ context.Context, ref string) (bool, error) {
 	return true, f.do("image exists")
 }
@@ -87,12 +93,26 @@ func (f *fakeHost) EnsureSidecarImage(context.Context, string, string) (string, 
 	return "bottle.local/sidecar:test", f.do("sidecar image")
 }
 func (f *fakeHost) Create(_ context.Context, cs ctr.ContainerSpec) error {
-	return f.do("create " + role(cs.Name))
+	if err := f.do("create " + role(cs.Name)); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.exists[cs.Name] = true
+	return nil
 }
 func (f *fakeHost) Update(_ context.Context, cs ctr.ContainerSpec) error {
 	return f.do("update " + role(cs.Name))
 }
-func (f *fakeHost) Delete(_ context.Context, name string) error { return f.do("delete " + role(name)) }
+func (f *fakeHost) Delete(_ context.Context, name string) error {
+	if err := f.do("delete " + role(name)); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.exists, name)
+	return nil
+}
 
 // Start starts a task; a sidecar's task says it serves as the real ones do.
 func (f *fakeHost) Start(_ context.Context, name, logPath string) (uint32, error) {
@@ -118,6 +138,9 @@ func (f *fakeHost) Run(_ context.Context, name string, stdio ctr.IO) (int, error
 		return -1, err
 	}
 	if err := stdio.BeforeStart(); err != nil {
+		return -1, err
+	}
+	if err := f.do("process " + role(name)); err != nil {
 		return -1, err
 	}
 	stdio.Exited(0)
@@ -417,8 +440,8 @@ func TestStartHappyPath(t *testing.T) {
 		t.Fatalf("attached start: %d, %v", code, err)
 	}
 	ops = st.host.ops()
-	if i := slices.Index(ops, "run agent"); i < slices.Index(ops, "create agent") || i < slices.Index(ops, "start filter") {
-		t.Errorf("agent ran too early: %v", ops)
+	if i := slices.Index(ops, "process agent"); i < slices.Index(ops, "run agent") || i < slices.Index(ops, "start filter") {
+		t.Errorf("the agent's process started before its sidecar served: %v", ops)
 	}
 	if !slices.Contains(ops, "stop filter") || !slices.Contains(ops, "teardown agent") || slices.Contains(ops, "delete agent") {
 		t.Errorf("after the agent exited: %v; want the bottle stopped and kept", ops)
@@ -426,5 +449,52 @@ func TestStartHappyPath(t *testing.T) {
 	m, err = st.e.store.Load(names.Identity(st.bottles()[0]))
 	if err != nil || m.Phase != state.PhaseStopped {
 		t.Errorf("record after the agent exited: %+v, %v", m, err)
+	}
+}
+
+// TestResumeFailureKeepsTheBottle: a resume that fails takes back its netns and firewall
+// but keeps what the bottle had before it (containers, slot, dir), recorded stopped.
+func TestResumeFailureKeepsTheBottle(t *testing.T) {
+	st := newStartTest(t)
+	ctx := context.Background()
+	if _, err := st.e.Start(ctx, st.so); err != nil {
+		t.Fatal(err)
+	}
+	id := names.Identity(st.bottles()[0])
+	if err := st.e.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	load := func(string) (*manifest.Manifest, string, plan.HostFiles, error) {
+		return st.so.Manifest, st.so.ManifestPath, nil, nil
+	}
+	st.host.journal = nil
+	st.host.fail["setup agent"] = errors.New("boom")
+	if _, err := st.e.Resume(ctx, id, load, true, Stdio{}); err == nil {
+		t.Fatal("resume did not fail")
+	}
+	// The filter's old container is replaced; the failure takes back the new netns and
+	// the firewall, and nothing of what the bottle had before.
+	ops := st.host.ops()
+	taken := []string{"teardown filter", "remove firewall", "remove networks"}
+	if len(ops) < 3 || !slices.Equal(ops[len(ops)-3:], taken) || slices.Index(ops, "delete filter") > slices.Index(ops, "create filter") {
+		t.Errorf("failed resume: %v; want the old filter replaced, then %v", ops, taken)
+	}
+	for _, op := range []string{"release slot", "delete agent", "create agent", "update agent", "reserve slot"} {
+		if slices.Contains(ops, op) {
+			t.Errorf("failed resume did %s: %v", op, ops)
+		}
+	}
+	if m, err := st.e.store.Load(id); err != nil || m.Phase != state.PhaseStopped {
+		t.Errorf("record after a failed resume: %+v, %v", m, err)
+	}
+
+	st.host.journal = nil
+	delete(st.host.fail, "setup agent")
+	if _, err := st.e.Resume(ctx, id, load, true, Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	ops = st.host.ops()
+	if !slices.Contains(ops, "update agent") || slices.Contains(ops, "create agent") || slices.Contains(ops, "reserve slot") {
+		t.Errorf("resume: %v; want the agent's container updated (its snapshot kept) and the slot kept", ops)
 	}
 }
