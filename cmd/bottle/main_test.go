@@ -26,6 +26,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 )
 
@@ -443,17 +444,17 @@ func checkSidecarConfigs(t *testing.T, what string, m *manifest.Manifest, agent 
 		getenv := func(k string) string { return env[k] }
 		var err error
 		switch c.Role {
-		case plan.RoleFilter:
+		case names.RoleFilter:
 			if p.Filter == plan.FilterBuiltin {
 				var cfg egress.FilterConfig
 				decode("filter/filter.json", &cfg)
 				_, err = egress.NewFilter(cfg, nil)
 			}
-		case plan.RoleEgressProxy:
+		case names.RoleEgressProxy:
 			var cfg egress.ProxyConfig
 			decode("egress-proxy/routes.json", &cfg)
 			_, err = egress.NewEgressProxy(cfg, getenv, nil)
-		case plan.RoleGitGate:
+		case names.RoleGitGate:
 			var cfg gitgate.Config
 			decode("git-gate/config.json", &cfg)
 			cfg.SpoolDir = "" // made by the sidecar in its container

@@ -17,6 +17,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/runtime"
 )
@@ -79,7 +80,7 @@ func openEngine(c *cli.Context) (*runtime.Engine, error) {
 		if !ok || err != nil || name == "" {
 			return nil, usageError{fmt.Errorf("--add-host %q: want NAME:IP", h)}
 		}
-		opts.SidecarHosts = append(opts.SidecarHosts, plan.HostEntry{Name: name, Addr: addr})
+		opts.SidecarHosts = append(opts.SidecarHosts, names.HostEntry{Name: name, Addr: addr})
 	}
 	if f := c.String("ca-file"); f != "" {
 		data, err := hostfile.ReadPEM(f)
@@ -120,7 +121,7 @@ func identityArg(c *cli.Context) (string, error) {
 		return "", usageError{fmt.Errorf("expected one bottle identity (see `bottle ps`), got %d arguments", c.NArg())}
 	}
 	id := c.Args().First()
-	if _, _, err := plan.ParseIdentity(id); err != nil {
+	if _, err := names.ParseIdentity(id); err != nil {
 		return "", usageError{err}
 	}
 	return id, nil
@@ -190,8 +191,8 @@ func lifecycleCommands() []*cli.Command {
 						if err != nil {
 							return nil, "", nil, err
 						}
-						agent, _, _ := plan.ParseIdentity(id)
-						files, err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
+						parsed, _ := names.ParseIdentity(id)
+						files, err := plan.ReadHostFiles(m, src.Path, parsed.Agent(), hostfile.ReadPEM)
 						return m, src.Path, files, err
 					}
 					return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
@@ -222,7 +223,7 @@ func lifecycleCommands() []*cli.Command {
 							phase += ": " + s.Reason
 						}
 						var parts []string
-						for _, role := range []string{plan.RoleAgent, plan.RoleFilter, plan.RoleEgressProxy, plan.RoleGitGate, plan.RoleSupervise} {
+						for _, role := range []string{names.RoleAgent, names.RoleFilter, names.RoleEgressProxy, names.RoleGitGate, names.RoleSupervise} {
 							if st, ok := s.Containers[role]; ok {
 								parts = append(parts, role+":"+st)
 							}
@@ -247,7 +248,7 @@ func lifecycleCommands() []*cli.Command {
 			ArgsUsage:    "ID",
 			OnUsageError: onUsageError,
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "role", Value: plan.RoleAgent, Usage: "which container: agent, filter, egress-proxy"},
+				&cli.StringFlag{Name: "role", Value: names.RoleAgent, Usage: "which container: agent, filter, egress-proxy"},
 				&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing while the container runs"},
 			},
 			Action: func(c *cli.Context) error {
@@ -270,7 +271,7 @@ func lifecycleCommands() []*cli.Command {
 				if len(args) != 1 || len(command) == 0 {
 					return usageError{errors.New("usage: bottle exec ID -- CMD [ARGS]")}
 				}
-				if _, _, err := plan.ParseIdentity(args[0]); err != nil {
+				if _, err := names.ParseIdentity(args[0]); err != nil {
 					return usageError{err}
 				}
 				return withEngine(c, func(e *runtime.Engine) error {

@@ -16,6 +16,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
+	"github.com/containerd/containerd/v2/pkg/oci"
 )
 
 // Check is one line of `bottle doctor`.
@@ -153,7 +154,7 @@ func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version st
 		return err
 	}
 	name := "bottle-doctor-" + suffix
-	spec, err := plan.NewSpec(plan.WithArgs("/bottle", "version"), plan.WithUser(plan.SidecarUID, plan.SidecarUID), plan.WithReadonlyRootfs)
+	spec, err := plan.NewSpec(oci.WithProcessArgs("/bottle", "version"), oci.WithUIDGID(plan.SidecarUID, plan.SidecarUID), oci.WithRootFSReadonly())
 	if err != nil {
 		return err
 	}
