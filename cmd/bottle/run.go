@@ -223,7 +223,7 @@ func lifecycleCommands() []*cli.Command {
 							phase += ": " + s.Reason
 						}
 						var parts []string
-						for _, role := range []string{names.RoleAgent, names.RoleFilter, names.RoleEgressProxy, names.RoleGitGate, names.RoleSupervise} {
+						for _, role := range names.Roles {
 							if st, ok := s.Containers[role]; ok {
 								parts = append(parts, role+":"+st)
 							}

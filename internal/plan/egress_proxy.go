@@ -3,9 +3,10 @@ package plan
 import (
 	"fmt"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/names"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // EgressProxyPort is the port the egress-proxy listens on.

@@ -3,14 +3,18 @@ package plan
 import (
 	"fmt"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/names"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// builtinFilter is bottle's own allowlist filter (internal/egress).
+// FilterBuiltin names bottle's own allowlist filter (internal/egress).
+const FilterBuiltin = "builtin"
+
 type builtinFilter struct{}
 
+func (builtinFilter) name() string           { return FilterBuiltin }
 func (builtinFilter) role() string           { return names.RoleFilter }
 func (builtinFilter) wanted(b *builder) bool { return b.p.Filter == FilterBuiltin }
 func (builtinFilter) container(b *builder) (*Container, error) {

@@ -24,9 +24,12 @@ func PipelockImageFor(b *manifest.Bottle, override string) string {
 	return cmp.Or(override, b.PipelockImage, DefaultPipelockImage)
 }
 
-// pipelockFilter runs pipelock (github.com/luckyPipewrench/pipelock) as the filter.
+// FilterPipelock names pipelock (github.com/luckyPipewrench/pipelock) as the filter.
+const FilterPipelock = "pipelock"
+
 type pipelockFilter struct{}
 
+func (pipelockFilter) name() string           { return FilterPipelock }
 func (pipelockFilter) role() string           { return names.RoleFilter }
 func (pipelockFilter) wanted(b *builder) bool { return b.p.Filter == FilterPipelock }
 func (pipelockFilter) container(b *builder) (*Container, error) {

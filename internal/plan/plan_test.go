@@ -368,6 +368,31 @@ func TestPipelockFilterContainer(t *testing.T) {
 	if cfg == nil || cfg.Content != PipelockConfig(p.Allowlist, egress.DefaultInternal) {
 		t.Errorf("stage file filter/pipelock.yaml %+v, want the rendered config", cfg)
 	}
+	// The host asks pipelock's health on its egress address; it writes no ready file.
+	if r := c.Ready; r == nil || *r != (Readiness{URL: "http://10.213.5.2:8888/health"}) {
+		t.Errorf("pipelock readiness %+v", r)
+	}
+}
+
+// TestSidecarReadiness: each of bottle's own sidecars reports readiness (and failure)
+// in files of its run dir, the one place it may write.
+func TestSidecarReadiness(t *testing.T) {
+	p, err := Build(input(load(t, "../../examples/team.toml"), "coder", map[string]string{"file:/home/me/.ssh/bottle_ed25519": "k"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Containers {
+		if c.Role == RoleAgent {
+			if c.Ready != nil {
+				t.Errorf("agent has readiness %+v", c.Ready)
+			}
+			continue
+		}
+		dir := "/var/lib/bottle/bottles/coder-abc123/stage/run/" + c.Role + "/"
+		if r := c.Ready; r == nil || *r != (Readiness{File: dir + SidecarReadyFile, ErrorFile: dir + SidecarErrorFile}) {
+			t.Errorf("%s readiness %+v", c.Role, r)
+		}
+	}
 }
 
 func TestEffectiveAllowlist(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 // EffectiveAllowlist is the bottle's allowlist plus every egress-proxy route host,
@@ -16,10 +17,10 @@ import (
 func EffectiveAllowlist(b *manifest.Bottle) []string {
 	set := map[string]bool{}
 	for _, h := range b.Allowlist {
-		set[normalizeHost(h)] = true
+		set[names.NormalizeHost(h)] = true
 	}
 	for _, r := range b.EgressProxy.Routes {
-		set[normalizeHost(r.Host)] = true
+		set[names.NormalizeHost(r.Host)] = true
 	}
 	out := make([]string, 0, len(set))
 	for h := range set {
@@ -28,8 +29,6 @@ func EffectiveAllowlist(b *manifest.Bottle) []string {
 	sort.Strings(out)
 	return out
 }
-
-func normalizeHost(h string) string { return strings.TrimSuffix(strings.ToLower(h), ".") }
 
 // AllowlistSummary is a one-line summary of an allowlist for the start banner.
 func AllowlistSummary(allow []string) string {

@@ -6,6 +6,8 @@ import (
 	"path"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 // sidecarKind is one kind of sidecar. Each kind lives in its own file: whether a bottle
@@ -23,6 +25,9 @@ type sidecarKind interface {
 // sidecarKinds are every kind, in the order their containers are planned (the filter
 // backends first: exactly one of them is wanted).
 var sidecarKinds = []sidecarKind{builtinFilter{}, pipelockFilter{}, egressProxy{}, gitGate{}, supervise{}}
+
+// hostPart is each role's host number on both bottle networks.
+var hostPart = map[string]byte{names.RoleFilter: 2, names.RoleEgressProxy: 3, names.RoleGitGate: 4, names.RoleSupervise: 5, names.RoleAgent: 10}
 
 // Readiness is how the runtime sees that a sidecar serves: a file the sidecar creates,
 // or a URL the host asks. A sidecar that fails before it serves may leave its reason in

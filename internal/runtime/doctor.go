@@ -10,13 +10,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
+
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
-	"github.com/containerd/containerd/v2/pkg/oci"
 )
 
 // Check is one line of `bottle doctor`.
