@@ -62,6 +62,32 @@ const (
 	DefaultCredentialScheme = "Bearer"
 )
 
+// reservedHeaders are the headers HTTP itself uses (canonical form): none can carry a
+// credential.
+var reservedHeaders = []string{"Host", "Connection", "Proxy-Authorization", "Transfer-Encoding", "Content-Length", "Te", "Upgrade", "Trailer", "Keep-Alive"}
+
+// CheckCredentialHeader accepts the name of the header a route's credential is injected
+// into (the manifest applies it too): an HTTP header name that HTTP itself does not use.
+func CheckCredentialHeader(h string) error {
+	if !httpguts.ValidHeaderFieldName(h) {
+		return fmt.Errorf("invalid header name %q", h)
+	}
+	if slices.Contains(reservedHeaders, http.CanonicalHeaderKey(h)) {
+		return fmt.Errorf("header %q cannot carry a credential: HTTP itself uses it", h)
+	}
+	return nil
+}
+
+// CheckCredentialScheme accepts a route's auth scheme (the manifest applies it too):
+// empty for the bare token, or one HTTP token such as "Bearer".
+func CheckCredentialScheme(s string) error {
+	// An auth scheme is a token, as a header name is.
+	if s != "" && !httpguts.ValidHeaderFieldName(s) {
+		return fmt.Errorf("invalid scheme %q: not a single word", s)
+	}
+	return nil
+}
+
 // DefaultMaxRequests is the default cap on the egress-proxy's requests in flight.
 const DefaultMaxRequests = 256
 
@@ -130,25 +156,17 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 	if !envname.Valid(rc.TokenRef) {
 		return nil, fmt.Errorf("token_ref %q is not an environment variable name", rc.TokenRef)
 	}
-	header := rc.Header
-	if header == "" {
-		header = DefaultCredentialHeader
-	}
-	if !httpguts.ValidHeaderFieldName(header) {
-		return nil, fmt.Errorf("header %q is not a valid header name", header)
+	header := cmp.Or(rc.Header, DefaultCredentialHeader)
+	if err := CheckCredentialHeader(header); err != nil {
+		return nil, fmt.Errorf("%w; use Authorization or an API key header", err)
 	}
 	header = http.CanonicalHeaderKey(header)
-	switch header {
-	case "Host", "Connection", "Proxy-Authorization", "Transfer-Encoding", "Content-Length", "Te", "Upgrade", "Trailer", "Keep-Alive":
-		return nil, fmt.Errorf("header %q cannot carry a credential; use Authorization or an API key header", header)
-	}
 	scheme := DefaultCredentialScheme
 	if rc.Scheme != nil {
 		scheme = *rc.Scheme
 	}
-	// An auth scheme is a token, as a header name is.
-	if scheme != "" && !httpguts.ValidHeaderFieldName(scheme) {
-		return nil, fmt.Errorf("scheme %q is not a single word", scheme)
+	if err := CheckCredentialScheme(scheme); err != nil {
+		return nil, err
 	}
 	token := getenv(rc.TokenRef)
 	if token == "" {

@@ -11,9 +11,9 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/publicsuffix"
 
+	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/envname"
 	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -228,10 +228,6 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 // reservedRouteHost is the egress-proxy's own path (GET /healthz), never a route.
 const reservedRouteHost = "healthz"
 
-// reservedHeaders are the headers HTTP itself uses: the egress-proxy cannot inject a
-// credential into them.
-var reservedHeaders = []string{"Host", "Connection", "Proxy-Authorization", "Transfer-Encoding", "Content-Length", "TE", "Upgrade", "Trailer", "Keep-Alive"}
-
 func validateRoutes(bad reporter, p string, routes []*Route) {
 	hosts := map[string]int{}
 	singleton := map[string]int{}
@@ -272,15 +268,13 @@ func validateRoutes(bad reporter, p string, routes []*Route) {
 				}
 			}
 		}
-		switch {
-		case r.Header != "" && !httpguts.ValidHeaderFieldName(r.Header):
-			bad(rp+".header", fmt.Sprintf("invalid header name %q", r.Header), "use an HTTP header name such as \"Authorization\" or \"x-api-key\"")
-		case slices.ContainsFunc(reservedHeaders, func(h string) bool { return strings.EqualFold(h, r.Header) }):
-			bad(rp+".header", fmt.Sprintf("header %q cannot carry a credential: HTTP itself uses it", r.Header), "use Authorization or the upstream's API key header, e.g. \"x-api-key\"")
+		if r.Header != "" {
+			if err := egress.CheckCredentialHeader(r.Header); err != nil {
+				bad(rp+".header", err.Error(), "use Authorization or the upstream's API key header, e.g. \"x-api-key\"")
+			}
 		}
-		// An auth scheme is a token, as a header name is.
-		if r.Scheme != "" && !httpguts.ValidHeaderFieldName(r.Scheme) {
-			bad(rp+".scheme", fmt.Sprintf("invalid scheme %q", r.Scheme), "use one word such as \"Bearer\", or \"none\" for a raw value")
+		if err := egress.CheckCredentialScheme(r.Scheme); err != nil {
+			bad(rp+".scheme", err.Error(), "use one word such as \"Bearer\", or \"none\" for a raw value")
 		}
 	}
 }
