@@ -15,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
 )
@@ -118,7 +119,7 @@ func TestSidecarSettingsResumeReusesRecorded(t *testing.T) {
 		t.Fatalf("resume without options: %+v, %v", got, err)
 	}
 	e.opts.SidecarResolvConf = "nameserver 192.0.2.9\n"
-	e.opts.SidecarHosts = []plan.HostEntry{{Name: "b.test", Addr: netip.MustParseAddr("192.0.2.3")}}
+	e.opts.SidecarHosts = []names.HostEntry{{Name: "b.test", Addr: netip.MustParseAddr("192.0.2.3")}}
 	got, _ = e.sidecarSettings(prev)
 	if got.ResolvConf != e.opts.SidecarResolvConf || got.Hosts[0].Name != "b.test" || got.ExtraCA != "PEM" {
 		t.Fatalf("options given again win: %+v", got)
@@ -128,7 +129,7 @@ func TestSidecarSettingsResumeReusesRecorded(t *testing.T) {
 func TestPhaseOfTellsTheTruthFromTasks(t *testing.T) {
 	meta := func(phase string, detached bool, reason string) *state.Meta {
 		return &state.Meta{Identity: "a-000001", Phase: phase, Detached: detached, Reason: reason, Pid: 1 << 30, Containers: []state.Container{
-			{Name: "agent", Role: plan.RoleAgent}, {Name: "filter", Role: plan.RoleFilter}, {Name: "proxy", Role: plan.RoleEgressProxy},
+			{Name: "agent", Role: names.RoleAgent}, {Name: "filter", Role: names.RoleFilter}, {Name: "proxy", Role: names.RoleEgressProxy},
 		}}
 	}
 	run := ctr.ContainerInfo{TaskStatus: ctr.TaskRunning}
@@ -183,9 +184,9 @@ func TestUndoStopsWhenContainerdIsGone(t *testing.T) {
 
 func TestPeersAreTheOthersOnTheSameNetworks(t *testing.T) {
 	m := &state.Meta{Containers: []state.Container{
-		{Name: "agent", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.10"}}},
-		{Name: "filter", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.2"}, {Network: plan.NetEgress, Address: "10.0.1.2"}}},
-		{Name: "proxy", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.3"}, {Network: plan.NetEgress, Address: "10.0.1.3"}}},
+		{Name: "agent", Attachments: []state.Attachment{{Network: names.NetInternal, Address: "10.0.0.10"}}},
+		{Name: "filter", Attachments: []state.Attachment{{Network: names.NetInternal, Address: "10.0.0.2"}, {Network: names.NetEgress, Address: "10.0.1.2"}}},
+		{Name: "proxy", Attachments: []state.Attachment{{Network: names.NetInternal, Address: "10.0.0.3"}, {Network: names.NetEgress, Address: "10.0.1.3"}}},
 	}}
 	got := fmt.Sprint(peers(m, "filter"))
 	if got != "[10.0.0.10 10.0.0.3 10.0.1.3]" {
