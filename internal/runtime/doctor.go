@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
+
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/manifest"
@@ -146,7 +148,7 @@ func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version st
 		return err
 	}
 	name := names.Prefix + "doctor-" + suffix
-	spec, err := plan.NewSpec(plan.WithArgs("/bottle", "version"), plan.WithUser(plan.SidecarUID, plan.SidecarUID), plan.WithReadonlyRootfs)
+	spec, err := plan.NewSpec(oci.WithProcessArgs("/bottle", "version"), oci.WithUIDGID(plan.SidecarUID, plan.SidecarUID), oci.WithRootFSReadonly())
 	if err != nil {
 		return err
 	}

@@ -369,7 +369,7 @@ func (e *Engine) Logs(ctx context.Context, identity names.Identity, role string,
 	if !found {
 		return fmt.Errorf("bottle %s has no %s container", identity, role)
 	}
-	path := e.logPath(identity.String(), role)
+	path := e.logPath(identity, role)
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if role == names.RoleAgent && !m.Detached {

@@ -57,17 +57,13 @@ func (e *Engine) buildPlan(po PlanOptions, f planFacts) (*plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	hosts := make([]plan.HostEntry, 0, len(f.outside.Hosts))
-	for _, h := range f.outside.Hosts {
-		hosts = append(hosts, plan.HostEntry{Name: h.Name, Addr: h.Addr})
-	}
 	in := plan.Input{
 		Manifest: po.Manifest, ManifestPath: po.ManifestPath, AgentName: po.Agent,
-		LookupEnv: e.lookupEnv, Identity: f.identity.String(), WorkspaceOwner: hostenv.Owner(po.Workspace),
+		LookupEnv: e.lookupEnv, Identity: f.identity, WorkspaceOwner: hostenv.Owner(po.Workspace),
 		Workspace: po.Workspace, CopyWorkspace: po.CopyCwd, Command: po.Command,
 		StateDir: e.opts.StateDir, Internal: f.internal, Egress: f.egress,
 		SidecarImage: f.sidecarImage, PipelockImage: e.pipelockImage(bottle), PipelockPresent: f.pipelockPresent,
-		SidecarHosts: hosts, ExtraCA: f.outside.ExtraCA,
+		SidecarHosts: f.outside.Hosts, ExtraCA: f.outside.ExtraCA,
 		RuntimeOverride: f.runtime, FilterOverride: e.opts.FilterOverride,
 		SidecarResolvConf: f.outside.ResolvConf, ReadFile: po.HostFiles.Read, Strict: f.strict,
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -19,19 +20,32 @@ import (
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
-func TestMergeEnv(t *testing.T) {
-	got := mergeEnv([]string{"PATH=/img", "HOME=/home/agent", "A=1"}, []string{"A=2", "B=3"})
-	want := []string{"PATH=/img", "HOME=/home/agent", "A=2", "B=3"}
-	if !slices.Equal(got, want) {
-		t.Errorf("mergeEnv = %v, want %v", got, want)
+// TestFinalizeSpecEnv: one merge, containerd's way: the image's env first, a planned
+// value replaces the image's in place or follows it, PATH defaults only when the image
+// has none.
+func TestFinalizeSpecEnv(t *testing.T) {
+	spec, err := plan.NewSpec(oci.WithProcessArgs("/bin/sh"), oci.WithEnv([]string{"A=2", "B=3"}))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := mergeEnv(nil, []string{"X=1"}); !slices.Contains(got, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") {
-		t.Errorf("no default PATH: %v", got)
+	c := &plan.Container{Name: "bottle-x-000000-agent", Image: "img", Spec: spec}
+	for _, tc := range []struct{ image, want []string }{
+		{[]string{"PATH=/img", "HOME=/home/agent", "A=1"}, []string{"PATH=/img", "HOME=/home/agent", "A=2", "B=3"}},
+		{nil, []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=2", "B=3"}},
+		{[]string{"HOME=/root"}, []string{"HOME=/root", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=2", "B=3"}},
+	} {
+		got, err := finalizeSpec(c, tc.image, nil, "/x", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.Process.Env, tc.want) {
+			t.Errorf("image env %v: env %v, want %v", tc.image, got.Process.Env, tc.want)
+		}
 	}
 }
 
 func TestFinalizeSpecLeavesPlanAlone(t *testing.T) {
-	spec, err := plan.NewSpec(plan.WithEnv(map[string]string{"A": "1"}))
+	spec, err := plan.NewSpec(oci.WithEnv([]string{"A=1"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,8 +66,13 @@ func TestFinalizeSpecLeavesPlanAlone(t *testing.T) {
 	if netPath != "/run/netns/x" {
 		t.Errorf("netns path %q", netPath)
 	}
-	if len(spec.Process.Args) != 0 || len(spec.Process.Env) != 1 {
+	if len(spec.Process.Args) != 0 || len(spec.Process.Env) != 1 || spec.Process.Terminal {
 		t.Error("finalizeSpec changed the plan's spec")
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Path != "" {
+			t.Errorf("finalizeSpec set the plan's %s namespace path", ns.Type)
+		}
 	}
 	if _, err := finalizeSpec(c, nil, nil, "/x", false); err == nil || !strings.Contains(err.Error(), "set `command`") {
 		t.Errorf("image without command: %v", err)

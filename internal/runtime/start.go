@@ -276,11 +276,7 @@ func (s *starter) plan(sidecarImage string) error {
 	s.p = p
 	s.meta.Filter = p.Filter
 	for _, c := range p.Containers {
-		rc := state.Container{Name: c.Name, Role: c.Role}
-		for _, a := range c.Attachments {
-			rc.Attachments = append(rc.Attachments, names.Attachment{Network: a.Network, IfName: a.IfName, Address: a.Address})
-		}
-		s.meta.Containers = append(s.meta.Containers, rc)
+		s.meta.Containers = append(s.meta.Containers, state.Container{Name: c.Name, Role: c.Role, Attachments: c.Attachments})
 	}
 	return nil
 }
@@ -393,7 +389,7 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 		return err
 	}
 	e.log.Info(s.banner())
-	if _, err := e.ctr.Start(s.ctx, s.id.Container(names.RoleAgent), e.logPath(s.id.String(), names.RoleAgent)); err != nil {
+	if _, err := e.ctr.Start(s.ctx, s.id.Container(names.RoleAgent), e.logPath(s.id, names.RoleAgent)); err != nil {
 		return err
 	}
 	s.meta.Phase, s.meta.Pid, s.meta.PidStart = state.PhaseRunning, 0, 0

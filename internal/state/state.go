@@ -77,7 +77,7 @@ func (s Store) BottleDir(identity names.Identity) string {
 }
 
 // LogDir holds the bottle's container logs. (It takes the plan's untyped identity.)
-func (s Store) LogDir(identity string) string {
+func (s Store) LogDir(identity names.Identity) string {
 	return filepath.Join(s.BottleDir(names.Identity(identity)), "logs")
 }
 
