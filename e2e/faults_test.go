@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
-	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
@@ -47,7 +47,7 @@ func (e *env) writeFaultManifest(agents ...string) {
 var sidecars = []struct {
 	role       string
 	host, port int
-}{{plan.RoleFilter, 2, 8888}, {plan.RoleEgressProxy, 3, 9000}}
+}{{names.RoleFilter, 2, 8888}, {names.RoleEgressProxy, 3, 9000}}
 
 // reach asks, from inside the agent, a sidecar's /healthz on the internal network: the
 // agent's own way out.
@@ -80,7 +80,7 @@ func (e *env) taskPid(name string) int {
 // only the test's own bottle is hit) and returns the pid.
 func (e *env) killSandbox(id, role string) int {
 	e.t.Helper()
-	pid := e.taskPid(plan.ContainerName(id, role))
+	pid := e.taskPid(names.Identity(id).Container(role))
 	if pid == 0 {
 		e.t.Fatalf("%s of %s has no running task", role, id)
 	}
@@ -205,7 +205,7 @@ func TestSidecarKilledIsRestarted(t *testing.T) {
 		t0 := time.Now()
 		old := e.killSandbox(id, s.role)
 		e.eventually(sidecarRecovery, s.role+" serves the agent again", func() bool {
-			pid := e.taskPid(plan.ContainerName(id, s.role))
+			pid := e.taskPid(names.Identity(id).Container(s.role))
 			return pid != 0 && pid != old && e.status(id).Phase == "running" && e.reach(id, s.host, s.port) == "REACHED"
 		})
 		t.Logf("%s: killed, restarted and reachable from the agent after %s", s.role, time.Since(t0).Round(100*time.Millisecond))
@@ -216,10 +216,10 @@ func TestSidecarKilledIsRestarted(t *testing.T) {
 	var last int
 	for range 3 {
 		e.eventually(sidecarRecovery, "filter serves again", func() bool {
-			pid := e.taskPid(plan.ContainerName(id, plan.RoleFilter))
+			pid := e.taskPid(names.Identity(id).Container(names.RoleFilter))
 			return pid != 0 && pid != last && e.reach(id, 2, 8888) == "REACHED"
 		})
-		last = e.killSandbox(id, plan.RoleFilter)
+		last = e.killSandbox(id, names.RoleFilter)
 	}
 	code, errOut := wait(60 * time.Second)
 	if code == 0 {

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net/netip"
 
 	"github.com/urfave/cli/v2"
 
@@ -21,27 +20,20 @@ func doctorCommand() *cli.Command {
 			&cli.StringFlag{Name: "runtime", Usage: "runtime to check (default: auto)"},
 			&cli.StringFlag{Name: "runsc", Usage: "path of the runsc binary (default: search PATH, then /usr/local/bin)"},
 			&cli.StringSliceFlag{Name: "cni-path", Usage: "directories with CNI plugins (default: /opt/cni/bin, /usr/lib/cni)"},
-			&cli.StringFlag{Name: "pool", Value: runtime.DefaultPool.String(), Usage: "address pool for bottle networks"},
-			&cli.StringFlag{Name: "runc-root", Hidden: true, Usage: "runc state root (tests)"},
+			poolFlag(),
+			runcRootFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			pool, err := netip.ParsePrefix(c.String("pool"))
+			opts, err := engineOptions(c)
 			if err != nil {
-				return usageError{fmt.Errorf("--pool: %w", err)}
+				return err
 			}
+			opts.PluginDirs = c.StringSlice("cni-path")
 			m, src, err := loadManifest(c)
 			if err != nil {
 				return err
 			}
-			checks := runtime.Doctor(c.Context, runtime.DoctorOptions{
-				Options: runtime.Options{
-					Address: lineageString(c, "address"), Namespace: lineageString(c, "namespace"),
-					StateDir: absOr(lineageString(c, "state-dir")), Pool: pool,
-					RuntimeOverride: c.String("runtime"), RunscPath: c.String("runsc"), RuncRoot: c.String("runc-root"),
-					Version: version,
-				},
-				PluginDirs: c.StringSlice("cni-path"), Manifest: m, ManifestPath: src.Path,
-			})
+			checks := runtime.Doctor(c.Context, runtime.DoctorOptions{Options: opts, Manifest: m, ManifestPath: src.Path})
 			if c.Bool("json") {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")

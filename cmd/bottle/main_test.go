@@ -26,6 +26,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 )
 
@@ -125,6 +126,60 @@ func TestPlanJSONRedactsToken(t *testing.T) {
 	}
 	if !strings.Contains(out, "CLAUDE_CODE_OAUTH_TOKEN=<redacted>") {
 		t.Error("egress-proxy credential not shown as <redacted>")
+	}
+}
+
+// TestPlanTakesStartsFlags: plan reads --pool, $BOTTLE_POOL and the sidecars' settings
+// as start does, and says when it cannot ask containerd which images are present.
+func TestPlanTakesStartsFlags(t *testing.T) {
+	dir := t.TempDir()
+	noContainerd := []string{"--address", filepath.Join(dir, "no-containerd.sock")}
+	subnets := func(env []string, args ...string) string {
+		t.Helper()
+		out, errOut, code := run(t, dir, env, append(append(noContainerd, "plan"), args...)...)
+		if code != 0 {
+			t.Fatalf("plan %v: exit %d: %s", args, code, errOut)
+		}
+		var nets []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "network ") {
+				nets = append(nets, strings.Fields(l)[2])
+			}
+		}
+		return strings.Join(nets, " ")
+	}
+	if got := subnets(nil); got != "10.213.0.0/24 10.213.1.0/24" {
+		t.Errorf("default pool: subnets %q", got)
+	}
+	if got := subnets(nil, "--pool", "10.99.0.0/16"); got != "10.99.0.0/24 10.99.1.0/24" {
+		t.Errorf("--pool 10.99.0.0/16: subnets %q", got)
+	}
+	if got := subnets([]string{"BOTTLE_POOL=10.98.0.0/16"}); got != "10.98.0.0/24 10.98.1.0/24" {
+		t.Errorf("BOTTLE_POOL=10.98.0.0/16: subnets %q", got)
+	}
+	if _, errOut, code := run(t, dir, nil, append(noContainerd, "plan", "--pool", "10.99.0.0/24")...); code != 2 || !strings.Contains(errOut, "--pool") {
+		t.Errorf("plan --pool of one slot: exit %d: %s", code, errOut)
+	}
+
+	resolv := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver 192.0.2.53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := run(t, dir, nil, append(noContainerd, "plan", "--json", "--detach", "--rm", "--cwd",
+		"--add-host", "git.test:192.0.2.7", "--resolv-conf", resolv, "--filter", "pipelock", "--pipelock-image", "bottle.local/pl:test", "--", "/bin/true")...)
+	if code != 0 {
+		t.Fatalf("plan with start's flags: exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{`192.0.2.7\tgit.test`, "nameserver 192.0.2.53", `"image": "bottle.local/pl:test"`, `"filter": "pipelock"`, `"copy": true`, `"/bin/true"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan --json does not show %s:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(errOut, "containerd not reachable") || !strings.Contains(errOut, "pipelock image is assumed absent") {
+		t.Errorf("plan without containerd does not say so: %q", errOut)
+	}
+	if _, errOut, code := run(t, dir, nil, append(noContainerd, "plan", "--add-host", "nocolon")...); code != 2 || !strings.Contains(errOut, "--add-host") {
+		t.Errorf("plan --add-host nocolon: exit %d: %s", code, errOut)
 	}
 }
 
@@ -443,17 +498,17 @@ func checkSidecarConfigs(t *testing.T, what string, m *manifest.Manifest, agent 
 		getenv := func(k string) string { return env[k] }
 		var err error
 		switch c.Role {
-		case plan.RoleFilter:
+		case names.RoleFilter:
 			if p.Filter == plan.FilterBuiltin {
 				var cfg egress.FilterConfig
 				decode("filter/filter.json", &cfg)
 				_, err = egress.NewFilter(cfg, nil)
 			}
-		case plan.RoleEgressProxy:
+		case names.RoleEgressProxy:
 			var cfg egress.ProxyConfig
 			decode("egress-proxy/routes.json", &cfg)
 			_, err = egress.NewEgressProxy(cfg, getenv, nil)
-		case plan.RoleGitGate:
+		case names.RoleGitGate:
 			var cfg gitgate.Config
 			decode("git-gate/config.json", &cfg)
 			cfg.SpoolDir = "" // made by the sidecar in its container

@@ -4,13 +4,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/bottle-dev/bottle/internal/hostenv"
-	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/manifest"
-	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/runtime"
 )
 
@@ -28,68 +26,47 @@ func manifestCommand() *cli.Command {
 func planCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "plan",
-		Usage:        "show what `bottle start` would run (secrets redacted)",
-		ArgsUsage:    "[AGENT]",
+		Usage:        "show what `bottle start` would run (secrets redacted); it takes start's flags (--detach and --rm change nothing here)",
+		ArgsUsage:    "[AGENT] [-- CMD ARGS...]",
 		OnUsageError: onUsageError,
-		Flags: []cli.Flag{
-			manifestFlag(),
-			&cli.BoolFlag{Name: "json", Usage: "print the whole plan, with one OCI spec per container, as JSON"},
-			&cli.StringFlag{Name: "runtime", Usage: "override the runtime: " + fmt.Sprint(manifest.RuntimeChoices)},
-			&cli.StringFlag{Name: "filter", Usage: "override the allowlist filter: " + fmt.Sprint(manifest.FilterChoices)},
-			&cli.BoolFlag{Name: "cwd", Usage: "give the agent a copy of the current directory"},
-		},
+		Flags:        append(startFlags(), &cli.BoolFlag{Name: "json", Usage: "print the whole plan, with one OCI spec per container, as JSON"}),
 		Action: func(c *cli.Context) error {
-			m, src, err := loadManifest(c)
+			po, err := planOptions(c, "plan")
 			if err != nil {
 				return err
 			}
-			agent, err := agentName(c.Args().Slice(), m, src, "plan")
+			opts, err := engineOptions(c)
 			if err != nil {
 				return err
 			}
-			cwd, err := os.Getwd()
-			if err != nil {
-				return fmt.Errorf("current directory: %w", err)
-			}
-			resolv, err := hostenv.SidecarResolvConf()
-			if err != nil {
-				resolv = "# " + err.Error() + "\n"
-			}
-			// Subnets are reserved at start; the plan shows the pool's first pair.
-			internal, egress, err := runtime.PoolSubnets(runtime.DefaultPool)
-			if err != nil {
-				return err
-			}
-			p, err := plan.Build(plan.Input{
-				Manifest:          m,
-				ManifestPath:      src.Path,
-				AgentName:         agent,
-				LookupEnv:         os.LookupEnv,
-				NewSuffix:         hostenv.NewSuffix,
-				Workspace:         cwd,
-				WorkspaceOwner:    hostenv.Owner(cwd),
-				CopyWorkspace:     c.Bool("cwd"),
-				StateDir:          absOr(c.String("state-dir")),
-				Internal:          internal,
-				Egress:            egress,
-				SidecarImage:      sidecarImageRef(),
-				RuntimeOverride:   c.String("runtime"),
-				FilterOverride:    c.String("filter"),
-				SidecarResolvConf: resolv,
-				ReadFile:          hostfile.ReadPEM,
-			})
+			e := runtime.OpenPlanner(c.Context, opts)
+			defer e.Close()
+			p, err := e.Plan(c.Context, po)
 			if err != nil {
 				return usageError{err}
+			}
+			// Without containerd the plan cannot know which images are present.
+			var note string
+			if off := e.Offline(); off != nil {
+				note = fmt.Sprintf("note: containerd not reachable (%s): the pipelock image is assumed absent", strings.ReplaceAll(off.Error(), "\n", "; "))
 			}
 			if c.Bool("json") {
 				out, err := p.JSON()
 				if err != nil {
 					return err
 				}
+				if note != "" {
+					fmt.Fprintln(c.App.ErrWriter, note)
+				}
 				_, err = c.App.Writer.Write(out)
 				return err
 			}
-			_, err = fmt.Fprint(c.App.Writer, p.Redacted().Summary())
+			if _, err := fmt.Fprint(c.App.Writer, p.Redacted().Summary()); err != nil {
+				return err
+			}
+			if note != "" {
+				_, err = fmt.Fprintln(c.App.Writer, note)
+			}
 			return err
 		},
 	}
@@ -107,8 +84,6 @@ func loadManifest(c *cli.Context) (*manifest.Manifest, manifest.Source, error) {
 	}
 	return m, src, nil
 }
-
-func sidecarImageRef() string { return "bottle.local/sidecar:" + version }
 
 func absOr(p string) string {
 	if a, err := filepath.Abs(p); err == nil {

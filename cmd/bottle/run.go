@@ -17,11 +17,12 @@ import (
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/runtime"
 )
 
-// runFlags are shared by start and resume.
+// runFlags are shared by start, resume and plan.
 func runFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "start the agent in the background (output goes to 'bottle logs')"},
@@ -29,13 +30,28 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "filter", Usage: "override the allowlist filter: " + strings.Join(manifest.FilterChoices, ", ")},
 		&cli.StringFlag{Name: "runsc", Usage: "path of the runsc binary (default: search PATH, then /usr/local/bin)"},
 		&cli.BoolFlag{Name: "allow-unsafe-runc", Usage: "allow runtime runc (NO gVisor sandbox: the agent shares the host kernel)"},
-		&cli.StringFlag{Name: "pool", Value: runtime.DefaultPool.String(), EnvVars: []string{"BOTTLE_POOL"}, Usage: "address pool for bottle networks"},
+		poolFlag(),
 		&cli.StringFlag{Name: "resolv-conf", EnvVars: []string{"BOTTLE_RESOLV_CONF"}, Usage: "resolver config for sidecars that leave the bottle (default: the host's)"},
 		&cli.StringSliceFlag{Name: "add-host", Usage: "extra hosts entry NAME:IP for the sidecars that leave the bottle (repeatable)"},
 		&cli.StringFlag{Name: "ca-file", Usage: "PEM file of extra CAs the egress-proxy trusts for upstreams (a private CA)"},
 		&cli.StringFlag{Name: "pipelock-image", Usage: "pipelock image (overrides the manifest's and the pinned default)"},
-		&cli.StringFlag{Name: "runc-root", Hidden: true, EnvVars: []string{"BOTTLE_RUNC_ROOT"}, Usage: "runc state root (tests)"},
+		runcRootFlag(),
 	}
+}
+
+// startFlags are start's flags; plan takes the same ones, so it shows what start runs.
+func startFlags() []cli.Flag {
+	return append(runFlags(), manifestFlag(),
+		&cli.BoolFlag{Name: "cwd", Usage: "give the agent a copy of the current directory instead of the directory itself"},
+		&cli.BoolFlag{Name: "rm", Usage: "remove the bottle when the agent exits (instead of keeping it stopped for 'bottle resume')"})
+}
+
+func poolFlag() cli.Flag {
+	return &cli.StringFlag{Name: "pool", Value: runtime.DefaultPool.String(), EnvVars: []string{"BOTTLE_POOL"}, Usage: "address pool for bottle networks"}
+}
+
+func runcRootFlag() cli.Flag {
+	return &cli.StringFlag{Name: "runc-root", Hidden: true, EnvVars: []string{"BOTTLE_RUNC_ROOT"}, Usage: "runc state root (tests)"}
 }
 
 // withEngine opens the engine for one command and closes it afterwards.
@@ -48,8 +64,22 @@ func withEngine(c *cli.Context, fn func(*runtime.Engine) error) error {
 	return fn(e)
 }
 
-// openEngine builds engine options from the global and command flags.
+// openEngine opens the engine of a command that changes the host.
 func openEngine(c *cli.Context) (*runtime.Engine, error) {
+	opts, err := engineOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	// From here on, child processes (iptables, CNI plugins, cp) get a minimal environment
+	// and host variables are read from the snapshot.
+	opts.LookupEnv = hostenv.Take().Lookup
+	return runtime.Open(c.Context, opts)
+}
+
+// engineOptions turns the global and the command's flags into engine options: the one
+// place for start, resume, plan, doctor and the other commands (a flag a command does
+// not have reads as unset).
+func engineOptions(c *cli.Context) (runtime.Options, error) {
 	opts := runtime.Options{
 		Address:         lineageString(c, "address"),
 		Namespace:       lineageString(c, "namespace"),
@@ -59,45 +89,68 @@ func openEngine(c *cli.Context) (*runtime.Engine, error) {
 		AllowUnsafeRunc: c.Bool("allow-unsafe-runc"),
 		RuncRoot:        c.String("runc-root"),
 		RunscPath:       c.String("runsc"),
+		PipelockImage:   c.String("pipelock-image"),
 		Version:         version,
 		KillAt:          os.Getenv("BOTTLE_TEST_KILL_AT"),
 		Log:             slog.Default(),
 	}
-	// From here on, child processes (iptables, CNI plugins, cp) get a minimal environment
-	// and host variables are read from the snapshot.
-	opts.LookupEnv = hostenv.Take().Lookup
 	if p := c.String("pool"); p != "" {
 		pool, err := netip.ParsePrefix(p)
 		if err != nil || !pool.Addr().Is4() || pool.Bits() > 23 {
-			return nil, usageError{fmt.Errorf("--pool %q: want an IPv4 prefix of /23 or wider, e.g. 10.213.0.0/16", p)}
+			return opts, usageError{fmt.Errorf("--pool %q: want an IPv4 prefix of /23 or wider, e.g. 10.213.0.0/16", p)}
 		}
 		opts.Pool = pool
 	}
 	for _, h := range c.StringSlice("add-host") {
-		name, ip, ok := strings.Cut(h, ":")
-		addr, err := netip.ParseAddr(ip)
-		if !ok || err != nil || name == "" {
-			return nil, usageError{fmt.Errorf("--add-host %q: want NAME:IP", h)}
+		entry, err := names.ParseHostEntry(h)
+		if err != nil {
+			return opts, usageError{fmt.Errorf("--add-host: %w", err)}
 		}
-		opts.SidecarHosts = append(opts.SidecarHosts, plan.HostEntry{Name: name, Addr: addr})
+		opts.SidecarHosts = append(opts.SidecarHosts, entry)
 	}
 	if f := c.String("ca-file"); f != "" {
 		data, err := hostfile.ReadPEM(f)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("--ca-file: %w", err)}
+			return opts, usageError{fmt.Errorf("--ca-file: %w", err)}
 		}
 		opts.ExtraCA = string(data)
 	}
-	opts.PipelockImage = c.String("pipelock-image")
 	// Unset, start uses the host's resolver and resume the one recorded at start.
 	if f := c.String("resolv-conf"); f != "" {
 		data, err := hostfile.Read(f, hostfile.MaxResolvConf)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("--resolv-conf: %w", err)}
+			return opts, usageError{fmt.Errorf("--resolv-conf: %w", err)}
 		}
 		opts.SidecarResolvConf = string(data)
 	}
-	return runtime.Open(c.Context, opts)
+	return opts, nil
+}
+
+// planOptions reads what start runs (and plan shows) from the manifest, the arguments
+// ([AGENT] [-- CMD ARGS...]) and the current directory. Every host file is read here,
+// once, before anything is created.
+func planOptions(c *cli.Context, cmd string) (runtime.PlanOptions, error) {
+	m, src, err := loadManifest(c)
+	if err != nil {
+		return runtime.PlanOptions{}, err
+	}
+	args, command := splitCommand(c)
+	agent, err := agentName(args, m, src, cmd)
+	if err != nil {
+		return runtime.PlanOptions{}, err
+	}
+	files, err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
+	if err != nil {
+		return runtime.PlanOptions{}, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return runtime.PlanOptions{}, fmt.Errorf("current directory: %w", err)
+	}
+	return runtime.PlanOptions{
+		Manifest: m, ManifestPath: src.Path, Agent: agent, Workspace: cwd,
+		CopyCwd: c.Bool("cwd"), Command: command, HostFiles: files,
+	}, nil
 }
 
 func stdio() runtime.Stdio {
@@ -115,12 +168,12 @@ func exitWith(code int, err error) error {
 	return nil
 }
 
-func identityArg(c *cli.Context) (string, error) {
+func identityArg(c *cli.Context) (names.Identity, error) {
 	if c.NArg() != 1 {
 		return "", usageError{fmt.Errorf("expected one bottle identity (see `bottle ps`), got %d arguments", c.NArg())}
 	}
-	id := c.Args().First()
-	if _, _, err := plan.ParseIdentity(id); err != nil {
+	id, err := names.ParseIdentity(c.Args().First())
+	if err != nil {
 		return "", usageError{err}
 	}
 	return id, nil
@@ -133,35 +186,18 @@ func lifecycleCommands() []*cli.Command {
 			Usage:        "start an agent in a new bottle on the current directory",
 			ArgsUsage:    "[AGENT] [-- CMD ARGS...]",
 			OnUsageError: onUsageError,
-			Flags: append(runFlags(), manifestFlag(),
-				&cli.BoolFlag{Name: "cwd", Usage: "give the agent a copy of the current directory instead of the directory itself"},
-				&cli.BoolFlag{Name: "rm", Usage: "remove the bottle when the agent exits (instead of keeping it stopped for 'bottle resume')"}),
+			Flags:        startFlags(),
 			Action: func(c *cli.Context) error {
-				m, src, err := loadManifest(c)
-				if err != nil {
-					return err
-				}
-				args, command := splitCommand(c)
-				agent, err := agentName(args, m, src, "start")
-				if err != nil {
-					return err
-				}
 				if c.Bool("rm") && c.Bool("detach") {
 					return usageError{errors.New("--rm and --detach exclude each other: a detached bottle is removed with `bottle rm ID`")}
 				}
-				// Every host file is read once, before anything is created.
-				files, err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
+				po, err := planOptions(c, "start")
 				if err != nil {
 					return err
 				}
-				cwd, err := os.Getwd()
-				if err != nil {
-					return fmt.Errorf("current directory: %w", err)
-				}
 				return withEngine(c, func(e *runtime.Engine) error {
 					return exitWith(e.Start(c.Context, runtime.StartOptions{
-						Manifest: m, ManifestPath: src.Path, Agent: agent, Workspace: cwd,
-						CopyCwd: c.Bool("cwd"), Command: command, Detach: c.Bool("detach"), Remove: c.Bool("rm"), Stdio: stdio(), HostFiles: files,
+						PlanOptions: po, Detach: c.Bool("detach"), Remove: c.Bool("rm"), Stdio: stdio(),
 					}))
 				})
 			},
@@ -190,8 +226,7 @@ func lifecycleCommands() []*cli.Command {
 						if err != nil {
 							return nil, "", nil, err
 						}
-						agent, _, _ := plan.ParseIdentity(id)
-						files, err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
+						files, err := plan.ReadHostFiles(m, src.Path, id.Agent(), hostfile.ReadPEM)
 						return m, src.Path, files, err
 					}
 					return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
@@ -222,7 +257,7 @@ func lifecycleCommands() []*cli.Command {
 							phase += ": " + s.Reason
 						}
 						var parts []string
-						for _, role := range []string{plan.RoleAgent, plan.RoleFilter, plan.RoleEgressProxy, plan.RoleGitGate, plan.RoleSupervise} {
+						for _, role := range names.Roles {
 							if st, ok := s.Containers[role]; ok {
 								parts = append(parts, role+":"+st)
 							}
@@ -233,12 +268,12 @@ func lifecycleCommands() []*cli.Command {
 				})
 			},
 		},
-		identityCommand("stop", "stop a bottle (its containers stay for `bottle resume`)", nil, func(c *cli.Context, e *runtime.Engine, id string) error {
+		identityCommand("stop", "stop a bottle (its containers stay for `bottle resume`)", nil, func(c *cli.Context, e *runtime.Engine, id names.Identity) error {
 			return e.Stop(c.Context, id)
 		}),
 		identityCommand("rm", "remove a stopped bottle and everything it left",
 			[]cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "remove it even when it runs (its tasks are killed)"}},
-			func(c *cli.Context, e *runtime.Engine, id string) error {
+			func(c *cli.Context, e *runtime.Engine, id names.Identity) error {
 				return e.Remove(c.Context, id, c.Bool("force"))
 			}),
 		{
@@ -247,7 +282,7 @@ func lifecycleCommands() []*cli.Command {
 			ArgsUsage:    "ID",
 			OnUsageError: onUsageError,
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "role", Value: plan.RoleAgent, Usage: "which container: agent, filter, egress-proxy"},
+				&cli.StringFlag{Name: "role", Value: names.RoleAgent, Usage: "which container: agent, filter, egress-proxy"},
 				&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing while the container runs"},
 			},
 			Action: func(c *cli.Context) error {
@@ -270,11 +305,12 @@ func lifecycleCommands() []*cli.Command {
 				if len(args) != 1 || len(command) == 0 {
 					return usageError{errors.New("usage: bottle exec ID -- CMD [ARGS]")}
 				}
-				if _, _, err := plan.ParseIdentity(args[0]); err != nil {
+				id, err := names.ParseIdentity(args[0])
+				if err != nil {
 					return usageError{err}
 				}
 				return withEngine(c, func(e *runtime.Engine) error {
-					return exitWith(e.Exec(c.Context, args[0], command, stdio()))
+					return exitWith(e.Exec(c.Context, id, command, stdio()))
 				})
 			},
 		},
@@ -307,7 +343,7 @@ func lifecycleCommands() []*cli.Command {
 	}
 }
 
-func identityCommand(name, usage string, flags []cli.Flag, fn func(*cli.Context, *runtime.Engine, string) error) *cli.Command {
+func identityCommand(name, usage string, flags []cli.Flag, fn func(*cli.Context, *runtime.Engine, names.Identity) error) *cli.Command {
 	return &cli.Command{
 		Name:         name,
 		Usage:        usage,

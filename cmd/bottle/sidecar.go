@@ -17,8 +17,70 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/gitgate"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 )
+
+// sidecarServer is one of bottle's own sidecars: its subcommand (its role), and how its
+// config file turns into a server listening on the config's address.
+type sidecarServer struct {
+	role, usage string
+	// start decodes the config file and builds the server; the credentials come from this
+	// container's own process env only.
+	start func(ctx context.Context, config string) (listen string, serve func(context.Context, net.Listener) error, err error)
+}
+
+// sidecarServers are the sidecars the bottle binary runs; plan runs each as
+// `/bottle sidecar ROLE --config FILE`.
+var sidecarServers = []sidecarServer{
+	{names.RoleFilter, "the builtin allowlist filter (HTTP forward proxy)", func(_ context.Context, config string) (string, func(context.Context, net.Listener) error, error) {
+		var cfg egress.FilterConfig
+		if err := readStrictJSON(config, &cfg); err != nil {
+			return "", nil, err
+		}
+		f, err := egress.NewFilter(cfg, sidecarLogger())
+		if err != nil {
+			return "", nil, err
+		}
+		return cfg.Listen, f.Serve, nil
+	}},
+	{names.RoleGitGate, "git-gate: the agent's only way to the declared git remotes", func(ctx context.Context, config string) (string, func(context.Context, net.Listener) error, error) {
+		var cfg gitgate.Config
+		if err := readStrictJSON(config, &cfg); err != nil {
+			return "", nil, err
+		}
+		if cfg.SpoolDir != "" {
+			if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
+				return "", nil, err
+			}
+		}
+		g, err := gitgate.New(cfg, os.Getenv, sidecarLogger())
+		if err != nil {
+			return "", nil, err
+		}
+		// Host keys, credentials and repositories are checked before the sidecar reports
+		// ready, so a bad remote fails the start. The bound stays under start's readiness
+		// timeout (20 s), so an upstream that does not answer fails with this error in the
+		// log, not an empty one.
+		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		if err := g.Probe(ctx); err != nil {
+			return "", nil, fmt.Errorf("git-gate: %w", err)
+		}
+		return cfg.Listen, g.Serve, nil
+	}},
+	{names.RoleEgressProxy, "the credential-injecting egress-proxy", func(_ context.Context, config string) (string, func(context.Context, net.Listener) error, error) {
+		var cfg egress.ProxyConfig
+		if err := readStrictJSON(config, &cfg); err != nil {
+			return "", nil, err
+		}
+		p, err := egress.NewEgressProxy(cfg, os.Getenv, sidecarLogger())
+		if err != nil {
+			return "", nil, err
+		}
+		return cfg.Listen, p.Serve, nil
+	}},
+}
 
 // sidecarCommand runs bottle's own sidecars inside their containers (hidden: users never
 // call it). Each serves until SIGTERM and reports readiness by creating --ready-file once
@@ -28,77 +90,26 @@ func sidecarCommand() *cli.Command {
 		&cli.StringFlag{Name: "config", Required: true, Usage: "JSON config file"},
 		&cli.StringFlag{Name: "ready-file", Value: "/run/bottle/ready", Usage: "created once the sidecar serves"},
 	}
-	return &cli.Command{
+	cmd := &cli.Command{
 		Name:   "sidecar",
 		Hidden: true,
 		Usage:  "run one of bottle's sidecars (inside its container)",
-		Subcommands: []*cli.Command{
-			{
-				Name:  "filter",
-				Usage: "the builtin allowlist filter (HTTP forward proxy)",
-				Flags: flags,
-				Action: reportingFailure(func(c *cli.Context) error {
-					var cfg egress.FilterConfig
-					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
-						return err
-					}
-					f, err := egress.NewFilter(cfg, sidecarLogger())
-					if err != nil {
-						return err
-					}
-					return serveSidecar(c, cfg.Listen, f.Serve)
-				}),
-			},
-			{
-				Name:  "git-gate",
-				Usage: "git-gate: the agent's only way to the declared git remotes",
-				Flags: flags,
-				Action: reportingFailure(func(c *cli.Context) error {
-					var cfg gitgate.Config
-					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
-						return err
-					}
-					if cfg.SpoolDir != "" {
-						if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
-							return err
-						}
-					}
-					// The credentials come from this container's own process env only.
-					g, err := gitgate.New(cfg, os.Getenv, sidecarLogger())
-					if err != nil {
-						return err
-					}
-					// Host keys, credentials and repositories are checked before the
-					// sidecar reports ready, so a bad remote fails the start. The bound
-					// stays under start's readiness timeout (20 s), so an upstream that
-					// does not answer fails with this error in the log, not an empty one.
-					ctx, cancel := context.WithTimeout(c.Context, 15*time.Second)
-					defer cancel()
-					if err := g.Probe(ctx); err != nil {
-						return fmt.Errorf("git-gate: %w", err)
-					}
-					return serveSidecar(c, cfg.Listen, g.Serve)
-				}),
-			},
-			{
-				Name:  "egress-proxy",
-				Usage: "the credential-injecting egress-proxy",
-				Flags: flags,
-				Action: reportingFailure(func(c *cli.Context) error {
-					var cfg egress.ProxyConfig
-					if err := readStrictJSON(c.String("config"), &cfg); err != nil {
-						return err
-					}
-					// The credentials come from this container's own process env only.
-					p, err := egress.NewEgressProxy(cfg, os.Getenv, sidecarLogger())
-					if err != nil {
-						return err
-					}
-					return serveSidecar(c, cfg.Listen, p.Serve)
-				}),
-			},
-		},
 	}
+	for _, s := range sidecarServers {
+		cmd.Subcommands = append(cmd.Subcommands, &cli.Command{
+			Name:  s.role,
+			Usage: s.usage,
+			Flags: flags,
+			Action: reportingFailure(func(c *cli.Context) error {
+				listen, serve, err := s.start(c.Context, c.String("config"))
+				if err != nil {
+					return err
+				}
+				return serveSidecar(c, listen, serve)
+			}),
+		})
+	}
+	return cmd
 }
 
 // reportingFailure makes a sidecar that fails leave its error next to its ready file,

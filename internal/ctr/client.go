@@ -55,13 +55,7 @@ type Client struct {
 type Option func(*connectOptions)
 
 type connectOptions struct {
-	snapshotter string
-	runcRoot    string
-}
-
-// WithSnapshotter forces a snapshotter instead of detecting overlayfs/native.
-func WithSnapshotter(name string) Option {
-	return func(o *connectOptions) { o.snapshotter = name }
+	runcRoot string
 }
 
 // WithRuncRoot sets the runc/runsc state directory (--root) for containers created
@@ -116,13 +110,10 @@ func Connect(ctx context.Context, address, namespace string, opts ...Option) (*C
 		return nil, fmt.Errorf("containerd at %s does not answer (is it running?): %s: %w", address, setupHint, err)
 	}
 
-	c.snapshotter = o.snapshotter
 	c.runcRoot = o.runcRoot
-	if c.snapshotter == "" {
-		if c.snapshotter, err = c.detectSnapshotter(pctx); err != nil {
-			cc.Close()
-			return nil, err
-		}
+	if c.snapshotter, err = c.detectSnapshotter(pctx); err != nil {
+		cc.Close()
+		return nil, err
 	}
 	slog.Debug("connected to containerd", "address", address, "namespace", namespace, "snapshotter", c.snapshotter)
 	return c, nil
@@ -155,9 +146,6 @@ func (c *Client) Namespace() string { return c.namespace }
 
 // Address is the containerd socket.
 func (c *Client) Address() string { return c.address }
-
-// Snapshotter is the snapshotter used for images and container root file systems.
-func (c *Client) Snapshotter() string { return c.snapshotter }
 
 // Version returns the daemon's version string.
 func (c *Client) Version(ctx context.Context) (string, error) {

@@ -298,8 +298,8 @@ func (c *Client) RemoveSnapshot(ctx context.Context, key string) error {
 	return nil
 }
 
-// LabelFilter turns a label selector into a containerd filter matching all of them.
-func LabelFilter(selector map[string]string) string {
+// labelFilter turns a label selector into a containerd filter matching all of them.
+func labelFilter(selector map[string]string) string {
 	keys := make([]string, 0, len(selector))
 	for k := range selector {
 		keys = append(keys, k)
@@ -318,7 +318,7 @@ func (c *Client) List(ctx context.Context, labelSelector map[string]string) ([]C
 	ctx = c.ctx(ctx)
 	var filters []string
 	if len(labelSelector) > 0 {
-		filters = append(filters, LabelFilter(labelSelector))
+		filters = append(filters, labelFilter(labelSelector))
 	}
 	records, err := c.c.ContainerService().List(ctx, filters...)
 	if err != nil {

@@ -64,7 +64,7 @@ func setupE2E(t testing.TB) *e2e {
 	}
 
 	t.Cleanup(func() {
-		if err := c.RemoveImage(ctx, busyboxRef); err != nil {
+		if err := c.removeImage(ctx, busyboxRef); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -72,7 +72,7 @@ func setupE2E(t testing.TB) *e2e {
 	if err := c.ImportImage(ctx, ociarchive.BusyboxImage(busyboxRef, hostBusybox), nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("import+unpack of the busybox image (%s snapshotter): %v", c.Snapshotter(), time.Since(start))
+	t.Logf("import+unpack of the busybox image (%s snapshotter): %v", c.snapshotter, time.Since(start))
 	return &e2e{c: c, rt: rt}
 }
 
@@ -153,7 +153,7 @@ func (e *e2e) assertGone(t *testing.T, name string) {
 	if _, ok := tasks[name]; ok {
 		t.Errorf("task %s still exists", name)
 	}
-	if _, err := e.c.c.SnapshotService(e.c.Snapshotter()).Stat(ctx, name+SnapshotSuffix); !errdefs.IsNotFound(err) {
+	if _, err := e.c.c.SnapshotService(e.c.snapshotter).Stat(ctx, name+SnapshotSuffix); !errdefs.IsNotFound(err) {
 		t.Errorf("snapshot %s still exists (%v)", name+SnapshotSuffix, err)
 	}
 }
@@ -491,14 +491,15 @@ func TestE2EStopEscalatesToSIGKILL(t *testing.T) {
 func TestE2EImageEnvAndSidecarImage(t *testing.T) {
 	e := setupE2E(t)
 	ctx := context.Background()
-	env, err := e.c.ImageEnv(ctx, busyboxRef)
+	cfg, err := e.c.ImageConfig(ctx, busyboxRef)
+	env := cfg.Env
 	if err != nil || len(env) != 1 || !strings.HasPrefix(env[0], "PATH=") {
-		t.Fatalf("ImageEnv: %v, %v", env, err)
+		t.Fatalf("ImageConfig: %v, %v", env, err)
 	}
-	if _, err := e.c.ImageEnv(ctx, "bottle.test/missing:1"); !errdefs.IsNotFound(err) {
-		t.Errorf("ImageEnv of a missing image: %v", err)
+	if _, err := e.c.ImageConfig(ctx, "bottle.test/missing:1"); !errdefs.IsNotFound(err) {
+		t.Errorf("ImageConfig of a missing image: %v", err)
 	}
-	if err := e.c.EnsureImage(ctx, "bottle.test/missing:1"); !errdefs.IsNotFound(err) {
+	if err := e.c.ensureImage(ctx, "bottle.test/missing:1"); !errdefs.IsNotFound(err) {
 		t.Errorf("EnsureImage of a missing image: %v", err)
 	}
 
@@ -516,7 +517,7 @@ func TestE2EImageEnvAndSidecarImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := e.c.RemoveImage(ctx, ref); err != nil {
+		if err := e.c.removeImage(ctx, ref); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -530,15 +531,14 @@ func TestE2EImageEnvAndSidecarImage(t *testing.T) {
 		t.Fatalf("second EnsureSidecarImage: %s, %v", again, err)
 	}
 	t.Logf("sidecar image already present: %v", time.Since(start))
-	env, err = e.c.ImageEnv(ctx, ref)
-	if err != nil || !strings.Contains(strings.Join(env, " "), "SSL_CERT_FILE="+ociarchive.HostCABundle) {
-		t.Fatalf("sidecar env %v, %v", env, err)
+	cfg, err = e.c.ImageConfig(ctx, ref)
+	if err != nil || !strings.Contains(strings.Join(cfg.Env, " "), "SSL_CERT_FILE="+ociarchive.HostCABundle) {
+		t.Fatalf("sidecar env %v, %v", cfg.Env, err)
 	}
-	cfg, err := e.c.ImageConfig(ctx, ref)
-	if err != nil || len(cfg.Entrypoint) != 1 || cfg.Entrypoint[0] != ociarchive.SidecarExecutablePath {
+	if len(cfg.Entrypoint) != 1 || cfg.Entrypoint[0] != ociarchive.SidecarExecutablePath {
 		t.Fatalf("sidecar config %+v, %v", cfg, err)
 	}
-	if err := e.c.EnsureImage(ctx, ref); err != nil {
+	if err := e.c.ensureImage(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
 	// The image works when its executable is static (CGO_ENABLED=0, like bottle's
@@ -591,7 +591,7 @@ func TestE2ELeftoverSnapshot(t *testing.T) {
 	e := setupE2E(t)
 	ctx := e.c.ctx(context.Background())
 	key := randomName(t) + SnapshotSuffix
-	if _, err := e.c.c.SnapshotService(e.c.Snapshotter()).Prepare(ctx, key, ""); err != nil {
+	if _, err := e.c.c.SnapshotService(e.c.snapshotter).Prepare(ctx, key, ""); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.c.RemoveSnapshot(context.Background(), key) })

@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/bottle-dev/bottle/internal/ociarchive"
@@ -45,10 +44,10 @@ func (c *Client) ImageExists(ctx context.Context, ref string) (bool, error) {
 	return true, nil
 }
 
-// EnsureImage checks that the image ref exists and is unpacked for the client's
+// ensureImage checks that the image ref exists and is unpacked for the client's
 // snapshotter, unpacking it when needed. A missing image is an error wrapping
 // errdefs.ErrNotFound that says how to get it.
-func (c *Client) EnsureImage(ctx context.Context, ref string) error {
+func (c *Client) ensureImage(ctx context.Context, ref string) error {
 	ctx = c.ctx(ctx)
 	img, err := c.c.GetImage(ctx, ref)
 	if err != nil {
@@ -126,38 +125,6 @@ func (c *Client) ImportImage(ctx context.Context, img ociarchive.Image, progress
 	return nil
 }
 
-// Pull fetches ref from its registry and unpacks it. Short names are expanded the
-// Docker way (alpine -> docker.io/library/alpine:latest). It returns the full name.
-func (c *Client) Pull(ctx context.Context, ref string, progress ProgressFunc) (string, error) {
-	named, err := reference.ParseDockerRef(ref)
-	if err != nil {
-		return "", fmt.Errorf("pull %s: invalid reference: %w", ref, err)
-	}
-	full := named.String()
-	progress.say("pulling %s", full)
-	handler := images.HandlerFunc(func(_ context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-		progress.say("fetching %s %s (%d bytes)", desc.MediaType, desc.Digest, desc.Size)
-		return nil, nil
-	})
-	if _, err := c.c.Pull(c.ctx(ctx), full,
-		client.WithPullUnpack,
-		client.WithPullSnapshotter(c.snapshotter),
-		client.WithImageHandler(handler),
-	); err != nil {
-		return "", fmt.Errorf("pull %s: %w", full, err)
-	}
-	return full, nil
-}
-
-// ImageEnv returns the Env of the image's config (used as the base of a container's env).
-func (c *Client) ImageEnv(ctx context.Context, ref string) ([]string, error) {
-	cfg, err := c.imageConfig(ctx, ref)
-	if err != nil {
-		return nil, err
-	}
-	return cfg.Config.Env, nil
-}
-
 // ImageConfig returns the image's OCI config (env, entrypoint, cmd, user, workdir).
 func (c *Client) ImageConfig(ctx context.Context, ref string) (ocispec.ImageConfig, error) {
 	cfg, err := c.imageConfig(ctx, ref)
@@ -177,9 +144,9 @@ func (c *Client) imageConfig(ctx context.Context, ref string) (ocispec.Image, er
 	return spec, nil
 }
 
-// RemoveImage deletes the image ref and lets containerd collect its unused content and
+// removeImage deletes the image ref and lets containerd collect its unused content and
 // snapshots. A missing image is not an error.
-func (c *Client) RemoveImage(ctx context.Context, ref string) error {
+func (c *Client) removeImage(ctx context.Context, ref string) error {
 	ctx, cancel := c.teardownCtx(ctx)
 	defer cancel()
 	if err := c.c.ImageService().Delete(ctx, ref, images.SynchronousDelete()); err != nil && !errdefs.IsNotFound(err) {
@@ -190,9 +157,9 @@ func (c *Client) RemoveImage(ctx context.Context, ref string) error {
 
 var tagUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.-]`)
 
-// SidecarImageRef is the name of the sidecar image for a bottle version and the
+// sidecarImageRef is the name of the sidecar image for a bottle version and the
 // digest of its executable: bottle.local/sidecar:<version>-<12 hex>.
-func SidecarImageRef(version string, executableDigest string) string {
+func sidecarImageRef(version string, executableDigest string) string {
 	v := strings.TrimLeft(tagUnsafe.ReplaceAllString(version, "_"), ".-")
 	if v == "" {
 		v = "dev"
@@ -222,13 +189,13 @@ func (c *Client) ensureSidecarImage(ctx context.Context, version, exe, caBundle,
 	if err != nil {
 		return "", fmt.Errorf("sidecar image: hash executable %s: %w", exe, err)
 	}
-	ref := SidecarImageRef(version, sum)
+	ref := sidecarImageRef(version, sum)
 	exists, err := c.ImageExists(ctx, ref)
 	if err != nil {
 		return "", fmt.Errorf("sidecar image: %w", err)
 	}
 	if exists {
-		return ref, c.EnsureImage(ctx, ref)
+		return ref, c.ensureImage(ctx, ref)
 	}
 	if _, err := os.Stat(caBundle); err != nil {
 		return "", fmt.Errorf("sidecar image %s: host CA bundle %s is missing (install the ca-certificates package): %w", ref, caBundle, err)

@@ -71,11 +71,6 @@ type Runtime struct {
 // String returns the handler name.
 func (r Runtime) String() string { return string(r.Handler) }
 
-// Sandboxed reports whether containers run under gVisor.
-func (r Runtime) Sandboxed() bool {
-	return r.Handler == HandlerRunsc || r.Handler == HandlerRunscRunc
-}
-
 // containerOpt returns the containerd option selecting this runtime.
 func (r Runtime) containerOpt() (client.NewContainerOpts, error) {
 	switch r.Handler {

@@ -113,7 +113,7 @@ func TestDetectRuntimeStaticRunsc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rt.Handler != HandlerRunscRunc || rt.Type != RuntimeTypeRunc || rt.RunscPath != filepath.Join(dir, "runsc") || !rt.Sandboxed() {
+	if rt.Handler != HandlerRunscRunc || rt.Type != RuntimeTypeRunc || rt.RunscPath != filepath.Join(dir, "runsc") {
 		t.Fatalf("auto resolved to %+v", rt)
 	}
 	// Fallback directory when not on PATH.
@@ -141,7 +141,7 @@ func TestDetectRuntimeRuncNeedsOptIn(t *testing.T) {
 		t.Fatalf("runc without opt-in: %v", err)
 	}
 	rt, err := DetectRuntime("runc", "", true)
-	if err != nil || rt.Handler != HandlerRunc || rt.Sandboxed() {
+	if err != nil || rt.Handler != HandlerRunc {
 		t.Fatalf("runc with opt-in: %+v, %v", rt, err)
 	}
 	if _, err := DetectRuntime("kata", "", true); err == nil {
@@ -197,22 +197,22 @@ func TestConnectErrors(t *testing.T) {
 }
 
 func TestLabelFilter(t *testing.T) {
-	got := LabelFilter(map[string]string{"bottle.role": "agent", "bottle.identity": "claude-a1b2c3"})
+	got := labelFilter(map[string]string{"bottle.role": "agent", "bottle.identity": "claude-a1b2c3"})
 	want := `labels."bottle.identity"=="claude-a1b2c3",labels."bottle.role"=="agent"`
 	if got != want {
-		t.Fatalf("LabelFilter = %s, want %s", got, want)
+		t.Fatalf("labelFilter = %s, want %s", got, want)
 	}
 }
 
 func TestSidecarImageRef(t *testing.T) {
 	sum := strings.Repeat("ab", 32)
-	if got := SidecarImageRef("v1.2.3+dirty", sum); got != "bottle.local/sidecar:v1.2.3_dirty-abababababab" {
+	if got := sidecarImageRef("v1.2.3+dirty", sum); got != "bottle.local/sidecar:v1.2.3_dirty-abababababab" {
 		t.Fatalf("ref = %s", got)
 	}
-	if got := SidecarImageRef("", sum); got != "bottle.local/sidecar:dev-abababababab" {
+	if got := sidecarImageRef("", sum); got != "bottle.local/sidecar:dev-abababababab" {
 		t.Fatalf("ref = %s", got)
 	}
-	if got := SidecarImageRef(".-x", sum); got != "bottle.local/sidecar:x-abababababab" {
+	if got := sidecarImageRef(".-x", sum); got != "bottle.local/sidecar:x-abababababab" {
 		t.Fatalf("ref = %s", got)
 	}
 }

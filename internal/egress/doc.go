@@ -61,9 +61,10 @@
 // could split the credential), and answers 502 to an encoded body or a protocol upgrade.
 // Scrubbed bodies lose their Content-Length.
 //
-// Responses stream without buffering (each write is flushed; the scrub holds back only
-// a tail that may begin a credential), so SSE and chunked bodies arrive incrementally;
-// there is no overall request timeout, only header timeouts. One
+// Responses stream: SSE and chunked bodies are flushed write by write, bodies of known
+// length at least every 20 ms (the scrub holds back only a tail that may begin a
+// credential), so streams arrive incrementally; there is no overall request timeout,
+// only header timeouts. One
 // record per request is logged (route, method, path without query, status, bytes,
 // duration); header values and tokens are never logged or put in errors.
 //

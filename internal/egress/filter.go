@@ -18,6 +18,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 // Resolver returns all addresses of host. The filter calls it once per request.
@@ -55,7 +57,8 @@ const (
 	// DefaultTunnelIdleTimeout closes tunnels nobody uses; a model stream is never
 	// silent that long (SSE pings), and clients reopen closed keep-alive connections.
 	DefaultTunnelIdleTimeout = 10 * time.Minute
-	// DefaultMaxTunnels bounds what an agent can hold open (a tunnel costs about 100 KB).
+	// DefaultMaxTunnels bounds what an agent can hold open (a tunnel holds two
+	// tunnelBufSize copy buffers while it moves data).
 	DefaultMaxTunnels = 256
 
 	resolveTimeout = 10 * time.Second
@@ -274,8 +277,8 @@ func (f *Filter) check(ctx context.Context, host string, port uint16) ([]netip.A
 	if _, err := netip.ParseAddr(host); err == nil || strings.Contains(host, ":") {
 		return nil, http.StatusForbidden, "IP address targets are not allowed; use a host name from the allowlist"
 	}
-	name := normalizeHost(host)
-	if err := checkHostName(name); err != nil {
+	name := names.NormalizeHost(host)
+	if err := names.CheckHostName(name); err != nil {
 		return nil, http.StatusForbidden, fmt.Sprintf("invalid host name: %v", err)
 	}
 	if !f.allow.Match(name) {
@@ -402,7 +405,7 @@ func (f *Filter) serveConnect(w http.ResponseWriter, r *http.Request, d *decisio
 		d.reason = "tunnel does not start with a TLS ClientHello: " + err.Error()
 	case sni == "":
 		d.reason = "TLS ClientHello has no SNI"
-	case normalizeHost(sni) != normalizeHost(host):
+	case names.NormalizeHost(sni) != names.NormalizeHost(host):
 		d.reason = fmt.Sprintf("TLS SNI %q differs from CONNECT host %q", sni, host)
 	}
 	if d.reason != "" {

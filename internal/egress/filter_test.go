@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 func TestAllowlistMatch(t *testing.T) {
@@ -92,7 +94,7 @@ func FuzzMatch(f *testing.F) {
 		}
 		// A match is always the pattern itself or a subdomain of a "*." pattern.
 		if got {
-			h, p := normalizeHost(host), normalizeHost(pattern)
+			h, p := names.NormalizeHost(host), names.NormalizeHost(pattern)
 			if suffix, ok := strings.CutPrefix(p, "*."); ok {
 				if h != suffix && !strings.HasSuffix(h, "."+suffix) {
 					t.Fatalf("%q matched %q outside the suffix", host, pattern)

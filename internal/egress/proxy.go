@@ -18,8 +18,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/bottle-dev/bottle/internal/envname"
 	"github.com/bottle-dev/bottle/internal/hostfile"
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 // Route is one egress-proxy destination and the credential injected for it.
@@ -58,6 +61,32 @@ const (
 	DefaultCredentialHeader = "Authorization"
 	DefaultCredentialScheme = "Bearer"
 )
+
+// reservedHeaders are the headers HTTP itself uses (canonical form): none can carry a
+// credential.
+var reservedHeaders = []string{"Host", "Connection", "Proxy-Authorization", "Transfer-Encoding", "Content-Length", "Te", "Upgrade", "Trailer", "Keep-Alive"}
+
+// CheckCredentialHeader accepts the name of the header a route's credential is injected
+// into (the manifest applies it too): an HTTP header name that HTTP itself does not use.
+func CheckCredentialHeader(h string) error {
+	if !httpguts.ValidHeaderFieldName(h) {
+		return fmt.Errorf("invalid header name %q", h)
+	}
+	if slices.Contains(reservedHeaders, http.CanonicalHeaderKey(h)) {
+		return fmt.Errorf("header %q cannot carry a credential: HTTP itself uses it", h)
+	}
+	return nil
+}
+
+// CheckCredentialScheme accepts a route's auth scheme (the manifest applies it too):
+// empty for the bare token, or one HTTP token such as "Bearer".
+func CheckCredentialScheme(s string) error {
+	// An auth scheme is a token, as a header name is.
+	if s != "" && !httpguts.ValidHeaderFieldName(s) {
+		return fmt.Errorf("invalid scheme %q: not a single word", s)
+	}
+	return nil
+}
 
 // DefaultMaxRequests is the default cap on the egress-proxy's requests in flight.
 const DefaultMaxRequests = 256
@@ -117,8 +146,8 @@ func NewEgressProxy(cfg ProxyConfig, getenv func(string) string, logger *slog.Lo
 }
 
 func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route, error) {
-	host := normalizeHost(rc.Host)
-	if err := checkHostName(host); err != nil {
+	host := names.NormalizeHost(rc.Host)
+	if err := names.CheckHostName(host); err != nil {
 		return nil, fmt.Errorf("host: %w; write the upstream host name, e.g. api.anthropic.com", err)
 	}
 	if host == "healthz" {
@@ -127,24 +156,17 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 	if !envname.Valid(rc.TokenRef) {
 		return nil, fmt.Errorf("token_ref %q is not an environment variable name", rc.TokenRef)
 	}
-	header := rc.Header
-	if header == "" {
-		header = DefaultCredentialHeader
-	}
-	if !isToken(header) {
-		return nil, fmt.Errorf("header %q is not a valid header name", header)
+	header := cmp.Or(rc.Header, DefaultCredentialHeader)
+	if err := CheckCredentialHeader(header); err != nil {
+		return nil, fmt.Errorf("%w; use Authorization or an API key header", err)
 	}
 	header = http.CanonicalHeaderKey(header)
-	switch header {
-	case "Host", "Connection", "Proxy-Authorization", "Transfer-Encoding", "Content-Length", "Te", "Upgrade", "Trailer", "Keep-Alive":
-		return nil, fmt.Errorf("header %q cannot carry a credential; use Authorization or an API key header", header)
-	}
 	scheme := DefaultCredentialScheme
 	if rc.Scheme != nil {
 		scheme = *rc.Scheme
 	}
-	if scheme != "" && !isToken(scheme) {
-		return nil, fmt.Errorf("scheme %q is not a single word", scheme)
+	if err := CheckCredentialScheme(scheme); err != nil {
+		return nil, err
 	}
 	token := getenv(rc.TokenRef)
 	if token == "" {
@@ -271,7 +293,7 @@ func (p *EgressProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	first, rest, _ := strings.Cut(strings.TrimPrefix(escaped, "/"), "/")
 	rest = "/" + rest
-	rt := p.routes[normalizeHost(first)]
+	rt := p.routes[names.NormalizeHost(first)]
 	_, uerr := url.PathUnescape(rest)
 	switch {
 	case !slices.Contains(allowedMethods, r.Method):
@@ -322,24 +344,11 @@ func (p *EgressProxy) logRequest(r *http.Request, host, path string, status int,
 	p.log.LogAttrs(r.Context(), slog.LevelInfo, "egress-proxy request", attrs...)
 }
 
-// proxyBufs gives the reverse proxies 64 KiB copy buffers (default 32 KiB).
+// proxyBufs gives the reverse proxies 256 KiB copy buffers (httputil's default is 32 KiB):
+// fewer, larger writes keep bulk transfers fast.
 var proxyBufs = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}}
 
 type bufferPool struct{ p sync.Pool }
 
 func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
-
-// isToken reports whether s is an RFC 9110 token (header names, auth schemes).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
-}

@@ -94,6 +94,15 @@ const (
 
 var remoteNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
+// CheckRemoteName validates a remote's name, the NAME of http://git-gate/NAME.git (the
+// manifest applies it too).
+func CheckRemoteName(name string) error {
+	if !remoteNameRE.MatchString(name) || strings.HasSuffix(name, ".git") {
+		return fmt.Errorf("remote name %q: use 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit, not ending in .git)", name)
+	}
+	return nil
+}
+
 // remoteAddr is a parsed upstream URL.
 type remoteAddr struct {
 	kind string
@@ -112,6 +121,16 @@ func (a remoteAddr) display() string {
 }
 
 var scpLikeRE = regexp.MustCompile(`^([A-Za-z0-9._-]+)@([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([^/].*|/.+)$`)
+
+// SplitSCPLike splits an scp-like git URL, user@host:path, as git-gate reads it (the
+// manifest applies it too); an IPv6 host is written in brackets, returned without them.
+func SplitSCPLike(raw string) (user, host, path string, ok bool) {
+	m := scpLikeRE.FindStringSubmatch(raw)
+	if m == nil {
+		return "", "", "", false
+	}
+	return m[1], strings.Trim(m[2], "[]"), m[3], true
+}
 
 // parseRemoteURL accepts ssh://user@host[:port]/path, user@host:path and
 // https://host[:port]/path.
@@ -165,11 +184,11 @@ func parseRemoteURL(raw string) (remoteAddr, error) {
 	if strings.Contains(raw, "://") {
 		return remoteAddr{}, fmt.Errorf("url %q: unsupported scheme; use ssh://, user@host:path or https://", raw)
 	}
-	m := scpLikeRE.FindStringSubmatch(raw)
-	if m == nil {
+	user, host, path, ok := SplitSCPLike(raw)
+	if !ok {
 		return remoteAddr{}, fmt.Errorf("url %q: write it as user@host:path, ssh://user@host[:port]/path or https://host/path", raw)
 	}
-	return remoteAddr{kind: kindSSH, user: m[1], host: strings.Trim(m[2], "[]"), port: "22", path: m[3]}, nil
+	return remoteAddr{kind: kindSSH, user: user, host: host, port: "22", path: path}, nil
 }
 
 // CheckPushOption validates one push option a remote allows (the manifest applies it too).

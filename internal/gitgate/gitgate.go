@@ -117,8 +117,8 @@ func New(cfg Config, getenv func(string) string, log *slog.Logger) (*Gate, error
 }
 
 func newRemote(rc Remote, getenv func(string) string, cfg *Config) (*gateRemote, error) {
-	if !remoteNameRE.MatchString(rc.Name) || strings.HasSuffix(rc.Name, ".git") {
-		return nil, fmt.Errorf("name %q: use 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit, not ending in .git)", rc.Name)
+	if err := CheckRemoteName(rc.Name); err != nil {
+		return nil, err
 	}
 	addr, err := parseRemoteURL(rc.URL)
 	if err != nil {

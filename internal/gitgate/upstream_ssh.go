@@ -76,29 +76,24 @@ func hostKeyCallback(text string) (ssh.HostKeyCallback, []string, error) {
 			algos = append(algos, a)
 		}
 	}
+	lines, err := ParseKnownHosts(text)
+	if err != nil {
+		return nil, nil, err
+	}
 	certs := false
-	rest := []byte(text)
-	for {
-		marker, _, key, _, r, err := ssh.ParseKnownHosts(rest)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("known_hosts: %w", err)
-		}
-		rest = r
-		switch marker {
+	for _, l := range lines {
+		switch l.Marker {
 		case "revoked":
 			continue
 		case "cert-authority":
 			certs = true
 			continue
 		}
-		if key.Type() == ssh.KeyAlgoRSA {
+		if l.Key.Type() == ssh.KeyAlgoRSA {
 			add(ssh.KeyAlgoRSASHA512)
 			add(ssh.KeyAlgoRSASHA256)
 		}
-		add(key.Type())
+		add(l.Key.Type())
 	}
 	if certs {
 		algos = nil // let the server offer certificates too

@@ -13,18 +13,15 @@ import (
 
 	"golang.org/x/net/publicsuffix"
 
+	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/envname"
 	"github.com/bottle-dev/bottle/internal/gitgate"
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 var (
+	// nameRE is a bottle's name (an agent's is names.CheckAgentName).
 	nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
-	// identitySegmentRE finds a "-xxxxxx-" hex segment like the suffix of an identity.
-	identitySegmentRE = regexp.MustCompile(`-[0-9a-f]{6}(-|$)`)
-	remoteRE          = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	// tokenRE is an HTTP token (RFC 9110): a header name, or an auth scheme.
-	tokenRE   = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-	scpLikeRE = regexp.MustCompile(`^([A-Za-z0-9._-]+)@([A-Za-z0-9.-]+):([^/].*|/.+)$`)
 )
 
 // Limits of the agent's resources and user.
@@ -99,10 +96,8 @@ type reporter func(path, problem, fix string)
 
 func validateAgent(bad reporter, m *Manifest, name string, a *Agent) {
 	p := "agents." + name
-	if !nameRE.MatchString(name) {
-		bad(p, fmt.Sprintf("invalid agent name %q", name), "use 1-24 characters: lowercase letters, digits and '-', starting with a letter")
-	} else if identitySegmentRE.MatchString(name) {
-		bad(p, fmt.Sprintf("agent name %q has a 6-hex-digit segment, which would make its bottles' names collide with other bottles'", name), "rename the agent")
+	if err := names.CheckAgentName(name); err != nil {
+		bad(p, err.Error(), "use 1-24 characters: lowercase letters, digits and '-', starting with a letter, with no '-' segment of 6 hex digits (bottle identities end in one)")
 	}
 	if a == nil {
 		bad(p, "empty agent", "give it at least `bottle` and `image`")
@@ -233,10 +228,6 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 // reservedRouteHost is the egress-proxy's own path (GET /healthz), never a route.
 const reservedRouteHost = "healthz"
 
-// reservedHeaders are the headers HTTP itself uses: the egress-proxy cannot inject a
-// credential into them.
-var reservedHeaders = []string{"Host", "Connection", "Proxy-Authorization", "Transfer-Encoding", "Content-Length", "TE", "Upgrade", "Trailer", "Keep-Alive"}
-
 func validateRoutes(bad reporter, p string, routes []*Route) {
 	hosts := map[string]int{}
 	singleton := map[string]int{}
@@ -245,8 +236,8 @@ func validateRoutes(bad reporter, p string, routes []*Route) {
 		if r == nil {
 			continue
 		}
-		host := normalizeHost(r.Host)
-		if err := checkHostName(r.Host); err != nil {
+		host := names.NormalizeHost(r.Host)
+		if err := names.CheckHostName(host); err != nil {
 			bad(rp+".host", err.Error(), "use the upstream's host name, e.g. \"api.anthropic.com\"")
 		} else if host == reservedRouteHost {
 			bad(rp+".host", fmt.Sprintf("%q is the egress-proxy's health check path, not a host", r.Host), "use the upstream's full host name")
@@ -277,14 +268,13 @@ func validateRoutes(bad reporter, p string, routes []*Route) {
 				}
 			}
 		}
-		switch {
-		case r.Header != "" && !tokenRE.MatchString(r.Header):
-			bad(rp+".header", fmt.Sprintf("invalid header name %q", r.Header), "use an HTTP header name such as \"Authorization\" or \"x-api-key\"")
-		case slices.ContainsFunc(reservedHeaders, func(h string) bool { return strings.EqualFold(h, r.Header) }):
-			bad(rp+".header", fmt.Sprintf("header %q cannot carry a credential: HTTP itself uses it", r.Header), "use Authorization or the upstream's API key header, e.g. \"x-api-key\"")
+		if r.Header != "" {
+			if err := egress.CheckCredentialHeader(r.Header); err != nil {
+				bad(rp+".header", err.Error(), "use Authorization or the upstream's API key header, e.g. \"x-api-key\"")
+			}
 		}
-		if r.Scheme != "" && !tokenRE.MatchString(r.Scheme) {
-			bad(rp+".scheme", fmt.Sprintf("invalid scheme %q", r.Scheme), "use one word such as \"Bearer\", or \"none\" for a raw value")
+		if err := egress.CheckCredentialScheme(r.Scheme); err != nil {
+			bad(rp+".scheme", err.Error(), "use one word such as \"Bearer\", or \"none\" for a raw value")
 		}
 	}
 }
@@ -334,7 +324,7 @@ func validateGit(bad reporter, p string, remotes []*GitRemote) {
 			continue
 		}
 		switch {
-		case !remoteRE.MatchString(g.Name) || strings.HasSuffix(g.Name, ".git"):
+		case gitgate.CheckRemoteName(g.Name) != nil:
 			bad(gp+".name", fmt.Sprintf("invalid remote name %q", g.Name), "use 1-64 letters, digits, '.', '_' and '-', starting with a letter or digit and not ending in .git, e.g. \"origin\"")
 		case names[g.Name]:
 			bad(gp+".name", fmt.Sprintf("duplicate remote name %q", g.Name), "give each remote its own name")
@@ -355,7 +345,7 @@ func validateGit(bad reporter, p string, remotes []*GitRemote) {
 		case kind == "ssh" && strings.TrimSpace(g.KnownHosts) == "":
 			bad(gp+".known_hosts", "ssh remote without a pinned host key", keyscan)
 		case kind == "ssh":
-			if err := checkKnownHosts(g.KnownHosts, u.host, u.port); err != nil {
+			if err := gitgate.CheckKnownHosts(g.KnownHosts, u.host, u.port); err != nil {
 				bad(gp+".known_hosts", err.Error(), keyscan)
 			}
 		case kind == "https" && g.KnownHosts != "":
@@ -405,14 +395,14 @@ func parseGitURL(raw string) (gitURL, error) {
 		return gitURL{}, fmt.Errorf("git url %q contains whitespace or control characters", shown)
 	}
 	if !strings.Contains(raw, "://") {
-		m := scpLikeRE.FindStringSubmatch(raw)
-		if m == nil || strings.HasPrefix(raw, "-") {
+		_, host, _, ok := gitgate.SplitSCPLike(raw)
+		if !ok || strings.HasPrefix(raw, "-") {
 			return gitURL{}, fmt.Errorf("malformed git url %q", shown)
 		}
-		if err := checkHostName(m[2]); err != nil {
+		if err := checkHostName(host); err != nil {
 			return gitURL{}, fmt.Errorf("git url %q: %v", shown, err)
 		}
-		return gitURL{kind: "ssh", host: m[2], port: "22"}, nil
+		return gitURL{kind: "ssh", host: host, port: "22"}, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -484,7 +474,7 @@ func checkAllowlistEntry(h string) error {
 		if err := checkHostName(suffix); err != nil {
 			return fmt.Errorf("allowlist entry %q: %v", h, err)
 		}
-		suffix = normalizeHost(suffix)
+		suffix = names.NormalizeHost(suffix)
 		if !strings.Contains(suffix, ".") {
 			return fmt.Errorf("allowlist entry %q would allow a whole top-level domain", h)
 		}
@@ -499,33 +489,5 @@ func checkAllowlistEntry(h string) error {
 	return nil
 }
 
-// checkHostName accepts a DNS host name (no IP literals, ports, wildcards or schemes).
-func checkHostName(h string) error {
-	if h == "" {
-		return fmt.Errorf("empty host name")
-	}
-	h = strings.TrimSuffix(h, ".")
-	if len(h) > 253 {
-		return fmt.Errorf("host name longer than 253 characters")
-	}
-	labels := strings.Split(h, ".")
-	for _, l := range labels {
-		if l == "" || len(l) > 63 {
-			return fmt.Errorf("%q is not a host name (empty or too long label)", h)
-		}
-		for i, c := range l {
-			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' && i > 0 && i < len(l)-1
-			if !ok {
-				return fmt.Errorf("%q is not a host name (character %q)", h, c)
-			}
-		}
-	}
-	if c := labels[len(labels)-1][0]; '0' <= c && c <= '9' {
-		return fmt.Errorf("%q looks like an IP address (its last label does not start with a letter); name hosts, not addresses", h)
-	}
-	return nil
-}
-
-// normalizeHost is a host name as the sidecars compare it: lower case, without the
-// trailing dot.
-func normalizeHost(h string) string { return strings.ToLower(strings.TrimSuffix(h, ".")) }
+// checkHostName accepts a host name as written in a manifest: any case, one trailing dot.
+func checkHostName(h string) error { return names.CheckHostName(names.NormalizeHost(h)) }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -131,7 +132,7 @@ func TestClaudeEnvRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := envOf(p.Container(RoleAgent))
+	env := envOf(p.Container(names.RoleAgent))
 	want := map[string]string{
 		"CLAUDE_CODE_OAUTH_TOKEN":                  ClaudePlaceholderToken,
 		"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -144,7 +145,7 @@ func TestClaudeEnvRules(t *testing.T) {
 			t.Errorf("agent env %s=%q, want %q", k, env[k], v)
 		}
 	}
-	if got := envOf(p.Container(RoleEgressProxy))["CLAUDE_CODE_OAUTH_TOKEN"]; got != "sk-real" {
+	if got := envOf(p.Container(names.RoleEgressProxy))["CLAUDE_CODE_OAUTH_TOKEN"]; got != "sk-real" {
 		t.Errorf("egress-proxy env token = %q, want the real one", got)
 	}
 }
@@ -156,7 +157,7 @@ func TestNoClaudePlaceholderWithoutRole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := envOf(p.Container(RoleAgent))["CLAUDE_CODE_OAUTH_TOKEN"]; ok {
+	if _, ok := envOf(p.Container(names.RoleAgent))["CLAUDE_CODE_OAUTH_TOKEN"]; ok {
 		t.Error("agent got CLAUDE_CODE_OAUTH_TOKEN without a claude_code_oauth route")
 	}
 }
@@ -182,7 +183,7 @@ func TestForwardedEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := envOf(p.Container(RoleAgent))
+	env := envOf(p.Container(names.RoleAgent))
 	if env["GITHUB_USER"] != "v-GITHUB_USER" || env["TZ"] != "v-TZ" || env["EDITOR"] != "vi" {
 		t.Errorf("agent env lacks forwarded/literal values: %v", env)
 	}
@@ -200,11 +201,11 @@ func TestIdentity(t *testing.T) {
 	}
 	in.Identity = "claude-00ff00"
 	in.NewSuffix = nil
-	if p, err = Build(in); err != nil || p.Identity != "claude-00ff00" || p.Container(RoleAgent).Name != "bottle-claude-00ff00-agent" {
+	if p, err = Build(in); err != nil || p.Identity != "claude-00ff00" || p.Container(names.RoleAgent).Name != "bottle-claude-00ff00-agent" {
 		t.Fatalf("resume identity: %+v %v", p, err)
 	}
 	for _, bad := range []string{"other-00ff00", "claude-XYZ", "claude"} {
-		in.Identity = bad
+		in.Identity = names.Identity(bad)
 		if _, err := Build(in); err == nil {
 			t.Errorf("identity %q accepted", bad)
 		}
@@ -231,7 +232,7 @@ func TestSpecHardening(t *testing.T) {
 		}
 		caps := s.Process.Capabilities
 		want := 0
-		if c.Role == RoleGitGate {
+		if c.Role == names.RoleGitGate {
 			want = 1 // CAP_NET_BIND_SERVICE for port 80, nothing else
 			if caps.Bounding[0] != "CAP_NET_BIND_SERVICE" {
 				t.Errorf("git-gate capabilities %v", caps.Bounding)
@@ -243,27 +244,27 @@ func TestSpecHardening(t *testing.T) {
 		if s.Process.User.UID == 0 {
 			t.Errorf("%s: runs as root", c.Role)
 		}
-		if c.Role != RoleAgent && !s.Root.Readonly {
+		if c.Role != names.RoleAgent && !s.Root.Readonly {
 			t.Errorf("%s: sidecar rootfs writable", c.Role)
 		}
 		if len(s.Linux.MaskedPaths) == 0 || len(s.Linux.ReadonlyPaths) == 0 {
 			t.Errorf("%s: no masked/read-only paths", c.Role)
 		}
 		for _, a := range c.Attachments {
-			if a.Network == NetEgress && c.Role == RoleAgent {
+			if a.Network == names.NetEgress && c.Role == names.RoleAgent {
 				t.Error("agent attached to the egress network")
 			}
 		}
-		if c.Labels[LabelIdentity] != p.Identity || c.Labels[LabelRole] != c.Role || c.Labels[LabelName] != c.Name {
+		if c.Labels[LabelIdentity] != p.Identity.String() || c.Labels[LabelRole] != c.Role || c.Labels[LabelName] != c.Name {
 			t.Errorf("%s: labels %v", c.Role, c.Labels)
 		}
 	}
-	for _, r := range []string{RoleAgent, RoleFilter, RoleEgressProxy, RoleGitGate, RoleSupervise} {
+	for _, r := range []string{names.RoleAgent, names.RoleFilter, names.RoleEgressProxy, names.RoleGitGate, names.RoleSupervise} {
 		if !roles[r] {
 			t.Errorf("team plan lacks %s", r)
 		}
 	}
-	if mem := p.Container(RoleAgent).Spec.Linux.Resources.Memory; mem == nil || *mem.Limit != 4096<<20 {
+	if mem := p.Container(names.RoleAgent).Spec.Linux.Resources.Memory; mem == nil || *mem.Limit != 4096<<20 {
 		t.Errorf("agent memory limit %v, want 4096 MiB", mem)
 	}
 }
@@ -273,7 +274,7 @@ func TestMinimalPlanHasNoOptionalSidecars(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(p.Containers) != 2 || p.Container(RoleFilter) == nil {
+	if len(p.Containers) != 2 || p.Container(names.RoleFilter) == nil {
 		t.Errorf("minimal plan containers: %d, want agent + filter", len(p.Containers))
 	}
 	if len(p.Allowlist) != 0 || !strings.Contains(p.AllowlistSummary, "empty") {
@@ -339,7 +340,7 @@ func TestPipelockFilterContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := p.Container(RoleFilter)
+	c := p.Container(names.RoleFilter)
 	if c == nil || c.Image != DefaultPipelockImage {
 		t.Fatalf("filter container %+v, want image %s", c, DefaultPipelockImage)
 	}
@@ -367,6 +368,31 @@ func TestPipelockFilterContainer(t *testing.T) {
 	}
 	if cfg == nil || cfg.Content != PipelockConfig(p.Allowlist, egress.DefaultInternal) {
 		t.Errorf("stage file filter/pipelock.yaml %+v, want the rendered config", cfg)
+	}
+	// The host asks pipelock's health on its egress address; it writes no ready file.
+	if r := c.Ready; r == nil || *r != (Readiness{URL: "http://10.213.5.2:8888/health"}) {
+		t.Errorf("pipelock readiness %+v", r)
+	}
+}
+
+// TestSidecarReadiness: each of bottle's own sidecars reports readiness (and failure)
+// in files of its run dir, the one place it may write.
+func TestSidecarReadiness(t *testing.T) {
+	p, err := Build(input(load(t, "../../examples/team.toml"), "coder", map[string]string{"file:/home/me/.ssh/bottle_ed25519": "k"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Containers {
+		if c.Role == names.RoleAgent {
+			if c.Ready != nil {
+				t.Errorf("agent has readiness %+v", c.Ready)
+			}
+			continue
+		}
+		dir := "/var/lib/bottle/bottles/coder-abc123/stage/run/" + c.Role + "/"
+		if r := c.Ready; r == nil || *r != (Readiness{File: dir + SidecarReadyFile, ErrorFile: dir + SidecarErrorFile}) {
+			t.Errorf("%s readiness %+v", c.Role, r)
+		}
 	}
 }
 
@@ -443,7 +469,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 			}
 			for _, kv := range c.Spec.Process.Env {
 				_, v, _ := strings.Cut(kv, "=")
-				if routed[v] && c.Role != RoleEgressProxy && c.Role != RoleGitGate {
+				if routed[v] && c.Role != names.RoleEgressProxy && c.Role != names.RoleGitGate {
 					t.Fatalf("route credential in %s env", c.Role)
 				}
 			}

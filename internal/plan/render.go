@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 // EffectiveAllowlist is the bottle's allowlist plus every egress-proxy route host,
@@ -16,10 +17,10 @@ import (
 func EffectiveAllowlist(b *manifest.Bottle) []string {
 	set := map[string]bool{}
 	for _, h := range b.Allowlist {
-		set[normalizeHost(h)] = true
+		set[names.NormalizeHost(h)] = true
 	}
 	for _, r := range b.EgressProxy.Routes {
-		set[normalizeHost(r.Host)] = true
+		set[names.NormalizeHost(r.Host)] = true
 	}
 	out := make([]string, 0, len(set))
 	for h := range set {
@@ -28,8 +29,6 @@ func EffectiveAllowlist(b *manifest.Bottle) []string {
 	sort.Strings(out)
 	return out
 }
-
-func normalizeHost(h string) string { return strings.TrimSuffix(strings.ToLower(h), ".") }
 
 // AllowlistSummary is a one-line summary of an allowlist for the start banner.
 func AllowlistSummary(allow []string) string {
@@ -41,40 +40,6 @@ func AllowlistSummary(allow []string) string {
 		return fmt.Sprintf("allowlist: %d host(s): %s", len(allow), strings.Join(allow, ", "))
 	}
 	return fmt.Sprintf("allowlist: %d hosts: %s, ... (+%d more; `bottle plan` lists all)", len(allow), strings.Join(allow[:shown], ", "), len(allow)-shown)
-}
-
-// PipelockEmptyAllowlistHost stands in for an empty allowlist in pipelock's config:
-// strict mode refuses to start without an api_allowlist entry, and a name under the
-// reserved .invalid top-level domain (RFC 6761) never resolves, so nothing is reachable.
-const PipelockEmptyAllowlistHost = "nothing-allowed.invalid"
-
-// PipelockConfig renders pipelock's YAML config (checked against pipelock v2.3.0, whose
-// parser rejects unknown fields). `mode: strict` is what makes pipelock enforce
-// api_allowlist (its `*.suffix` matches the suffix and every subdomain, as bottle's
-// does); `internal` is added to pipelock's own SSRF list; a tunnel lives at most 4 h and
-// closes after 10 min idle, as the builtin filter's (pipelock caps concurrent tunnels
-// itself, at 1024, with no setting).
-func PipelockConfig(allow, internal []string) string {
-	if len(allow) == 0 {
-		allow = []string{PipelockEmptyAllowlistHost}
-	}
-	var b strings.Builder
-	b.WriteString("# Rendered by bottle; pipelock parses this strictly.\nversion: 1\nmode: strict\nenforce: true\n")
-	b.WriteString("api_allowlist:\n")
-	writeYAMLList(&b, allow)
-	b.WriteString("forward_proxy:\n  enabled: true\n  max_tunnel_seconds: 14400\n  idle_timeout_seconds: 600\n  sni_verification: true\n")
-	b.WriteString("logging:\n  format: json\n  output: stdout\n  include_allowed: true\n  include_blocked: true\n")
-	b.WriteString("internal:\n")
-	writeYAMLList(&b, internal)
-	return b.String()
-}
-
-// writeYAMLList writes a block sequence of double-quoted scalars (host names and CIDRs
-// are plain ASCII, so Go's quoting is valid YAML).
-func writeYAMLList(b *strings.Builder, items []string) {
-	for _, it := range items {
-		b.WriteString("  - " + strconv.Quote(it) + "\n")
-	}
 }
 
 // Redacted returns a deep copy of the plan with every secret env value replaced by

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
@@ -76,27 +78,28 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 		keep[id] = true
 	}
 	for _, m := range metas {
-		if _, ok := foreign[m.Identity]; ok {
+		if _, ok := foreign[m.Identity.String()]; ok {
 			continue
 		}
 		if !all && !state.Orphaned(m) {
-			keep[m.Identity] = true
+			keep[m.Identity.String()] = true
 			if settled, err := e.settle(ctx, m); err != nil {
 				errs = append(errs, err)
 			} else if settled {
-				rep.Stopped = append(rep.Stopped, m.Identity)
+				rep.Stopped = append(rep.Stopped, m.Identity.String())
 			}
 			continue
 		}
 		if err := e.removeMeta(ctx, m); err != nil {
 			errs = append(errs, err)
-			keep[m.Identity] = true
+			keep[m.Identity.String()] = true
 			continue
 		}
-		rep.Bottles = append(rep.Bottles, m.Identity)
+		rep.Bottles = append(rep.Bottles, m.Identity.String())
 	}
 	for _, id := range broken {
-		if err := e.store.Remove(id); err != nil {
+		// An unreadable dir's name need not be an identity; Remove refuses paths.
+		if err := e.store.Remove(names.Identity(id)); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -110,7 +113,7 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 		errs = append(errs, err)
 	}
 	for _, c := range left.Containers {
-		if keep[c.Labels["bottle.identity"]] {
+		if keep[c.Labels[plan.LabelIdentity]] {
 			continue
 		}
 		if err := e.ctr.Delete(ctx, c.Name); err != nil {
@@ -141,7 +144,7 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 			}
 		}
 	}
-	shims, err := e.ctr.OrphanShims(ctx, "bottle-")
+	shims, err := e.ctr.OrphanShims(ctx, names.Prefix)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -178,11 +181,11 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 	return rep, nil
 }
 
-// keepsSnapshot reports whether snapshot key (bottle-<identity>[-role]-snap) belongs to a
-// kept bottle.
+// keepsSnapshot reports whether snapshot key (<container name>-snap) belongs to a kept
+// bottle.
 func keepsSnapshot(keep map[string]bool, key string) bool {
 	for id := range keep {
-		if strings.HasPrefix(key, "bottle-"+id+"-") {
+		if strings.HasPrefix(key, names.Prefix+id+"-") {
 			return true
 		}
 	}

@@ -10,10 +10,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
+
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/firewall"
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/slots"
@@ -46,9 +49,7 @@ func (c Check) String() string {
 // DoctorOptions add what only doctor asks about to the engine options.
 type DoctorOptions struct {
 	Options
-	// PluginDirs overrides where CNI plugins are looked for.
-	PluginDirs []string
-	Manifest   *manifest.Manifest
+	Manifest *manifest.Manifest
 	// ManifestPath names the manifest in messages.
 	ManifestPath string
 }
@@ -58,6 +59,7 @@ const setupFix = "sudo make setup (scripts/setup-host.sh --system)"
 // Doctor checks everything a start needs and explains each problem with its fix. It
 // changes nothing on the host except a short test sandbox it removes again.
 func Doctor(ctx context.Context, o DoctorOptions) []Check {
+	o.Options = o.Options.withDefaults()
 	var checks []Check
 	add := func(name, status, detail, fix string) {
 		checks = append(checks, Check{Name: name, Status: status, Detail: detail, Fix: fix})
@@ -68,7 +70,7 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 		add("root", CheckFail, "not root: containers, netns and firewall rules need root", "run bottle with sudo")
 	}
 
-	c, err := ctr.Connect(ctx, o.Address, o.Namespace, runcRootOpt(o.Options)...)
+	c, err := connect(ctx, o.Options)
 	if err != nil {
 		add("containerd", CheckFail, oneLine(err), "") // the error says how to start it
 	} else {
@@ -95,7 +97,7 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 		}
 	}
 
-	if n, err := netns.New(netns.Options{PluginDirs: o.PluginDirs, StateDir: o.StateDir, Namespace: o.Namespace, NetnsDir: o.NetnsDir}); err != nil {
+	if n, err := hostNetwork(o.Options); err != nil {
 		add("cni", CheckFail, oneLine(err), "") // the error says what to install
 	} else {
 		add("cni", CheckOK, "plugins in "+strings.Join(n.PluginDirs(), ", "), "")
@@ -137,13 +139,6 @@ func Blocking(checks []Check) bool {
 	return false
 }
 
-func runcRootOpt(o Options) []ctr.Option {
-	if o.RuncRoot != "" {
-		return []ctr.Option{ctr.WithRuncRoot(o.RuncRoot)}
-	}
-	return nil
-}
-
 // sandboxCheck runs `/bottle version` from the sidecar image under the runtime.
 func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version string) error {
 	ref, err := c.EnsureSidecarImage(ctx, version, "")
@@ -154,8 +149,8 @@ func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version st
 	if err != nil {
 		return err
 	}
-	name := "bottle-doctor-" + suffix
-	spec, err := plan.NewSpec(plan.WithArgs("/bottle", "version"), plan.WithUser(plan.SidecarUID, plan.SidecarUID), plan.WithReadonlyRootfs)
+	name := names.Prefix + "doctor-" + suffix
+	spec, err := plan.NewSpec(oci.WithProcessArgs("/bottle", "version"), oci.WithUIDGID(plan.SidecarUID, plan.SidecarUID), oci.WithRootFSReadonly())
 	if err != nil {
 		return err
 	}
@@ -187,13 +182,13 @@ func leftoverChecks(ctx context.Context, c *ctr.Client, n *netns.Manager, stateD
 	}
 	if metas, broken, err := (state.Store{Dir: stateDir}).List(); err == nil {
 		for _, m := range metas {
-			if owned[m.Identity] {
+			if owned[m.Identity.String()] {
 				continue
 			}
 			if state.Orphaned(m) {
-				items = append(items, "orphaned bottle "+m.Identity)
+				items = append(items, "orphaned bottle "+m.Identity.String())
 			} else {
-				owned[m.Identity] = true
+				owned[m.Identity.String()] = true
 			}
 		}
 		for _, b := range broken {
@@ -209,7 +204,7 @@ func leftoverChecks(ctx context.Context, c *ctr.Client, n *netns.Manager, stateD
 		for _, t := range left.Tasks {
 			items = append(items, "task "+t)
 		}
-		if shims, err := c.OrphanShims(ctx, "bottle-"); err == nil {
+		if shims, err := c.OrphanShims(ctx, names.Prefix); err == nil {
 			for _, s := range shims {
 				items = append(items, fmt.Sprintf("orphan shim of %s (pid %d)", s.ID, s.Pid))
 			}

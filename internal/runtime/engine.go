@@ -16,20 +16,14 @@ import (
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
-	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
 // DefaultPool is the address pool bottle networks are carved from.
 var DefaultPool = slots.DefaultPool
-
-// PoolSubnets are the internal and egress subnets of a pool's first slot (what `bottle
-// plan` shows; start reserves a free slot).
-func PoolSubnets(pool netip.Prefix) (internal, egress netip.Prefix, err error) {
-	return slots.Subnets(0, pool)
-}
 
 // Options configure an Engine.
 type Options struct {
@@ -38,6 +32,8 @@ type Options struct {
 	Pool               netip.Prefix
 	// NetnsDir holds the netns files (default netns.DefaultNetnsDir).
 	NetnsDir string
+	// PluginDirs overrides where CNI plugins are looked for.
+	PluginDirs []string
 	// RuncRoot is the runc state root for runc-shim runtimes (default: the shim's).
 	RuncRoot string
 	// RuntimeOverride and FilterOverride win over the manifest.
@@ -49,7 +45,7 @@ type Options struct {
 	// SidecarResolvConf is the resolver config of sidecars that leave the bottle;
 	// SidecarHosts are extra hosts entries for them.
 	SidecarResolvConf string
-	SidecarHosts      []plan.HostEntry
+	SidecarHosts      []names.HostEntry
 	// ExtraCA is PEM the egress-proxy trusts besides the system roots.
 	ExtraCA string
 	// PipelockImage overrides the manifest's pipelock image.
@@ -61,47 +57,103 @@ type Options struct {
 	Log       *slog.Logger
 }
 
+// withDefaults fills in what was left unset.
+func (o Options) withDefaults() Options {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if !o.Pool.IsValid() {
+		o.Pool = DefaultPool
+	}
+	return o
+}
+
 // Engine performs bottle operations against containerd and the host network.
 type Engine struct {
 	opts  Options
-	ctr   *ctr.Client
-	net   *netns.Manager
+	ctr   containers
+	net   network
 	store state.Store
 	log   *slog.Logger
+	// offline says why containerd was not reached (an engine that only plans).
+	offline error
 }
 
 // Open connects to containerd and checks the CNI plugins.
 func Open(ctx context.Context, opts Options) (*Engine, error) {
-	if opts.Log == nil {
-		opts.Log = slog.Default()
-	}
-	if !opts.Pool.IsValid() {
-		opts.Pool = DefaultPool
-	}
+	opts = opts.withDefaults()
 	if opts.StateDir == "" || !filepath.IsAbs(opts.StateDir) {
 		return nil, fmt.Errorf("state dir %q must be an absolute path", opts.StateDir)
 	}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bottle needs root to manage containers and networks; run it with sudo")
 	}
-	var copts []ctr.Option
-	if opts.RuncRoot != "" {
-		copts = append(copts, ctr.WithRuncRoot(opts.RuncRoot))
-	}
-	c, err := ctr.Connect(ctx, opts.Address, opts.Namespace, copts...)
+	c, err := connect(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
-	n, err := netns.New(netns.Options{StateDir: opts.StateDir, Namespace: opts.Namespace, NetnsDir: opts.NetnsDir})
+	n, err := hostNetwork(opts)
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	return &Engine{opts: opts, ctr: c, net: n, store: state.Store{Dir: opts.StateDir}, log: opts.Log}, nil
+	return newEngine(opts, c, n), nil
 }
 
+// OpenPlanner opens an engine that only plans (`bottle plan`): it needs no root and no
+// host network, and uses containerd only to see which images are present, when it can
+// reach it (Offline says why not).
+func OpenPlanner(ctx context.Context, opts Options) *Engine {
+	opts = opts.withDefaults()
+	e := newEngine(opts, nil, nil)
+	c, err := connect(ctx, opts)
+	if err == nil {
+		vctx, cancel := context.WithTimeout(ctx, plannerDialTimeout)
+		_, err = c.Version(vctx)
+		cancel()
+		if err != nil {
+			c.Close()
+		}
+	}
+	if err != nil {
+		e.offline = err
+	} else {
+		e.ctr = c
+	}
+	return e
+}
+
+// plannerDialTimeout bounds how long `bottle plan` waits for containerd.
+const plannerDialTimeout = 3 * time.Second
+
+func newEngine(opts Options, c containers, n network) *Engine {
+	return &Engine{opts: opts, ctr: c, net: n, store: state.Store{Dir: opts.StateDir}, log: opts.Log}
+}
+
+// connect opens containerd as every command (and doctor) does.
+func connect(ctx context.Context, opts Options) (*ctr.Client, error) {
+	var copts []ctr.Option
+	if opts.RuncRoot != "" {
+		copts = append(copts, ctr.WithRuncRoot(opts.RuncRoot))
+	}
+	return ctr.Connect(ctx, opts.Address, opts.Namespace, copts...)
+}
+
+// hostNetwork opens the host network manager as every command (and doctor) does.
+func hostNetwork(opts Options) (*netns.Manager, error) {
+	return netns.New(netns.Options{PluginDirs: opts.PluginDirs, StateDir: opts.StateDir, Namespace: opts.Namespace, NetnsDir: opts.NetnsDir})
+}
+
+// Offline says why an engine of OpenPlanner could not reach containerd (nil if it did).
+func (e *Engine) Offline() error { return e.offline }
+
 // Close releases the containerd connection.
-func (e *Engine) Close() error { return e.ctr.Close() }
+func (e *Engine) Close() error {
+	if e.ctr == nil {
+		return nil
+	}
+	return e.ctr.Close()
+}
 
 // lookupEnv reads a variable of the invoking host's environment.
 func (e *Engine) lookupEnv(name string) (string, bool) {
@@ -119,10 +171,10 @@ func (e *Engine) networks(m *state.Meta) (internal, egress netns.Network, err er
 			return internal, egress, fmt.Errorf("bottle %s: recorded pool %q: %w", m.Identity, m.Pool, err)
 		}
 	}
-	return e.net.BottleNetworks(m.Identity, m.Slot, pool)
+	return e.net.BottleNetworks(m.Identity.String(), m.Slot, pool)
 }
 
-// attachments converts a recorded container's attachments for netns.
+// attachments puts a recorded container's attachments on the bottle's networks.
 func (e *Engine) attachments(m *state.Meta, c state.Container) ([]netns.Attachment, error) {
 	internal, egress, err := e.networks(m)
 	if err != nil {
@@ -130,15 +182,11 @@ func (e *Engine) attachments(m *state.Meta, c state.Container) ([]netns.Attachme
 	}
 	var out []netns.Attachment
 	for _, a := range c.Attachments {
-		addr, err := netip.ParseAddr(a.Address)
-		if err != nil {
-			return nil, fmt.Errorf("bottle %s: container %s: address %q: %w", m.Identity, c.Name, a.Address, err)
-		}
 		n := internal
-		if a.Network == plan.NetEgress {
+		if a.Network == names.NetEgress {
 			n = egress
 		}
-		out = append(out, netns.Attachment{Network: n, IfName: a.IfName, Addr: addr})
+		out = append(out, netns.Attachment{Network: n, IfName: a.IfName, Addr: a.Address})
 	}
 	return out, nil
 }
@@ -173,7 +221,7 @@ type Stdio struct {
 // ImportImage imports an OCI image archive into containerd (no network setup needed), for
 // hosts without a registry. It returns the image names.
 func ImportImage(ctx context.Context, opts Options, path string, progress func(string)) ([]string, error) {
-	c, err := ctr.Connect(ctx, opts.Address, opts.Namespace)
+	c, err := connect(ctx, opts)
 	if err != nil {
 		return nil, err
 	}

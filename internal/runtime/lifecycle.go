@@ -14,6 +14,7 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
@@ -22,11 +23,8 @@ import (
 // stopTimeout is how long a container gets between SIGTERM and SIGKILL.
 const stopTimeout = 10 * time.Second
 
-// load reads a bottle's metadata, checking the identity's form first.
-func (e *Engine) load(identity string) (*state.Meta, error) {
-	if _, _, err := plan.ParseIdentity(identity); err != nil {
-		return nil, err
-	}
+// load reads a bottle's metadata.
+func (e *Engine) load(identity names.Identity) (*state.Meta, error) {
 	return e.store.Load(identity)
 }
 
@@ -34,7 +32,7 @@ func (e *Engine) load(identity string) (*state.Meta, error) {
 // snapshots, metadata, the address slot, the (empty) bridges and the firewall rules stay
 // so `bottle resume` can continue it. Stopping a stopped bottle is fine. When the
 // record cannot be written (a full disk) the bottle is stopped all the same.
-func (e *Engine) Stop(ctx context.Context, identity string) error {
+func (e *Engine) Stop(ctx context.Context, identity names.Identity) error {
 	m, err := e.load(identity)
 	if err != nil {
 		return err
@@ -80,7 +78,7 @@ func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) e
 	var errs []error
 	var sidecars []state.Container
 	for _, c := range m.Containers {
-		if c.Role != plan.RoleAgent {
+		if c.Role != names.RoleAgent {
 			sidecars = append(sidecars, c)
 		} else if withAgent {
 			errs = append(errs, stop(c))
@@ -102,7 +100,7 @@ func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) e
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		netErr = e.net.TeardownContainers(ctx, m.Identity, containers, []netns.Network{internal, egress})
+		netErr = e.net.TeardownContainers(ctx, m.Identity.String(), containers, []netns.Network{internal, egress})
 	}()
 	errs = append(errs, parallel(sidecars, stop))
 	<-done
@@ -135,7 +133,7 @@ func (e *Engine) settle(ctx context.Context, m *state.Meta) (bool, error) {
 // Remove deletes a stopped bottle and everything of it: containers, snapshots, netns,
 // firewall rules, its address slot and its state dir (stage files, logs, workspace copy).
 // A bottle that is not stopped (nor abandoned part way) is only removed with force.
-func (e *Engine) Remove(ctx context.Context, identity string, force bool) error {
+func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool) error {
 	m, err := e.load(identity)
 	if err != nil {
 		return err
@@ -162,7 +160,7 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
 	for _, c := range m.Containers {
 		names[c.Name] = true
 	}
-	if infos, err := e.ctr.List(ctx, map[string]string{plan.LabelIdentity: m.Identity}); err == nil {
+	if infos, err := e.ctr.List(ctx, map[string]string{plan.LabelIdentity: m.Identity.String()}); err == nil {
 		for _, i := range infos {
 			names[i.Name] = true
 		}
@@ -175,9 +173,9 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
 	if internal, egress, err := e.networks(m); err != nil {
 		errs = append(errs, err)
 	} else {
-		errs = append(errs, e.net.RemoveNetworks(ctx, m.Identity, []netns.Network{internal, egress}))
+		errs = append(errs, e.net.RemoveNetworks(ctx, m.Identity.String(), []netns.Network{internal, egress}))
 	}
-	errs = append(errs, e.net.RemoveFirewall(ctx, m.Identity), e.net.ReleaseSlot(m.Identity))
+	errs = append(errs, e.net.RemoveFirewall(ctx, m.Identity.String()), e.net.ReleaseSlot(m.Identity.String()))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)
 	}
@@ -187,7 +185,7 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
 // Resume starts a stopped bottle again with its recorded identity, agent, workspace and
 // command, a fresh netns per container, and the manifest (and the host files it names)
 // as they read now.
-func (e *Engine) Resume(ctx context.Context, identity string, loadManifest func(path string) (*manifest.Manifest, string, plan.HostFiles, error), detach bool, stdio Stdio) (int, error) {
+func (e *Engine) Resume(ctx context.Context, identity names.Identity, loadManifest func(path string) (*manifest.Manifest, string, plan.HostFiles, error), detach bool, stdio Stdio) (int, error) {
 	m, err := e.load(identity)
 	if err != nil {
 		return 0, err
@@ -222,10 +220,13 @@ func (e *Engine) Resume(ctx context.Context, identity string, loadManifest func(
 		return 0, fmt.Errorf("agent %q of bottle %s is no longer in %s", m.Agent, identity, path)
 	}
 	so := StartOptions{
-		Manifest: man, ManifestPath: path, Agent: m.Agent, Workspace: m.Workspace, CopyCwd: m.CopyCwd,
-		Command: m.Command, Detach: detach, Stdio: stdio, HostFiles: files, identity: identity, slot: m.Slot,
+		PlanOptions: PlanOptions{
+			Manifest: man, ManifestPath: path, Agent: m.Agent, Workspace: m.Workspace, CopyCwd: m.CopyCwd,
+			Command: m.Command, HostFiles: files,
+		},
+		Detach: detach, Stdio: stdio,
 	}
-	return e.run(ctx, so, m)
+	return e.run(ctx, identity, so, m)
 }
 
 // Phases derived from the tasks, besides the recorded ones (state.Phase*).
@@ -242,8 +243,8 @@ const pingWait = 10 * time.Second
 
 // Status is one bottle as `bottle ps` shows it.
 type Status struct {
-	Identity string `json:"identity"`
-	Agent    string `json:"agent"`
+	Identity names.Identity `json:"identity"`
+	Agent    string         `json:"agent"`
 	// Phase is told from the tasks: starting, running, degraded, exited or stopped.
 	Phase string `json:"phase"`
 	// Reason explains the phase, e.g. "filter exited 137".
@@ -291,7 +292,7 @@ func byName(infos []ctr.ContainerInfo) map[string]ctr.ContainerInfo {
 
 // phase tells one bottle's phase from its tasks (see phaseOf).
 func (e *Engine) phase(ctx context.Context, m *state.Meta) (phase, reason string, err error) {
-	infos, err := e.ctr.List(ctx, map[string]string{plan.LabelIdentity: m.Identity})
+	infos, err := e.ctr.List(ctx, map[string]string{plan.LabelIdentity: m.Identity.String()})
 	if err != nil {
 		return "", "", fmt.Errorf("bottle %s: %w", m.Identity, err)
 	}
@@ -325,7 +326,7 @@ func phaseOf(m *state.Meta, tasks map[string]ctr.ContainerInfo) (phase, reason s
 			what = c.Role + " has no task"
 		}
 		switch {
-		case c.Role == plan.RoleAgent:
+		case c.Role == names.RoleAgent:
 			agentUp, agent = alive, what
 		case alive:
 			up = append(up, c.Role)
@@ -347,16 +348,16 @@ func phaseOf(m *state.Meta, tasks map[string]ctr.ContainerInfo) (phase, reason s
 }
 
 // Exec runs args in a running bottle's agent container.
-func (e *Engine) Exec(ctx context.Context, identity string, args []string, stdio Stdio) (int, error) {
+func (e *Engine) Exec(ctx context.Context, identity names.Identity, args []string, stdio Stdio) (int, error) {
 	if _, err := e.load(identity); err != nil {
 		return 0, err
 	}
-	return e.ctr.Exec(ctx, plan.ContainerName(identity, plan.RoleAgent), args, ctr.IO{Stdin: stdio.In, Stdout: stdio.Out, Stderr: stdio.Err, TTY: stdio.TTY})
+	return e.ctr.Exec(ctx, identity.Container(names.RoleAgent), args, ctr.IO{Stdin: stdio.In, Stdout: stdio.Out, Stderr: stdio.Err, TTY: stdio.TTY})
 }
 
 // Logs copies a container's log to w; with follow it keeps copying until ctx ends or the
 // container's task is gone.
-func (e *Engine) Logs(ctx context.Context, identity, role string, follow bool, w io.Writer) error {
+func (e *Engine) Logs(ctx context.Context, identity names.Identity, role string, follow bool, w io.Writer) error {
 	m, err := e.load(identity)
 	if err != nil {
 		return err
@@ -371,7 +372,7 @@ func (e *Engine) Logs(ctx context.Context, identity, role string, follow bool, w
 	path := e.logPath(identity, role)
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		if role == plan.RoleAgent && !m.Detached {
+		if role == names.RoleAgent && !m.Detached {
 			return fmt.Errorf("bottle %s ran attached: its agent's output went to the terminal, not to a log", identity)
 		}
 		return fmt.Errorf("no log for %s of bottle %s yet", role, identity)
@@ -388,7 +389,7 @@ func (e *Engine) Logs(ctx context.Context, identity, role string, follow bool, w
 		if !follow {
 			return nil
 		}
-		info, err := e.ctr.Info(ctx, plan.ContainerName(identity, role))
+		info, err := e.ctr.Info(ctx, identity.Container(role))
 		if err != nil || info.TaskStatus != ctr.TaskRunning {
 			_, err := io.Copy(w, r)
 			return err

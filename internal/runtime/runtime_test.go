@@ -10,27 +10,42 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
-func TestMergeEnv(t *testing.T) {
-	got := mergeEnv([]string{"PATH=/img", "HOME=/home/agent", "A=1"}, []string{"A=2", "B=3"})
-	want := []string{"PATH=/img", "HOME=/home/agent", "A=2", "B=3"}
-	if !slices.Equal(got, want) {
-		t.Errorf("mergeEnv = %v, want %v", got, want)
+// TestFinalizeSpecEnv: one merge, containerd's way: the image's env first, a planned
+// value replaces the image's in place or follows it, PATH defaults only when the image
+// has none.
+func TestFinalizeSpecEnv(t *testing.T) {
+	spec, err := plan.NewSpec(oci.WithProcessArgs("/bin/sh"), oci.WithEnv([]string{"A=2", "B=3"}))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := mergeEnv(nil, []string{"X=1"}); !slices.Contains(got, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") {
-		t.Errorf("no default PATH: %v", got)
+	c := &plan.Container{Name: "bottle-x-000000-agent", Image: "img", Spec: spec}
+	for _, tc := range []struct{ image, want []string }{
+		{[]string{"PATH=/img", "HOME=/home/agent", "A=1"}, []string{"PATH=/img", "HOME=/home/agent", "A=2", "B=3"}},
+		{nil, []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=2", "B=3"}},
+		{[]string{"HOME=/root"}, []string{"HOME=/root", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=2", "B=3"}},
+	} {
+		got, err := finalizeSpec(c, tc.image, nil, "/x", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.Process.Env, tc.want) {
+			t.Errorf("image env %v: env %v, want %v", tc.image, got.Process.Env, tc.want)
+		}
 	}
 }
 
 func TestFinalizeSpecLeavesPlanAlone(t *testing.T) {
-	spec, err := plan.NewSpec(plan.WithEnv(map[string]string{"A": "1"}))
+	spec, err := plan.NewSpec(oci.WithEnv([]string{"A=1"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,8 +66,13 @@ func TestFinalizeSpecLeavesPlanAlone(t *testing.T) {
 	if netPath != "/run/netns/x" {
 		t.Errorf("netns path %q", netPath)
 	}
-	if len(spec.Process.Args) != 0 || len(spec.Process.Env) != 1 {
+	if len(spec.Process.Args) != 0 || len(spec.Process.Env) != 1 || spec.Process.Terminal {
 		t.Error("finalizeSpec changed the plan's spec")
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Path != "" {
+			t.Errorf("finalizeSpec set the plan's %s namespace path", ns.Type)
+		}
 	}
 	if _, err := finalizeSpec(c, nil, nil, "/x", false); err == nil || !strings.Contains(err.Error(), "set `command`") {
 		t.Errorf("image without command: %v", err)
@@ -91,7 +111,7 @@ func TestKeepsSnapshot(t *testing.T) {
 
 func TestSidecarSettingsResumeReusesRecorded(t *testing.T) {
 	prev := &state.Meta{Sidecars: state.SidecarSettings{
-		ResolvConf: "nameserver 192.0.2.1\n", ExtraCA: "PEM", Hosts: []state.HostEntry{{Name: "a.test", Addr: "192.0.2.2"}},
+		ResolvConf: "nameserver 192.0.2.1\n", ExtraCA: "PEM", Hosts: []names.HostEntry{{Name: "a.test", Addr: netip.MustParseAddr("192.0.2.2")}},
 	}}
 	e := &Engine{}
 	got, err := e.sidecarSettings(prev)
@@ -99,7 +119,7 @@ func TestSidecarSettingsResumeReusesRecorded(t *testing.T) {
 		t.Fatalf("resume without options: %+v, %v", got, err)
 	}
 	e.opts.SidecarResolvConf = "nameserver 192.0.2.9\n"
-	e.opts.SidecarHosts = []plan.HostEntry{{Name: "b.test", Addr: netip.MustParseAddr("192.0.2.3")}}
+	e.opts.SidecarHosts = []names.HostEntry{{Name: "b.test", Addr: netip.MustParseAddr("192.0.2.3")}}
 	got, _ = e.sidecarSettings(prev)
 	if got.ResolvConf != e.opts.SidecarResolvConf || got.Hosts[0].Name != "b.test" || got.ExtraCA != "PEM" {
 		t.Fatalf("options given again win: %+v", got)
@@ -109,7 +129,7 @@ func TestSidecarSettingsResumeReusesRecorded(t *testing.T) {
 func TestPhaseOfTellsTheTruthFromTasks(t *testing.T) {
 	meta := func(phase string, detached bool, reason string) *state.Meta {
 		return &state.Meta{Identity: "a-000001", Phase: phase, Detached: detached, Reason: reason, Pid: 1 << 30, Containers: []state.Container{
-			{Name: "agent", Role: plan.RoleAgent}, {Name: "filter", Role: plan.RoleFilter}, {Name: "proxy", Role: plan.RoleEgressProxy},
+			{Name: "agent", Role: names.RoleAgent}, {Name: "filter", Role: names.RoleFilter}, {Name: "proxy", Role: names.RoleEgressProxy},
 		}}
 	}
 	run := ctr.ContainerInfo{TaskStatus: ctr.TaskRunning}
@@ -164,9 +184,9 @@ func TestUndoStopsWhenContainerdIsGone(t *testing.T) {
 
 func TestPeersAreTheOthersOnTheSameNetworks(t *testing.T) {
 	m := &state.Meta{Containers: []state.Container{
-		{Name: "agent", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.10"}}},
-		{Name: "filter", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.2"}, {Network: plan.NetEgress, Address: "10.0.1.2"}}},
-		{Name: "proxy", Attachments: []state.Attachment{{Network: plan.NetInternal, Address: "10.0.0.3"}, {Network: plan.NetEgress, Address: "10.0.1.3"}}},
+		{Name: "agent", Attachments: []names.Attachment{{Network: names.NetInternal, Address: netip.MustParseAddr("10.0.0.10")}}},
+		{Name: "filter", Attachments: []names.Attachment{{Network: names.NetInternal, Address: netip.MustParseAddr("10.0.0.2")}, {Network: names.NetEgress, Address: netip.MustParseAddr("10.0.1.2")}}},
+		{Name: "proxy", Attachments: []names.Attachment{{Network: names.NetInternal, Address: netip.MustParseAddr("10.0.0.3")}, {Network: names.NetEgress, Address: netip.MustParseAddr("10.0.1.3")}}},
 	}}
 	got := fmt.Sprint(peers(m, "filter"))
 	if got != "[10.0.0.10 10.0.0.3 10.0.1.3]" {

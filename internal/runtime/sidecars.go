@@ -4,22 +4,24 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 )
 
 // startSidecar starts a sidecar's task (again) and waits until it serves; the ready and
 // error files of an earlier run go first.
 func (e *Engine) startSidecar(ctx context.Context, p *plan.Plan, c *plan.Container) error {
-	dir := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role))
-	for _, f := range []string{plan.SidecarReadyFile, plan.SidecarErrorFile} {
-		if err := os.Remove(filepath.Join(dir, f)); err != nil && !os.IsNotExist(err) {
+	if c.Ready == nil {
+		return fmt.Errorf("start %s: the plan says no way to see it ready", c.Name)
+	}
+	for _, f := range []string{c.Ready.File, c.Ready.ErrorFile} {
+		if err := os.Remove(f); f != "" && err != nil && !os.IsNotExist(err) {
 			return fmt.Errorf("start %s: %w", c.Name, err)
 		}
 	}
@@ -29,16 +31,17 @@ func (e *Engine) startSidecar(ctx context.Context, p *plan.Plan, c *plan.Contain
 	return e.waitReady(ctx, p, c)
 }
 
-// waitReady waits until a sidecar serves, or its task ends. Our sidecars create a ready
-// file; pipelock is asked GET /health on its egress address (the host cannot reach the
-// internal network).
+// waitReady waits until a sidecar serves, as its plan says (a file it creates, or a URL
+// that answers 200), or its task ends.
 func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container) error {
 	ready := func() bool {
-		_, err := os.Stat(filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarReadyFile))
+		if c.Ready.File == "" {
+			return false
+		}
+		_, err := os.Stat(c.Ready.File)
 		return err == nil
 	}
-	if c.Role == plan.RoleFilter && p.Filter == plan.FilterPipelock {
-		url := fmt.Sprintf("http://%s/health", netip.AddrPortFrom(egressAddr(c), plan.FilterPort))
+	if url := c.Ready.URL; url != "" {
 		client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil}}
 		ready = func() bool {
 			resp, err := client.Get(url)
@@ -56,8 +59,10 @@ func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container)
 		}
 		info, err := e.ctr.Info(ctx, c.Name)
 		if err == nil && info.TaskStatus != ctr.TaskRunning && info.TaskStatus != ctr.TaskCreated {
-			if reason, err := os.ReadFile(filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role), plan.SidecarErrorFile)); err == nil {
-				return fmt.Errorf("%s sidecar %s failed: %s", c.Role, c.Name, strings.TrimSpace(string(reason)))
+			if c.Ready.ErrorFile != "" {
+				if reason, err := os.ReadFile(c.Ready.ErrorFile); err == nil {
+					return fmt.Errorf("%s sidecar %s failed: %s", c.Role, c.Name, strings.TrimSpace(string(reason)))
+				}
 			}
 			// The shim copies the task's output into the log file after the exit is
 			// reported: give that copy a moment, or the tail misses the sidecar's error.
@@ -75,13 +80,13 @@ func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container)
 	}
 }
 
-func (e *Engine) logPath(identity, role string) string {
+func (e *Engine) logPath(identity names.Identity, role string) string {
 	return filepath.Join(e.store.LogDir(identity), role+".log")
 }
 
 // waitLogSettled waits (at most logSettleTimeout) until an exited task's log file is
 // non-empty and has stopped growing.
-func (e *Engine) waitLogSettled(ctx context.Context, identity, role string) {
+func (e *Engine) waitLogSettled(ctx context.Context, identity names.Identity, role string) {
 	deadline := time.Now().Add(logSettleTimeout)
 	last := int64(-1)
 	for time.Now().Before(deadline) {
@@ -100,21 +105,11 @@ func (e *Engine) waitLogSettled(ctx context.Context, identity, role string) {
 	}
 }
 
-func (e *Engine) logTail(identity, role string) string {
+func (e *Engine) logTail(identity names.Identity, role string) string {
 	data, err := os.ReadFile(e.logPath(identity, role))
 	if err != nil || len(data) == 0 {
 		return "(empty)"
 	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	return strings.Join(lines[max(0, len(lines)-5):], " | ")
-}
-
-// egressAddr is a container's address on the egress network.
-func egressAddr(c *plan.Container) netip.Addr {
-	for _, a := range c.Attachments {
-		if a.Network == plan.NetEgress {
-			return a.Address
-		}
-	}
-	return netip.Addr{}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -18,7 +17,7 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
-	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
@@ -30,59 +29,45 @@ const sidecarReadyTimeout = 20 * time.Second
 // logSettleTimeout bounds the wait for an exited sidecar's last output to reach its log.
 const logSettleTimeout = 2 * time.Second
 
-// StartOptions describe one `bottle start`.
+// StartOptions describe one `bottle start`: what it runs, and how.
 type StartOptions struct {
-	Manifest     *manifest.Manifest
-	ManifestPath string
-	Agent        string
-	// Workspace is the host directory for /workspace; CopyCwd gives the agent a copy.
-	Workspace string
-	CopyCwd   bool
-	// Command replaces the agent's command when non-empty.
-	Command []string
-	Detach  bool
+	PlanOptions
+	Detach bool
 	// Remove deletes the bottle when the agent exits instead of keeping it for resume.
 	Remove bool
 	Stdio  Stdio
-	// HostFiles are the host files the bottle names, read before the start
-	// (plan.ReadHostFiles).
-	HostFiles plan.HostFiles
-	// identity is set on resume.
-	identity string
-	slot     int
 }
 
 // Start runs a new bottle. Attached, it returns the agent's exit status once the agent
 // ends (the bottle is then stopped, ready for resume); detached, it returns 0 once the
 // agent runs. Any failure before that removes everything the start created.
 func (e *Engine) Start(ctx context.Context, so StartOptions) (int, error) {
-	agent := so.Manifest.Agents[so.Agent]
-	if agent == nil {
-		return 0, fmt.Errorf("unknown agent %q in %s", so.Agent, so.ManifestPath)
+	if _, _, err := so.bottle(); err != nil {
+		return 0, err
 	}
-	if so.identity == "" {
-		id, err := e.newIdentity(ctx, so.Agent)
-		if err != nil {
-			return 0, err
-		}
-		so.identity = id
+	id, err := e.newIdentity(ctx, so.Agent)
+	if err != nil {
+		return 0, err
 	}
-	return e.run(ctx, so, nil)
+	return e.run(ctx, id, so, nil)
 }
 
 // newIdentity draws identities until one is unused (a collision of 24 random bits is rare,
 // but a leftover of an old bottle with the same name must not be adopted).
-func (e *Engine) newIdentity(ctx context.Context, agent string) (string, error) {
+func (e *Engine) newIdentity(ctx context.Context, agent string) (names.Identity, error) {
 	for range 5 {
 		suffix, err := hostenv.NewSuffix()
 		if err != nil {
 			return "", err
 		}
-		id := agent + "-" + suffix
+		id, err := names.NewIdentity(agent, suffix)
+		if err != nil {
+			return "", err
+		}
 		if _, err := e.store.Load(id); err == nil {
 			continue
 		}
-		if exists, err := e.ctr.Exists(ctx, plan.ContainerName(id, plan.RoleAgent)); err != nil {
+		if exists, err := e.ctr.Exists(ctx, id.Container(names.RoleAgent)); err != nil {
 			return "", err
 		} else if exists {
 			continue
@@ -92,191 +77,82 @@ func (e *Engine) newIdentity(ctx context.Context, agent string) (string, error) 
 	return "", errors.New("could not draw an unused bottle identity; run `bottle cleanup`")
 }
 
+// starter is one start or resume in progress. Its steps run in the order of run; each
+// pushes onto undo how to take back what it made, so a failure or an interrupt at any
+// point takes back exactly what exists, in reverse order.
+type starter struct {
+	e    *Engine
+	ctx  context.Context // cancelled by Ctrl-C, SIGTERM or SIGHUP during setup
+	id   names.Identity
+	so   StartOptions
+	prev *state.Meta // the recorded bottle on resume: its containers are replaced, the agent's snapshot kept
+	undo undoStack
+	t0   time.Time
+
+	rt               ctr.Runtime
+	pipelockPresent  bool
+	meta             *state.Meta
+	internal, egress netns.Network
+	p                *plan.Plan
+	committed        bool
+}
+
 // run is the transaction shared by start and resume; prev is the recorded metadata on
-// resume (its containers are replaced, the agent's snapshot kept).
-func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (exit int, err error) {
+// resume.
+func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, prev *state.Meta) (exit int, err error) {
 	// Ctrl-C or SIGTERM during setup cancels it, and the undo stack takes back every step.
 	setupCtx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stopSignals()
-	undo := &undoStack{}
-	committed := false
+	s := &starter{e: e, ctx: setupCtx, id: id, so: so, prev: prev, t0: time.Now()}
 	defer func() {
-		if !committed {
+		if !s.committed {
 			if setupCtx.Err() != nil && ctx.Err() == nil {
 				err = errors.New("start interrupted; everything it had created is removed again")
 			}
-			if uerr := undo.run(ctx, e.log); uerr != nil {
+			if uerr := s.undo.run(ctx, e.log); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("could not take back everything; run `bottle cleanup`: %w", uerr))
 			}
 		}
 	}()
-
-	t0 := time.Now()
-	step := func(name string) {
-		e.log.Debug("start step done", "step", name, "elapsed", time.Since(t0).Round(time.Millisecond))
-	}
-	agent := so.Manifest.Agents[so.Agent]
-	bottle := so.Manifest.Bottles[agent.Bottle]
-	if bottle.Supervise {
-		return 0, fmt.Errorf("bottle %q enables supervise, but this version of bottle has no supervise sidecar yet; set supervise = false to start", agent.Bottle)
-	}
-	rt, err := ctr.DetectRuntime(cmp.Or(e.opts.RuntimeOverride, bottle.Runtime, "auto"), e.opts.RunscPath, e.opts.AllowUnsafeRunc)
-	if err != nil {
+	// Every wait below is also deferred (after the undo's defer, so it runs first): no
+	// background step runs on while its work is taken back.
+	if err := s.check(); err != nil {
 		return 0, err
 	}
-	if ok, err := e.ctr.ImageExists(setupCtx, agent.Image); err != nil {
-		return 0, err
-	} else if !ok {
-		return 0, fmt.Errorf("agent image %s is not in containerd (namespace %s); import an OCI archive of it with `bottle image import FILE` (the Claude Code image: `sudo scripts/build-agent-image.sh`)", agent.Image, e.opts.Namespace)
-	}
-	pipelockImage := plan.PipelockImageFor(bottle, e.opts.PipelockImage)
-	pipelockPresent := false
-	if cmp.Or(e.opts.FilterOverride, bottle.Filter) != plan.FilterBuiltin {
-		if pipelockPresent, err = e.ctr.ImageExists(setupCtx, pipelockImage); err != nil {
-			return 0, err
-		}
-	}
-	e.log.Info("preparing bottle", "identity", so.identity, "runtime", rt.String())
-	// The sidecar image is checked while the address slot and the firewall rules are made.
-	type imageResult struct {
-		ref string
-		err error
-	}
-	sidecarImageC := make(chan imageResult, 1)
-	go func() {
-		ref, err := e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version, filepath.Join(e.opts.StateDir, "sidecar-image.hash"))
-		sidecarImageC <- imageResult{ref, err}
-	}()
-	waitImage := sync.OnceValue(func() imageResult { return <-sidecarImageC })
-	defer waitImage() // never leave it running past the undo
-
-	slot := so.slot
-	if prev == nil {
-		if slot, err = e.net.ReserveSlot(so.identity, e.opts.Pool); err != nil {
-			return 0, err
-		}
-		undo.push("release slot", func(context.Context) error { return e.net.ReleaseSlot(so.identity) })
-	}
-	meta := &state.Meta{
-		Identity: so.identity, Agent: so.Agent, ManifestPath: so.ManifestPath, Workspace: so.Workspace,
-		CopyCwd: so.CopyCwd, Command: so.Command, Slot: slot, Pool: e.opts.Pool.String(),
-		Runtime: rt.String(), Phase: state.PhaseStarting, Detached: so.Detach,
-		Pid: os.Getpid(), CreatedAt: time.Now().UTC(), StartedAt: time.Now().UTC(),
-	}
-	if prev != nil {
-		meta.CreatedAt, meta.Pool = prev.CreatedAt, prev.Pool
-	}
-	meta.PidStart, _ = state.ProcessStart(meta.Pid)
-	internal, egress, err := e.networks(meta)
-	if err != nil {
-		return 0, err
-	}
-	// The rules match the bridges by name; they are in force before any task starts (the
-	// netns and bridges may come first: nothing can send before a sandbox runs).
-	undo.push("remove firewall", func(ctx context.Context) error {
-		return errors.Join(e.net.RemoveFirewall(ctx, so.identity), e.net.RemoveNetworks(ctx, so.identity, []netns.Network{internal, egress}))
+	e.log.Info("preparing bottle", "identity", id, "runtime", s.rt.String())
+	// The sidecar image is checked while the address slot and the firewall are made.
+	var sidecarImage string
+	waitImage := async(func() (err error) {
+		sidecarImage, err = e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version, filepath.Join(e.opts.StateDir, "sidecar-image.hash"))
+		return err
 	})
-	firewallC := make(chan error, 1)
-	go func() { firewallC <- e.net.InstallFirewall(setupCtx, so.identity, internal) }()
-	waitFirewall := sync.OnceValue(func() error { return <-firewallC })
+	defer waitImage()
+	if err := s.reserveSlot(); err != nil {
+		return 0, err
+	}
+	waitFirewall := s.installFirewall()
 	defer waitFirewall()
-
-	img := waitImage()
-	if img.err != nil {
-		return 0, img.err
-	}
-	sidecarImage := img.ref
-	step("images")
-
-	outside, err := e.sidecarSettings(prev)
-	if err != nil {
+	if err := waitImage(); err != nil {
 		return 0, err
 	}
-	meta.Sidecars = outside
-	hosts := make([]plan.HostEntry, 0, len(outside.Hosts))
-	for _, h := range outside.Hosts {
-		addr, err := netip.ParseAddr(h.Addr)
-		if err != nil {
-			return 0, fmt.Errorf("sidecar hosts entry %s: %w", h.Name, err)
-		}
-		hosts = append(hosts, plan.HostEntry{Name: h.Name, Addr: addr})
-	}
-	p, err := plan.Build(plan.Input{
-		Manifest: so.Manifest, ManifestPath: so.ManifestPath, AgentName: so.Agent,
-		LookupEnv: e.lookupEnv, Identity: so.identity, WorkspaceOwner: hostenv.Owner(so.Workspace),
-		Workspace: so.Workspace, CopyWorkspace: so.CopyCwd, Command: so.Command,
-		StateDir: e.opts.StateDir, Internal: internal.Subnet, Egress: egress.Subnet,
-		SidecarImage: sidecarImage, PipelockImage: pipelockImage, PipelockPresent: pipelockPresent,
-		SidecarHosts: hosts, ExtraCA: outside.ExtraCA,
-		RuntimeOverride: rt.String(), FilterOverride: e.opts.FilterOverride,
-		SidecarResolvConf: outside.ResolvConf, ReadFile: so.HostFiles.Read, Strict: true,
-	})
-	if err != nil {
+	s.step("images")
+	if err := s.plan(sidecarImage); err != nil {
 		return 0, err
 	}
-	if p.Filter == plan.FilterPipelock && !pipelockPresent {
-		return 0, fmt.Errorf("filter pipelock: image %s is not in containerd; import it with `bottle image import FILE`, or use filter = \"builtin\"", pipelockImage)
-	}
-	meta.Filter = p.Filter
-	for _, c := range p.Containers {
-		rc := state.Container{Name: c.Name, Role: c.Role}
-		for _, a := range c.Attachments {
-			rc.Attachments = append(rc.Attachments, state.Attachment{Network: a.Network, IfName: a.IfName, Address: a.Address.String()})
-		}
-		meta.Containers = append(meta.Containers, rc)
-	}
-	if prev == nil {
-		// Create leaves nothing when it fails; from here on the dir is ours to remove.
-		if err := e.store.Create(meta); err != nil {
-			return 0, err
-		}
-		undo.push("remove bottle dir", func(context.Context) error { return e.store.Remove(so.identity) })
-	} else {
-		if err := e.store.Save(meta); err != nil {
-			return 0, err
-		}
-		undo.push("mark stopped", func(context.Context) error {
-			meta.Phase, meta.Pid, meta.PidStart = state.PhaseStopped, 0, 0
-			return e.store.Save(meta)
-		})
+	if err := s.record(); err != nil {
+		return 0, err
 	}
 	e.killPoint(setupCtx, "meta")
-	step("meta")
-
-	if err := e.writeStage(p); err != nil {
+	s.step("meta")
+	if err := e.writeStage(s.p); err != nil {
 		return 0, err
 	}
-
-	// Every part is prepared at once: each sidecar gets its netns and container and starts
-	// as soon as it can, while the agent's netns and container are made.
-	sidecars := slices.DeleteFunc(slices.Clone(p.Containers), func(c *plan.Container) bool { return c.Role == plan.RoleAgent })
-	sidecarsDone := make(chan error, 1)
-	// The sidecars' sandboxes take longest to boot: their networks come first (CNI calls
-	// are serialized), then the agent's.
-	var sidecarsPrepared sync.WaitGroup
-	sidecarsPrepared.Add(len(sidecars))
-	go func() {
-		err := parallel(sidecars, func(c *plan.Container) error {
-			err := e.prepareContainer(setupCtx, undo, meta, p, c, rt, so, prev != nil)
-			sidecarsPrepared.Done()
-			if err != nil {
-				return err
-			}
-			if err := waitFirewall(); err != nil {
-				return err
-			}
-			return e.startSidecar(setupCtx, p, c)
-		})
-		if err == nil {
-			e.killPoint(setupCtx, "sidecars")
-			step("sidecars ready")
-		}
-		sidecarsDone <- err
-	}()
-	// Whatever happens, the sidecars' goroutine has finished before undo runs.
-	waitSidecars := sync.OnceValue(func() error { return <-sidecarsDone })
+	sidecarsPrepared, waitSidecars := s.bootSidecars(waitFirewall)
+	defer waitSidecars()
+	// The agent's sandbox boots while the sidecars start; its netns comes after theirs
+	// (CNI calls are serialized, and the sidecars take longest to boot).
 	sidecarsPrepared.Wait()
-	if err := e.prepareContainer(setupCtx, undo, meta, p, p.Container(plan.RoleAgent), rt, so, prev != nil); err != nil {
+	if err := s.prepare(s.p.Container(names.RoleAgent)); err != nil {
 		return 0, errors.Join(err, waitSidecars())
 	}
 	if err := waitFirewall(); err != nil {
@@ -284,123 +160,204 @@ func (e *Engine) run(ctx context.Context, so StartOptions, prev *state.Meta) (ex
 	}
 	e.killPoint(setupCtx, "firewall")
 	e.killPoint(setupCtx, "containers")
-	step("agent container")
-
-	agentName := plan.ContainerName(so.identity, plan.RoleAgent)
-	banner := fmt.Sprintf("bottle %s: filter %s; %s", so.identity, p.Filter, p.AllowlistSummary)
+	s.step("agent container")
 	if so.Detach {
-		if err := errors.Join(waitSidecars(), setupCtx.Err()); err != nil {
-			return 0, err
-		}
-		e.log.Info(banner)
-		if _, err := e.ctr.Start(setupCtx, agentName, e.logPath(so.identity, plan.RoleAgent)); err != nil {
-			return 0, err
-		}
-		meta.Phase, meta.Pid, meta.PidStart = state.PhaseRunning, 0, 0
-		if err := e.store.Save(meta); err != nil {
-			return 0, err
-		}
-		committed = true
-		return 0, nil
+		return 0, s.runDetached(waitSidecars)
 	}
-	// The agent's sandbox boots while the sidecars start; its process starts only once
-	// they serve. Until then a failure still takes everything back. From then on the
-	// sidecars are watched (restarted if they exit).
-	var watch *sidecarWatch
-	commit := func() error {
-		if err := waitSidecars(); err != nil {
-			return err
-		}
-		if err := setupCtx.Err(); err != nil { // interrupted at the last moment
-			return err
-		}
-		e.log.Info(banner)
-		meta.Phase = state.PhaseRunning
-		if err := e.store.Save(meta); err != nil {
-			return err
-		}
-		committed = true
-		// From here on signals go to the agent (ctr.Run forwards them), not to our setup.
-		stopSignals()
-		watch = e.watchSidecars(ctx, meta, p)
-		return nil
-	}
-	// Once the agent has exited, the rest of the bottle is taken down while its task is
-	// deleted.
-	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
-	defer cancelStop()
-	restDone := make(chan error, 1)
-	restStarted := false // Exited runs on this goroutine, inside Run
-	exited := func(int) {
-		step("agent exited")
-		restStarted = true
-		go func() {
-			watch.stop()
-			restDone <- e.stopParts(stopCtx, meta, false)
-		}()
-	}
-	exit, runErr := e.ctr.Run(ctx, agentName, ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit, Exited: exited})
-	if !committed {
-		return 0, errors.Join(runErr, waitSidecars())
-	}
-	step("agent ran")
-	watch.stop() // (already stopped if the agent exited)
-	if !restStarted && ctr.Unreachable(runErr) {
-		// Run rode out a containerd restart for ReconnectTimeout; now containerd is gone
-		// for good. The tasks run on under their shims, on their netns: nothing is
-		// taken down, and the record says running (ps tells the truth once it is back).
-		return exit, fmt.Errorf("lost containerd, so bottle %s is left as it is (its tasks may still run); once containerd is back, `bottle resume %s` continues it or `bottle stop %s` stops it: %w", so.identity, so.identity, so.identity, runErr)
-	}
-	var stopErr error
-	if restStarted {
-		stopErr = <-restDone
-	} else { // the agent did not exit normally (Run failed): stop everything
-		stopErr = e.stopMeta(stopCtx, meta)
-	}
-	reason := watch.reason()
-	if stopErr == nil {
-		meta.Phase, meta.Pid, meta.PidStart, meta.Reason = state.PhaseStopped, 0, 0, reason
-		if err := e.store.Save(meta); err != nil {
-			// The bottle is down all the same, and `bottle ps` tells that from its tasks.
-			e.log.Warn("bottle stopped, but recording that failed", "identity", so.identity, "error", err)
-		}
-		if so.Remove {
-			stopErr = e.removeMeta(ctx, meta)
-		}
-	}
-	step("stopped")
-	if reason != "" {
-		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again", so.identity, reason, so.identity), stopErr)
-	}
-	if runErr != nil {
-		return exit, errors.Join(runErr, stopErr)
-	}
-	return exit, stopErr
+	return s.runAttached(ctx, stopSignals, waitSidecars)
 }
 
-// prepareContainer wires one container's netns and creates the container (on resume it
-// replaces the recorded container; the agent keeps its writable snapshot).
-func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *state.Meta, p *plan.Plan, c *plan.Container, rt ctr.Runtime, so StartOptions, resume bool) error {
-	nsPath, release, err := e.setupNetns(ctx, meta, c.Name)
+// step logs a finished step with the time since the start began.
+func (s *starter) step(name string) {
+	s.e.log.Debug("start step done", "step", name, "elapsed", time.Since(s.t0).Round(time.Millisecond))
+}
+
+// async runs fn in the background; the returned wait blocks until fn has returned and
+// gives its error, as often as it is called.
+func async(fn func() error) (wait func() error) {
+	done := make(chan struct{})
+	var err error
+	go func() {
+		defer close(done)
+		err = fn()
+	}()
+	return func() error {
+		<-done
+		return err
+	}
+}
+
+// check refuses a start that cannot work before anything is made: supervise, the
+// runtime, the agent image. It notes whether the pipelock image is present.
+func (s *starter) check() error {
+	agent, bottle, err := s.so.bottle()
 	if err != nil {
 		return err
 	}
-	undo.push("teardown netns "+c.Name, release)
+	if bottle.Supervise {
+		return fmt.Errorf("bottle %q enables supervise, but this version of bottle has no supervise sidecar yet; set supervise = false to start", agent.Bottle)
+	}
+	if s.rt, err = ctr.DetectRuntime(cmp.Or(s.e.opts.RuntimeOverride, bottle.Runtime, "auto"), s.e.opts.RunscPath, s.e.opts.AllowUnsafeRunc); err != nil {
+		return err
+	}
+	if ok, err := s.e.ctr.ImageExists(s.ctx, agent.Image); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("agent image %s is not in containerd (namespace %s); import an OCI archive of it with `bottle image import FILE` (the Claude Code image: `sudo scripts/build-agent-image.sh`)", agent.Image, s.e.opts.Namespace)
+	}
+	s.pipelockPresent, err = s.e.pipelockPresent(s.ctx, bottle)
+	return err
+}
+
+// reserveSlot reserves the bottle's address slot (a resumed bottle keeps its own) and
+// works out its networks. Undo: release the slot.
+func (s *starter) reserveSlot() error {
+	e := s.e
+	slot := 0
+	if s.prev == nil {
+		var err error
+		if slot, err = e.net.ReserveSlot(s.id.String(), e.opts.Pool); err != nil {
+			return err
+		}
+		s.undo.push("release slot", func(context.Context) error { return e.net.ReleaseSlot(s.id.String()) })
+	} else {
+		slot = s.prev.Slot
+	}
+	now := time.Now().UTC()
+	s.meta = &state.Meta{
+		Identity: s.id, Agent: s.so.Agent, ManifestPath: s.so.ManifestPath, Workspace: s.so.Workspace,
+		CopyCwd: s.so.CopyCwd, Command: s.so.Command, Slot: slot, Pool: e.opts.Pool.String(),
+		Runtime: s.rt.String(), Phase: state.PhaseStarting, Detached: s.so.Detach,
+		Pid: os.Getpid(), CreatedAt: now, StartedAt: now,
+	}
+	if s.prev != nil {
+		s.meta.CreatedAt, s.meta.Pool = s.prev.CreatedAt, s.prev.Pool
+	}
+	s.meta.PidStart, _ = state.ProcessStart(s.meta.Pid)
+	var err error
+	s.internal, s.egress, err = e.networks(s.meta)
+	return err
+}
+
+// installFirewall puts the bottle's firewall rules in force in the background; wait
+// returns once they are. The rules match the bridges by name, so the netns and bridges
+// may come first: nothing can send before a sandbox runs, and no task starts before
+// wait. Undo: remove the rules and the bridges.
+func (s *starter) installFirewall() (wait func() error) {
+	e, id := s.e, s.id.String()
+	nets := []netns.Network{s.internal, s.egress}
+	s.undo.push("remove firewall", func(ctx context.Context) error {
+		return errors.Join(e.net.RemoveFirewall(ctx, id), e.net.RemoveNetworks(ctx, id, nets))
+	})
+	return async(func() error { return e.net.InstallFirewall(s.ctx, id, s.internal) })
+}
+
+// plan builds the bottle's plan and fills the record with its containers.
+func (s *starter) plan(sidecarImage string) error {
+	_, bottle, err := s.so.bottle()
+	if err != nil {
+		return err
+	}
+	outside, err := s.e.sidecarSettings(s.prev)
+	if err != nil {
+		return err
+	}
+	s.meta.Sidecars = outside
+	p, err := s.e.buildPlan(s.so.PlanOptions, planFacts{
+		identity: s.id, internal: s.internal.Subnet, egress: s.egress.Subnet, runtime: s.rt.String(),
+		sidecarImage: sidecarImage, pipelockPresent: s.pipelockPresent, outside: outside, strict: true,
+	})
+	if err != nil {
+		return err
+	}
+	if p.Filter == plan.FilterPipelock && !s.pipelockPresent {
+		return fmt.Errorf("filter pipelock: image %s is not in containerd; import it with `bottle image import FILE`, or use filter = \"builtin\"", s.e.pipelockImage(bottle))
+	}
+	s.p = p
+	s.meta.Filter = p.Filter
+	for _, c := range p.Containers {
+		s.meta.Containers = append(s.meta.Containers, state.Container{Name: c.Name, Role: c.Role, Attachments: c.Attachments})
+	}
+	return nil
+}
+
+// record writes the bottle's metadata (phase starting) before any container exists, so
+// `bottle cleanup` finds whatever a killed start leaves. Undo: remove the bottle's dir
+// (a start), or record the bottle stopped (a resume).
+func (s *starter) record() error {
+	e, meta := s.e, s.meta
+	if s.prev != nil {
+		if err := e.store.Save(meta); err != nil {
+			return err
+		}
+		s.undo.push("mark stopped", func(context.Context) error {
+			meta.Phase, meta.Pid, meta.PidStart = state.PhaseStopped, 0, 0
+			return e.store.Save(meta)
+		})
+		return nil
+	}
+	// Create leaves nothing when it fails; from here on the dir is ours to remove.
+	if err := e.store.Create(meta); err != nil {
+		return err
+	}
+	s.undo.push("remove bottle dir", func(context.Context) error { return e.store.Remove(s.id) })
+	return nil
+}
+
+// bootSidecars prepares every sidecar at once in the background and starts each as soon
+// as it is prepared and the firewall is in force. prepared is done once every sidecar
+// has its netns and container; wait returns once all serve (or one failed).
+func (s *starter) bootSidecars(waitFirewall func() error) (prepared *sync.WaitGroup, wait func() error) {
+	sidecars := slices.DeleteFunc(slices.Clone(s.p.Containers), func(c *plan.Container) bool { return c.Role == names.RoleAgent })
+	prepared = &sync.WaitGroup{}
+	prepared.Add(len(sidecars))
+	wait = async(func() error {
+		err := parallel(sidecars, func(c *plan.Container) error {
+			err := s.prepare(c)
+			prepared.Done()
+			if err != nil {
+				return err
+			}
+			if err := waitFirewall(); err != nil {
+				return err
+			}
+			return s.e.startSidecar(s.ctx, s.p, c)
+		})
+		if err == nil {
+			s.e.killPoint(s.ctx, "sidecars")
+			s.step("sidecars ready")
+		}
+		return err
+	})
+	return prepared, wait
+}
+
+// prepare gives one container a fresh netns and creates it (on resume it replaces the
+// recorded container; the agent keeps its writable snapshot). Undo: tear the netns
+// down; delete the container (a start).
+func (s *starter) prepare(c *plan.Container) error {
+	e, ctx := s.e, s.ctx
+	nsPath, release, err := e.setupNetns(ctx, s.meta, c.Name)
+	if err != nil {
+		return err
+	}
+	s.undo.push("teardown netns "+c.Name, release)
 	cfg, err := e.ctr.ImageConfig(ctx, c.Image)
 	if err != nil {
 		return err
 	}
-	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), nsPath, c.Role == plan.RoleAgent && so.Stdio.TTY && !so.Detach)
+	tty := c.Role == names.RoleAgent && s.so.Stdio.TTY && !s.so.Detach
+	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), nsPath, tty)
 	if err != nil {
 		return err
 	}
-	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: rt}
-	if resume {
+	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt}
+	if s.prev != nil {
 		exists, err := e.ctr.Exists(ctx, c.Name)
 		if err != nil {
 			return err
 		}
-		if exists && c.Role == plan.RoleAgent {
+		if exists && c.Role == names.RoleAgent {
 			return e.ctr.Update(ctx, cs)
 		}
 		if exists {
@@ -412,10 +369,112 @@ func (e *Engine) prepareContainer(ctx context.Context, undo *undoStack, meta *st
 	if err := e.ctr.Create(ctx, cs); err != nil {
 		return err
 	}
-	if !resume {
-		undo.push("delete container "+c.Name, func(ctx context.Context) error { return e.ctr.Delete(ctx, c.Name) })
+	if s.prev == nil {
+		s.undo.push("delete container "+c.Name, func(ctx context.Context) error { return e.ctr.Delete(ctx, c.Name) })
 	}
 	return nil
+}
+
+// banner is the line that tells the user the bottle runs, and how it filters.
+func (s *starter) banner() string {
+	return fmt.Sprintf("bottle %s: filter %s; %s", s.id, s.p.Filter, s.p.AllowlistSummary)
+}
+
+// runDetached starts the agent once the sidecars serve and records the bottle running;
+// the start is then committed. (A failure before that deletes the agent's container,
+// and its task with it.)
+func (s *starter) runDetached(waitSidecars func() error) error {
+	e := s.e
+	if err := errors.Join(waitSidecars(), s.ctx.Err()); err != nil {
+		return err
+	}
+	e.log.Info(s.banner())
+	if _, err := e.ctr.Start(s.ctx, s.id.Container(names.RoleAgent), e.logPath(s.id, names.RoleAgent)); err != nil {
+		return err
+	}
+	s.meta.Phase, s.meta.Pid, s.meta.PidStart = state.PhaseRunning, 0, 0
+	if err := e.store.Save(s.meta); err != nil {
+		return err
+	}
+	s.committed = true
+	return nil
+}
+
+// runAttached runs the agent on the terminal. Its sandbox boots while the sidecars
+// start; its process starts only once they serve, and the start commits then (until then
+// a failure still takes everything back). From then on the sidecars are watched
+// (restarted if they exit), and once the agent exits the bottle is stopped (or removed).
+func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidecars func() error) (int, error) {
+	e, meta := s.e, s.meta
+	var watch *sidecarWatch
+	commit := func() error {
+		if err := waitSidecars(); err != nil {
+			return err
+		}
+		if err := s.ctx.Err(); err != nil { // interrupted at the last moment
+			return err
+		}
+		e.log.Info(s.banner())
+		meta.Phase = state.PhaseRunning
+		if err := e.store.Save(meta); err != nil {
+			return err
+		}
+		s.committed = true
+		// From here on signals go to the agent (ctr.Run forwards them), not to our setup.
+		stopSignals()
+		watch = e.watchSidecars(ctx, meta, s.p)
+		return nil
+	}
+	// Once the agent has exited, the rest of the bottle is taken down while its task is
+	// deleted.
+	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
+	defer cancelStop()
+	var waitRest func() error // set by exited, which runs on this goroutine, inside Run
+	exited := func(int) {
+		s.step("agent exited")
+		waitRest = async(func() error {
+			watch.stop()
+			return e.stopParts(stopCtx, meta, false)
+		})
+	}
+	so := s.so
+	exit, runErr := e.ctr.Run(ctx, s.id.Container(names.RoleAgent), ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit, Exited: exited})
+	if !s.committed {
+		return 0, errors.Join(runErr, waitSidecars())
+	}
+	s.step("agent ran")
+	watch.stop() // (already stopped if the agent exited)
+	if waitRest == nil && ctr.Unreachable(runErr) {
+		// Run rode out a containerd restart for ReconnectTimeout; now containerd is gone
+		// for good. The tasks run on under their shims, on their netns: nothing is
+		// taken down, and the record says running (ps tells the truth once it is back).
+		return exit, fmt.Errorf("lost containerd, so bottle %s is left as it is (its tasks may still run); once containerd is back, `bottle resume %s` continues it or `bottle stop %s` stops it: %w", s.id, s.id, s.id, runErr)
+	}
+	var stopErr error
+	if waitRest != nil {
+		stopErr = waitRest()
+	} else { // the agent did not exit normally (Run failed): stop everything
+		stopErr = e.stopMeta(stopCtx, meta)
+	}
+	reason := watch.reason()
+	if stopErr == nil {
+		meta.Phase, meta.Pid, meta.PidStart, meta.Reason = state.PhaseStopped, 0, 0, reason
+		if err := e.store.Save(meta); err != nil {
+			// The bottle is down all the same, and `bottle ps` tells that from its tasks.
+			e.log.Warn("bottle stopped, but recording that failed", "identity", s.id, "error", err)
+		}
+		if so.Remove {
+			stopErr = e.removeMeta(ctx, meta)
+		}
+	}
+	s.step("stopped")
+	if reason != "" {
+		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again", s.id, reason, s.id), stopErr)
+	}
+	if runErr != nil {
+		return exit, errors.Join(runErr, stopErr)
+	}
+	return exit, stopErr
 }
 
 // setupNetns gives container name a fresh netns with its recorded attachments.
@@ -428,7 +487,7 @@ func (e *Engine) setupNetns(ctx context.Context, meta *state.Meta, name string) 
 }
 
 // writeStage writes the plan's stage files, the sidecars' writable run dirs and, with
-// --cwd, the copy of the workspace.
+// --cwd, the copy of the workspace. (They go with the bottle's dir.)
 func (e *Engine) writeStage(p *plan.Plan) error {
 	for _, f := range p.StageFiles {
 		path := filepath.Join(p.StageDir, f.Name)
@@ -441,7 +500,7 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 		}
 	}
 	for _, c := range p.Containers {
-		if c.Role == plan.RoleAgent {
+		if c.Role == names.RoleAgent {
 			continue
 		}
 		dir := filepath.Join(p.StageDir, plan.SidecarRunDir(c.Role))
@@ -470,34 +529,4 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 		}
 	}
 	return nil
-}
-
-// sidecarSettings are the options given now, else (on resume) the recorded ones, else
-// for the resolver the host's own.
-func (e *Engine) sidecarSettings(prev *state.Meta) (state.SidecarSettings, error) {
-	var rec state.SidecarSettings
-	if prev != nil {
-		rec = prev.Sidecars
-	}
-	out := state.SidecarSettings{ResolvConf: e.opts.SidecarResolvConf, ExtraCA: e.opts.ExtraCA}
-	for _, h := range e.opts.SidecarHosts {
-		out.Hosts = append(out.Hosts, state.HostEntry{Name: h.Name, Addr: h.Addr.String()})
-	}
-	if out.ResolvConf == "" {
-		out.ResolvConf = rec.ResolvConf
-	}
-	if len(out.Hosts) == 0 {
-		out.Hosts = rec.Hosts
-	}
-	if out.ExtraCA == "" {
-		out.ExtraCA = rec.ExtraCA
-	}
-	if out.ResolvConf == "" {
-		rc, err := hostenv.SidecarResolvConf()
-		if err != nil {
-			return out, fmt.Errorf("%w; pass one with --resolv-conf FILE", err)
-		}
-		out.ResolvConf = rc
-	}
-	return out, nil
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
 )
@@ -41,7 +42,7 @@ func (e *Engine) watchSidecars(ctx context.Context, meta *state.Meta, p *plan.Pl
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w := &sidecarWatch{cancel: cancel}
 	for _, c := range p.Containers {
-		if c.Role != plan.RoleAgent {
+		if c.Role != names.RoleAgent {
 			w.wg.Add(1)
 			go func() {
 				defer w.wg.Done()
@@ -53,7 +54,7 @@ func (e *Engine) watchSidecars(ctx context.Context, meta *state.Meta, p *plan.Pl
 }
 
 func (e *Engine) watchSidecar(ctx context.Context, w *sidecarWatch, meta *state.Meta, p *plan.Plan, c *plan.Container) {
-	agent := plan.ContainerName(meta.Identity, plan.RoleAgent)
+	agent := meta.Identity.Container(names.RoleAgent)
 	for restarts := 0; ; restarts++ {
 		code, err := e.ctr.WaitTask(ctx, c.Name)
 		if ctx.Err() != nil {
@@ -151,8 +152,8 @@ func peers(m *state.Meta, name string) []netip.Addr {
 	var out []netip.Addr
 	for _, c := range m.Containers {
 		for _, a := range c.Attachments {
-			if addr, err := netip.ParseAddr(a.Address); err == nil && c.Name != name && nets[a.Network] {
-				out = append(out, addr)
+			if c.Name != name && nets[a.Network] {
+				out = append(out, a.Address)
 			}
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 // Phases of a bottle's life.
@@ -27,22 +29,22 @@ const (
 
 // Meta is what bottle records about one bottle. It holds no secret.
 type Meta struct {
-	Identity     string    `json:"identity"`
-	Agent        string    `json:"agent"`
-	ManifestPath string    `json:"manifest_path"`
-	Workspace    string    `json:"workspace"`
-	CopyCwd      bool      `json:"copy_cwd"`
-	Command      []string  `json:"command,omitempty"`
-	Slot         int       `json:"slot"`
-	Pool         string    `json:"pool"`
-	Runtime      string    `json:"runtime"`
-	Filter       string    `json:"filter"`
-	Phase        string    `json:"phase"`
-	Detached     bool      `json:"detached"`
-	Pid          int       `json:"pid,omitempty"`
-	PidStart     uint64    `json:"pid_start,omitempty"`
-	CreatedAt    time.Time `json:"created_at"`
-	StartedAt    time.Time `json:"started_at"`
+	Identity     names.Identity `json:"identity"`
+	Agent        string         `json:"agent"`
+	ManifestPath string         `json:"manifest_path"`
+	Workspace    string         `json:"workspace"`
+	CopyCwd      bool           `json:"copy_cwd"`
+	Command      []string       `json:"command,omitempty"`
+	Slot         int            `json:"slot"`
+	Pool         string         `json:"pool"`
+	Runtime      string         `json:"runtime"`
+	Filter       string         `json:"filter"`
+	Phase        string         `json:"phase"`
+	Detached     bool           `json:"detached"`
+	Pid          int            `json:"pid,omitempty"`
+	PidStart     uint64         `json:"pid_start,omitempty"`
+	CreatedAt    time.Time      `json:"created_at"`
+	StartedAt    time.Time      `json:"started_at"`
 	// Sidecars are the sidecars' outside settings given at start (none secret), reused
 	// by resume unless given again.
 	Sidecars SidecarSettings `json:"sidecars"`
@@ -54,41 +56,32 @@ type Meta struct {
 
 // SidecarSettings are how the sidecars that leave the bottle reach the outside.
 type SidecarSettings struct {
-	ResolvConf string      `json:"resolv_conf,omitempty"`
-	Hosts      []HostEntry `json:"hosts,omitempty"`
-	ExtraCA    string      `json:"extra_ca,omitempty"`
-}
-
-// HostEntry is one extra /etc/hosts line of the sidecars.
-type HostEntry struct {
-	Name string `json:"name"`
-	Addr string `json:"addr"`
+	ResolvConf string            `json:"resolv_conf,omitempty"`
+	Hosts      []names.HostEntry `json:"hosts,omitempty"`
+	ExtraCA    string            `json:"extra_ca,omitempty"`
 }
 
 // Container is one recorded container of a bottle.
 type Container struct {
-	Name        string       `json:"name"`
-	Role        string       `json:"role"`
-	Attachments []Attachment `json:"attachments"`
-}
-
-// Attachment is a container's interface on one of the bottle's networks.
-type Attachment struct {
-	Network string `json:"network"` // internal | egress
-	IfName  string `json:"ifname"`
-	Address string `json:"address"`
+	Name        string             `json:"name"`
+	Role        string             `json:"role"`
+	Attachments []names.Attachment `json:"attachments"`
 }
 
 // Store is the state dir.
 type Store struct{ Dir string }
 
 // BottleDir is where one bottle's files live.
-func (s Store) BottleDir(identity string) string { return filepath.Join(s.Dir, "bottles", identity) }
+func (s Store) BottleDir(identity names.Identity) string {
+	return filepath.Join(s.Dir, "bottles", identity.String())
+}
 
-// LogDir holds the bottle's container logs.
-func (s Store) LogDir(identity string) string { return filepath.Join(s.BottleDir(identity), "logs") }
+// LogDir holds the bottle's container logs. (It takes the plan's untyped identity.)
+func (s Store) LogDir(identity names.Identity) string {
+	return filepath.Join(s.BottleDir(names.Identity(identity)), "logs")
+}
 
-func (s Store) metaPath(identity string) string {
+func (s Store) metaPath(identity names.Identity) string {
 	return filepath.Join(s.BottleDir(identity), "meta.json")
 }
 
@@ -170,7 +163,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 }
 
 // Load reads one bottle's metadata; ErrNotFound when it has none.
-func (s Store) Load(identity string) (*Meta, error) {
+func (s Store) Load(identity names.Identity) (*Meta, error) {
 	data, err := os.ReadFile(s.metaPath(identity))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s (list bottles with `bottle ps`)", ErrNotFound, identity)
@@ -199,7 +192,7 @@ func (s Store) List() (metas []*Meta, broken []string, err error) {
 		if !e.IsDir() {
 			continue
 		}
-		m, err := s.Load(e.Name())
+		m, err := s.Load(names.Identity(e.Name()))
 		if err != nil {
 			broken = append(broken, e.Name())
 			continue
@@ -211,8 +204,8 @@ func (s Store) List() (metas []*Meta, broken []string, err error) {
 }
 
 // Remove deletes the bottle's dir (metadata, stage files, logs, workspace copy).
-func (s Store) Remove(identity string) error {
-	if identity == "" || strings.ContainsAny(identity, "/.") {
+func (s Store) Remove(identity names.Identity) error {
+	if identity == "" || strings.ContainsAny(identity.String(), "/.") {
 		return fmt.Errorf("refusing to remove bottle dir for identity %q", identity)
 	}
 	if err := os.RemoveAll(s.BottleDir(identity)); err != nil {

@@ -3,12 +3,16 @@ package state
 import (
 	"errors"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/names"
 )
 
 func TestSaveLoadListRemove(t *testing.T) {
@@ -17,7 +21,7 @@ func TestSaveLoadListRemove(t *testing.T) {
 		t.Fatalf("empty store: %v %v %v", metas, broken, err)
 	}
 	m := &Meta{Identity: "a-000001", Agent: "a", Phase: PhaseStarting, CreatedAt: time.Unix(1, 0).UTC(),
-		Containers: []Container{{Name: "bottle-a-000001-agent", Role: "agent", Attachments: []Attachment{{Network: "internal", IfName: "eth0", Address: "10.0.0.10"}}}}}
+		Containers: []Container{{Name: "bottle-a-000001-agent", Role: "agent", Attachments: []names.Attachment{{Network: names.NetInternal, IfName: "eth0", Address: netip.MustParseAddr("10.0.0.10")}}}}}
 	if err := s.Create(m); err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +33,7 @@ func TestSaveLoadListRemove(t *testing.T) {
 		t.Fatalf("meta.json mode %v, %v; want 0600", info.Mode(), err)
 	}
 	got, err := s.Load(m.Identity)
-	if err != nil || got.Containers[0].Attachments[0].Address != "10.0.0.10" {
+	if err != nil || got.Containers[0].Attachments[0].Address != netip.MustParseAddr("10.0.0.10") {
 		t.Fatalf("load: %+v %v", got, err)
 	}
 	os.MkdirAll(s.BottleDir("b-000002"), 0o700)
@@ -49,6 +53,41 @@ func TestSaveLoadListRemove(t *testing.T) {
 	}
 	if _, err := os.Stat(s.BottleDir(m.Identity)); !os.IsNotExist(err) {
 		t.Error("bottle dir still there after Remove")
+	}
+}
+
+// TestMetaOfAnEarlierVersionReads: meta.json written when addresses were strings still
+// loads, and is written back with the same field names and values.
+func TestMetaOfAnEarlierVersionReads(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	old := `{"identity": "a-000001", "agent": "a", "phase": "stopped",
+  "sidecars": {"resolv_conf": "nameserver 192.0.2.1\n", "hosts": [{"name": "git.test", "addr": "192.0.2.7"}]},
+  "containers": [{"name": "bottle-a-000001-agent", "role": "agent", "attachments": [{"network": "internal", "ifname": "eth0", "address": "10.0.0.10"}]}]}`
+	os.MkdirAll(s.BottleDir("a-000001"), 0o700)
+	if err := os.WriteFile(filepath.Join(s.BottleDir("a-000001"), "meta.json"), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Load("a-000001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := m.Sidecars.Hosts; len(h) != 1 || h[0] != (names.HostEntry{Name: "git.test", Addr: netip.MustParseAddr("192.0.2.7")}) {
+		t.Errorf("hosts %+v", h)
+	}
+	if a := m.Containers[0].Attachments; len(a) != 1 || a[0] != (names.Attachment{Network: names.NetInternal, IfName: "eth0", Address: netip.MustParseAddr("10.0.0.10")}) {
+		t.Errorf("attachments %+v", a)
+	}
+	if err := s.Save(m); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(s.BottleDir("a-000001"), "meta.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"addr": "192.0.2.7"`, `"address": "10.0.0.10"`, `"ifname": "eth0"`, `"network": "internal"`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("written meta.json lacks %s:\n%s", want, data)
+		}
 	}
 }
 

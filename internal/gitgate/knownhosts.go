@@ -1,4 +1,4 @@
-package manifest
+package gitgate
 
 import (
 	"bytes"
@@ -15,38 +15,63 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
-// maxKnownHosts bounds a remote's known_hosts text (git-gate reads lines of up to 64 KiB).
-const maxKnownHosts = 64 << 10
+// MaxKnownHosts bounds a remote's known_hosts text.
+const MaxKnownHosts = 64 << 10
 
-// checkKnownHosts reads a remote's known_hosts text the way git-gate does (the OpenSSH
-// format of golang.org/x/crypto/ssh/knownhosts), at least as strictly: every line that is
-// not blank or a comment must be a host key line, and one line that is not @revoked must
-// pin the key of host:port, where git-gate connects.
-func checkKnownHosts(text, host, port string) error {
-	if len(text) > maxKnownHosts {
-		return fmt.Errorf("known_hosts is longer than %d KiB", maxKnownHosts>>10)
+// KnownHost is one host key line of a remote's known_hosts text.
+type KnownHost struct {
+	Line   int    // 1-based line number, for messages
+	Marker string // "", "cert-authority" or "revoked"
+	Hosts  []string
+	Key    ssh.PublicKey
+}
+
+// ParseKnownHosts reads a remote's known_hosts text (the OpenSSH format of
+// golang.org/x/crypto/ssh/knownhosts), line by line: every line that is not blank or a
+// comment must be a host key line with no marker other than @cert-authority or @revoked.
+// git-gate builds its host key check from it; the manifest checks the text with
+// CheckKnownHosts before anything starts.
+func ParseKnownHosts(text string) ([]KnownHost, error) {
+	if len(text) > MaxKnownHosts {
+		return nil, fmt.Errorf("known_hosts is longer than %d KiB", MaxKnownHosts>>10)
 	}
-	pinned := false
+	var out []KnownHost
 	for n, line := range strings.Split(text, "\n") {
 		line = strings.Trim(strings.TrimSuffix(line, "\r"), " \t")
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		marker, hosts, _, _, _, err := ssh.ParseKnownHosts([]byte(line))
+		marker, hosts, key, _, _, err := ssh.ParseKnownHosts([]byte(line))
 		if err == io.EOF {
 			err = errors.New("not a known_hosts line (HOSTS KEY-TYPE BASE64-KEY)")
 		}
 		if err == nil && marker != "" && marker != "cert-authority" && marker != "revoked" {
 			err = fmt.Errorf("unknown marker @%s", marker)
 		}
-		var match bool
-		if err == nil {
-			match, err = hostsMatch(hosts, host, port)
-		}
 		if err != nil {
-			return fmt.Errorf("known_hosts line %d: %v", n+1, err)
+			return nil, fmt.Errorf("known_hosts line %d: %v", n+1, err)
 		}
-		pinned = pinned || (match && marker != "revoked")
+		out = append(out, KnownHost{Line: n + 1, Marker: marker, Hosts: hosts, Key: key})
+	}
+	return out, nil
+}
+
+// CheckKnownHosts checks a remote's known_hosts text at least as strictly as git-gate
+// reads it: ParseKnownHosts must accept it, every line's host patterns must be valid,
+// and one line that is not @revoked must pin the key of host:port, where git-gate
+// connects.
+func CheckKnownHosts(text, host, port string) error {
+	lines, err := ParseKnownHosts(text)
+	if err != nil {
+		return err
+	}
+	pinned := false
+	for _, l := range lines {
+		match, err := hostsMatch(l.Hosts, host, port)
+		if err != nil {
+			return fmt.Errorf("known_hosts line %d: %v", l.Line, err)
+		}
+		pinned = pinned || (match && l.Marker != "revoked")
 	}
 	if !pinned {
 		return fmt.Errorf("known_hosts pins no key of %s, where the url connects", knownhosts.Normalize(net.JoinHostPort(host, port)))

@@ -1,0 +1,129 @@
+package plan
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
+)
+
+// agentContainer plans the agent: its env (literals, forwarded host values, the proxies,
+// the placeholders of routed credentials, git-gate's URLs), its user and resources.
+func (b *builder) agentContainer(roles []string) (*Container, error) {
+	c := b.newContainer(names.RoleAgent, b.agent.Image, false)
+	env := map[string]string{}
+	for k, v := range b.agent.Env {
+		env[k] = v
+	}
+	for _, forwarded := range []struct {
+		list     []string
+		optional bool
+	}{{b.agent.ForwardEnv, false}, {b.agent.OptionalEnv, true}} {
+		for _, name := range forwarded.list {
+			v, ok := b.lookup(name)
+			switch {
+			case ok:
+				env[name] = v
+				c.SecretEnv = append(c.SecretEnv, name)
+			case !forwarded.optional:
+				b.p.Unresolved = append(b.p.Unresolved, name)
+			}
+		}
+	}
+	proxy := fmt.Sprintf("http://%s:%d", names.RoleFilter, FilterPort)
+	noProxy := []string{"localhost", "127.0.0.1", "::1"}
+	for _, r := range roles {
+		if r != names.RoleAgent && r != names.RoleFilter {
+			noProxy = append(noProxy, r)
+		}
+	}
+	for _, k := range []string{"HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"} {
+		env[k] = proxy
+	}
+	env["NO_PROXY"] = strings.Join(noProxy, ",")
+	env["no_proxy"] = env["NO_PROXY"]
+	env["BOTTLE_IDENTITY"] = b.p.Identity.String()
+	for _, r := range b.p.Routes {
+		if slices.Contains(r.Roles, manifest.RoleClaudeCodeOAuth) {
+			// The agent holds only a placeholder; the egress-proxy swaps in the real token.
+			env["CLAUDE_CODE_OAUTH_TOKEN"] = ClaudePlaceholderToken
+			env["ANTHROPIC_BASE_URL"] = RouteURL(r.Host)
+			setDefault(env, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+			setDefault(env, "DISABLE_ERROR_REPORTING", "1")
+		}
+	}
+	// The agent's git reaches each declared remote through git-gate, by its usual URL.
+	for i, g := range b.bottle.Git {
+		env[fmt.Sprintf("GIT_CONFIG_KEY_%d", i)] = fmt.Sprintf("url.%s.insteadOf", GitGateURL(g.Name))
+		env[fmt.Sprintf("GIT_CONFIG_VALUE_%d", i)] = g.URL
+		env["GIT_CONFIG_COUNT"] = fmt.Sprint(i + 1)
+	}
+	// A forwarded name can never smuggle a routed credential in: validation rejects
+	// token_ref names in forward_env, and the placeholder above overrides literals.
+	args := b.agent.Command
+	if len(b.in.Command) > 0 {
+		args = b.in.Command
+	}
+	user := b.agent.User
+	if user == "" && b.in.WorkspaceOwner != "" && !strings.HasPrefix(b.in.WorkspaceOwner, "0:") {
+		user = b.in.WorkspaceOwner
+	}
+	uid, gid := uint32(1000), uint32(1000)
+	if user != "" {
+		var err error
+		if uid, gid, err = manifest.ParseUser(user); err != nil {
+			return nil, err
+		}
+	}
+	res := b.bottle.Resources
+	mem := res.MemoryMB
+	if mem == 0 {
+		mem = 8192
+	}
+	pids := res.Pids
+	if pids == 0 {
+		pids = 4096
+	}
+	stage := b.p.StageDir
+	opts := []oci.SpecOpts{
+		oci.WithProcessArgs(slices.Clone(args)...),
+		withEnvMap(env),
+		oci.WithProcessCwd("/workspace"),
+		oci.WithUIDGID(uid, gid),
+		oci.WithHostname(b.p.Identity.String()),
+		oci.WithMounts([]specs.Mount{
+			bind(b.p.Workspace.Source, "/workspace", false),
+			bind(path.Join(stage, "agent/hosts"), "/etc/hosts", true),
+			bind(path.Join(stage, "agent/resolv.conf"), "/etc/resolv.conf", true),
+			bind(path.Join(stage, "agent/prompt.txt"), "/run/bottle/prompt.txt", true),
+		}),
+		// runsc keeps rootfs writes in a sandbox-private overlay by default, lost when the
+		// sandbox ends; writing through to the snapshot is what lets resume continue.
+		oci.WithAnnotations(map[string]string{"dev.gvisor.flag.overlay2": "none"}),
+		oci.WithMemoryLimit(uint64(mem) << 20),
+		oci.WithPidsLimit(pids),
+	}
+	if res.CPUs > 0 {
+		opts = append(opts, oci.WithCPUCFS(int64(res.CPUs*cpuPeriod), cpuPeriod))
+	}
+	spec, err := NewSpec(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("agent spec: %w", err)
+	}
+	c.Spec = spec
+	sort.Strings(c.SecretEnv)
+	return c, nil
+}
+
+func setDefault(env map[string]string, k, v string) {
+	if _, ok := env[k]; !ok {
+		env[k] = v
+	}
+}

@@ -1,0 +1,499 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/bottle-dev/bottle/internal/ctr"
+	"github.com/bottle-dev/bottle/internal/manifest"
+	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/netns"
+	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/slots"
+	"github.com/bottle-dev/bottle/internal/state"
+	"github.com/bottle-dev/bottle/internal/testutil"
+)
+
+// fakeHost stands in for containerd and the host network. It journals every side
+// effect as "<verb> <role>" (or "<verb>" for bottle-wide ones), fails the op named in
+// fail, and runs the hook of an op before it.
+type fakeHost struct {
+	stateDir string
+	mu       sync.Mutex
+	journal  []string
+	fail     map[string]error
+	hook     map[string]func()
+	started  map[string]bool
+	exists   map[string]bool
+}
+
+func newFakeHost(stateDir string) *fakeHost {
+	return &fakeHost{stateDir: stateDir, fail: map[string]error{}, hook: map[string]func(){}, started: map[string]bool{}, exists: map[string]bool{}}
+}
+
+// role is the role part of a container name.
+func role(name string) string {
+	id, ok := names.IdentityOfContainer(name)
+	if !ok {
+		return name
+	}
+	return strings.TrimPrefix(name, names.Prefix+id.String()+"-")
+}
+
+func (f *fakeHost) do(op string) error {
+	f.mu.Lock()
+	hook, err := f.hook[op], f.fail[op]
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.journal = append(f.journal, op)
+	return nil
+}
+
+func (f *fakeHost) ops() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.journal)
+}
+
+// containers
+
+func (f *fakeHost) Close() error                              { return nil }
+func (f *fakeHost) Ping(context.Context, time.Duration) error { return nil }
+func (f *fakeHost) Exists(_ context.Context, name string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.exists[name], nil
+}
+func (f *fakeHost) ImageExists(_ context.Context, ref string) (bool, error) {
+	return true, f.do("image exists")
+}
+func (f *fakeHost) ImageConfig(context.Context, string) (ocispec.ImageConfig, error) {
+	return ocispec.ImageConfig{Env: []string{"PATH=/bin"}, Cmd: []string{"/bin/sh"}}, nil
+}
+func (f *fakeHost) EnsureSidecarImage(context.Context, string, string) (string, error) {
+	return "bottle.local/sidecar:test", f.do("sidecar image")
+}
+func (f *fakeHost) Create(_ context.Context, cs ctr.ContainerSpec) error {
+	if err := f.do("create " + role(cs.Name)); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.exists[cs.Name] = true
+	return nil
+}
+func (f *fakeHost) Update(_ context.Context, cs ctr.ContainerSpec) error {
+	return f.do("update " + role(cs.Name))
+}
+func (f *fakeHost) Delete(_ context.Context, name string) error {
+	if err := f.do("delete " + role(name)); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.exists, name)
+	return nil
+}
+
+// Start starts a task; a sidecar's task says it serves as the real ones do.
+func (f *fakeHost) Start(_ context.Context, name, logPath string) (uint32, error) {
+	if err := f.do("start " + role(name)); err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	f.started[name] = true
+	f.mu.Unlock()
+	if r := role(name); r != names.RoleAgent {
+		id, _ := names.IdentityOfContainer(name)
+		dir := filepath.Join(f.stateDir, "bottles", id.String(), "stage", "run", r)
+		if err := os.WriteFile(filepath.Join(dir, "ready"), nil, 0o644); err != nil {
+			return 0, err
+		}
+	}
+	return 1, nil
+}
+
+// Run runs the agent attached: its sandbox is up, BeforeStart decides, it exits 0.
+func (f *fakeHost) Run(_ context.Context, name string, stdio ctr.IO) (int, error) {
+	if err := f.do("run " + role(name)); err != nil {
+		return -1, err
+	}
+	if err := stdio.BeforeStart(); err != nil {
+		return -1, err
+	}
+	if err := f.do("process " + role(name)); err != nil {
+		return -1, err
+	}
+	stdio.Exited(0)
+	return 0, nil
+}
+func (f *fakeHost) Exec(context.Context, string, []string, ctr.IO) (int, error) { return 0, nil }
+func (f *fakeHost) Info(_ context.Context, name string) (ctr.ContainerInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.started[name] {
+		return ctr.ContainerInfo{Name: name, TaskStatus: ctr.TaskRunning}, nil
+	}
+	return ctr.ContainerInfo{Name: name, TaskStatus: ctr.TaskNone}, nil
+}
+func (f *fakeHost) List(context.Context, map[string]string) ([]ctr.ContainerInfo, error) {
+	return nil, nil
+}
+func (f *fakeHost) WaitTask(ctx context.Context, _ string) (int, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+func (f *fakeHost) Kill(_ context.Context, name string, _ syscall.Signal) error {
+	return f.do("kill " + role(name))
+}
+func (f *fakeHost) Stop(_ context.Context, name string, _ time.Duration) (int, error) {
+	return 0, f.do("stop " + role(name))
+}
+func (f *fakeHost) Leftovers(context.Context) (ctr.Leftovers, error)              { return ctr.Leftovers{}, nil }
+func (f *fakeHost) DeleteTask(context.Context, string) error                      { return nil }
+func (f *fakeHost) RemoveSnapshot(context.Context, string) error                  { return nil }
+func (f *fakeHost) OrphanShims(context.Context, string) ([]ctr.OrphanShim, error) { return nil, nil }
+func (f *fakeHost) KillOrphanShim(context.Context, ctr.OrphanShim) error          { return nil }
+
+// fakeNet is the host network side of a fakeHost.
+type fakeNet struct{ *fakeHost }
+
+func (f fakeNet) BottleNetworks(identity string, slot int, pool netip.Prefix) (internal, egress netns.Network, err error) {
+	in, eg, err := slots.Subnets(slot, pool)
+	return netns.Network{Name: "int-" + identity, Bridge: "bi", Subnet: in}, netns.Network{Name: "egr-" + identity, Bridge: "be", Subnet: eg, Egress: true}, err
+}
+func (f fakeNet) ReserveSlot(string, netip.Prefix) (int, error) { return 0, f.do("reserve slot") }
+func (f fakeNet) ReleaseSlot(string) error                      { return f.do("release slot") }
+func (f fakeNet) ForeignBottles() (map[string]names.Owner, error) {
+	return nil, nil
+}
+func (f fakeNet) InstallFirewall(context.Context, string, netns.Network) error {
+	return f.do("install firewall")
+}
+func (f fakeNet) RemoveFirewall(context.Context, string) error { return f.do("remove firewall") }
+func (f fakeNet) RemoveNetworks(context.Context, string, []netns.Network) error {
+	return f.do("remove networks")
+}
+func (f fakeNet) Setup(_ context.Context, name string, _ []netns.Attachment) (string, func(context.Context) error, error) {
+	release := func(context.Context) error { return f.do("teardown " + role(name)) }
+	return "/fake/netns/" + name, release, f.do("setup " + role(name))
+}
+func (f fakeNet) TeardownContainers(_ context.Context, _ string, containers map[string][]netns.Attachment, _ []netns.Network) error {
+	var roles []string
+	for name := range containers {
+		roles = append(roles, role(name))
+	}
+	sort.Strings(roles)
+	var errs []error
+	for _, r := range roles {
+		errs = append(errs, f.do("teardown "+r))
+	}
+	return errors.Join(errs...)
+}
+func (f fakeNet) Leftovers(context.Context) (netns.Leftovers, error) { return nil, nil }
+func (f fakeNet) Sweep(context.Context, func(string) bool) (netns.Leftovers, error) {
+	return nil, nil
+}
+func (f fakeNet) SweepOrphanedOwner(context.Context, string) (netns.Leftovers, error) {
+	return nil, nil
+}
+func (f fakeNet) OrphanedOwners(netns.Leftovers) ([]netns.OrphanedOwner, error) { return nil, nil }
+
+var _ containers = (*fakeHost)(nil)
+var _ network = fakeNet{}
+
+// testBottle is an agent with the builtin filter as its only sidecar (so the order in
+// which steps push their undo is fixed), forwarding FORWARDED from the host.
+const testManifest = `[agents.a]
+bottle = "b"
+image = "bottle.local/agent:test"
+command = ["/bin/true"]
+forward_env = ["FORWARDED"]
+
+[bottles.b]
+runtime = "runc"
+filter = "builtin"
+`
+
+type startTest struct {
+	t    *testing.T
+	host *fakeHost
+	e    *Engine
+	so   StartOptions
+	env  map[string]string
+}
+
+func newStartTest(t *testing.T) *startTest {
+	t.Helper()
+	testutil.RequireRoot(t) // the sidecars' run dirs belong to their unprivileged user
+	m, err := manifest.Load("bottle.toml", []byte(testManifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	st := &startTest{t: t, env: map[string]string{"FORWARDED": "1"}}
+	st.host = newFakeHost(filepath.Join(dir, "state"))
+	st.e = newEngine(Options{
+		StateDir: st.host.stateDir, Namespace: "test", Version: "test", RuntimeOverride: "runc", AllowUnsafeRunc: true,
+		SidecarResolvConf: "nameserver 192.0.2.53\n",
+		LookupEnv:         func(k string) (string, bool) { v, ok := st.env[k]; return v, ok },
+		Log:               slog.New(slog.DiscardHandler),
+	}.withDefaults(), st.host, fakeNet{st.host})
+	st.so = StartOptions{PlanOptions: PlanOptions{Manifest: m, ManifestPath: "bottle.toml", Agent: "a", Workspace: dir}, Detach: true}
+	return st
+}
+
+// bottles lists the bottle dirs in the state dir.
+func (st *startTest) bottles() []string {
+	entries, _ := os.ReadDir(filepath.Join(st.host.stateDir, "bottles"))
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// undoOps are the ops that take something back.
+func undoOp(op string) bool {
+	for _, p := range []string{"release ", "remove ", "teardown ", "delete "} {
+		if strings.HasPrefix(op, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkTakenBack checks that every op that made something was taken back, in reverse
+// order of the steps, after the last of them, and that nothing else was touched.
+func (st *startTest) checkTakenBack() {
+	st.t.Helper()
+	ops := st.host.ops()
+	var made, undone []string
+	for i, op := range ops {
+		if undoOp(op) {
+			undone = ops[i:]
+			break
+		}
+		made = append(made, op)
+	}
+	// The order in which the steps push their undo.
+	var want []string
+	for _, step := range []struct{ made, undo []string }{
+		{[]string{"reserve slot"}, []string{"release slot"}},
+		{[]string{"reserve slot"}, []string{"remove firewall", "remove networks"}}, // pushed before the rules go in
+		{[]string{"setup filter"}, []string{"teardown filter"}},
+		{[]string{"create filter"}, []string{"delete filter"}},
+		{[]string{"setup agent"}, []string{"teardown agent"}},
+		{[]string{"create agent"}, []string{"delete agent"}},
+	} {
+		if slices.Contains(made, step.made[0]) {
+			want = append(slices.Clone(step.undo), want...)
+		}
+	}
+	if !slices.Equal(undone, want) {
+		st.t.Errorf("taken back:\n  %v\nwant\n  %v\n(all ops: %v)", undone, want, ops)
+	}
+	if b := st.bottles(); len(b) != 0 {
+		st.t.Errorf("bottle dirs left: %v", b)
+	}
+}
+
+// TestStartStepFailuresTakeBackWhatWasMade makes each step of a start fail in turn.
+func TestStartStepFailuresTakeBackWhatWasMade(t *testing.T) {
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		name  string
+		setup func(*startTest)
+		// made are ops that must have run before the failure.
+		made []string
+	}{
+		{"runtime", func(st *startTest) { st.e.opts.RuntimeOverride = "nosuch" }, nil},
+		{"agent image", func(st *startTest) { st.host.fail["image exists"] = boom }, nil},
+		{"sidecar image", func(st *startTest) { st.host.fail["sidecar image"] = boom }, []string{"reserve slot"}},
+		{"slot", func(st *startTest) { st.host.fail["reserve slot"] = boom }, nil},
+		{"firewall", func(st *startTest) { st.host.fail["install firewall"] = boom }, []string{"create filter", "create agent"}},
+		{"plan", func(st *startTest) { delete(st.env, "FORWARDED") }, []string{"install firewall"}},
+		{"record", func(st *startTest) {
+			os.MkdirAll(st.host.stateDir, 0o700)
+			os.WriteFile(filepath.Join(st.host.stateDir, "bottles"), nil, 0o600) // not a dir
+		}, []string{"install firewall"}},
+		{"stage", func(st *startTest) { st.so.CopyCwd, st.so.Workspace = true, filepath.Join(st.so.Workspace, "missing") }, []string{"install firewall"}},
+		{"filter netns", func(st *startTest) { st.host.fail["setup filter"] = boom }, []string{"install firewall"}},
+		{"filter container", func(st *startTest) { st.host.fail["create filter"] = boom }, []string{"setup filter"}},
+		{"filter task", func(st *startTest) { st.host.fail["start filter"] = boom }, []string{"create filter", "create agent"}},
+		{"agent netns", func(st *startTest) { st.host.fail["setup agent"] = boom }, []string{"create filter"}},
+		{"agent container", func(st *startTest) { st.host.fail["create agent"] = boom }, []string{"setup agent"}},
+		{"agent task", func(st *startTest) { st.host.fail["start agent"] = boom }, []string{"start filter", "create agent"}},
+		{"attached agent", func(st *startTest) { st.so.Detach = false; st.host.fail["run agent"] = boom }, []string{"start filter", "create agent"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newStartTest(t)
+			tc.setup(st)
+			code, err := st.e.Start(context.Background(), st.so)
+			if err == nil || code != 0 {
+				t.Fatalf("start: %d, %v; want an error", code, err)
+			}
+			for _, op := range tc.made {
+				if !slices.Contains(st.host.ops(), op) {
+					t.Errorf("%s did not happen before the failure: %v", op, st.host.ops())
+				}
+			}
+			st.checkTakenBack()
+		})
+	}
+}
+
+// TestStartCancelledTakesBackWhatWasMade cancels a start at its last step, and interrupts
+// one (SIGINT, as Ctrl-C does) after each crash test point.
+func TestStartCancelledTakesBackWhatWasMade(t *testing.T) {
+	st := newStartTest(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st.host.hook["create agent"] = cancel
+	if _, err := st.e.Start(ctx, st.so); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled start: %v", err)
+	}
+	st.checkTakenBack()
+
+	for _, point := range []string{"meta", "sidecars", "firewall", "containers"} {
+		t.Run("interrupt after "+point, func(t *testing.T) {
+			st := newStartTest(t)
+			st.e.opts.KillAt = "int:" + point
+			if _, err := st.e.Start(context.Background(), st.so); err == nil || !strings.Contains(err.Error(), "start interrupted") {
+				t.Errorf("interrupted start: %v", err)
+			}
+			st.checkTakenBack()
+		})
+	}
+}
+
+// TestStartHappyPath: a detached start makes everything, starts the sidecar before the
+// agent and records the bottle running; rm takes it all back. An attached one runs the
+// agent and leaves the bottle stopped.
+func TestStartHappyPath(t *testing.T) {
+	st := newStartTest(t)
+	if code, err := st.e.Start(context.Background(), st.so); code != 0 || err != nil {
+		t.Fatalf("start: %d, %v", code, err)
+	}
+	ops := st.host.ops()
+	for _, op := range ops {
+		if undoOp(op) {
+			t.Errorf("a successful start took something back: %v", ops)
+		}
+	}
+	for _, op := range []string{"reserve slot", "install firewall", "setup filter", "create filter", "start filter", "setup agent", "create agent", "start agent"} {
+		if !slices.Contains(ops, op) {
+			t.Errorf("no %s: %v", op, ops)
+		}
+	}
+	if slices.Index(ops, "start agent") < slices.Index(ops, "start filter") || slices.Index(ops, "setup agent") < slices.Index(ops, "setup filter") {
+		t.Errorf("agent before its sidecar: %v", ops)
+	}
+	ids := st.bottles()
+	if len(ids) != 1 {
+		t.Fatalf("bottles %v", ids)
+	}
+	id := names.Identity(ids[0])
+	m, err := st.e.store.Load(id)
+	if err != nil || m.Phase != state.PhaseRunning || len(m.Containers) != 2 || m.Containers[0].Attachments[0].Address != netip.MustParseAddr("10.213.0.10") {
+		t.Fatalf("record %+v, %v", m, err)
+	}
+	st.host.journal = nil
+	if err := st.e.Remove(context.Background(), id, true); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"stop agent", "stop filter", "teardown agent", "teardown filter", "delete agent", "delete filter", "remove networks", "remove firewall", "release slot"}
+	got := st.host.ops()
+	sort.Strings(got)
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("rm: %v, want %v", got, want)
+	}
+	if b := st.bottles(); len(b) != 0 {
+		t.Errorf("rm left %v", b)
+	}
+
+	st = newStartTest(t)
+	st.so.Detach = false
+	if code, err := st.e.Start(context.Background(), st.so); code != 0 || err != nil {
+		t.Fatalf("attached start: %d, %v", code, err)
+	}
+	ops = st.host.ops()
+	if i := slices.Index(ops, "process agent"); i < slices.Index(ops, "run agent") || i < slices.Index(ops, "start filter") {
+		t.Errorf("the agent's process started before its sidecar served: %v", ops)
+	}
+	if !slices.Contains(ops, "stop filter") || !slices.Contains(ops, "teardown agent") || slices.Contains(ops, "delete agent") {
+		t.Errorf("after the agent exited: %v; want the bottle stopped and kept", ops)
+	}
+	m, err = st.e.store.Load(names.Identity(st.bottles()[0]))
+	if err != nil || m.Phase != state.PhaseStopped {
+		t.Errorf("record after the agent exited: %+v, %v", m, err)
+	}
+}
+
+// TestResumeFailureKeepsTheBottle: a resume that fails takes back its netns and firewall
+// but keeps what the bottle had before it (containers, slot, dir), recorded stopped.
+func TestResumeFailureKeepsTheBottle(t *testing.T) {
+	st := newStartTest(t)
+	ctx := context.Background()
+	if _, err := st.e.Start(ctx, st.so); err != nil {
+		t.Fatal(err)
+	}
+	id := names.Identity(st.bottles()[0])
+	if err := st.e.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	load := func(string) (*manifest.Manifest, string, plan.HostFiles, error) {
+		return st.so.Manifest, st.so.ManifestPath, nil, nil
+	}
+	st.host.journal = nil
+	st.host.fail["setup agent"] = errors.New("boom")
+	if _, err := st.e.Resume(ctx, id, load, true, Stdio{}); err == nil {
+		t.Fatal("resume did not fail")
+	}
+	// The filter's old container is replaced; the failure takes back the new netns and
+	// the firewall, and nothing of what the bottle had before.
+	ops := st.host.ops()
+	taken := []string{"teardown filter", "remove firewall", "remove networks"}
+	if len(ops) < 3 || !slices.Equal(ops[len(ops)-3:], taken) || slices.Index(ops, "delete filter") > slices.Index(ops, "create filter") {
+		t.Errorf("failed resume: %v; want the old filter replaced, then %v", ops, taken)
+	}
+	for _, op := range []string{"release slot", "delete agent", "create agent", "update agent", "reserve slot"} {
+		if slices.Contains(ops, op) {
+			t.Errorf("failed resume did %s: %v", op, ops)
+		}
+	}
+	if m, err := st.e.store.Load(id); err != nil || m.Phase != state.PhaseStopped {
+		t.Errorf("record after a failed resume: %+v, %v", m, err)
+	}
+
+	st.host.journal = nil
+	delete(st.host.fail, "setup agent")
+	if _, err := st.e.Resume(ctx, id, load, true, Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	ops = st.host.ops()
+	if !slices.Contains(ops, "update agent") || slices.Contains(ops, "create agent") || slices.Contains(ops, "reserve slot") {
+		t.Errorf("resume: %v; want the agent's container updated (its snapshot kept) and the slot kept", ops)
+	}
+}
