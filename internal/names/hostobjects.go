@@ -41,7 +41,7 @@ func IsOwnerID(s string) bool { return ownerIDRE.MatchString(s) }
 const (
 	internalBridgePrefix = "bi-"
 	egressBridgePrefix   = "be-"
-	ChainPrefix          = "BOTTLE-"
+	chainPrefix          = "BOTTLE-"
 )
 
 var (
@@ -50,8 +50,8 @@ var (
 	legacyNetworkNameRE = regexp.MustCompile(`^` + Prefix + `(` + agentPattern + `-` + suffixPattern + `)-(?:int|egr)$`)
 	bridgeNameRE        = regexp.MustCompile(`^b[ie]-([0-9a-f]{6})([0-9a-f]{6})$`)
 	legacyBridgeNameRE  = regexp.MustCompile(`^b[ie]-([0-9a-f]{8})$`)
-	chainNameRE         = regexp.MustCompile(`^` + ChainPrefix + `([0-9a-f]{6})-([0-9a-f]{6})$`)
-	legacyChainNameRE   = regexp.MustCompile(`^` + ChainPrefix + `([0-9a-f]{8})$`)
+	chainNameRE         = regexp.MustCompile(`^` + chainPrefix + `([0-9a-f]{6})-([0-9a-f]{6})$`)
+	legacyChainNameRE   = regexp.MustCompile(`^` + chainPrefix + `([0-9a-f]{8})$`)
 )
 
 // identityHash is 8 hex of sha256(identity): legacy names hold all 8, owned names the
@@ -108,9 +108,9 @@ func IsBridgeOf(bridge, owner, kind string) bool {
 // owner "": BOTTLE-<8 hex>).
 func ChainName(owner string, id Identity) string {
 	if owner == "" {
-		return ChainPrefix + NameHash(owner, id)
+		return chainPrefix + NameHash(owner, id)
 	}
-	return ChainPrefix + owner + "-" + NameHash(owner, id)
+	return chainPrefix + owner + "-" + NameHash(owner, id)
 }
 
 // ParseNetworkName returns owner ("" for a legacy name without one) and identity of a

@@ -27,7 +27,7 @@ var DefaultPool = netip.MustParsePrefix("10.213.0.0/16")
 
 // DefaultDir holds the slot reservations of every state dir and namespace: subnets
 // are a host-wide resource. (The default state dir's legacy slots are numbered files.)
-const DefaultDir = "/var/lib/bottle/" + LegacyDirName
+const DefaultDir = "/var/lib/bottle/" + legacyDirName
 
 // SlotCount is how many slots pool holds (two /24 per slot).
 func SlotCount(pool netip.Prefix) (int, error) {
@@ -65,9 +65,9 @@ func Subnets(slot int, pool netip.Prefix) (internal, egress netip.Prefix, err er
 	return mk(uint32(2 * slot)), mk(uint32(2*slot + 1)), nil
 }
 
-// LegacyDirName is the slot directory inside a state dir of bottles started before slots
+// legacyDirName is the slot directory inside a state dir of bottles started before slots
 // were host-wide.
-const LegacyDirName = "slots"
+const legacyDirName = "slots"
 
 // Record is the content of a slot file <SlotDir>/<address of the slot's internal /24>.
 // The slot dir is shared by every state dir and namespace on the host, so that no two
@@ -285,7 +285,7 @@ func List(dir string) (map[string]Record, error) {
 // Legacy maps the slot files <stateDir>/slots/<k> of bottles started before slots
 // were host-wide to the identity each holds.
 func Legacy(stateDir string) (map[string]string, error) {
-	dir := filepath.Join(stateDir, LegacyDirName)
+	dir := filepath.Join(stateDir, legacyDirName)
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
