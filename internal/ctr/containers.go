@@ -2,7 +2,6 @@ package ctr
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/names"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/client"
@@ -24,10 +24,6 @@ import (
 )
 
 const (
-	// NamePrefix starts every container name bottle creates.
-	NamePrefix = "bottle-"
-	// LabelPrefix starts every bottle label key (bottle.identity, bottle.role, ...).
-	LabelPrefix = "bottle."
 	// SnapshotSuffix is appended to a container name to name its root file system snapshot.
 	SnapshotSuffix = "-snap"
 	// rootfsDir is where containerd's shims mount the snapshot inside the bundle.
@@ -139,12 +135,10 @@ func (c *Client) prepare(cs ContainerSpec) (client.NewContainerOpts, *specs.Spec
 	if err != nil {
 		return nil, nil, err
 	}
-	spec, err := copySpec(cs.Spec)
-	if err != nil {
-		return nil, nil, err
-	}
+	// Only Root changes: a shallow copy keeps the caller's spec as it was.
+	spec := *cs.Spec
 	spec.Root = &specs.Root{Path: rootfsDir, Readonly: cs.Spec.Root != nil && cs.Spec.Root.Readonly}
-	return rtOpt, spec, nil
+	return rtOpt, &spec, nil
 }
 
 // Update replaces the spec and labels of the existing container cs.Name and keeps its
@@ -181,18 +175,6 @@ func (c *Client) Update(ctx context.Context, cs ContainerSpec) error {
 		return fmt.Errorf("update container %s: %w", cs.Name, err)
 	}
 	return nil
-}
-
-func copySpec(s *specs.Spec) (*specs.Spec, error) {
-	b, err := json.Marshal(s)
-	if err != nil {
-		return nil, fmt.Errorf("copy OCI spec: %w", err)
-	}
-	var out specs.Spec
-	if err := json.Unmarshal(b, &out); err != nil {
-		return nil, fmt.Errorf("copy OCI spec: %w", err)
-	}
-	return &out, nil
 }
 
 // Spec returns the stored OCI spec of container name.
@@ -442,7 +424,7 @@ func (c *Client) Leftovers(ctx context.Context) (Leftovers, error) {
 	}
 	sort.Strings(l.Tasks)
 	err = c.c.SnapshotService(c.snapshotter).Walk(ctx, func(_ context.Context, si snapshots.Info) error {
-		if strings.HasPrefix(si.Name, NamePrefix) && !usedSnapshots[si.Name] {
+		if strings.HasPrefix(si.Name, names.Prefix) && !usedSnapshots[si.Name] {
 			l.Snapshots = append(l.Snapshots, si.Name)
 		}
 		return nil
@@ -455,11 +437,11 @@ func (c *Client) Leftovers(ctx context.Context) (Leftovers, error) {
 }
 
 func isBottleContainer(ci ContainerInfo) bool {
-	if strings.HasPrefix(ci.Name, NamePrefix) {
+	if strings.HasPrefix(ci.Name, names.Prefix) {
 		return true
 	}
 	for k := range ci.Labels {
-		if strings.HasPrefix(k, LabelPrefix) {
+		if strings.HasPrefix(k, names.LabelPrefix) {
 			return true
 		}
 	}

@@ -26,6 +26,16 @@ const (
 // Roles lists every role, the agent first.
 var Roles = []string{RoleAgent, RoleFilter, RoleEgressProxy, RoleGitGate, RoleSupervise}
 
+// Label keys put on every container (never secrets). LabelPrefix starts bottle's own;
+// LabelName is the one nerdctl shows as the container's name.
+const (
+	LabelPrefix   = "bottle."
+	LabelIdentity = LabelPrefix + "identity"
+	LabelRole     = LabelPrefix + "role"
+	LabelAgent    = LabelPrefix + "agent"
+	LabelName     = "nerdctl/name"
+)
+
 // The two networks of a bottle.
 const (
 	NetInternal = "internal"

@@ -24,14 +24,6 @@ import (
 	"github.com/bottle-dev/bottle/internal/names"
 )
 
-// Label keys put on every container (never secrets).
-const (
-	LabelIdentity = "bottle.identity"
-	LabelRole     = "bottle.role"
-	LabelAgent    = "bottle.agent"
-	LabelName     = "nerdctl/name"
-)
-
 // Redacted replaces every secret value in plan output.
 const Redacted = "<redacted>"
 
@@ -282,10 +274,10 @@ func (b *builder) newContainer(role, image string, egress bool) *Container {
 		Role:  role,
 		Image: image,
 		Labels: map[string]string{
-			LabelIdentity: b.p.Identity.String(),
-			LabelRole:     role,
-			LabelAgent:    b.p.Agent,
-			LabelName:     b.p.Identity.Container(role),
+			names.LabelIdentity: b.p.Identity.String(),
+			names.LabelRole:     role,
+			names.LabelAgent:    b.p.Agent,
+			names.LabelName:     b.p.Identity.Container(role),
 		},
 		Attachments: []names.Attachment{{Network: names.NetInternal, IfName: "eth0", Address: b.addr(role, names.NetInternal)}},
 	}

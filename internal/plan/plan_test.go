@@ -255,7 +255,7 @@ func TestSpecHardening(t *testing.T) {
 				t.Error("agent attached to the egress network")
 			}
 		}
-		if c.Labels[LabelIdentity] != p.Identity.String() || c.Labels[LabelRole] != c.Role || c.Labels[LabelName] != c.Name {
+		if c.Labels[names.LabelIdentity] != p.Identity.String() || c.Labels[names.LabelRole] != c.Role || c.Labels[names.LabelName] != c.Name {
 			t.Errorf("%s: labels %v", c.Role, c.Labels)
 		}
 	}

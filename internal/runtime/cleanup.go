@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/names"
-	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
@@ -113,7 +112,7 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 		errs = append(errs, err)
 	}
 	for _, c := range left.Containers {
-		if keep[c.Labels[plan.LabelIdentity]] {
+		if keep[c.Labels[names.LabelIdentity]] {
 			continue
 		}
 		if err := e.ctr.Delete(ctx, c.Name); err != nil {

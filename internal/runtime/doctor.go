@@ -154,7 +154,7 @@ func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version st
 	if err != nil {
 		return err
 	}
-	if err := c.Create(ctx, ctr.ContainerSpec{Name: name, Image: ref, Labels: map[string]string{plan.LabelRole: "doctor"}, Spec: spec, Runtime: rt}); err != nil {
+	if err := c.Create(ctx, ctr.ContainerSpec{Name: name, Image: ref, Labels: map[string]string{names.LabelRole: "doctor"}, Spec: spec, Runtime: rt}); err != nil {
 		return err
 	}
 	defer c.Delete(context.WithoutCancel(ctx), name)
@@ -197,7 +197,7 @@ func leftoverChecks(ctx context.Context, c *ctr.Client, n *netns.Manager, stateD
 	}
 	if left, err := c.Leftovers(ctx); err == nil {
 		for _, ci := range left.Containers {
-			if !owned[ci.Labels[plan.LabelIdentity]] {
+			if !owned[ci.Labels[names.LabelIdentity]] {
 				items = append(items, "container "+ci.Name)
 			}
 		}

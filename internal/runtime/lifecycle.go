@@ -156,18 +156,18 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
 	errs := []error{e.stopMeta(ctx, m)}
 	// Containers by label too: a start killed between recording and creating leaves none
 	// unrecorded, but a damaged state dir must not strand containers.
-	names := map[string]bool{}
+	containers := map[string]bool{}
 	for _, c := range m.Containers {
-		names[c.Name] = true
+		containers[c.Name] = true
 	}
-	if infos, err := e.ctr.List(ctx, map[string]string{plan.LabelIdentity: m.Identity.String()}); err == nil {
+	if infos, err := e.ctr.List(ctx, map[string]string{names.LabelIdentity: m.Identity.String()}); err == nil {
 		for _, i := range infos {
-			names[i.Name] = true
+			containers[i.Name] = true
 		}
 	} else {
 		errs = append(errs, err)
 	}
-	for n := range names {
+	for n := range containers {
 		errs = append(errs, e.ctr.Delete(ctx, n))
 	}
 	if internal, egress, err := e.networks(m); err != nil {
@@ -292,7 +292,7 @@ func byName(infos []ctr.ContainerInfo) map[string]ctr.ContainerInfo {
 
 // phase tells one bottle's phase from its tasks (see phaseOf).
 func (e *Engine) phase(ctx context.Context, m *state.Meta) (phase, reason string, err error) {
-	infos, err := e.ctr.List(ctx, map[string]string{plan.LabelIdentity: m.Identity.String()})
+	infos, err := e.ctr.List(ctx, map[string]string{names.LabelIdentity: m.Identity.String()})
 	if err != nil {
 		return "", "", fmt.Errorf("bottle %s: %w", m.Identity, err)
 	}
