@@ -113,20 +113,7 @@ func newUpstream(t *testing.T) *upstream {
 	}
 	serve(80, nil)
 	serve(443, &cert)
-	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(addr, 53).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			if _, _, err := pc.ReadFrom(buf); err != nil {
-				return
-			}
-			u.udp.Add(1)
-		}
-	}()
+	readEach(t, netip.AddrPortFrom(addr, 53), func(net.PacketConn, []byte, net.Addr) { u.udp.Add(1) })
 	return u
 }
 
@@ -169,40 +156,28 @@ func fakeAnthropicMessage(w http.ResponseWriter, model string, stream bool) {
 // serveDNS answers A queries for names under .test with answer, and counts nothing else.
 func serveDNS(t *testing.T, on, answer netip.Addr) {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(on, 53).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true})
-			b.EnableCompression()
-			b.StartQuestions()
-			b.Question(q)
-			b.StartAnswers()
-			if q.Type == dnsmessage.TypeA && strings.HasSuffix(q.Name.String(), ".test.") {
-				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: answer.As4()})
-			}
-			if msg, err := b.Finish(); err == nil {
-				pc.WriteTo(msg, from)
-			}
+	readEach(t, netip.AddrPortFrom(on, 53), func(pc net.PacketConn, msg []byte, from net.Addr) {
+		var p dnsmessage.Parser
+		h, err := p.Start(msg)
+		if err != nil {
+			return
 		}
-	}()
+		q, err := p.Question()
+		if err != nil {
+			return
+		}
+		b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true})
+		b.EnableCompression()
+		b.StartQuestions()
+		b.Question(q)
+		b.StartAnswers()
+		if q.Type == dnsmessage.TypeA && strings.HasSuffix(q.Name.String(), ".test.") {
+			b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: answer.As4()})
+		}
+		if msg, err := b.Finish(); err == nil {
+			pc.WriteTo(msg, from)
+		}
+	})
 }
 
 // testCA makes a CA and a server certificate for names, signed by it.

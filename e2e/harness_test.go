@@ -300,6 +300,16 @@ func hostListener(t *testing.T, addr, banner string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	acceptEach(t, ln, func(c net.Conn) {
+		c.Write([]byte(banner + "\n"))
+		c.Close()
+	})
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// acceptEach hands every connection on ln to handle, on its own goroutine, until the
+// test ends and closes ln.
+func acceptEach(t *testing.T, ln net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -307,11 +317,30 @@ func hostListener(t *testing.T, addr, banner string) int {
 			if err != nil {
 				return
 			}
-			c.Write([]byte(banner + "\n"))
-			c.Close()
+			go handle(c)
 		}
 	}()
-	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// readEach hands every datagram that reaches addr (the test's own) to handle, until the
+// test ends.
+func readEach(t *testing.T, addr netip.AddrPort, handle func(pc net.PacketConn, msg []byte, from net.Addr)) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			handle(pc, buf[:n], from)
+		}
+	}()
 }
 
 // testBridge creates a host bridge with addr (a "host-side address" owned by the test).

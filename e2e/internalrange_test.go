@@ -32,16 +32,7 @@ func internalTarget(t *testing.T) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
-		}
-	}()
+	acceptEach(t, ln, func(c net.Conn) { c.(*tls.Conn).Handshake(); c.Close() })
 	// Positive control: the target answers TLS, so only the filter can stop a tunnel.
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", netip.AddrPortFrom(internalAddr, 443).String(), &tls.Config{ServerName: internalName, InsecureSkipVerify: true})
 	if err != nil {
