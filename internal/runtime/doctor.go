@@ -15,6 +15,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/firewall"
 	"github.com/bottle-dev/bottle/internal/hostenv"
+	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
@@ -124,7 +125,7 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 		add("subnet", CheckOK, fmt.Sprintf("next bottle gets %s and %s from pool %s", internal, egress, o.Pool), "")
 	}
 	if c != nil && o.Manifest != nil {
-		checks = append(checks, imageChecks(ctx, c, o)...)
+		checks = append(checks, planChecks(ctx, c, o)...)
 	}
 	return checks
 }
@@ -237,55 +238,54 @@ func leftoverChecks(ctx context.Context, c *ctr.Client, n *netns.Manager, stateD
 	return append([]Check{{Name: "leftovers", Status: CheckWarn, Detail: strings.Join(shown, ", "), Fix: "sudo bottle cleanup"}}, checks...)
 }
 
-func imageChecks(ctx context.Context, c *ctr.Client, o DoctorOptions) []Check {
+// planChecks plans every agent of the manifest the way a start would (Engine.Plan, on
+// the current directory) and checks what each plan needs: its host environment, the
+// agent image and, where the plan chose pipelock, pipelock's image.
+func planChecks(ctx context.Context, c *ctr.Client, o DoctorOptions) []Check {
+	e := newEngine(o.Options, c, nil)
+	cwd, err := os.Getwd()
+	if err != nil {
+		return []Check{{Name: "plan", Status: CheckFail, Detail: oneLine(fmt.Errorf("current directory: %w", err))}}
+	}
 	var checks []Check
-	seen := map[string]bool{}
-	for _, name := range o.Manifest.AgentNames() {
-		a := o.Manifest.Agents[name]
-		if seen[a.Image] {
+	add := func(name, status, detail, fix string) {
+		checks = append(checks, Check{Name: name, Status: status, Detail: detail, Fix: fix})
+	}
+	for _, agent := range o.Manifest.AgentNames() {
+		files, err := plan.ReadHostFiles(o.Manifest, o.ManifestPath, agent, hostfile.ReadPEM)
+		if err != nil {
+			add("plan", CheckFail, fmt.Sprintf("agent %s: %s", agent, oneLine(err)), "")
 			continue
 		}
-		seen[a.Image] = true
-		if ok, err := c.ImageExists(ctx, a.Image); err != nil || !ok {
+		p, err := e.Plan(ctx, PlanOptions{Manifest: o.Manifest, ManifestPath: o.ManifestPath, Agent: agent, Workspace: cwd, HostFiles: files})
+		if err != nil {
+			add("plan", CheckFail, fmt.Sprintf("agent %s: %s", agent, oneLine(err)), "")
+			continue
+		}
+		if len(p.Unresolved) > 0 {
+			add("plan", CheckWarn, fmt.Sprintf("agent %s: not set on this host: %s", agent, strings.Join(p.Unresolved, ", ")), "export them before `bottle start` (sudo -E keeps them)")
+		}
+		image := p.Container(names.RoleAgent).Image
+		if ok, err := c.ImageExists(ctx, image); err != nil || !ok {
 			fix := "import an OCI archive of it: sudo bottle image import FILE"
-			if a.Image == "bottle.local/agent-claude:latest" {
+			if image == "bottle.local/agent-claude:latest" {
 				fix = "build it: sudo scripts/build-agent-image.sh"
 			}
-			checks = append(checks, Check{Name: "agent image", Status: CheckFail, Detail: fmt.Sprintf("%s (agent %s, %s) is not in containerd", a.Image, name, o.ManifestPath), Fix: fix})
+			add("agent image", CheckFail, fmt.Sprintf("%s (agent %s, %s) is not in containerd", image, agent, o.ManifestPath), fix)
 		} else {
-			checks = append(checks, Check{Name: "agent image", Status: CheckOK, Detail: fmt.Sprintf("%s (agent %s)", a.Image, name)})
+			add("agent image", CheckOK, fmt.Sprintf("%s (agent %s)", image, agent), "")
 		}
-	}
-	for _, name := range manifestBottleNames(o.Manifest) {
-		b := o.Manifest.Bottles[name]
-		img := plan.PipelockImageFor(b, o.PipelockImage)
-		ok, _ := c.ImageExists(ctx, img)
-		choice := cmp.Or(o.FilterOverride, b.Filter, "auto")
-		switch {
-		case ok:
-			checks = append(checks, Check{Name: "filter image", Status: CheckOK, Detail: fmt.Sprintf("pipelock %s present (bottle %s, filter %s)", img, name, choice)})
-		case choice == plan.FilterPipelock:
-			checks = append(checks, Check{Name: "filter image", Status: CheckFail, Detail: fmt.Sprintf("bottle %s wants pipelock but %s is not in containerd", name, img), Fix: "import it (sudo bottle image import FILE) or set filter = \"builtin\""})
+		filterImage := p.Container(names.RoleFilter).Image
+		switch present, _ := c.ImageExists(ctx, filterImage); {
+		case p.Filter != plan.FilterPipelock:
+			add("filter image", CheckOK, fmt.Sprintf("agent %s uses the builtin filter", agent), "")
+		case present:
+			add("filter image", CheckOK, fmt.Sprintf("pipelock %s present (agent %s)", filterImage, agent), "")
 		default:
-			checks = append(checks, Check{Name: "filter image", Status: CheckOK, Detail: fmt.Sprintf("bottle %s uses the builtin filter (pipelock %s not present)", name, img)})
+			add("filter image", CheckFail, fmt.Sprintf("agent %s wants pipelock but %s is not in containerd", agent, filterImage), "import it (sudo bottle image import FILE) or set filter = \"builtin\"")
 		}
 	}
 	return checks
-}
-
-func manifestBottleNames(m *manifest.Manifest) []string {
-	var names []string
-	for _, a := range m.AgentNames() {
-		b := m.Agents[a].Bottle
-		found := false
-		for _, n := range names {
-			found = found || n == b
-		}
-		if !found {
-			names = append(names, b)
-		}
-	}
-	return names
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
