@@ -192,8 +192,19 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 		},
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			reason := "upstream error: " + stripURLError(err).Error()
+			gone := r.Context().Err() != nil
+			if gone {
+				reason = "client went away before the upstream answered: " + reason
+			}
 			if d, ok := r.Context().Value(decisionKey{}).(*decision); ok {
-				d.reason = "upstream error: " + stripURLError(err).Error()
+				d.reason = reason
+			}
+			if gone {
+				// Close without an answer (the decision is logged by ServeHTTP's defer):
+				// a 502, or net/http's own "200 OK" for a handler that wrote nothing,
+				// would tell a half-closed client something nobody said.
+				panic(http.ErrAbortHandler)
 			}
 			textError(w, http.StatusBadGateway, "filter: upstream request failed")
 		},

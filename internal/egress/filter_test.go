@@ -538,3 +538,29 @@ func TestMissingTokenIsActionable(t *testing.T) {
 		t.Errorf("NewEgressProxy with a missing token: %v", err)
 	}
 }
+
+// The filter's plain-HTTP path, like the egress-proxy, must not answer a client that
+// half-closed before the upstream answered with a status nobody gave (net/http's empty
+// "200 OK", or a 502 "upstream failed" when it was the client that left).
+func TestFilterPlainHTTPHalfCloseGetsNoInventedStatus(t *testing.T) {
+	reached := make(chan struct{}, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached <- struct{}{}
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+			io.WriteString(w, "late answer")
+		}
+	}))
+	defer up.Close()
+	port := portOf(t, up.Listener.Addr())
+	cfg, _ := testFilterConfig(t, port)
+	var buf syncBuffer
+	addr := startFilter(t, cfg, jsonLogger(&buf))
+
+	got := halfClosedExchange(t, addr, fmt.Sprintf("GET http://api.example.test:%d/x HTTP/1.1\r\nHost: api.example.test:%d\r\n\r\n", port, port), reached)
+	if got != "" {
+		t.Fatalf("got %q, want the connection closed without an answer", got)
+	}
+	waitFor(t, func() bool { return strings.Contains(buf.String(), "client went away") })
+}

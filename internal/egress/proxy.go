@@ -258,14 +258,18 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (rt *route) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
-	err = stripURLError(err)
+	msg := stripURLError(err).Error()
+	gone := r.Context().Err() != nil
+	if gone {
+		msg = "client went away before the upstream answered: " + msg
+	}
 	if rl, ok := r.Context().Value(reqLogKey{}).(*reqLog); ok {
-		rl.err = err.Error()
+		rl.err = msg
 	}
-	if r.Context().Err() != nil {
-		return // the agent went away; nobody reads an answer
+	if gone {
+		return // nobody reads an answer; ServeHTTP closes the connection without one
 	}
-	textError(w, http.StatusBadGateway, fmt.Sprintf("egress-proxy: upstream %s failed: %v", rt.host, err))
+	textError(w, http.StatusBadGateway, fmt.Sprintf("egress-proxy: upstream %s failed: %s", rt.host, msg))
 }
 
 type reqLogKey struct{}
@@ -317,6 +321,14 @@ func (p *EgressProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := context.WithValue(r.Context(), restPathKey{}, rest)
 	ctx = context.WithValue(ctx, reqLogKey{}, rl)
 	status, in, out := p.forward(rt, w, r.WithContext(ctx))
+	if status == 0 {
+		// Nothing was written: the client went away (or half-closed, which net/http
+		// cannot tell apart) before the upstream answered, and the upstream request was
+		// cancelled with it (a cancelled model request must stop). Close without an
+		// answer, or net/http would send "200 OK" for a response nobody gave.
+		p.logRequest(r, rt.host, rest, 0, in, out, start, cmp.Or(rl.err, "client went away before the upstream answered"))
+		panic(http.ErrAbortHandler)
+	}
 	p.logRequest(r, rt.host, rest, status, in, out, start, rl.err)
 }
 

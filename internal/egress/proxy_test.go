@@ -6,12 +6,15 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -321,5 +324,75 @@ func TestProxyConfigJSON(t *testing.T) {
 	}
 	if o.header != "X-Api-Key" || o.value != "b" {
 		t.Errorf("openai route header %s", o.header)
+	}
+}
+
+// A client that sends its request and half-closes (shutdown(SHUT_WR), as `nc` does at the
+// end of its input) must not read a status the upstream never sent: net/http takes the
+// EOF for a client gone away and cancels the request, and a handler that then writes
+// nothing is answered "200 OK" with an empty body by net/http itself.
+func TestProxyHalfCloseGetsNoInventedStatus(t *testing.T) {
+	ca := newTestCA(t)
+	reached := make(chan struct{}, 1)
+	up := newTLSUpstream(t, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached <- struct{}{}
+		select { // answers only after the client half-closed (or never, if it went away)
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+			io.WriteString(w, "late answer")
+		}
+	}), "api.example.test")
+	var buf syncBuffer
+	addr := startProxy(t, ProxyConfig{Routes: []Route{{Host: "api.example.test", TokenRef: "T", Upstream: up.URL, CAFile: ca.file(t)}}},
+		map[string]string{"T": testToken}, jsonLogger(&buf))
+
+	got := halfClosedExchange(t, addr, "GET /api.example.test/v1/models HTTP/1.1\r\nHost: x\r\n\r\n", reached)
+	if strings.HasPrefix(got, "HTTP/1.1 200") {
+		t.Fatalf("egress-proxy invented a status for a half-closed client: %q", got)
+	}
+	if got != "" {
+		t.Errorf("got %q, want the connection closed without an answer", got)
+	}
+	waitFor(t, func() bool { return strings.Contains(buf.String(), "client went away") })
+	if !strings.Contains(buf.String(), `"status":0`) {
+		t.Errorf("request log does not record that no status was sent: %s", buf.String())
+	}
+}
+
+// halfClosedExchange sends req on a new connection to addr, half-closes it once the
+// upstream has the request (reached), and returns everything the server answers.
+func halfClosedExchange(t *testing.T, addr, req string, reached <-chan struct{}) string {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reached:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request never reached the upstream")
+	}
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(conn)
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after half-close: %v (got %q)", err, got)
+	}
+	return string(got)
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
