@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,8 +21,8 @@ func imageCommand() *cli.Command {
 				if c.NArg() != 1 {
 					return usageError{fmt.Errorf("expected one OCI archive file, got %d arguments", c.NArg())}
 				}
-				opts := runtime.Options{Address: lineageString(c, "address"), Namespace: lineageString(c, "namespace")}
-				names, err := runtime.ImportImage(c.Context, opts, c.Args().First(), func(msg string) { slog.Info(msg) })
+				opts := runtime.Options{Address: lineageString(c, "address"), Namespace: lineageString(c, "namespace"), Progress: stderr.progress}
+				names, err := runtime.ImportImage(c.Context, opts, c.Args().First())
 				if err != nil {
 					return err
 				}

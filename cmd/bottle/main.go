@@ -10,12 +10,16 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/bottle-dev/bottle/internal/manifest"
 )
 
 // version is stamped by the Makefile (-X main.version=...).
 var version = "dev"
+
+// stderr carries bottle's log lines and import progress.
+var stderr = newConsole(os.Stderr, term.IsTerminal(int(os.Stderr.Fd())))
 
 // Exit statuses.
 const (
@@ -71,7 +75,7 @@ func newApp() *cli.App {
 			if c.Bool("debug") {
 				level = slog.LevelDebug
 			}
-			slog.SetDefault(slog.New(newLineHandler(os.Stderr, level)))
+			slog.SetDefault(slog.New(newLineHandler(stderr, level)))
 			return nil
 		},
 		Commands: append(lifecycleCommands(),

@@ -93,6 +93,7 @@ func engineOptions(c *cli.Context) (runtime.Options, error) {
 		Version:         version,
 		KillAt:          os.Getenv("BOTTLE_TEST_KILL_AT"),
 		Log:             slog.Default(),
+		Progress:        stderr.progress,
 	}
 	if p := c.String("pool"); p != "" {
 		pool, err := netip.ParsePrefix(p)

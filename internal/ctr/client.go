@@ -49,6 +49,7 @@ type Client struct {
 	namespace   string
 	snapshotter string
 	runcRoot    string
+	progress    ProgressFunc // of the sidecar image write (EnsureSidecarImage)
 }
 
 // Option configures Connect.
@@ -56,12 +57,19 @@ type Option func(*connectOptions)
 
 type connectOptions struct {
 	runcRoot string
+	progress ProgressFunc
 }
 
 // WithRuncRoot sets the runc/runsc state directory (--root) for containers created
 // with a Runtime that has none (see Runtime.RuncRoot).
 func WithRuncRoot(dir string) Option {
 	return func(o *connectOptions) { o.runcRoot = dir }
+}
+
+// WithProgress reports the progress of the sidecar image write that EnsureSidecarImage
+// makes on the first start of a bottle version.
+func WithProgress(p ProgressFunc) Option {
+	return func(o *connectOptions) { o.progress = p }
 }
 
 // Connect dials containerd at address (empty: DefaultAddress) and binds the client to
@@ -110,7 +118,7 @@ func Connect(ctx context.Context, address, namespace string, opts ...Option) (*C
 		return nil, fmt.Errorf("containerd at %s does not answer (is it running?): %s: %w", address, setupHint, err)
 	}
 
-	c.runcRoot = o.runcRoot
+	c.runcRoot, c.progress = o.runcRoot, o.progress
 	if c.snapshotter, err = c.detectSnapshotter(pctx); err != nil {
 		cc.Close()
 		return nil, err

@@ -24,13 +24,42 @@ import (
 // SidecarRepository is the local name of bottle's own sidecar image.
 const SidecarRepository = "bottle.local/sidecar"
 
-// ProgressFunc receives short human-readable progress messages; it may be nil.
-type ProgressFunc func(msg string)
+// Progress is where an image import stands: the step that runs and, while the archive
+// is read, the bytes read so far.
+type Progress struct {
+	Step string
+	// Done and Total are the archive's bytes read so far and in all (Total 0: unknown).
+	Done, Total int64
+	// Finished marks the last report of an import, sent whether it succeeded or not
+	// (Failed).
+	Finished, Failed bool
+}
 
-func (p ProgressFunc) say(format string, args ...any) {
+// ProgressFunc receives progress reports, often (once per read of the archive); it may be
+// nil.
+type ProgressFunc func(Progress)
+
+func (p ProgressFunc) report(pr Progress) {
 	if p != nil {
-		p(fmt.Sprintf(format, args...))
+		p(pr)
 	}
+}
+
+// progressReader reports the bytes read through it under one step.
+type progressReader struct {
+	r        io.Reader
+	step     string
+	n, total int64
+	progress ProgressFunc
+}
+
+func (r *progressReader) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	if n > 0 {
+		r.n += int64(n)
+		r.progress.report(Progress{Step: r.step, Done: r.n, Total: r.total})
+	}
+	return n, err
 }
 
 // ImageExists reports whether the image ref is known to containerd.
@@ -73,12 +102,22 @@ func (c *Client) unpack(ctx context.Context, img client.Image) error {
 	return nil
 }
 
-// ImportArchive imports an OCI image layout tar (or docker save tar) from r and unpacks
-// every image in it. It returns the names of the imported images.
-func (c *Client) ImportArchive(ctx context.Context, r io.Reader, progress ProgressFunc) ([]string, error) {
+// ImportArchive imports an OCI image layout tar (or docker save tar) of size bytes
+// (0: unknown) from r and unpacks every image in it. It returns the names of the
+// imported images.
+func (c *Client) ImportArchive(ctx context.Context, r io.Reader, size int64, progress ProgressFunc) ([]string, error) {
+	return c.importArchive(ctx, r, "reading image archive", size, progress)
+}
+
+// importArchive is ImportArchive, with step naming the reading of the archive.
+func (c *Client) importArchive(ctx context.Context, r io.Reader, step string, size int64, progress ProgressFunc) (_ []string, err error) {
 	ctx = c.ctx(ctx)
-	progress.say("importing image archive")
-	imgs, err := c.c.Import(ctx, r)
+	pr := &progressReader{r: r, step: step, total: size, progress: progress}
+	defer func() {
+		progress.report(Progress{Step: "done", Done: pr.n, Total: pr.total, Finished: true, Failed: err != nil})
+	}()
+	progress.report(Progress{Step: pr.step, Total: size})
+	imgs, err := c.c.Import(ctx, pr)
 	if err != nil {
 		return nil, fmt.Errorf("import image archive: %w", err)
 	}
@@ -87,7 +126,7 @@ func (c *Client) ImportArchive(ctx context.Context, r io.Reader, progress Progre
 	}
 	var names []string
 	for _, i := range imgs {
-		progress.say("unpacking %s (%s)", i.Name, i.Target.Digest)
+		progress.report(Progress{Step: "unpacking " + i.Name, Done: pr.n, Total: pr.total})
 		if err := c.unpack(ctx, client.NewImage(c.c, i)); err != nil {
 			return names, err
 		}
@@ -103,7 +142,11 @@ func (c *Client) ImportArchiveFile(ctx context.Context, path string, progress Pr
 		return nil, fmt.Errorf("import image archive %s: %w", path, err)
 	}
 	defer f.Close()
-	names, err := c.ImportArchive(ctx, f, progress)
+	var size int64
+	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+		size = st.Size()
+	}
+	names, err := c.ImportArchive(ctx, f, size, progress)
 	if err != nil {
 		return names, fmt.Errorf("%s: %w", path, err)
 	}
@@ -117,7 +160,7 @@ func (c *Client) ImportImage(ctx context.Context, img ociarchive.Image, progress
 		_, err := ociarchive.Write(pw, img)
 		pw.CloseWithError(err)
 	}()
-	_, err := c.ImportArchive(ctx, pr, progress)
+	_, err := c.importArchive(ctx, pr, "writing image "+img.Ref, 0, progress)
 	pr.CloseWithError(errors.New("import finished")) // unblocks the writer on early failure
 	if err != nil {
 		return fmt.Errorf("image %s: %w", img.Ref, err)
@@ -200,7 +243,7 @@ func (c *Client) ensureSidecarImage(ctx context.Context, version, exe, caBundle,
 	if _, err := os.Stat(caBundle); err != nil {
 		return "", fmt.Errorf("sidecar image %s: host CA bundle %s is missing (install the ca-certificates package): %w", ref, caBundle, err)
 	}
-	if err := c.ImportImage(ctx, ociarchive.SidecarImage(ref, exe, caBundle), nil); err != nil {
+	if err := c.ImportImage(ctx, ociarchive.SidecarImage(ref, exe, caBundle), c.progress); err != nil {
 		return "", fmt.Errorf("sidecar image: %w", err)
 	}
 	return ref, nil

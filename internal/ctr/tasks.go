@@ -86,9 +86,6 @@ func (c *Client) Run(ctx context.Context, name string, stdio IO) (int, error) {
 
 	att := newAttachment(stdio)
 	defer att.restore()
-	if err := att.makeRaw(); err != nil {
-		return -1, fmt.Errorf("run container %s: %w", name, err)
-	}
 	task, err := c.newTask(ctx, cont, att.creator())
 	if err != nil {
 		att.ready(nil)
@@ -100,6 +97,12 @@ func (c *Client) Run(ctx context.Context, name string, stdio IO) (int, error) {
 			_, derr := c.deleteProcess(ctx, task)
 			return -1, errors.Join(err, derr)
 		}
+	}
+	// Raw only now: what BeforeStart prints (the banner) ends its lines as a cooked
+	// terminal does, and Ctrl-C until here interrupts the setup, not the agent.
+	if err := att.makeRaw(); err != nil {
+		_, derr := c.deleteProcess(ctx, task)
+		return -1, errors.Join(fmt.Errorf("run container %s: %w", name, err), derr)
 	}
 	code, err := c.runProcess(ctx, task, att)
 	if err == nil && stdio.Exited != nil {

@@ -55,6 +55,8 @@ type Options struct {
 	// LookupEnv reads the invoking host's environment (default os.LookupEnv).
 	LookupEnv func(string) (string, bool)
 	Log       *slog.Logger
+	// Progress receives the progress of image imports and of the sidecar image write.
+	Progress ctr.ProgressFunc
 }
 
 // withDefaults fills in what was left unset.
@@ -135,6 +137,9 @@ func connect(ctx context.Context, opts Options) (*ctr.Client, error) {
 	var copts []ctr.Option
 	if opts.RuncRoot != "" {
 		copts = append(copts, ctr.WithRuncRoot(opts.RuncRoot))
+	}
+	if opts.Progress != nil {
+		copts = append(copts, ctr.WithProgress(opts.Progress))
 	}
 	return ctr.Connect(ctx, opts.Address, opts.Namespace, copts...)
 }
@@ -219,12 +224,12 @@ type Stdio struct {
 }
 
 // ImportImage imports an OCI image archive into containerd (no network setup needed), for
-// hosts without a registry. It returns the image names.
-func ImportImage(ctx context.Context, opts Options, path string, progress func(string)) ([]string, error) {
+// hosts without a registry, reporting to opts.Progress. It returns the image names.
+func ImportImage(ctx context.Context, opts Options, path string) ([]string, error) {
 	c, err := connect(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	return c.ImportArchiveFile(ctx, path, progress)
+	return c.ImportArchiveFile(ctx, path, opts.Progress)
 }
