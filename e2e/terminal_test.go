@@ -151,3 +151,47 @@ func TestAttachedTerminalStartsAgentAtColumnZero(t *testing.T) {
 		t.Errorf("no banner before the agent's output:\n%q", got)
 	}
 }
+
+// TestBusyboxWgetCommands runs the busybox wget commands the README gives for the demo's
+// shell, as written: busybox wget ignores NO_PROXY, so reaching the egress-proxy needs
+// `-Y off`; everything else goes through the filter, which refuses hosts off the
+// allowlist. No traffic leaves: the filter refuses before resolving, and the
+// egress-proxy answers its own health check.
+func TestBusyboxWgetCommands(t *testing.T) {
+	e := newEnv(t)
+	manifest := fmt.Sprintf(`[agents.wget]
+bottle = "b"
+image = %q
+command = ["/bin/sleep", "600"]
+
+[bottles.b]
+runtime = "runsc-runc"
+filter = "builtin"
+allowlist = []
+
+[[bottles.b.egress_proxy.routes]]
+host = "api.route.test"
+token_ref = "E2E_WGET_TOKEN"
+`, testImage)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := e.bottle([]string{"E2E_WGET_TOKEN=not-a-real-token"}, "start", "--detach", "wget"); code != 0 {
+		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
+	}
+	id := e.identityOf("wget")
+	sh := func(cmd string) (string, int) {
+		t.Helper()
+		out, errOut, code := e.bottle(nil, "exec", id, "--", "/bin/sh", "-c", cmd)
+		return out + errOut, code
+	}
+	if out, code := sh("wget -Y off -q -O- http://egress-proxy:9000/healthz"); code != 0 || strings.TrimSpace(out) != "ok" {
+		t.Errorf("wget -Y off to the egress-proxy: exit %d: %q, want ok", code, out)
+	}
+	if out, code := sh("wget -q -O- http://egress-proxy:9000/healthz"); code == 0 {
+		t.Errorf("wget without -Y off reached the egress-proxy (busybox wget now honours NO_PROXY? then update the README): %q", out)
+	}
+	if out, code := sh("wget -O- http://example.com/"); code == 0 || !strings.Contains(out, "403") {
+		t.Errorf("wget through the filter to a host off the allowlist: exit %d: %q, want 403", code, out)
+	}
+}

@@ -7,7 +7,8 @@
 # and removes its directory (also on failure or Ctrl-C).
 # Exported to the tests: BOTTLE_TEST_CONTAINERD_ADDRESS (socket), CONTAINERD_ADDRESS
 # (same), BOTTLE_TEST_RUNC_ROOT (runc/runsc --root for test containers),
-# BOTTLE_TEST_BUILD_AGENT_IMAGE=1 (tests build the Claude Code agent image).
+# BOTTLE_TEST_BUILD_AGENT_IMAGE=1 (tests build the Claude Code agent image),
+# BOTTLE_TEST_NERDCTL (a pinned nerdctl, scripts/install-nerdctl.sh).
 # Without root: runs only `go test -count=1 ./...`; end-to-end tests skip themselves
 # (unless CI=true, where they fail).
 # Exit status: non-zero when lint or any test failed.
@@ -18,6 +19,8 @@ export PATH="/usr/local/go/bin:/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin
 
 log() { printf '\n=== test.sh: %s\n' "$*"; }
 
+readonly NERDCTL_DIR=/var/cache/bottle/test-tools
+
 if [[ $(id -u) -ne 0 ]]; then
 	log "not root: running unit tests only; end-to-end tests (containerd, runsc, CNI, iptables) skip. Run 'sudo make test' for the full suite."
 	exec go test -count=1 ./...
@@ -26,6 +29,9 @@ fi
 log "host prerequisites"
 scripts/setup-host.sh
 make --no-print-directory tools
+# nerdctl, for the test of bottle's nerdctl interop (e2e/nerdctl_test.go).
+scripts/install-nerdctl.sh "$NERDCTL_DIR"
+export BOTTLE_TEST_NERDCTL="$NERDCTL_DIR/nerdctl"
 
 ctrd_dir=$(mktemp -d /var/tmp/bottle-ctrd.XXXXXX)
 # shellcheck disable=SC2317 # invoked by the EXIT trap

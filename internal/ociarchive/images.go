@@ -37,7 +37,7 @@ var BusyboxApplets = []string{
 	"mktemp", "mount", "mv", "nc", "netstat", "nproc", "nslookup", "printf", "ps", "pwd",
 	"readlink", "rm", "route", "sed", "seq", "sh", "sha256sum", "sleep", "sort", "stat",
 	"stty", "tac", "tail", "tee", "telnet", "test", "timeout", "touch", "tr", "true", "tty",
-	"uname", "uniq", "vi", "wc", "which", "whoami", "xargs", "yes",
+	"uname", "uniq", "vi", "wc", "wget", "which", "whoami", "xargs", "yes",
 }
 
 // BusyboxImage describes a test image: busyboxPath (a static busybox, e.g. Debian's
