@@ -507,6 +507,9 @@ func TestE2EImageEnvAndSidecarImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var reports []Progress // the first start of a bottle version reports the write
+	e.c.progress = func(p Progress) { reports = append(reports, p) }
+	defer func() { e.c.progress = nil }()
 	start := time.Now()
 	hashCache := filepath.Join(t.TempDir(), "hash")
 	ref, err := e.c.ensureSidecarImage(ctx, "test", exe, ociarchive.HostCABundle, hashCache)
@@ -525,10 +528,22 @@ func TestE2EImageEnvAndSidecarImage(t *testing.T) {
 	if !strings.HasPrefix(ref, SidecarRepository+":test-") {
 		t.Errorf("sidecar ref %s", ref)
 	}
+	st, err := os.Stat(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(reports); n < 3 || reports[0].Step != "writing image "+ref || reports[n-2].Step != "unpacking "+ref ||
+		!reports[n-1].Finished || reports[n-1].Failed || reports[n-1].Done < st.Size() {
+		t.Errorf("progress of the sidecar image write (%d reports, the archive holds a %d-byte executable): %+v", n, st.Size(), reports[max(0, n-3):])
+	}
+	reports = nil
 	start = time.Now()
 	again, err := e.c.ensureSidecarImage(ctx, "test", exe, ociarchive.HostCABundle, hashCache)
 	if err != nil || again != ref {
 		t.Fatalf("second EnsureSidecarImage: %s, %v", again, err)
+	}
+	if len(reports) != 0 {
+		t.Errorf("an image already present reported progress: %+v", reports)
 	}
 	t.Logf("sidecar image already present: %v", time.Since(start))
 	cfg, err = e.c.ImageConfig(ctx, ref)
