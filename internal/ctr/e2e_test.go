@@ -528,13 +528,10 @@ func TestE2EImageEnvAndSidecarImage(t *testing.T) {
 	if !strings.HasPrefix(ref, SidecarRepository+":test-") {
 		t.Errorf("sidecar ref %s", ref)
 	}
-	st, err := os.Stat(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The layer is compressed: the archive is smaller than the executable.
 	if n := len(reports); n < 3 || reports[0].Step != "writing image "+ref || reports[n-2].Step != "unpacking "+ref ||
-		!reports[n-1].Finished || reports[n-1].Failed || reports[n-1].Done < st.Size() {
-		t.Errorf("progress of the sidecar image write (%d reports, the archive holds a %d-byte executable): %+v", n, st.Size(), reports[max(0, n-3):])
+		!reports[n-1].Finished || reports[n-1].Failed || reports[n-1].Done < 1<<20 {
+		t.Errorf("progress of the sidecar image write (%d reports): %+v", n, reports[max(0, n-3):])
 	}
 	reports = nil
 	start = time.Now()
