@@ -39,7 +39,14 @@ func TestReadmeRunCommand(t *testing.T) {
 	if !strings.Contains(string(out), "(Claude Code)") {
 		t.Errorf("make run did not print Claude Code's version:\n%s", out)
 	}
-	if len(e.ps()) != 1 {
-		t.Errorf("make run should leave one stopped bottle to resume: %+v", e.ps())
+	ps := e.ps()
+	if len(ps) != 1 {
+		t.Fatalf("make run should leave one stopped bottle to resume: %+v", ps)
+	}
+	// ...and say so, after the agent's output.
+	id := ps[0].Identity
+	hint := "`bottle resume " + id + "` continues it, `bottle rm " + id + "` removes it"
+	if i := strings.Index(string(out), hint); i < 0 || i < strings.Index(string(out), "(Claude Code)") {
+		t.Errorf("make run's exit does not end with how to resume or remove bottle %s:\n%s", id, out)
 	}
 }
