@@ -3,7 +3,6 @@ package e2e
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,17 +25,7 @@ func TestMakeDemoUsesContainerdAddress(t *testing.T) {
 			before[f] = st.ModTime()
 		}
 	}
-	repo, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("make", "-C", repo, "demo", "CMD=echo demo-command-ran")
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
-		"CONTAINERD_ADDRESS=" + e.address, "BOTTLE_NAMESPACE=" + namespace, "BOTTLE_STATE_DIR=" + e.stateDir,
-		"BOTTLE_RESOLV_CONF=" + e.resolv, "BOTTLE_POOL=" + pool, "BOTTLE_RUNC_ROOT=" + os.Getenv("BOTTLE_TEST_RUNC_ROOT"),
-	}
-	out, err := cmd.CombinedOutput()
+	out, err := e.make("demo", "CMD=echo demo-command-ran").CombinedOutput()
 	if err != nil {
 		t.Fatalf("make demo: %v\n%s", err, out)
 	}
