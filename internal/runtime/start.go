@@ -119,6 +119,7 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	if err := s.check(); err != nil {
 		return 0, err
 	}
+	e.log.Debug("setting up", "identity", id, "runtime", s.rt.String())
 	// The sidecar image is checked while the address slot and the firewall are made.
 	var sidecarImage string
 	waitImage := async(func() (err error) {
@@ -472,10 +473,10 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 	switch {
 	case reason != "":
 		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again, `bottle rm %s` removes it", s.id, reason, s.id, s.id), stopErr)
-	case stopErr == nil && !so.Remove && so.Stdio.Err != nil:
+	case stopErr == nil && runErr == nil && !so.Remove:
 		// The kept bottle holds a slot, bridges and firewall chains: say how to go on or
 		// let go, after the agent's last output.
-		fmt.Fprintf(so.Stdio.Err, "bottle %s stopped and kept: `bottle resume %s` continues it, `bottle rm %s` removes it\n", s.id, s.id, s.id)
+		e.log.Info(fmt.Sprintf("bottle %s stopped and kept: `bottle resume %s` continues it, `bottle rm %s` removes it", s.id, s.id, s.id))
 	}
 	if runErr != nil {
 		return exit, errors.Join(runErr, stopErr)
