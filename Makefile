@@ -18,11 +18,15 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/bottle ./cmd/bottle
 
 # The main job: Claude Code in a bottle on this directory (`sudo -E make run`, with
-# CLAUDE_CODE_OAUTH_TOKEN exported; CMD="..." runs a command instead of claude).
+# CLAUDE_CODE_OAUTH_TOKEN exported; CMD="..." runs a command instead of claude). The
+# bottle is kept (stopped) when claude exits, with its files, for `bottle resume ID`;
+# `bottle rm ID` removes it (the exit prints both). CONTAINERD_ADDRESS: use that
+# containerd instead of starting one.
 run:
 	scripts/run.sh $(CMD)
 
-# A busybox shell in a bottle (no agent image or token needed).
+# A busybox shell in a bottle (no agent image or token needed), removed when the shell
+# exits. CONTAINERD_ADDRESS: use that containerd instead of starting one.
 demo:
 	scripts/demo.sh $(CMD)
 
@@ -50,6 +54,8 @@ tools:
 		GOBIN="$(GOBIN_DIR)" $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); \
 	fi
 
+# Host setup; starts containerd (a systemd unit or a background process) unless one
+# answers on /run/containerd/containerd.sock, and prints how to stop it.
 setup:
 	scripts/setup-host.sh --system
 

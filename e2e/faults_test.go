@@ -599,7 +599,8 @@ func TestFullStateDisk(t *testing.T) {
 			}
 			opts := fmt.Sprintf(sweep, arg)
 			mount(opts)
-			out, errOut, code := e.bottle(nil, "start", "--detach", "full", "--", "/bin/sleep", "600")
+			// --debug: a start that fails before its record names its identity only there.
+			out, errOut, code := e.bottle(nil, "--debug", "start", "--detach", "full", "--", "/bin/sleep", "600")
 			if code == 0 {
 				t.Logf("start succeeds with %s", opts)
 				id = e.identityOf("full")

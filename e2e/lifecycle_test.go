@@ -331,6 +331,10 @@ func TestBadInputCreatesNothing(t *testing.T) {
 	// A manifest whose image is not in containerd.
 	missing := filepath.Join(t.TempDir(), "missing.toml")
 	os.WriteFile(missing, []byte("[agents.bad]\nbottle = \"b\"\nimage = \"bottle.local/nothing-here:1\"\n[bottles.b]\nruntime = \"runsc-runc\"\nfilter = \"builtin\"\n"), 0o644)
+	// A route whose credential is not set on the host: the start fails at its plan.
+	unset := filepath.Join(t.TempDir(), "unset.toml")
+	os.WriteFile(unset, []byte("[agents.bad]\nbottle = \"b\"\nimage = \""+testImage+"\"\n[bottles.b]\nruntime = \"runsc-runc\"\nfilter = \"builtin\"\n"+
+		"[[bottles.b.egress_proxy.routes]]\nhost = \"api.example.com\"\ntoken_ref = \"BOTTLE_TEST_UNSET_TOKEN\"\n"), 0o644)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -341,6 +345,7 @@ func TestBadInputCreatesNothing(t *testing.T) {
 		{"containerd missing", []string{"--address", "/nonexistent/containerd.sock", "start", "bad", "--", "/bin/true"}, "make setup"},
 		{"runsc missing", []string{"start", "--runsc", "/nonexistent/runsc", "bad", "--", "/bin/true"}, "setup-host.sh"},
 		{"image missing", []string{"--manifest", missing, "start", "bad", "--", "/bin/true"}, "bottle image import"},
+		{"credential unset", []string{"--manifest", unset, "start", "bad", "--", "/bin/true"}, "BOTTLE_TEST_UNSET_TOKEN (token_ref of route api.example.com: export the credential"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, errOut, code := e.bottle(nil, tc.args...)
@@ -351,6 +356,10 @@ func TestBadInputCreatesNothing(t *testing.T) {
 			}
 			if out != "" {
 				t.Errorf("stdout %q", out)
+			}
+			// No bottle was made, so none is named.
+			if strings.Contains(errOut, "preparing bottle") || strings.Contains(errOut, "optional_env") {
+				t.Errorf("stderr %q names a bottle that never existed, or offers optional_env for a credential", errOut)
 			}
 			if entries, _ := os.ReadDir(filepath.Join(e.stateDir, "bottles")); len(entries) != 0 {
 				t.Errorf("bad input created bottle state: %v", entries)

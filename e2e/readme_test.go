@@ -21,25 +21,38 @@ func TestReadmeRunCommand(t *testing.T) {
 	if !strings.Contains(string(readme), "\nmake run     #") || !strings.Contains(string(readme), "\nmake test    #") {
 		t.Fatal("README no longer opens with `make run` and `make test`: update this test with it")
 	}
-	repo, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("make", "-C", repo, "run", "CMD=claude --version")
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
-		"CONTAINERD_ADDRESS=" + e.address, "BOTTLE_NAMESPACE=" + namespace, "BOTTLE_STATE_DIR=" + e.stateDir,
-		"BOTTLE_RESOLV_CONF=" + e.resolv, "BOTTLE_POOL=" + pool, "BOTTLE_RUNC_ROOT=" + os.Getenv("BOTTLE_TEST_RUNC_ROOT"),
-		"CLAUDE_CODE_OAUTH_TOKEN=not-a-real-token",
-	}
-	out, err := cmd.CombinedOutput()
+	out, err := e.make("run", "CMD=claude --version", "CLAUDE_CODE_OAUTH_TOKEN=not-a-real-token").CombinedOutput()
 	if err != nil {
 		t.Fatalf("make run CMD=\"claude --version\": %v\n%s", err, out)
 	}
 	if !strings.Contains(string(out), "(Claude Code)") {
 		t.Errorf("make run did not print Claude Code's version:\n%s", out)
 	}
-	if len(e.ps()) != 1 {
-		t.Errorf("make run should leave one stopped bottle to resume: %+v", e.ps())
+	ps := e.ps()
+	if len(ps) != 1 {
+		t.Fatalf("make run should leave one stopped bottle to resume: %+v", ps)
 	}
+	// ...and say so, after the agent's output.
+	id := ps[0].Identity
+	hint := "`bottle resume " + id + "` continues it, `bottle rm " + id + "` removes it"
+	if i := strings.Index(string(out), hint); i < 0 || i < strings.Index(string(out), "(Claude Code)") {
+		t.Errorf("make run's exit does not end with how to resume or remove bottle %s:\n%s", id, out)
+	}
+}
+
+// make is `make -C REPO TARGET` as the README's user runs it, against this env's
+// containerd, namespace, state dir and pool (extra: VAR=VALUE for make and its environment).
+func (e *env) make(target string, extra ...string) *exec.Cmd {
+	e.t.Helper()
+	repo, err := filepath.Abs("..")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := exec.Command("make", "-C", repo, target)
+	cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
+		"CONTAINERD_ADDRESS=" + e.address, "BOTTLE_NAMESPACE=" + namespace, "BOTTLE_STATE_DIR=" + e.stateDir,
+		"BOTTLE_RESOLV_CONF=" + e.resolv, "BOTTLE_POOL=" + pool, "BOTTLE_RUNC_ROOT=" + os.Getenv("BOTTLE_TEST_RUNC_ROOT"),
+	}, extra...)
+	return cmd
 }

@@ -5,6 +5,10 @@
 # Docker, cached) and starts the default `claude` agent on the current directory - or
 # CMD instead of `claude` (e.g. `make run CMD="claude --version"`).
 #
+# The bottle is kept when the agent exits (not --rm): stopped, with the agent's files in
+# its root filesystem, so `bottle resume ID` continues the session; `bottle rm ID` removes
+# it (its containers, bridges, address slot and firewall chains). The exit prints both.
+#
 # Claude Code's OAuth token is read from CLAUDE_CODE_OAUTH_TOKEN and reaches only the
 # egress-proxy; keep it out of command lines: export it, then `make run` as root (`sudo -E make run`, or
 # `sudo --preserve-env=CLAUDE_CODE_OAUTH_TOKEN make run`, otherwise).

@@ -10,7 +10,10 @@
 #
 # --system  additionally writes /etc/containerd/bottle-config.toml and starts
 #           containerd on /run/containerd/containerd.sock unless something already
-#           answers there (a containerd the user runs is only checked, never replaced).
+#           answers there (a containerd the user runs is only checked, never replaced):
+#           a systemd unit (bottle-containerd.service), or without systemd a background
+#           process. It keeps running; what was started and the command that stops it
+#           are printed.
 #
 # Environment (mainly for testing this script):
 #   BOTTLE_BIN_DIR   where binaries go (default /usr/local/bin)
@@ -58,7 +61,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 system=0
@@ -256,6 +259,9 @@ EOF
 		log "starting bottle-containerd.service"
 		systemctl enable --now bottle-containerd.service
 		wait_for_containerd "$SYSTEM_SOCKET" -
+		containerd_started_note "systemd unit bottle-containerd.service (enabled: it starts again at boot)" \
+			"$SYSTEM_SOCKET" "$SYSTEM_CONFIG" "journalctl -u bottle-containerd.service" \
+			"systemctl disable --now bottle-containerd.service"
 	else
 		local pid
 		pid=$(cat "$SYSTEM_PIDFILE" 2>/dev/null || true)
@@ -267,9 +273,12 @@ EOF
 			mkdir -p "$(dirname "$SYSTEM_LOG")"
 			# 9>&-: the daemon must not inherit (and hold) the setup lock.
 			"${DAEMON_ENV[@]}" setsid "$BIN_DIR/containerd" --config "$SYSTEM_CONFIG" </dev/null >>"$SYSTEM_LOG" 2>&1 9>&- &
-			echo $! >"$SYSTEM_PIDFILE"
+			pid=$!
+			echo "$pid" >"$SYSTEM_PIDFILE"
 		fi
 		wait_for_containerd "$SYSTEM_SOCKET" "$SYSTEM_LOG"
+		containerd_started_note "background process, pid $pid (pid file $SYSTEM_PIDFILE; not started again at boot)" \
+			"$SYSTEM_SOCKET" "$SYSTEM_CONFIG" "$SYSTEM_LOG" "kill $pid"
 	fi
 	report_running_containerd
 }

@@ -556,3 +556,63 @@ func TestFlagHelpHasNoStrayPlaceholders(t *testing.T) {
 	check("bottle", app.Flags)
 	walk("bottle", app.Commands)
 }
+
+// doctorLine runs `bottle doctor ARGS` (no containerd) and returns its check line named
+// check.
+func doctorLine(t *testing.T, cmd, env []string, check string, args ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	c := exec.Command(cmd[0], append(append(cmd[1:], "--address", filepath.Join(dir, "no-containerd.sock"), "doctor"), args...)...)
+	c.Dir = "/"
+	c.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	out, _ := c.Output() // exit 1: containerd fails
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[1] == check {
+			return l
+		}
+	}
+	t.Fatalf("doctor printed no %s line:\n%s", check, out)
+	return ""
+}
+
+// TestDoctorTakesPool: doctor checks the pool a start would use (--pool, $BOTTLE_POOL).
+func TestDoctorTakesPool(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the slot directory is readable only by root")
+	}
+	if l := doctorLine(t, []string{bottleBin}, []string{"BOTTLE_POOL=10.97.0.0/16"}, "subnet"); !strings.Contains(l, "from pool 10.97.0.0/16") {
+		t.Errorf("BOTTLE_POOL: %s", l)
+	}
+	if l := doctorLine(t, []string{bottleBin}, nil, "subnet", "--pool", "10.96.0.0/16"); !strings.Contains(l, "from pool 10.96.0.0/16") {
+		t.Errorf("doctor --pool: %s", l)
+	}
+}
+
+// TestDoctorNotRootSaysRunAsRoot runs doctor as an unprivileged user: checks that fail
+// for want of root say to run as root, not to install something.
+func TestDoctorNotRootSaysRunAsRoot(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	if os.Geteuid() != 0 || err != nil {
+		t.Skip("needs root and setpriv (util-linux) to run bottle as nobody")
+	}
+	dir, err := os.MkdirTemp("", "bottle-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "bottle")
+	data, err := os.ReadFile(bottleBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil || os.Chmod(dir, 0o755) != nil {
+		t.Fatal(err)
+	}
+	nobody := []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin}
+	for _, check := range []string{"iptables", "subnet"} {
+		l := doctorLine(t, nobody, nil, check)
+		if !strings.HasPrefix(l, "fail") || !strings.Contains(l, "fix: run as root") || strings.Contains(l, "install") {
+			t.Errorf("doctor as nobody: %s", l)
+		}
+	}
+}

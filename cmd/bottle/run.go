@@ -383,7 +383,7 @@ func agentName(args []string, m *manifest.Manifest, src manifest.Source, cmd str
 	}
 	if len(args) == 1 {
 		if m.Agents[args[0]] == nil {
-			return "", usageError{fmt.Errorf("unknown agent %q in %s; known agents: %v", args[0], src.Path, m.AgentNames())}
+			return "", usageError{fmt.Errorf("unknown agent %q%s in %s; known agents: %s", args[0], manifest.DidYouMean(args[0], m.AgentNames()), src.Path, strings.Join(m.AgentNames(), ", "))}
 		}
 		return args[0], nil
 	}

@@ -125,7 +125,7 @@ func DetectRuntime(want string, runscPath string, allowUnsafeRunc bool) (Runtime
 	case HandlerRunc:
 		if !allowUnsafeRunc {
 			return Runtime{}, errors.New("runtime runc runs the agent WITHOUT the gVisor sandbox; " +
-				"it needs the explicit unsafe opt-in (allow unsafe runc), otherwise use runsc-runc or auto")
+				"it needs the explicit unsafe opt-in --allow-unsafe-runc, otherwise use runsc-runc or auto")
 		}
 		slog.Warn("UNSAFE: runtime runc selected: containers share the host kernel without the gVisor sandbox")
 		return Runtime{Handler: HandlerRunc, Type: RuntimeTypeRunc}, nil

@@ -252,3 +252,15 @@ func TestCachedSHA256(t *testing.T) {
 		t.Fatalf("changed file: digest %s, want %s", b, want)
 	}
 }
+
+// TestDetectRuntimeRuncRefusalNamesTheFlag: the refusal names the flag that allows runc,
+// as a user types it.
+func TestDetectRuntimeRuncRefusalNamesTheFlag(t *testing.T) {
+	_, err := DetectRuntime("runc", "", false)
+	if err == nil || !strings.Contains(err.Error(), "--allow-unsafe-runc") {
+		t.Errorf("runc without the opt-in: %v", err)
+	}
+	if rt, err := DetectRuntime("runc", "", true); err != nil || rt.Handler != HandlerRunc {
+		t.Errorf("runc with the opt-in: %+v, %v", rt, err)
+	}
+}

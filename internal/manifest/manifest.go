@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -201,45 +202,53 @@ func Locate(flagPath string, getenv func(string) string) (Source, []byte, error)
 	return Source{Path: DefaultName, Why: "default"}, Default(), nil
 }
 
-// Load decodes and validates a manifest. Errors are *Errors (validation) or a decode error
-// naming the file; both are user errors (exit status 2).
+// Load decodes and validates a manifest. Errors are *Errors naming the file; they are user
+// errors (exit status 2). Unknown keys and invalid values are reported together, in one
+// list; only a syntax error or a value of the wrong type stops decoding, and then that is
+// the one error.
 func Load(name string, data []byte) (*Manifest, error) {
-	m, err := Decode(name, data)
+	m, unknown, err := decode(name, data)
 	if err != nil {
 		return nil, err
 	}
-	if err := m.Validate(name); err != nil {
+	if verr := m.Validate(name); verr != nil {
+		unknown.List = append(unknown.List, verr.(*Errors).List...)
+	}
+	if err := unknown.orNil(); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-// Decode parses TOML strictly: unknown keys are errors naming the key.
-func Decode(name string, data []byte) (*Manifest, error) {
-	var m Manifest
+// decode parses TOML strictly. go-toml decodes the whole document before it reports the
+// unknown keys, so with only those wrong m is complete and can be validated as well.
+func decode(name string, data []byte) (m *Manifest, unknown *Errors, err error) {
+	m = &Manifest{}
+	unknown = &Errors{}
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&m); err != nil {
-		return nil, decodeError(name, err)
-	}
-	return &m, nil
-}
-
-func decodeError(name string, err error) error {
+	err = dec.Decode(m)
 	var strict *toml.StrictMissingError
 	if errors.As(err, &strict) {
-		errs := &Errors{}
 		for _, e := range strict.Errors {
 			row, col := e.Position()
-			errs.add(&FieldError{
+			key := e.Key()
+			unknown.add(&FieldError{
 				File: name, Line: row, Col: col,
-				Path:    strings.Join(e.Key(), "."),
-				Problem: "unknown key",
+				Path:    strings.Join(key, "."),
+				Problem: "unknown key" + DidYouMean(key[len(key)-1], knownKeys(key)),
 				Fix:     "remove it or check its spelling against the manifest reference in README.md",
 			})
 		}
-		return errs
+		return m, unknown, nil
 	}
+	if err != nil {
+		return nil, nil, decodeError(name, err)
+	}
+	return m, unknown, nil
+}
+
+func decodeError(name string, err error) error {
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
 		row, col := de.Position()
@@ -251,6 +260,56 @@ func decodeError(name string, err error) error {
 		}}}
 	}
 	return &Errors{List: []*FieldError{{File: name, Path: "", Problem: err.Error(), Fix: "fix the TOML syntax or the value's type"}}}
+}
+
+// knownKeys lists the keys the table holding key path could have: the toml names of the
+// struct the path's parent decodes into (maps and lists are stepped through).
+func knownKeys(path []string) []string {
+	t := reflect.TypeFor[Manifest]()
+	for _, k := range path[:len(path)-1] {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		switch t.Kind() {
+		case reflect.Map:
+			t = t.Elem() // k is the map's key: NAME of [agents.NAME]
+		case reflect.Struct:
+			f, ok := fieldByKey(t, k)
+			if !ok {
+				return nil
+			}
+			t = f.Type
+		default:
+			return nil
+		}
+	}
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	var keys []string
+	for f := range t.Fields() {
+		if k := tomlKey(f); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
+	for f := range t.Fields() {
+		if tomlKey(f) == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func tomlKey(f reflect.StructField) string {
+	k, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+	return k
 }
 
 // FieldError is one problem in a manifest.
@@ -279,7 +338,8 @@ func (e *FieldError) Error() string {
 		b.WriteString(e.Fix)
 		b.WriteString(")")
 	}
-	return b.String()
+	// One problem, one line: a multi-line detail is joined.
+	return strings.NewReplacer("\r\n", "; ", "\n", "; ", "\r", "; ").Replace(b.String())
 }
 
 // Errors collects every problem found in one manifest.

@@ -234,3 +234,71 @@ func TestLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestAllErrorsAtOnce: unknown keys and invalid values come in one report, one line
+// each, and near misses of a key or of a choice name what was probably meant.
+func TestAllErrorsAtOnce(t *testing.T) {
+	src := `[agents.a]
+bottle = "bb"
+image = "img"
+imgae = "x"
+[bottles.b]
+runtime = "runcs"
+filter = "biultin"
+[[bottles.b.egress_proxy.routes]]
+hots = "api.example.com"
+token_ref = "T"
+role = "claude_code_oath"
+[bottles.b.resources]
+memroy_mb = 1
+`
+	_, err := Load("t.toml", []byte(src))
+	var errs *Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("want *Errors, got %T %v", err, err)
+	}
+	want := map[string]string{
+		"agents.a.imgae":                        `t.toml:4:1: agents.a.imgae: unknown key; did you mean "image"?`,
+		"bottles.b.egress_proxy.routes.hots":    `unknown key; did you mean "host"?`,
+		"bottles.b.resources.memroy_mb":         `unknown key; did you mean "memory_mb"?`,
+		"agents.a.bottle":                       `unknown bottle "bb"; did you mean "b"?`,
+		"bottles.b.runtime":                     `unknown runtime "runcs"; did you mean "runsc"?`,
+		"bottles.b.filter":                      `unknown filter "biultin"; did you mean "builtin"?`,
+		"bottles.b.egress_proxy.routes[0].role": `unknown role "claude_code_oath"; did you mean "claude_code_oauth"?`,
+		"bottles.b.egress_proxy.routes[0].host": `empty`, // the misspelt key left it empty
+	}
+	got := map[string]string{}
+	for _, fe := range errs.List {
+		got[fe.Path] = fe.Error()
+	}
+	for path, w := range want {
+		if !strings.Contains(got[path], w) {
+			t.Errorf("%s: got %q, want it to contain %q", path, got[path], w)
+		}
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != len(errs.List) {
+		t.Errorf("%d errors in %d lines:\n%s", len(errs.List), len(lines), err)
+	}
+}
+
+func TestSuggest(t *testing.T) {
+	for _, tc := range []struct {
+		got   string
+		known []string
+		want  string
+	}{
+		{"hots", []string{"host", "token_ref", "role"}, "host"},
+		{"Runsc", RuntimeChoices, "runsc"},
+		{"runcs", RuntimeChoices, "runsc"},
+		{"pipelok", FilterChoices, "pipelock"},
+		{"x", RuntimeChoices, ""},     // far from everything
+		{"ab", []string{"auto"}, ""},  // too short to guess
+		{"zzzzzz", FilterChoices, ""}, // nothing near
+		{"token-ref", []string{"token_ref"}, "token_ref"},
+	} {
+		if got := suggest(tc.got, tc.known); got != tc.want {
+			t.Errorf("suggest(%q, %v) = %q, want %q", tc.got, tc.known, got, tc.want)
+		}
+	}
+}

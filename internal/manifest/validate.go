@@ -108,7 +108,7 @@ func validateAgent(bad reporter, m *Manifest, name string, a *Agent) {
 	case a.Bottle == "":
 		bad(p+".bottle", "agent has no bottle", "set `bottle = \"NAME\"` to one of the [bottles.NAME] tables")
 	case m.Bottles[a.Bottle] == nil:
-		bad(p+".bottle", fmt.Sprintf("unknown bottle %q", a.Bottle), "define [bottles."+a.Bottle+"] or use one of: "+strings.Join(sortedKeys(m.Bottles), ", "))
+		bad(p+".bottle", fmt.Sprintf("unknown bottle %q", a.Bottle)+DidYouMean(a.Bottle, sortedKeys(m.Bottles)), "define [bottles."+a.Bottle+"] or use one of: "+strings.Join(sortedKeys(m.Bottles), ", "))
 	default:
 		bottle = m.Bottles[a.Bottle]
 	}
@@ -204,10 +204,10 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 		}
 	}
 	if b.Runtime != "" && !slices.Contains(RuntimeChoices, b.Runtime) {
-		bad(p+".runtime", fmt.Sprintf("unknown runtime %q", b.Runtime), "use one of: "+strings.Join(RuntimeChoices, ", "))
+		bad(p+".runtime", fmt.Sprintf("unknown runtime %q", b.Runtime)+DidYouMean(b.Runtime, RuntimeChoices), "use one of: "+strings.Join(RuntimeChoices, ", "))
 	}
 	if b.Filter != "" && !slices.Contains(FilterChoices, b.Filter) {
-		bad(p+".filter", fmt.Sprintf("unknown filter %q", b.Filter), "use one of: "+strings.Join(FilterChoices, ", "))
+		bad(p+".filter", fmt.Sprintf("unknown filter %q", b.Filter)+DidYouMean(b.Filter, FilterChoices), "use one of: "+strings.Join(FilterChoices, ", "))
 	}
 	switch mem := b.Resources.MemoryMB; {
 	case mem < 0 || (mem > 0 && mem < 64):
@@ -257,7 +257,7 @@ func validateRoutes(bad reporter, p string, routes []*Route) {
 		}
 		for _, role := range roles {
 			if !slices.Contains(KnownRoles, role) {
-				bad(rp+".role", fmt.Sprintf("unknown role %q", role), "use one of: "+strings.Join(KnownRoles, ", "))
+				bad(rp+".role", fmt.Sprintf("unknown role %q", role)+DidYouMean(role, KnownRoles), "use one of: "+strings.Join(KnownRoles, ", "))
 				continue
 			}
 			if slices.Contains(SingletonRoles, role) {

@@ -33,7 +33,7 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 				env[name] = v
 				c.SecretEnv = append(c.SecretEnv, name)
 			case !forwarded.optional:
-				b.p.Unresolved = append(b.p.Unresolved, name)
+				b.unresolved(name, fmt.Sprintf("forward_env of agent %s: export it, or move it to optional_env to start without it", b.in.AgentName))
 			}
 		}
 	}

@@ -31,7 +31,7 @@ func (egressProxy) container(b *builder) (*Container, error) {
 	c := b.newContainer(names.RoleEgressProxy, b.in.SidecarImage, true)
 	env := map[string]string{}
 	for _, r := range b.p.Routes {
-		b.secret(c, env, r.TokenRef)
+		b.secret(c, env, r.TokenRef, fmt.Sprintf("token_ref of route %s: export the credential; only the egress-proxy gets it", r.Host))
 	}
 	cfg := egress.ProxyConfig{
 		Listen: fmt.Sprintf("%s:%d", b.addr(names.RoleEgressProxy, names.NetInternal), EgressProxyPort),

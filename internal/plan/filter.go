@@ -31,5 +31,5 @@ func chooseFilter(choice string, pipelockPresent bool) (string, error) {
 			return choice, nil
 		}
 	}
-	return "", fmt.Errorf("unknown filter %q; use one of: %s", choice, strings.Join(manifest.FilterChoices, ", "))
+	return "", fmt.Errorf("unknown filter %q%s; use one of: %s", choice, manifest.DidYouMean(choice, manifest.FilterChoices), strings.Join(manifest.FilterChoices, ", "))
 }

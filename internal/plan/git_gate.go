@@ -41,12 +41,12 @@ func (gitGate) container(b *builder) (*Container, error) {
 		}
 		if g.TokenRef != "" {
 			r.TokenEnv = g.TokenRef
-			b.secret(c, env, g.TokenRef)
+			b.secret(c, env, g.TokenRef, fmt.Sprintf("token_ref of git remote %s: export the HTTPS token; only git-gate gets it", g.Name))
 		}
 		if g.SSHKey != "" {
 			r.SSHKeyEnv = fmt.Sprint(manifest.SSHKeyEnvPrefix, i)
 			if b.in.ReadFile == nil {
-				b.p.Unresolved = append(b.p.Unresolved, "ssh_key "+sshKeyPath(g.SSHKey, b.in.ManifestPath))
+				b.unresolved("ssh_key "+sshKeyPath(g.SSHKey, b.in.ManifestPath), fmt.Sprintf("the SSH key of git remote %s: read when bottle starts", g.Name))
 			} else if key, err := readSSHKey(b.in.ReadFile, b.in.ManifestPath, b.agent.Bottle, i, g); err != nil {
 				return nil, err
 			} else {

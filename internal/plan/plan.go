@@ -165,7 +165,7 @@ func Build(in Input) (*Plan, error) {
 		StageDir: path.Join(in.StateDir, "bottles", identity.String(), "stage"),
 	}
 	if !slices.Contains(manifest.RuntimeChoices, p.Runtime) {
-		return nil, fmt.Errorf("unknown runtime %q; use one of: %s", p.Runtime, strings.Join(manifest.RuntimeChoices, ", "))
+		return nil, fmt.Errorf("unknown runtime %q%s; use one of: %s", p.Runtime, manifest.DidYouMean(p.Runtime, manifest.RuntimeChoices), strings.Join(manifest.RuntimeChoices, ", "))
 	}
 	p.Filter, err = chooseFilter(cmp.Or(in.FilterOverride, bottle.Filter, "auto"), in.PipelockPresent)
 	if err != nil {
@@ -198,6 +198,22 @@ type builder struct {
 	p      *Plan
 	agent  *manifest.Agent
 	bottle *manifest.Bottle
+	// hints says, per unresolved name, what needs it and how to provide it: a forwarded
+	// name can be made optional, a credential cannot.
+	hints map[string]string
+}
+
+// unresolved records a host value the plan needs but the host does not have (once, with
+// the first hint).
+func (b *builder) unresolved(name, hint string) {
+	if _, seen := b.hints[name]; seen {
+		return
+	}
+	if b.hints == nil {
+		b.hints = map[string]string{}
+	}
+	b.hints[name] = hint
+	b.p.Unresolved = append(b.p.Unresolved, name)
 }
 
 func (b *builder) build() (*Plan, error) {
@@ -235,7 +251,11 @@ func (b *builder) build() (*Plan, error) {
 	}
 	sort.Strings(p.Unresolved)
 	if b.in.Strict && len(p.Unresolved) > 0 {
-		return nil, fmt.Errorf("host environment variables not set: %s; export them (they are read at start and handed only to the containers that need them) or mark forwarded names optional with optional_env", strings.Join(p.Unresolved, ", "))
+		missing := make([]string, len(p.Unresolved))
+		for i, name := range p.Unresolved {
+			missing[i] = fmt.Sprintf("%s (%s)", name, b.hints[name])
+		}
+		return nil, fmt.Errorf("not set on this host: %s; values are read at start and handed only to the container that needs them (sudo drops the environment: use sudo -E)", strings.Join(missing, "; "))
 	}
 	return p, nil
 }

@@ -620,3 +620,29 @@ func lastOf(p netip.Prefix) netip.Addr {
 	a, _ := netip.AddrFromSlice(b)
 	return a
 }
+
+// TestUnresolvedHintsByKind: each kind of unset host value gets the hint that applies to
+// it; only a forwarded name can be made optional.
+func TestUnresolvedHintsByKind(t *testing.T) {
+	m := load(t, "../../examples/team.toml")
+	in := input(m, "coder", map[string]string{"file:/home/me/.ssh/bottle_ed25519": "k"})
+	in.Strict = true
+	_, err := Build(in)
+	if err == nil {
+		t.Fatal("start with nothing set succeeded")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"GITHUB_USER (forward_env of agent coder: export it, or move it to optional_env",
+		"MY_CLAUDE_OAUTH (token_ref of route api.anthropic.com: export the credential; only the egress-proxy gets it)",
+		"GITHUB_TOKEN (token_ref of route api.github.com:",
+		"UPSTREAM_GIT_TOKEN (token_ref of git remote upstream: export the HTTPS token; only git-gate gets it)",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+	if strings.Count(msg, "optional_env") != 1 || strings.Contains(msg, "\n") {
+		t.Errorf("optional_env is offered for a credential, or the error is not one line:\n%s", msg)
+	}
+}

@@ -84,12 +84,12 @@ func (b *builder) extraCA() ([]specs.Mount, string) {
 }
 
 // secret puts the host variable name into env for a sidecar's process, or records it as
-// unresolved.
-func (b *builder) secret(c *Container, env map[string]string, name string) {
+// unresolved with hint (what it is, and how to provide it).
+func (b *builder) secret(c *Container, env map[string]string, name, hint string) {
 	if v, ok := b.lookup(name); ok && v != "" {
 		env[name] = v
 		c.SecretEnv = append(c.SecretEnv, name)
 	} else {
-		b.p.Unresolved = append(b.p.Unresolved, name)
+		b.unresolved(name, hint)
 	}
 }

@@ -106,11 +106,8 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 			checks = append(checks, leftoverChecks(ctx, c, n, o.StateDir)...)
 		}
 	}
-	if fams, err := firewall.Check(ctx); err != nil {
-		add("iptables", CheckFail, oneLine(err), "install iptables (Debian: apt-get install iptables)")
-	} else {
-		add("iptables", CheckOK, strings.Join(fams, " and ")+" usable", "")
-	}
+	fams, err := firewall.Check(ctx)
+	checks = append(checks, iptablesCheck(fams, err, os.Geteuid() == 0))
 	if v, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err != nil {
 		add("ip_forward", CheckWarn, oneLine(err), "")
 	} else if strings.TrimSpace(string(v)) == "1" {
@@ -118,7 +115,9 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 	} else {
 		add("ip_forward", CheckWarn, "off; the first bottle's egress network turns it on (the agent's internal network stays blocked by bottle's firewall rules)", "")
 	}
-	if slot, err := slots.FirstFree("", o.Pool); err != nil {
+	if slot, err := slots.FirstFree("", o.Pool); err != nil && os.Geteuid() != 0 {
+		add("subnet", CheckFail, oneLine(err), "run as root (sudo bottle doctor): the address slots are readable only by root")
+	} else if err != nil {
 		add("subnet", CheckFail, oneLine(err), "remove bottles (`bottle rm`, `bottle cleanup`) or choose another --pool")
 	} else {
 		internal, egress, _ := slots.Subnets(slot, o.Pool)
@@ -128,6 +127,18 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 		checks = append(checks, planChecks(ctx, c, o)...)
 	}
 	return checks
+}
+
+// iptablesCheck judges firewall.Check's result. Without root iptables cannot read the
+// rules at all, so its failure says nothing about whether iptables is installed.
+func iptablesCheck(fams []string, err error, root bool) Check {
+	switch {
+	case err == nil:
+		return Check{Name: "iptables", Status: CheckOK, Detail: strings.Join(fams, " and ") + " usable"}
+	case !root:
+		return Check{Name: "iptables", Status: CheckFail, Detail: oneLine(err), Fix: "run as root (sudo bottle doctor): iptables needs root to read the firewall rules"}
+	}
+	return Check{Name: "iptables", Status: CheckFail, Detail: oneLine(err), Fix: "install iptables (Debian: apt-get install iptables)"}
 }
 
 // Blocking reports whether any check failed.

@@ -196,3 +196,18 @@ func TestPeersAreTheOthersOnTheSameNetworks(t *testing.T) {
 		t.Errorf("peers of the agent: %s", got)
 	}
 }
+
+// TestIptablesCheckSaysRunAsRoot: without root, a failing iptables is a permissions
+// problem, not a missing package.
+func TestIptablesCheckSaysRunAsRoot(t *testing.T) {
+	denied := errors.New("iptables does not work: iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)")
+	if c := iptablesCheck(nil, denied, false); c.Status != CheckFail || !strings.Contains(c.Fix, "run as root") || strings.Contains(c.Fix, "install") {
+		t.Errorf("not root: %+v", c)
+	}
+	if c := iptablesCheck(nil, denied, true); c.Status != CheckFail || !strings.Contains(c.Fix, "install iptables") {
+		t.Errorf("root: %+v", c)
+	}
+	if c := iptablesCheck([]string{"iptables", "ip6tables"}, nil, false); c.Status != CheckOK || c.Detail != "iptables and ip6tables usable" {
+		t.Errorf("working: %+v", c)
+	}
+}

@@ -119,7 +119,7 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	if err := s.check(); err != nil {
 		return 0, err
 	}
-	e.log.Info("preparing bottle", "identity", id, "runtime", s.rt.String())
+	e.log.Debug("setting up", "identity", id, "runtime", s.rt.String())
 	// The sidecar image is checked while the address slot and the firewall are made.
 	var sidecarImage string
 	waitImage := async(func() (err error) {
@@ -142,6 +142,8 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	if err := s.record(); err != nil {
 		return 0, err
 	}
+	// Only now: a start refused before this point leaves no bottle to name.
+	e.log.Info("preparing bottle", "identity", id, "runtime", s.rt.String())
 	e.killPoint(setupCtx, "meta")
 	s.step("meta")
 	if err := e.writeStage(s.p); err != nil {
@@ -468,8 +470,13 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		}
 	}
 	s.step("stopped")
-	if reason != "" {
-		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again", s.id, reason, s.id), stopErr)
+	switch {
+	case reason != "":
+		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again, `bottle rm %s` removes it", s.id, reason, s.id, s.id), stopErr)
+	case stopErr == nil && runErr == nil && !so.Remove:
+		// The kept bottle holds a slot, bridges and firewall chains: say how to go on or
+		// let go, after the agent's last output.
+		e.log.Info(fmt.Sprintf("bottle %s stopped and kept: `bottle resume %s` continues it, `bottle rm %s` removes it", s.id, s.id, s.id))
 	}
 	if runErr != nil {
 		return exit, errors.Join(runErr, stopErr)

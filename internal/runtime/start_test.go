@@ -497,3 +497,58 @@ func TestResumeFailureKeepsTheBottle(t *testing.T) {
 		t.Errorf("resume: %v; want the agent's container updated (its snapshot kept) and the slot kept", ops)
 	}
 }
+
+// TestAttachedExitSaysHowToResumeOrRemove: once an attached agent exits, bottle's last
+// line (on stderr, after the agent's output) says how to resume or remove the kept
+// bottle; with --rm nothing is kept and nothing is said.
+func TestAttachedExitSaysHowToResumeOrRemove(t *testing.T) {
+	for _, remove := range []bool{false, true} {
+		st := newStartTest(t)
+		var log strings.Builder
+		st.e.log = slog.New(slog.NewTextHandler(&log, nil))
+		st.so.Detach, st.so.Remove = false, remove
+		if code, err := st.e.Start(context.Background(), st.so); code != 0 || err != nil {
+			t.Fatalf("attached start (rm %v): %d, %v", remove, code, err)
+		}
+		lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+		last := lines[len(lines)-1]
+		if remove {
+			if strings.Contains(log.String(), "stopped and kept") || len(st.bottles()) != 0 {
+				t.Errorf("--rm: bottles %v, log:\n%s\nwant nothing said and nothing kept", st.bottles(), log.String())
+			}
+			continue
+		}
+		id := st.bottles()[0]
+		want := "bottle " + id + " stopped and kept: `bottle resume " + id + "` continues it, `bottle rm " + id + "` removes it"
+		if !strings.Contains(last, want) {
+			t.Errorf("last line %q, want %q", last, want)
+		}
+	}
+}
+
+// TestPreparingOnlyOnceTheBottleExists: a start refused before its record is written
+// names no bottle ("preparing bottle" would claim one that never exists).
+func TestPreparingOnlyOnceTheBottleExists(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(*startTest)
+		want  bool
+	}{
+		{"agent image", func(st *startTest) { st.host.fail["image exists"] = errors.New("no image") }, false},
+		{"slot", func(st *startTest) { st.host.fail["reserve slot"] = errors.New("no slot") }, false},
+		{"plan", func(st *startTest) { delete(st.env, "FORWARDED") }, false},
+		{"started", func(*startTest) {}, true},
+	} {
+		st := newStartTest(t)
+		var log strings.Builder
+		st.e.log = slog.New(slog.NewTextHandler(&log, nil))
+		tc.setup(st)
+		_, err := st.e.Start(context.Background(), st.so)
+		if tc.want != (err == nil) {
+			t.Fatalf("%s: start: %v", tc.name, err)
+		}
+		if got := strings.Contains(log.String(), "preparing bottle"); got != tc.want {
+			t.Errorf("%s: logged preparing bottle: %v, want %v:\n%s", tc.name, got, tc.want, log.String())
+		}
+	}
+}

@@ -28,3 +28,12 @@ EOF
 # An array, not a function: `"${DAEMON_ENV[@]}" daemon &` keeps $! the daemon's pid.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 DAEMON_ENV=(env -i PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
+
+# containerd_started_note WHAT SOCKET CONFIG LOG STOP prints what setup-host.sh started and
+# how to stop it: the daemon keeps running after the script (and `make run`/`make demo`)
+# ends, so the user is told, with the exact command that stops it.
+containerd_started_note() {
+	printf 'setup-host: started containerd for bottle: %s\n' "$1"
+	printf 'setup-host:   socket %s, config %s, log %s\n' "$2" "$3" "$4"
+	printf 'setup-host:   it keeps running after this command; stop it with: %s\n' "$5"
+}
