@@ -86,6 +86,7 @@ func newApp() *cli.App {
 				},
 			},
 			imageCommand(),
+			cpCommand(),
 			doctorCommand(),
 			sidecarCommand(),
 		),

@@ -84,7 +84,7 @@ func (p *Plan) Summary() string {
 	fmt.Fprintf(&b, "runtime: %s   filter: %s\n", p.Runtime, p.Filter)
 	ws := p.Workspace.Host
 	if p.Workspace.Copy {
-		ws += " (copied)"
+		ws += " (copied to " + p.Workspace.Source + ")"
 	}
 	fmt.Fprintf(&b, "workspace: %s -> /workspace\n", ws)
 	for _, n := range p.Networks {
@@ -120,6 +120,9 @@ func (p *Plan) Summary() string {
 	}
 	if len(p.Unresolved) > 0 {
 		fmt.Fprintf(&b, "warning: not set on this host (start would fail): %s\n", strings.Join(p.Unresolved, ", "))
+	}
+	for _, w := range p.Warnings {
+		fmt.Fprintf(&b, "warning: %s\n", w)
 	}
 	return b.String()
 }
