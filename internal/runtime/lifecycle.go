@@ -251,9 +251,9 @@ type Status struct {
 	// Phase is told from the tasks: starting, running, degraded, exited or stopped.
 	Phase string `json:"phase"`
 	// Reason explains the phase, e.g. "filter exited 137".
-	Reason     string            `json:"reason,omitempty"`
-	Orphaned   bool              `json:"orphaned"`
-	Workspace  string            `json:"workspace"`
+	Reason    string `json:"reason,omitempty"`
+	Orphaned  bool   `json:"orphaned"`
+	Workspace string `json:"workspace"`
 	// Copy is the workspace copy the agent works in (--cwd), removed with the bottle.
 	Copy       string            `json:"copy,omitempty"`
 	CreatedAt  time.Time         `json:"created_at"`
