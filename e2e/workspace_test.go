@@ -129,3 +129,120 @@ func TestUnwritableWorkspaceSaidSo(t *testing.T) {
 		t.Error("the agent wrote a workspace it was warned it cannot write")
 	}
 }
+
+// TestCwdCopyAndCp: a --cwd copy belongs to the agent's user (here the manifest's
+// 1000:1000 in a root-owned directory), so the agent edits copied files; start, ps and
+// rm name the copy's path. `bottle cp` takes the agent's work out and puts files in,
+// refuses paths out of /workspace and never follows the links the agent planted.
+func TestCwdCopyAndCp(t *testing.T) {
+	e := newEnv(t)
+	manifest := "[agents.cpy]\nbottle = \"b\"\nimage = \"" + testImage + "\"\nuser = \"1000:1000\"\n[bottles.b]\nruntime = \"runsc-runc\"\nfilter = \"builtin\"\n"
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ws := t.TempDir() // not the manifest's dir: that holds the state dir, which the copy must not
+	if err := os.MkdirAll(filepath.Join(ws, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"orig.txt": "orig\n", "sub/inner.txt": "inner\n"} {
+		if err := os.WriteFile(filepath.Join(ws, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outside := t.TempDir() // a host directory the agent points a link at
+	script := `if [ -f /workspace/in.txt ]; then echo agent-edit >> /workspace/in.txt && echo in-edited; exit; fi; ` +
+		`id -u; echo edited >> /workspace/orig.txt && echo result > /workspace/result && ln -s /etc /workspace/evil && ` +
+		`ln -s ` + outside + ` /workspace/evil2 && ln -s sub/inner.txt /workspace/good && echo planted`
+	cmd := e.command(nil, "start", "--cwd", "cpy", "--", "/bin/sh", "-c", script)
+	cmd.Dir = ws
+	out, errOut, code := runCmd(t, cmd)
+	if code != 0 || !strings.Contains(out, "planted") || !strings.HasPrefix(out, "1000\n") {
+		t.Fatalf("start --cwd: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	id := e.identityOf("cpy")
+	copyDir := filepath.Join(e.stateDir, "bottles", id, "workspace")
+	if !strings.Contains(errOut, copyDir) {
+		t.Errorf("start does not name the copy %s:\n%s", copyDir, errOut)
+	}
+	if strings.Contains(errOut, "cannot write /workspace") {
+		t.Errorf("start warned about a copy the agent owns:\n%s", errOut)
+	}
+	if ps := e.must("ps"); !strings.Contains(ps, "copy: "+copyDir) {
+		t.Errorf("ps does not show the copy %s:\n%s", copyDir, ps)
+	}
+	if b, _ := os.ReadFile(filepath.Join(copyDir, "orig.txt")); string(b) != "orig\nedited\n" {
+		t.Errorf("the agent could not edit its copy of orig.txt: %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(ws, "orig.txt")); string(b) != "orig\n" {
+		t.Errorf("the original orig.txt changed: %q", b)
+	}
+
+	// Out: one file, then the whole workspace; the links out of it are left out.
+	dest := t.TempDir()
+	e.must("cp", id+":result", filepath.Join(dest, "result"))
+	if b, _ := os.ReadFile(filepath.Join(dest, "result")); string(b) != "result\n" {
+		t.Errorf("cp out of one file: %q", b)
+	}
+	if uid, _ := ownerOf(t, filepath.Join(dest, "result")); uid != 0 {
+		t.Errorf("a file copied out belongs to %d, want the invoking user (root)", uid)
+	}
+	all := e.must("cp", id+":/workspace", dest)
+	if !strings.Contains(all, "skipped") || !strings.Contains(all, "evil") {
+		t.Errorf("cp of the workspace does not report the links it left out:\n%s", all)
+	}
+	for name, want := range map[string]string{"workspace/orig.txt": "orig\nedited\n", "workspace/sub/inner.txt": "inner\n", "workspace/good": "inner\n"} {
+		if b, err := os.ReadFile(filepath.Join(dest, name)); err != nil || string(b) != want {
+			t.Errorf("%s copied out: %q %v, want %q", name, b, err, want)
+		}
+	}
+	for _, name := range []string{"workspace/evil", "workspace/evil2"} {
+		if _, err := os.Lstat(filepath.Join(dest, name)); err == nil {
+			t.Errorf("%s (a link out of the workspace) was copied", name)
+		}
+	}
+	if _, _, code := e.bottle(nil, "cp", id+":evil/passwd", filepath.Join(dest, "bad")); code == 0 {
+		t.Error("cp of evil/passwd followed the agent's link to /etc")
+	}
+	if out := e.must("cp", id+":evil2", filepath.Join(dest, "bad")); !strings.Contains(out, "skipped: evil2 (link to "+outside) {
+		t.Errorf("cp of a link out of the workspace does not say it left it out:\n%s", out)
+	}
+	if _, err := os.Lstat(filepath.Join(dest, "bad")); err == nil {
+		t.Error("cp through a link out of the workspace made something")
+	}
+	for _, bad := range []string{id + ":../../etc/passwd", id + ":/etc/passwd", id + ":/workspace/../etc"} {
+		if _, errOut, code := e.bottle(nil, "cp", bad, filepath.Join(dest, "x")); code != 2 {
+			t.Errorf("cp %s: exit %d (%s), want 2 (refused)", bad, code, errOut)
+		}
+	}
+
+	// In: a file into the copy, owned by the copy's owner (the agent), which edits it on
+	// resume; nothing goes through the agent's link to the host directory.
+	in := filepath.Join(t.TempDir(), "in.txt")
+	if err := os.WriteFile(in, []byte("from host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.must("cp", in, id+":/workspace")
+	if uid, gid := ownerOf(t, filepath.Join(copyDir, "in.txt")); uid != 1000 || gid != 1000 {
+		t.Errorf("a file copied in belongs to %d:%d, want the agent's 1000:1000", uid, gid)
+	}
+	for _, bad := range []string{id + ":evil2/planted", id + ":evil2"} {
+		if _, _, code := e.bottle(nil, "cp", in, bad); code == 0 {
+			t.Errorf("cp into %s succeeded", bad)
+		}
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Errorf("cp wrote through the agent's link into %s: %v", outside, ents)
+	}
+	if out := e.must("resume", id); !strings.Contains(out, "in-edited") {
+		t.Errorf("the agent could not edit the file copied in: %q", out)
+	}
+
+	_, errOut, code = e.bottle(nil, "rm", id)
+	if code != 0 || !strings.Contains(errOut, "workspace copy") || !strings.Contains(errOut, copyDir) {
+		t.Errorf("rm: exit %d, stderr %q; want it to say the copy %s goes", code, errOut, copyDir)
+	}
+	if _, err := os.Stat(copyDir); err == nil {
+		t.Error("rm left the workspace copy")
+	}
+	e.assertNothingLeft(id)
+}
