@@ -86,6 +86,10 @@ func newUpstream(t *testing.T) *upstream {
 			fmt.Fprintln(w, "UPSTREAM-OK")
 			return
 		}
+		if bytes.Contains(body, []byte(fakeToolMarker)) && !bytes.Contains(body, []byte(`"tool_result"`)) {
+			fakeAnthropicToolUse(w, req.Model, req.Stream)
+			return
+		}
 		fakeAnthropicMessage(w, req.Model, req.Stream)
 	})
 	mux.HandleFunc("/v1/stream", func(w http.ResponseWriter, r *http.Request) {
@@ -150,6 +154,45 @@ func fakeAnthropicMessage(w http.ResponseWriter, model string, stream bool) {
 	}
 	send("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
 	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": "end_turn", "stop_sequence": nil}, "usage": map[string]int{"output_tokens": len(words)}})
+	send("message_stop", map[string]any{"type": "message_stop"})
+}
+
+// fakeToolMarker in a prompt makes the fake Messages API answer with fakeToolUse (until
+// the conversation holds its result); fakeToolFile is the file that tool call writes.
+const (
+	fakeToolMarker = "BOTTLE-E2E-WRITE-A-FILE"
+	fakeToolFile   = "/workspace/written-by-claude.txt"
+	fakeToolText   = "Claude Code wrote this in bottle's e2e test.\n"
+)
+
+// fakeAnthropicToolUse answers with one call of Claude Code's Write tool (fakeToolFile).
+func fakeAnthropicToolUse(w http.ResponseWriter, model string, stream bool) {
+	input := map[string]string{"file_path": fakeToolFile, "content": fakeToolText}
+	usage := map[string]int{"input_tokens": 12, "output_tokens": 12}
+	if !stream {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{
+			"id": "msg_e2e_tool", "type": "message", "role": "assistant", "model": model,
+			"content":     []map[string]any{{"type": "tool_use", "id": "toolu_e2e", "name": "Write", "input": input}},
+			"stop_reason": "tool_use", "stop_sequence": nil, "usage": usage,
+		})
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	send := func(event string, data any) {
+		b, _ := json.Marshal(data)
+		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+		w.(http.Flusher).Flush()
+	}
+	args, _ := json.Marshal(input)
+	send("message_start", map[string]any{"type": "message_start", "message": map[string]any{
+		"id": "msg_e2e_tool", "type": "message", "role": "assistant", "model": model, "content": []any{},
+		"stop_reason": nil, "stop_sequence": nil, "usage": map[string]int{"input_tokens": 12, "output_tokens": 1}}})
+	send("content_block_start", map[string]any{"type": "content_block_start", "index": 0,
+		"content_block": map[string]any{"type": "tool_use", "id": "toolu_e2e", "name": "Write", "input": map[string]any{}}})
+	send("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]string{"type": "input_json_delta", "partial_json": string(args)}})
+	send("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
+	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": "tool_use", "stop_sequence": nil}, "usage": map[string]int{"output_tokens": 12}})
 	send("message_stop", map[string]any{"type": "message_stop"})
 }
 
