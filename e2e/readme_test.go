@@ -26,12 +26,7 @@ func TestReadmeRunCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("make", "-C", repo, "run", "CMD=claude --version")
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
-		"CONTAINERD_ADDRESS=" + e.address, "BOTTLE_NAMESPACE=" + namespace, "BOTTLE_STATE_DIR=" + e.stateDir,
-		"BOTTLE_RESOLV_CONF=" + e.resolv, "BOTTLE_POOL=" + pool, "BOTTLE_RUNC_ROOT=" + os.Getenv("BOTTLE_TEST_RUNC_ROOT"),
-		"CLAUDE_CODE_OAUTH_TOKEN=not-a-real-token",
-	}
+	cmd.Env = e.makeRunEnv()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("make run CMD=\"claude --version\": %v\n%s", err, out)
@@ -41,5 +36,16 @@ func TestReadmeRunCommand(t *testing.T) {
 	}
 	if len(e.ps()) != 1 {
 		t.Errorf("make run should leave one stopped bottle to resume: %+v", e.ps())
+	}
+}
+
+// makeRunEnv is the environment `make run` gets in a test: the test's containerd, state
+// dir, namespace, pool and resolver, and a token that is not real.
+func (e *env) makeRunEnv() []string {
+	return []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
+		"CONTAINERD_ADDRESS=" + e.address, "BOTTLE_NAMESPACE=" + namespace, "BOTTLE_STATE_DIR=" + e.stateDir,
+		"BOTTLE_RESOLV_CONF=" + e.resolv, "BOTTLE_POOL=" + pool, "BOTTLE_RUNC_ROOT=" + os.Getenv("BOTTLE_TEST_RUNC_ROOT"),
+		"CLAUDE_CODE_OAUTH_TOKEN=not-a-real-token",
 	}
 }

@@ -44,12 +44,7 @@ func TestReadmeMainPathWritesWorkspace(t *testing.T) {
 	script := `id -u > /workspace/made-by-agent && mkdir /workspace/agent-dir && echo x > /workspace/agent-dir/f && echo edited-by-agent >> /workspace/README.md && touch ~/.home-writable && echo done`
 	cmd := exec.Command("make", "run", "CMD=sh -c '"+script+"'")
 	cmd.Dir = checkout
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
-		"CONTAINERD_ADDRESS=" + e.address, "BOTTLE_NAMESPACE=" + namespace, "BOTTLE_STATE_DIR=" + e.stateDir,
-		"BOTTLE_RESOLV_CONF=" + e.resolv, "BOTTLE_POOL=" + pool, "BOTTLE_RUNC_ROOT=" + os.Getenv("BOTTLE_TEST_RUNC_ROOT"),
-		"CLAUDE_CODE_OAUTH_TOKEN=not-a-real-token",
-	}
+	cmd.Env = e.makeRunEnv()
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "done") {
 		t.Fatalf("make run CMD=...: %v\n%s", err, out)
