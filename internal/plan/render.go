@@ -115,8 +115,8 @@ func (p *Plan) Summary() string {
 			k, _, _ := strings.Cut(kv, "=")
 			envNames = append(envNames, k)
 		}
-		fmt.Fprintf(&b, "  %-13s %s\n    image %s\n    net   %s\n    args  %s\n    env   %s\n", c.Role, c.Name, c.Image,
-			strings.Join(addrs, " "), quoteArgs(c.Spec.Process.Args), strings.Join(envNames, " "))
+		fmt.Fprintf(&b, "  %-13s %s\n    image %s\n    net   %s\n    user  %d:%d\n    args  %s\n    env   %s\n", c.Role, c.Name, c.Image,
+			strings.Join(addrs, " "), c.Spec.Process.User.UID, c.Spec.Process.User.GID, quoteArgs(c.Spec.Process.Args), strings.Join(envNames, " "))
 	}
 	if len(p.Unresolved) > 0 {
 		fmt.Fprintf(&b, "warning: not set on this host (start would fail): %s\n", strings.Join(p.Unresolved, ", "))

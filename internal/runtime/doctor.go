@@ -268,6 +268,10 @@ func planChecks(ctx context.Context, c *ctr.Client, o DoctorOptions) []Check {
 		for _, w := range p.Warnings {
 			add("workspace", CheckWarn, w, "")
 		}
+		if len(p.Warnings) == 0 {
+			u := p.Container(names.RoleAgent).Spec.Process.User
+			add("workspace", CheckOK, fmt.Sprintf("agent %s runs as %d:%d and can write %s", agent, u.UID, u.GID, p.Workspace.Source), "")
+		}
 		image := p.Container(names.RoleAgent).Image
 		if ok, err := c.ImageExists(ctx, image); err != nil || !ok {
 			fix := "import an OCI archive of it: sudo bottle image import FILE"
