@@ -36,6 +36,11 @@ func TestAgentImage(t *testing.T) {
 	}
 	// The route's token is read at start; this one never leaves the test's bottle.
 	token := []string{"CLAUDE_CODE_OAUTH_TOKEN=test-token-not-real"}
+	// The agent runs as the workspace's owner: the image's own user here (root's
+	// workspace: TestReadmeMainPathWritesWorkspace).
+	if err := os.Chown(filepath.Dir(e.manifest), 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
 
 	stdout, stderr, code := e.bottle(token, "start", "claude", "--", "claude", "--version")
 	if code != 0 {

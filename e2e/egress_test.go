@@ -86,6 +86,10 @@ func newUpstream(t *testing.T) *upstream {
 			fmt.Fprintln(w, "UPSTREAM-OK")
 			return
 		}
+		if bytes.Contains(body, []byte(fakeToolMarker)) && !bytes.Contains(body, []byte(`"tool_result"`)) {
+			fakeAnthropicToolUse(w, req.Model, req.Stream)
+			return
+		}
 		fakeAnthropicMessage(w, req.Model, req.Stream)
 	})
 	mux.HandleFunc("/v1/stream", func(w http.ResponseWriter, r *http.Request) {
@@ -123,13 +127,40 @@ const fakeAnthropicText = "Hello from the fake Anthropic API in bottle's e2e tes
 // fakeAnthropicMessage answers like the Anthropic Messages API: a JSON message, or with
 // stream=true the server-sent events of one, the text split over several deltas.
 func fakeAnthropicMessage(w http.ResponseWriter, model string, stream bool) {
+	var deltas []map[string]string
+	for _, wd := range strings.SplitAfter(fakeAnthropicText, " ") {
+		deltas = append(deltas, map[string]string{"type": "text_delta", "text": wd})
+	}
+	fakeAnthropicReply(w, model, stream, "end_turn", map[string]any{"type": "text", "text": fakeAnthropicText},
+		map[string]any{"type": "text", "text": ""}, deltas)
+}
+
+// fakeToolMarker in a prompt makes the fake Messages API answer with fakeToolUse (until
+// the conversation holds its result); fakeToolFile is the file that tool call writes.
+const (
+	fakeToolMarker = "BOTTLE-E2E-WRITE-A-FILE"
+	fakeToolFile   = "/workspace/written-by-claude.txt"
+	fakeToolText   = "Claude Code wrote this in bottle's e2e test.\n"
+)
+
+// fakeAnthropicToolUse answers with one call of Claude Code's Write tool (fakeToolFile).
+func fakeAnthropicToolUse(w http.ResponseWriter, model string, stream bool) {
+	input := map[string]string{"file_path": fakeToolFile, "content": fakeToolText}
+	args, _ := json.Marshal(input)
+	fakeAnthropicReply(w, model, stream, "tool_use", map[string]any{"type": "tool_use", "id": "toolu_e2e", "name": "Write", "input": input},
+		map[string]any{"type": "tool_use", "id": "toolu_e2e", "name": "Write", "input": map[string]any{}},
+		[]map[string]string{{"type": "input_json_delta", "partial_json": string(args)}})
+}
+
+// fakeAnthropicReply answers with one content block: block as JSON, or with stream=true
+// as server-sent events that open it as start and fill it with deltas.
+func fakeAnthropicReply(w http.ResponseWriter, model string, stream bool, stop string, block, start map[string]any, deltas []map[string]string) {
 	usage := map[string]int{"input_tokens": 12, "output_tokens": 12}
 	if !stream {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{
 			"id": "msg_e2e", "type": "message", "role": "assistant", "model": model,
-			"content":     []map[string]string{{"type": "text", "text": fakeAnthropicText}},
-			"stop_reason": "end_turn", "stop_sequence": nil, "usage": usage,
+			"content": []map[string]any{block}, "stop_reason": stop, "stop_sequence": nil, "usage": usage,
 		})
 		return
 	}
@@ -142,14 +173,13 @@ func fakeAnthropicMessage(w http.ResponseWriter, model string, stream bool) {
 	send("message_start", map[string]any{"type": "message_start", "message": map[string]any{
 		"id": "msg_e2e", "type": "message", "role": "assistant", "model": model, "content": []any{},
 		"stop_reason": nil, "stop_sequence": nil, "usage": map[string]int{"input_tokens": 12, "output_tokens": 1}}})
-	send("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]string{"type": "text", "text": ""}})
-	words := strings.SplitAfter(fakeAnthropicText, " ")
-	for _, wd := range words {
-		send("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]string{"type": "text_delta", "text": wd}})
+	send("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": start})
+	for _, d := range deltas {
+		send("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": d})
 		time.Sleep(20 * time.Millisecond)
 	}
 	send("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
-	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": "end_turn", "stop_sequence": nil}, "usage": map[string]int{"output_tokens": len(words)}})
+	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": stop, "stop_sequence": nil}, "usage": map[string]int{"output_tokens": len(deltas)}})
 	send("message_stop", map[string]any{"type": "message_stop"})
 }
 

@@ -49,10 +49,16 @@ func (e *env) make(target string, extra ...string) *exec.Cmd {
 		e.t.Fatal(err)
 	}
 	cmd := exec.Command("make", "-C", repo, target)
-	cmd.Env = append([]string{
+	cmd.Env = e.makeEnv(extra...)
+	return cmd
+}
+
+// makeEnv is the environment of make as the README's user runs it against this env's
+// containerd, namespace, state dir, resolver and pool, plus extra VAR=VALUE.
+func (e *env) makeEnv(extra ...string) []string {
+	return append([]string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
 		"CONTAINERD_ADDRESS=" + e.address, "BOTTLE_NAMESPACE=" + namespace, "BOTTLE_STATE_DIR=" + e.stateDir,
 		"BOTTLE_RESOLV_CONF=" + e.resolv, "BOTTLE_POOL=" + pool, "BOTTLE_RUNC_ROOT=" + os.Getenv("BOTTLE_TEST_RUNC_ROOT"),
 	}, extra...)
-	return cmd
 }

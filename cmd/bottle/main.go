@@ -90,6 +90,7 @@ func newApp() *cli.App {
 				},
 			},
 			imageCommand(),
+			cpCommand(),
 			doctorCommand(),
 			sidecarCommand(),
 		),

@@ -263,7 +263,11 @@ func lifecycleCommands() []*cli.Command {
 								parts = append(parts, role+":"+st)
 							}
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Identity, s.Agent, phase, strings.Join(parts, " "), s.Workspace)
+						ws := s.Workspace
+						if s.Copy != "" {
+							ws += " (copy: " + s.Copy + ")"
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Identity, s.Agent, phase, strings.Join(parts, " "), ws)
 					}
 					return tw.Flush()
 				})

@@ -63,11 +63,11 @@ func allLoopback(addrs []netip.Addr) bool {
 	return true
 }
 
-// Owner returns "uid:gid" of path's owner, or "" when it cannot be read.
-func Owner(path string) string {
+// Dir returns the owner and permission bits of path (ok false when it cannot be read).
+func Dir(path string) (uid, gid, perm uint32, ok bool) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
-		return ""
+		return 0, 0, 0, false
 	}
-	return fmt.Sprintf("%d:%d", st.Uid, st.Gid)
+	return st.Uid, st.Gid, st.Mode & 0o7777, true
 }

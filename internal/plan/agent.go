@@ -71,16 +71,16 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 	if len(b.in.Command) > 0 {
 		args = b.in.Command
 	}
-	user := b.agent.User
-	if user == "" && b.in.WorkspaceOwner != "" && !strings.HasPrefix(b.in.WorkspaceOwner, "0:") {
-		user = b.in.WorkspaceOwner
+	uid, gid, err := b.agentUser()
+	if err != nil {
+		return nil, err
 	}
-	uid, gid := uint32(1000), uint32(1000)
-	if user != "" {
-		var err error
-		if uid, gid, err = manifest.ParseUser(user); err != nil {
-			return nil, err
-		}
+	if uid == 0 {
+		// Root in the sandbox still has no capabilities, so it writes only what root owns:
+		// its own home. IS_SANDBOX=1 is Claude Code's switch that lets it skip permission
+		// prompts as root (it is in one).
+		setDefault(env, "HOME", "/root")
+		setDefault(env, "IS_SANDBOX", "1")
 	}
 	res := b.bottle.Resources
 	mem := res.MemoryMB
@@ -120,6 +120,49 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 	c.Spec = spec
 	sort.Strings(c.SecretEnv)
 	return c, nil
+}
+
+// agentUser is the agent's uid and gid: the manifest's user, else the workspace's owner
+// (root too: the files the agent makes then belong to whoever owns the workspace, and
+// gVisor's root holds no capabilities), else 1000:1000 when the owner is unknown. A
+// bound workspace the user cannot write is a warning with its fix; a --cwd copy is
+// always given to the agent's user.
+func (b *builder) agentUser() (uid, gid uint32, err error) {
+	dir := b.in.WorkspaceDir
+	switch {
+	case b.agent.User != "":
+		if uid, gid, err = manifest.ParseUser(b.agent.User); err != nil {
+			return 0, 0, err
+		}
+	case dir.Known:
+		uid, gid = dir.UID, dir.GID
+	default:
+		uid, gid = 1000, 1000
+	}
+	if dir.Known && !b.in.CopyWorkspace && !CanWrite(dir, uid, gid) {
+		fix := fmt.Sprintf("`chmod u+w %s`, or `--cwd` (a copy the agent owns)", b.in.Workspace)
+		if b.agent.User != "" {
+			fix = fmt.Sprintf("drop `user` from agent %s (it then runs as the owner), `chown -R %d:%d %s`, or `--cwd` (a copy the agent owns)",
+				b.in.AgentName, uid, gid, b.in.Workspace)
+		}
+		b.p.Warnings = append(b.p.Warnings, fmt.Sprintf("agent %s runs as %d:%d and cannot write /workspace (%s: owner %d:%d, mode %04o); fix: %s",
+			b.in.AgentName, uid, gid, b.in.Workspace, dir.UID, dir.GID, dir.Perm, fix))
+	}
+	return uid, gid, nil
+}
+
+// CanWrite reports whether uid:gid may create files in dir by its mode bits alone (the
+// agent holds no capabilities, so root is no exception; supplementary groups are not
+// known here).
+func CanWrite(dir DirInfo, uid, gid uint32) bool {
+	switch {
+	case uid == dir.UID:
+		return dir.Perm&0o300 == 0o300
+	case gid == dir.GID:
+		return dir.Perm&0o030 == 0o030
+	default:
+		return dir.Perm&0o003 == 0o003
+	}
 }
 
 func setDefault(env map[string]string, k, v string) {

@@ -42,9 +42,10 @@ type Input struct {
 	// copy (made by the runtime in the stage dir) instead of the directory itself.
 	Workspace     string
 	CopyWorkspace bool
-	// WorkspaceOwner is "uid:gid" of the workspace's owner; the agent runs as that user
-	// (so its files belong to the user) unless the manifest sets one or the owner is root.
-	WorkspaceOwner string
+	// WorkspaceDir is what the host says of the workspace directory: the agent runs as
+	// its owner (so the files it makes belong to that owner) unless the manifest sets a
+	// user, and a user that cannot write it is warned about.
+	WorkspaceDir DirInfo
 	// Command overrides the agent's command when non-empty.
 	Command  []string
 	StateDir string
@@ -89,14 +90,29 @@ type Plan struct {
 	StageFiles       []StageFile    `json:"stage_files"`
 	// Unresolved lists host env names the plan needs but the host does not set.
 	Unresolved []string `json:"unresolved,omitempty"`
+	// Warnings are what would not work as the user likely expects (each with its fix).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Workspace is the agent's /workspace.
 type Workspace struct {
 	Host string `json:"host"`
 	Copy bool   `json:"copy"`
-	// Source is what is bind-mounted: Host itself, or the copy in the stage dir.
+	// Source is what is bind-mounted: Host itself, or the copy in the bottle's dir
+	// (WorkspaceCopyDir), which the runtime makes and gives to the agent's user.
 	Source string `json:"source"`
+}
+
+// DirInfo is the owner and permission bits of a host directory (Known false: unread).
+type DirInfo struct {
+	Known    bool
+	UID, GID uint32
+	Perm     uint32
+}
+
+// WorkspaceCopyDir is where a bottle's --cwd copy lives: in its dir, so it goes with `rm`.
+func WorkspaceCopyDir(stateDir string, id names.Identity) string {
+	return path.Join(stateDir, "bottles", id.String(), "workspace")
 }
 
 // Network is one of the bottle's two networks.
@@ -173,7 +189,7 @@ func Build(in Input) (*Plan, error) {
 	}
 	p.Workspace = Workspace{Host: in.Workspace, Copy: in.CopyWorkspace, Source: in.Workspace}
 	if in.CopyWorkspace {
-		p.Workspace.Source = path.Join(in.StateDir, "bottles", identity.String(), "workspace")
+		p.Workspace.Source = WorkspaceCopyDir(in.StateDir, identity)
 	}
 	p.Networks = []Network{
 		{Kind: names.NetInternal, Subnet: in.Internal.Masked()},

@@ -84,7 +84,7 @@ func (p *Plan) Summary() string {
 	fmt.Fprintf(&b, "runtime: %s   filter: %s\n", p.Runtime, p.Filter)
 	ws := p.Workspace.Host
 	if p.Workspace.Copy {
-		ws += " (copied)"
+		ws += " (copied to " + p.Workspace.Source + ")"
 	}
 	fmt.Fprintf(&b, "workspace: %s -> /workspace\n", ws)
 	for _, n := range p.Networks {
@@ -115,11 +115,14 @@ func (p *Plan) Summary() string {
 			k, _, _ := strings.Cut(kv, "=")
 			envNames = append(envNames, k)
 		}
-		fmt.Fprintf(&b, "  %-13s %s\n    image %s\n    net   %s\n    args  %s\n    env   %s\n", c.Role, c.Name, c.Image,
-			strings.Join(addrs, " "), quoteArgs(c.Spec.Process.Args), strings.Join(envNames, " "))
+		fmt.Fprintf(&b, "  %-13s %s\n    image %s\n    net   %s\n    user  %d:%d\n    args  %s\n    env   %s\n", c.Role, c.Name, c.Image,
+			strings.Join(addrs, " "), c.Spec.Process.User.UID, c.Spec.Process.User.GID, quoteArgs(c.Spec.Process.Args), strings.Join(envNames, " "))
 	}
 	if len(p.Unresolved) > 0 {
 		fmt.Fprintf(&b, "warning: not set on this host (start would fail): %s\n", strings.Join(p.Unresolved, ", "))
+	}
+	for _, w := range p.Warnings {
+		fmt.Fprintf(&b, "warning: %s\n", w)
 	}
 	return b.String()
 }

@@ -39,7 +39,10 @@ func TestSpecsAsBeforeOCI(t *testing.T) {
 		name, file, agent string
 		mod               func(*Input)
 	}{
-		{"claude", "claude.toml", "claude", func(in *Input) { in.ExtraCA = "-----BEGIN CERTIFICATE-----x"; in.WorkspaceOwner = "1001:1002" }},
+		{"claude", "claude.toml", "claude", func(in *Input) {
+			in.ExtraCA = "-----BEGIN CERTIFICATE-----x"
+			in.WorkspaceDir = DirInfo{Known: true, UID: 1001, GID: 1002, Perm: 0o755}
+		}},
 		{"minimal", "minimal.toml", "shell", none},
 		{"team", "team.toml", "coder", none},
 		{"team-pipelock", "team.toml", "coder", func(in *Input) { in.PipelockPresent = true; in.Command = []string{"bash", "-l"} }},

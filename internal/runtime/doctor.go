@@ -276,6 +276,13 @@ func planChecks(ctx context.Context, c *ctr.Client, o DoctorOptions) []Check {
 		if len(p.Unresolved) > 0 {
 			add("plan", CheckWarn, fmt.Sprintf("agent %s: not set on this host: %s", agent, strings.Join(p.Unresolved, ", ")), "export them before `bottle start` (sudo -E keeps them)")
 		}
+		for _, w := range p.Warnings {
+			add("workspace", CheckWarn, w, "")
+		}
+		if len(p.Warnings) == 0 {
+			u := p.Container(names.RoleAgent).Spec.Process.User
+			add("workspace", CheckOK, fmt.Sprintf("agent %s runs as %d:%d and can write %s", agent, u.UID, u.GID, p.Workspace.Source), "")
+		}
 		image := p.Container(names.RoleAgent).Image
 		if ok, err := c.ImageExists(ctx, image); err != nil || !ok {
 			fix := "import an OCI archive of it: sudo bottle image import FILE"

@@ -147,6 +147,9 @@ func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool
 			return fmt.Errorf("bottle %s is %s; stop it first with `bottle stop %s`, or remove it anyway with `bottle rm --force %s`", identity, phase, identity, identity)
 		}
 	}
+	if m.CopyCwd {
+		e.log.Info("removing the bottle's workspace copy with it", "identity", identity, "path", e.workspaceDir(m))
+	}
 	return e.removeMeta(ctx, m)
 }
 
@@ -248,9 +251,11 @@ type Status struct {
 	// Phase is told from the tasks: starting, running, degraded, exited or stopped.
 	Phase string `json:"phase"`
 	// Reason explains the phase, e.g. "filter exited 137".
-	Reason     string            `json:"reason,omitempty"`
-	Orphaned   bool              `json:"orphaned"`
-	Workspace  string            `json:"workspace"`
+	Reason    string `json:"reason,omitempty"`
+	Orphaned  bool   `json:"orphaned"`
+	Workspace string `json:"workspace"`
+	// Copy is the workspace copy the agent works in (--cwd), removed with the bottle.
+	Copy       string            `json:"copy,omitempty"`
 	CreatedAt  time.Time         `json:"created_at"`
 	Containers map[string]string `json:"containers"` // role -> task status
 }
@@ -270,6 +275,9 @@ func (e *Engine) List(ctx context.Context) ([]Status, error) {
 	for _, m := range metas {
 		phase, reason := phaseOf(m, tasks)
 		s := Status{Identity: m.Identity, Agent: m.Agent, Phase: phase, Reason: reason, Orphaned: state.Orphaned(m), Workspace: m.Workspace, CreatedAt: m.CreatedAt, Containers: map[string]string{}}
+		if m.CopyCwd {
+			s.Copy = e.workspaceDir(m)
+		}
 		for _, c := range m.Containers {
 			st := "missing"
 			if i, ok := tasks[c.Name]; ok {

@@ -57,9 +57,10 @@ func (e *Engine) buildPlan(po PlanOptions, f planFacts) (*plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	uid, gid, perm, known := hostenv.Dir(po.Workspace)
 	in := plan.Input{
 		Manifest: po.Manifest, ManifestPath: po.ManifestPath, AgentName: po.Agent,
-		LookupEnv: e.lookupEnv, Identity: f.identity, WorkspaceOwner: hostenv.Owner(po.Workspace),
+		LookupEnv: e.lookupEnv, Identity: f.identity, WorkspaceDir: plan.DirInfo{Known: known, UID: uid, GID: gid, Perm: perm},
 		Workspace: po.Workspace, CopyWorkspace: po.CopyCwd, Command: po.Command,
 		StateDir: e.opts.StateDir, Internal: f.internal, Egress: f.egress,
 		SidecarImage: f.sidecarImage, PipelockImage: e.pipelockImage(bottle), PipelockPresent: f.pipelockPresent,

@@ -276,6 +276,9 @@ func (s *starter) plan(sidecarImage string) error {
 		return fmt.Errorf("filter pipelock: image %s is not in containerd; import it with `bottle image import FILE`, or use filter = \"builtin\"", s.e.pipelockImage(bottle))
 	}
 	s.p = p
+	for _, w := range p.Warnings {
+		s.e.log.Warn(w)
+	}
 	s.meta.Filter = p.Filter
 	for _, c := range p.Containers {
 		s.meta.Containers = append(s.meta.Containers, state.Container{Name: c.Name, Role: c.Role, Attachments: c.Attachments})
@@ -534,6 +537,12 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 		if out, err := exec.Command("cp", "-a", "--", p.Workspace.Host+"/.", p.Workspace.Source).CombinedOutput(); err != nil {
 			return fmt.Errorf("copy workspace %s: %v: %s", p.Workspace.Host, err, strings.TrimSpace(string(out)))
 		}
+		// The copy is the agent's to edit: it belongs to the agent's user.
+		u := p.Container(names.RoleAgent).Spec.Process.User
+		if err := lchownTree(p.Workspace.Source, int(u.UID), int(u.GID)); err != nil {
+			return fmt.Errorf("workspace copy of %s: %w", p.Identity, err)
+		}
+		e.log.Info("workspace copy (removed with the bottle; `bottle cp` takes files out)", "path", p.Workspace.Source)
 	}
 	return nil
 }
