@@ -241,3 +241,58 @@ func TestCwdCopyAndCp(t *testing.T) {
 	}
 	e.assertNothingLeft(id)
 }
+
+// TestAgentCannotPlantSetIDFiles: an agent running as the owner of a root-owned
+// workspace (root, without capabilities) tries every way to give a file there the
+// set-user-ID or set-group-ID bit, by system call and with busybox chmod. Each is
+// refused and no host file carries the bits; the control (a plain chmod) works. Without
+// the refusal the host would hold a set-user-ID-root file the agent wrote.
+func TestAgentCannotPlantSetIDFiles(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("setid")
+	ws := t.TempDir()
+	if err := os.Chown(ws, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	cmd := e.command(nil, "start", "--detach", "setid", "--", "/bin/sleep", "600")
+	cmd.Dir = ws
+	if out, errOut, code := runCmd(t, cmd); code != 0 {
+		t.Fatalf("start: exit %d\n%s\n%s", code, out, errOut)
+	}
+	id := e.identityOf("setid")
+	defer e.must("rm", "--force", id)
+	out := e.probe(id, "setid", "/workspace")
+	for _, line := range strings.Split(out, "\n") {
+		what, verdict, _ := strings.Cut(line, " ")
+		want := "REFUSED"
+		if what == "chmod-0755" {
+			want = "DONE"
+		}
+		if !strings.HasPrefix(verdict, want) {
+			t.Errorf("%s: %s, want %s", what, verdict, want)
+		}
+	}
+	if !strings.Contains(out, "mkdir-2755") {
+		t.Fatalf("the probe did not run every try:\n%s", out)
+	}
+	for _, mode := range []string{"u+s", "g+s", "4755"} {
+		if _, _, code := e.bottle(nil, "exec", id, "--", "chmod", mode, "/workspace/setid-chmod"); code == 0 {
+			t.Errorf("busybox chmod %s succeeded", mode)
+		}
+	}
+	err := filepath.Walk(ws, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if info.Mode()&(os.ModeSetuid|os.ModeSetgid) != 0 {
+			t.Errorf("%s carries set-ID bits on the host: %v", p, info.Mode())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := os.Stat(filepath.Join(ws, "setid-chmod")); err != nil || info.Mode().Perm() != 0o755 {
+		t.Errorf("control: the plain chmod did not reach the host: %v %v", info, err)
+	}
+}

@@ -15,12 +15,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: probe get|connect|post|sse|tcp|udp|dns|scan ...")
+		fail("usage: probe get|connect|post|sse|tcp|udp|dns|scan|setid ...")
 	}
 	args := os.Args[2:]
 	switch os.Args[1] {
@@ -95,6 +96,9 @@ func main() {
 			fail("scan: no secret on stdin")
 		}
 		scan(string(bytes.TrimSpace(secret)))
+	case "setid": // setid DIR: tries to give new files in DIR the set-user-ID or set-group-ID bit
+		need(args, 1)
+		setID(args[0])
 	default:
 		fail("unknown probe " + os.Args[1])
 	}
@@ -206,4 +210,38 @@ func need(args []string, n int) {
 func fail(msg string) {
 	fmt.Fprintln(os.Stderr, "probe:", msg)
 	os.Exit(2)
+}
+
+// setID tries every way a program gives a file the set-ID bits (chmod, fchmod, creating
+// a file or directory with them) and prints one line per try: DONE or REFUSED errno. The
+// first try, a plain chmod, is the control that must work.
+func setID(dir string) {
+	report := func(what string, err error) {
+		if err != nil {
+			fmt.Println(what, "REFUSED", err)
+		} else {
+			fmt.Println(what, "DONE")
+		}
+	}
+	file := filepath.Join(dir, "setid-chmod")
+	if err := os.WriteFile(file, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		fmt.Println("ERROR", err)
+		return
+	}
+	report("chmod-0755", syscall.Chmod(file, 0o755))
+	report("chmod-4755", syscall.Chmod(file, 0o4755))
+	report("chmod-2755", syscall.Chmod(file, 0o2755))
+	fd, err := syscall.Open(filepath.Join(dir, "setid-fchmod"), syscall.O_CREAT|syscall.O_WRONLY, 0o755)
+	if err == nil {
+		report("fchmod-6755", syscall.Fchmod(fd, 0o6755))
+		syscall.Close(fd)
+	} else {
+		fmt.Println("ERROR", err)
+	}
+	fd, err = syscall.Open(filepath.Join(dir, "setid-open"), syscall.O_CREAT|syscall.O_WRONLY, 0o4755)
+	if err == nil {
+		syscall.Close(fd)
+	}
+	report("open-4755", err)
+	report("mkdir-2755", syscall.Mkdir(filepath.Join(dir, "setid-dir"), 0o2755))
 }

@@ -686,7 +686,7 @@ func TestE2EUpdateKeepsSnapshot(t *testing.T) {
 	e := setupE2E(t)
 	ctx := context.Background()
 	persistent := func(s *specs.Spec) *specs.Spec {
-		s.Annotations = map[string]string{AnnotationRunscOverlay2: "none"}
+		s.Annotations = map[string]string{"dev.gvisor.flag.overlay2": "none"} // as plan sets it for agents
 		return s
 	}
 	name := e.create(t, map[string]string{"bottle.role": "agent", "old": "x"}, persistent(testSpec(false, "sh", "-c", "echo kept > /root/state")))

@@ -36,19 +36,6 @@ const (
 	RunscShimBinary = "containerd-shim-runsc-v1"
 )
 
-// runsc reads per-container flags from spec annotations "dev.gvisor.flag.<flag>"; the
-// two below are allowed without --allow-flag-override.
-const (
-	// AnnotationRunscOverlay2 = "none" makes root file system writes reach the container's
-	// snapshot. runsc's default ("root:self") keeps them in a sandbox-private overlay
-	// (a .gvisor.filestore file) that is discarded when the sandbox ends, so a restarted
-	// container would not see its earlier changes.
-	AnnotationRunscOverlay2 = "dev.gvisor.flag.overlay2"
-	// AnnotationRunscOCISeccomp = "true" makes runsc apply the spec's seccomp profile
-	// inside the sandbox (it ignores it otherwise).
-	AnnotationRunscOCISeccomp = "dev.gvisor.flag.oci-seccomp"
-)
-
 // runscInstallHint tells the operator how to get a working runsc.
 const runscInstallHint = "install a static runsc to /usr/local/bin with `sudo make setup` " +
 	"(scripts/setup-host.sh --system), or by hand: " +

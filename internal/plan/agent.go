@@ -104,9 +104,8 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 			bind(path.Join(stage, "agent/resolv.conf"), "/etc/resolv.conf", true),
 			bind(path.Join(stage, "agent/prompt.txt"), "/run/bottle/prompt.txt", true),
 		}),
-		// runsc keeps rootfs writes in a sandbox-private overlay by default, lost when the
-		// sandbox ends; writing through to the snapshot is what lets resume continue.
-		oci.WithAnnotations(map[string]string{"dev.gvisor.flag.overlay2": "none"}),
+		oci.WithAnnotations(map[string]string{annotationOverlay2: "none"}),
+		withoutSetIDFiles,
 		oci.WithMemoryLimit(uint64(mem) << 20),
 		oci.WithPidsLimit(pids),
 	}

@@ -10,12 +10,15 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/bottle-dev/bottle/internal/names"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // TestSpecsAsBeforeOCI compares every container's spec and every stage file of four
 // plans with what bottle planned before its specs were built with containerd's pkg/oci
 // (testdata/pre-oci-specs.json, written by the hand-made spec code). The only accepted
-// differences: the process lists its primary group among its additional groups (as
+// differences (besides the agent's later seccomp profile): the process lists its primary group among its additional groups (as
 // containerd's WithUIDGID always does) and /proc/interrupts is masked too (containerd's
 // default). JSON stage files are compared as JSON: their field order follows the
 // sidecars' own config types now.
@@ -80,6 +83,16 @@ func TestSpecsAsBeforeOCI(t *testing.T) {
 				}
 			}
 			linux["maskedPaths"] = old["linux"].(map[string]any)["maskedPaths"]
+			// Newer than the baseline: the agent's seccomp profile against set-ID files
+			// (TestAgentRefusesSetIDFiles checks it).
+			if c.Role == names.RoleAgent {
+				annotations := now["annotations"].(map[string]any)
+				if linux["seccomp"] == nil || annotations[annotationOCISeccomp] != "true" {
+					t.Errorf("%s: no seccomp profile in force", key)
+				}
+				delete(linux, "seccomp")
+				delete(annotations, annotationOCISeccomp)
+			}
 			diff(t, key, old, now)
 		}
 		var oldFiles map[string]string
@@ -143,5 +156,56 @@ func diff(t *testing.T, path string, a, b any) {
 	}
 	if !reflect.DeepEqual(a, b) {
 		t.Errorf("%s: before %v, now %v", path, a, b)
+	}
+}
+
+// TestAgentRefusesSetIDFiles checks the agent's seccomp profile: every call that gives a
+// file a mode refuses the set-user-ID and set-group-ID bits (each combination), open
+// calls only when they create, and runsc is told to apply the profile. The sidecars
+// write no host files and get none.
+func TestAgentRefusesSetIDFiles(t *testing.T) {
+	p, err := Build(input(load(t, "../../examples/claude.toml"), "claude", map[string]string{"CLAUDE_CODE_OAUTH_TOKEN": "x"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := p.Container(names.RoleAgent).Spec
+	if s.Annotations[annotationOCISeccomp] != "true" || s.Linux.Seccomp == nil || s.Linux.Seccomp.DefaultAction != specs.ActAllow {
+		t.Fatalf("agent spec without its seccomp profile: %+v %v", s.Linux.Seccomp, s.Annotations)
+	}
+	refused := map[string][]uint64{} // call -> the set-ID values refused
+	for _, r := range s.Linux.Seccomp.Syscalls {
+		if r.Action != specs.ActErrno || r.ErrnoRet == nil {
+			t.Errorf("rule %v does not refuse with an errno", r.Names)
+			continue
+		}
+		for _, a := range r.Args {
+			if a.Op == specs.OpMaskedEqual && a.Value == setIDBits {
+				refused[r.Names[0]] = append(refused[r.Names[0]], a.ValueTwo)
+			}
+		}
+		if r.Names[0] == "openat" && len(r.Args) != 2 {
+			t.Errorf("openat rule %v does not depend on creating a file", r.Args)
+		}
+	}
+	for _, c := range setIDCalls() {
+		got := refused[c.name]
+		slices.Sort(got)
+		want := []uint64{0o2000, 0o4000, 0o6000}
+		if c.open {
+			want = []uint64{0o2000, 0o2000, 0o4000, 0o4000, 0o6000, 0o6000} // O_CREAT and O_TMPFILE
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s refuses set-ID values %o, want %o", c.name, got, want)
+		}
+	}
+	for _, name := range []string{"fchmodat", "openat", "mkdirat"} {
+		if _, ok := refused[name]; !ok {
+			t.Errorf("%s is not covered", name)
+		}
+	}
+	for _, c := range p.Containers {
+		if c.Role != names.RoleAgent && c.Spec.Linux.Seccomp != nil {
+			t.Errorf("%s got the agent's profile", c.Role)
+		}
 	}
 }
