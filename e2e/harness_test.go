@@ -309,7 +309,7 @@ func hostListener(t *testing.T, addr, banner string) int {
 
 // acceptEach hands every connection on ln to handle, on its own goroutine, until the
 // test ends and closes ln.
-func acceptEach(t *testing.T, ln net.Listener, handle func(net.Conn)) {
+func acceptEach(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -344,7 +344,7 @@ func readEach(t *testing.T, addr netip.AddrPort, handle func(pc net.PacketConn, 
 }
 
 // testBridge creates a host bridge with addr (a "host-side address" owned by the test).
-func testBridge(t *testing.T, name string, addr netip.Prefix) {
+func testBridge(t testing.TB, name string, addr netip.Prefix) {
 	t.Helper()
 	exec.Command("ip", "link", "del", name).Run()
 	for _, args := range [][]string{

@@ -20,7 +20,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: probe get|connect|post|sse|tcp|udp|dns|scan ...")
+		fail("usage: probe get|connect|post|sse|tcp|udp|dns|scan|bench ...")
 	}
 	args := os.Args[2:]
 	switch os.Args[1] {
@@ -95,6 +95,9 @@ func main() {
 			fail("scan: no secret on stdin")
 		}
 		scan(string(bytes.TrimSpace(secret)))
+	case "bench": // bench BASE PROXY|- DIAL|-: the data-path measurements of bench-proxy
+		need(args, 3)
+		bench(args[0], args[1], args[2])
 	default:
 		fail("unknown probe " + os.Args[1])
 	}
