@@ -41,7 +41,7 @@ func BenchmarkProxy(b *testing.B) {
 	e := newEnv(b)
 	caFile := benchUpstream(b)
 	e.writeBenchManifest("bench")
-	run(b, e.benchStart(caFile, "bench", "--detach"))
+	run(b, e.benchStart(caFile, "bench", []string{"--detach"}))
 	id := e.identityOf("bench")
 	ctrArgs := e.ctrRunArgs(b)
 	up := benchUpstreamAddr.Addr().String()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,16 +20,17 @@ import (
 const benchScalePool = "10.214.0.0/18"
 
 // BenchmarkScale starts N = 1, 4, 16 bottles at once (detached; agent + builtin filter +
-// egress-proxy route) and prints the time until all run, the memory (PSS) of each idle
-// bottle (summed over its shims, sandboxes, gofers and their children), and the times of
-// `ps` and of stopping and removing all N at once. `make bench-scale` runs it; with
+// egress-proxy route) and prints the time until all run, the memory (PSS and USS) of each
+// idle bottle (summed over its shims, sandboxes, gofers and their children), and the
+// times of `ps` and of stopping and removing all N at once, and the memory of one bare
+// runsc container for reference. `make bench-scale` runs it; with
 // -benchtime Kx each N runs K times and the medians are printed.
 func BenchmarkScale(b *testing.B) {
 	e := newEnv(b)
 	caFile := benchUpstream(b)
 	e.writeBenchManifest("bench")
 	// Warm up (sidecar image creation, page cache).
-	run(b, e.benchStart(caFile, "bench", "--rm", "--", "/bin/true"))
+	run(b, e.benchStart(caFile, "bench", []string{"--rm"}, "/bin/true"))
 
 	type result struct{ start, ps, stop, rm time.Duration }
 	results := map[int][]result{}
@@ -40,7 +42,7 @@ func BenchmarkScale(b *testing.B) {
 			var r result
 			r.start = timed(func() {
 				parallel(n, func(int) {
-					run(b, e.benchStart(caFile, "bench", "--detach", "--pool", benchScalePool, "--", "/bin/sleep", "3600"))
+					run(b, e.benchStart(caFile, "bench", []string{"--detach", "--pool", benchScalePool}))
 				})
 			})
 			var list []psEntry
@@ -70,8 +72,27 @@ func BenchmarkScale(b *testing.B) {
 	}
 	b.StopTimer()
 
-	fmt.Printf("\nbench-scale: N bottles (agent + builtin filter + egress-proxy route) at once, %d run(s) each, medians; PSS of each idle bottle in MB (1e6 bytes)\n", b.N)
-	fmt.Printf("%4s %12s %8s %12s %10s %14s %8s %9s %8s %8s %8s\n", "N", "all running", "ps", "stop all", "rm all", "PSS/bottle", "shims", "sandboxes", "stubs", "gofers", "other")
+	fmt.Printf("\nbench-scale: N bottles (agent + builtin filter + egress-proxy route) at once, %d run(s) each, medians; memory of each idle bottle in MB (1e6 bytes): PSS (shared pages split among their users) and USS (its private pages)\n", b.N)
+	fmt.Printf("%4s %11s %6s %8s %7s %17s %10s | PSS by kind: %s\n", "N", "all running", "ps", "stop all", "rm all", "PSS/bottle", "USS/bottle", strings.Join(memKinds, " "))
+	row := func(m []bottleMem) string {
+		col := func(f func(bottleMem) float64) float64 {
+			var v []float64
+			for _, x := range m {
+				v = append(v, f(x))
+			}
+			return medianF(v)
+		}
+		pss := func(x bottleMem) float64 { return x.pss }
+		var tot []float64
+		for _, x := range m {
+			tot = append(tot, x.pss)
+		}
+		out := fmt.Sprintf("%7.1f (%3.0f-%3.0f) %10.1f |", col(pss), slices.Min(tot), slices.Max(tot), col(func(x bottleMem) float64 { return x.uss }))
+		for k, kind := range memKinds {
+			out += fmt.Sprintf(" %*.1f", len(kind), col(func(x bottleMem) float64 { return x.byKind[k] }))
+		}
+		return out
+	}
 	for _, n := range ns {
 		col := func(f func(result) time.Duration) float64 {
 			var d []time.Duration
@@ -80,26 +101,35 @@ func BenchmarkScale(b *testing.B) {
 			}
 			return median(d).Seconds()
 		}
-		mcol := func(f func(bottleMem) float64) float64 {
-			var v []float64
-			for _, m := range mem[n] {
-				v = append(v, f(m))
-			}
-			return medianF(v)
-		}
-		totals := make([]float64, 0, len(mem[n]))
-		for _, m := range mem[n] {
-			totals = append(totals, m.total)
-		}
-		fmt.Printf("%4d %11.2fs %7.2fs %11.2fs %9.2fs %6.1f (%.0f-%.0f) %8.1f %9.1f %8.1f %8.1f %8.1f\n", n,
-			col(func(r result) time.Duration { return r.start }), col(func(r result) time.Duration { return r.ps }),
-			col(func(r result) time.Duration { return r.stop }), col(func(r result) time.Duration { return r.rm }),
-			mcol(func(m bottleMem) float64 { return m.total }), slices.Min(totals), slices.Max(totals),
-			mcol(func(m bottleMem) float64 { return m.shim }), mcol(func(m bottleMem) float64 { return m.sandbox }), mcol(func(m bottleMem) float64 { return m.stub }),
-			mcol(func(m bottleMem) float64 { return m.gofer }), mcol(func(m bottleMem) float64 { return m.other }))
-		b.ReportMetric(col(func(r result) time.Duration { return r.start }), fmt.Sprintf("start%d-s", n))
+		start := col(func(r result) time.Duration { return r.start })
+		fmt.Printf("%4d %10.2fs %5.2fs %7.2fs %6.2fs %s\n", n, start, col(func(r result) time.Duration { return r.ps }),
+			col(func(r result) time.Duration { return r.stop }), col(func(r result) time.Duration { return r.rm }), row(mem[n]))
+		b.ReportMetric(start, fmt.Sprintf("start%d-s", n))
 	}
+	fmt.Printf("%4s %11s %6s %8s %7s %s\n", "bare", "", "", "", "", row([]bottleMem{bareMemory(b, e)}))
+	fmt.Println("(bare: one idle `ctr run -d` runsc container of the same image, for reference)")
 	fmt.Println("targets of issue 13: PSS of one idle bottle <= 45 MB; 16 bottles all running <= 5 s")
+}
+
+// bareMemory returns the PSS of one idle bare runsc container of the test image.
+func bareMemory(b testing.TB, e *env) bottleMem {
+	b.Helper()
+	id := fmt.Sprintf("bench-idle-%d", os.Getpid())
+	ctrArgs := e.ctrRunArgs(b)
+	global := ctrArgs[:4] // -a ADDRESS -n NAMESPACE
+	run(b, exec.Command("ctr", append(ctrArgs, "-d", testImage, id, "/bin/sleep", "3600")...))
+	defer func() {
+		exec.Command("ctr", append(slices.Clone(global), "task", "kill", "-s", "SIGKILL", id)...).Run()
+		for range 50 {
+			if exec.Command("ctr", append(slices.Clone(global), "task", "rm", id)...).Run() == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		run(b, exec.Command("ctr", append(slices.Clone(global), "container", "rm", id)...))
+	}()
+	time.Sleep(2 * time.Second)
+	return bottleMemory(b, id)
 }
 
 // parallel runs f(0..n-1) at once and waits for all.
@@ -111,13 +141,20 @@ func parallel(n int, f func(int)) {
 	wg.Wait()
 }
 
-// bottleMem is the PSS of one bottle in MB, in total and by kind of process.
-type bottleMem struct{ total, shim, sandbox, stub, gofer, other float64 }
+// memKinds are the kinds of processes of a bottle, by their argv[0]; a stub is a process
+// a sandbox forked for its platform (no command line of its own).
+var memKinds = []string{"shims", "sandboxes", "stubs", "gofers", "other"}
 
-// bottleMemory sums, in MB, the PSS of the processes whose command line names bottle id
-// (its shims, runsc sandboxes and gofers: their arguments carry the container IDs) and of
-// all their descendants. A sandbox's children that are sandboxes too are its platform's
-// stub processes.
+// bottleMem is the memory of one bottle in MB (1e6 bytes): PSS in total and by kind
+// (memKinds), and USS (private pages: what the bottle alone holds).
+type bottleMem struct {
+	pss, uss float64
+	byKind   [5]float64
+}
+
+// bottleMemory sums the memory of the processes whose command line names bottle id (its
+// shims, runsc sandboxes and gofers: their arguments carry the container IDs) and of all
+// their descendants.
 func bottleMemory(b testing.TB, id string) (m bottleMem) {
 	b.Helper()
 	type proc struct {
@@ -157,38 +194,59 @@ func bottleMemory(b testing.TB, id string) (m bottleMem) {
 	if len(set) == 0 {
 		b.Fatalf("no process of bottle %s", id)
 	}
-	for pid := range set {
-		mb := float64(pssKB(pid)) * 1024 / 1e6
-		m.total += mb
-		switch p := procs[pid]; {
-		case strings.HasPrefix(p.argv0, "containerd-shim"):
-			m.shim += mb
-		case p.argv0 == "runsc-sandbox" && procs[p.ppid].argv0 == "runsc-sandbox":
-			m.stub += mb
-		case p.argv0 == "runsc-sandbox":
-			m.sandbox += mb
-		case p.argv0 == "runsc-gofer":
-			m.gofer += mb
-		default:
-			m.other += mb
+	underSandbox := func(pid int) bool {
+		for p := procs[pid].ppid; p > 1; p = procs[p].ppid {
+			if procs[p].argv0 == "runsc-sandbox" {
+				return true
+			}
 		}
+		return false
+	}
+	for pid := range set {
+		pss, uss := smapsRollup(pid)
+		m.pss += pss
+		m.uss += uss
+		k := 4
+		switch a := procs[pid].argv0; {
+		case strings.HasPrefix(a, "containerd-shim"):
+			k = 0
+		case underSandbox(pid):
+			k = 2
+		case a == "runsc-sandbox":
+			k = 1
+		case a == "runsc-gofer":
+			k = 3
+		}
+		m.byKind[k] += pss
 	}
 	return m
 }
 
-// pssKB returns the Pss line of /proc/PID/smaps_rollup (0 if the process is gone).
-func pssKB(pid int) int {
+// smapsRollup returns the PSS and the private memory (clean + dirty) of process pid in
+// MB; zeros if it is gone.
+func smapsRollup(pid int) (pss, private float64) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "Pss:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
-			return kb
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(val), "kB")))
+		if err != nil {
+			continue
+		}
+		mb := float64(kb) * 1024 / 1e6
+		switch key {
+		case "Pss":
+			pss = mb
+		case "Private_Clean", "Private_Dirty":
+			private += mb
 		}
 	}
-	return 0
+	return pss, private
 }

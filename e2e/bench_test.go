@@ -98,12 +98,16 @@ role = "claude_code_oauth"
 	}
 }
 
-// benchStart returns a `bottle start` of the bench manifest's agent with flags, the
-// upstream's CA and host entries, and the dummy token in its environment.
-func (e *env) benchStart(caFile, agent string, flags ...string) *exec.Cmd {
+// benchStart returns `bottle start FLAGS AGENT [-- COMMAND...]` of the bench manifest,
+// with the upstream's CA and host entries, and the dummy token in its environment.
+func (e *env) benchStart(caFile, agent string, flags []string, command ...string) *exec.Cmd {
 	up := benchUpstreamAddr.Addr().String()
 	args := append([]string{"start", "--ca-file", caFile, "--add-host", benchAllowedHost + ":" + up, "--add-host", benchRouteHost + ":" + up}, flags...)
-	return e.command([]string{benchTokenRef + "=dummy-bench-token"}, append(args, agent)...)
+	args = append(args, agent)
+	if len(command) > 0 {
+		args = append(append(args, "--"), command...)
+	}
+	return e.command([]string{benchTokenRef + "=dummy-bench-token"}, args...)
 }
 
 // ctrArgs are the ctr global flags and `run` flags of a bare runsc container in the test's
@@ -159,9 +163,9 @@ func BenchmarkStart(b *testing.B) {
 	bare := func(i int) {
 		run(b, exec.Command("ctr", append(ctrArgs, "--rm", testImage, fmt.Sprintf("bench-bare-%d-%d", os.Getpid(), i+1), "/bin/true")...))
 	}
-	rmStart := func() { run(b, e.benchStart(caFile, "bench", "--rm", "--", "/bin/true")) }
+	rmStart := func() { run(b, e.benchStart(caFile, "bench", []string{"--rm"}, "/bin/true")) }
 	attached := func() {
-		run(b, e.benchStart(caFile, "bench", "--", "/bin/true"))
+		run(b, e.benchStart(caFile, "bench", nil, "/bin/true"))
 	}
 	// Warm up every path (sidecar image creation, page cache).
 	bare(-1)
