@@ -309,7 +309,7 @@ func hostListener(t *testing.T, addr, banner string) int {
 
 // acceptEach hands every connection on ln to handle, on its own goroutine, until the
 // test ends and closes ln.
-func acceptEach(t testing.TB, ln net.Listener, handle func(net.Conn)) {
+func acceptEach(t *testing.T, ln net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
