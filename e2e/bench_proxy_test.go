@@ -45,6 +45,10 @@ func BenchmarkProxy(b *testing.B) {
 	id := e.identityOf("bench")
 	ctrArgs := e.ctrRunArgs(b)
 	up := benchUpstreamAddr.Addr().String()
+	if warmupOnly(b) {
+		e.must("rm", "--force", id)
+		return
+	}
 
 	direct := func(i int) string {
 		// runsc takes the netns's addresses at sandbox creation: one fresh netns per run.

@@ -31,6 +31,9 @@ func BenchmarkScale(b *testing.B) {
 	e.writeBenchManifest("bench")
 	// Warm up (sidecar image creation, page cache).
 	run(b, e.benchStart(caFile, "bench", []string{"--rm"}, "/bin/true"))
+	if warmupOnly(b) {
+		return
+	}
 
 	type result struct{ start, ps, stop, rm time.Duration }
 	results := map[int][]result{}
