@@ -10,7 +10,7 @@ STATICCHECK_VERSION ?= v0.8.2
 GOBIN_DIR := $(shell d=$$($(GO) env GOBIN); [ -n "$$d" ] || d=$$($(GO) env GOPATH)/bin; echo $$d)
 STATICCHECK := $(GOBIN_DIR)/staticcheck
 
-.PHONY: all build run demo test lint fmt vet staticcheck tools setup clean bench-start bench-proxy
+.PHONY: all build run demo test lint fmt vet staticcheck tools setup clean bench-start bench-proxy bench-scale
 
 all: build
 
@@ -59,12 +59,16 @@ tools:
 setup:
 	scripts/setup-host.sh --system
 
-# Speed targets (printed as ratios against a baseline measured in the same run).
+# Speed and memory benchmarks of issue 13, as root (each starts its own containerd);
+# times are printed with ratios against a baseline measured in the same run. COUNT=N.
 bench-start:
 	scripts/bench-start.sh
 
 bench-proxy:
 	scripts/bench-proxy.sh
+
+bench-scale:
+	scripts/bench-scale.sh
 
 clean:
 	rm -rf bin

@@ -211,7 +211,7 @@ func serveDNS(t *testing.T, on, answer netip.Addr) {
 }
 
 // testCA makes a CA and a server certificate for names, signed by it.
-func testCA(t *testing.T, names ...string) ([]byte, tls.Certificate) {
+func testCA(t testing.TB, names ...string) ([]byte, tls.Certificate) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bottle e2e test CA"},

@@ -344,7 +344,7 @@ func readEach(t *testing.T, addr netip.AddrPort, handle func(pc net.PacketConn, 
 }
 
 // testBridge creates a host bridge with addr (a "host-side address" owned by the test).
-func testBridge(t *testing.T, name string, addr netip.Prefix) {
+func testBridge(t testing.TB, name string, addr netip.Prefix) {
 	t.Helper()
 	exec.Command("ip", "link", "del", name).Run()
 	for _, args := range [][]string{

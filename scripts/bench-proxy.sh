@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# bench-proxy.sh: compare the egress sidecars with a direct connection, all on loopback.
-# Runs the internal/egress benchmarks and prints, per path, the throughput ratio to
-# direct (target >= 0.80) and the added median latency of a small request (target
-# <= 1 ms). Medians over COUNT runs damp the noise of a shared machine.
-#   COUNT=5 THROUGHPUT_TIME=10x LATENCY_TIME=3000x scripts/bench-proxy.sh
+# bench-proxy.sh (`sudo make bench-proxy`), in two parts:
+# 1. From inside gVisor (e2e BenchmarkProxy, on a private containerd): an HTTPS server on
+#    a test bridge reached directly from a bare runsc container, and from a bottle's agent
+#    through its filter and through its egress-proxy: 100 MiB download, 1 MiB x 20, 50
+#    concurrent x 1 MiB, small-request p50/p99, new-connection p50, SSE first-event p50,
+#    as ratios to direct per round. COUNT sets the rounds (default 5).
+# 2. The internal/egress micro-benchmarks on loopback, no sandbox (LOOPBACK_COUNT rounds,
+#    default 3; 0 skips them): what the proxies' code costs by itself.
+#   COUNT=5 LOOPBACK_COUNT=3 THROUGHPUT_TIME=10x LATENCY_TIME=3000x scripts/bench-proxy.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/lib/bench.sh
+(run_e2e_bench bench-proxy BenchmarkProxy "${COUNT:-5}")
 
-count=${COUNT:-5}
+count=${LOOPBACK_COUNT:-3}
+((count > 0)) || exit 0
+echo
+echo "bench-proxy, part 2: internal/egress on loopback (no sandbox), $count rounds"
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-
+trap 'rm -f "$out" "$out.test"' EXIT
+go test -c -o "$out.test" ./internal/egress/
 # Rounds, each measuring all three paths back to back, so that a burst of load on the
 # shared machine hits a path and its baseline alike; ratios are taken per round.
-go test -c -o "$out.test" ./internal/egress/
-trap 'rm -f "$out" "$out.test"' EXIT
 for ((round = 0; round < count; round++)); do
 	(cd internal/egress && "$out.test" -test.run '^$' -test.bench '^BenchmarkThroughput$' \
-		-test.benchtime "${THROUGHPUT_TIME:-10x}") | grep Throughput | tee -a "$out"
+		-test.benchtime "${THROUGHPUT_TIME:-10x}") | grep Throughput >>"$out"
 	(cd internal/egress && "$out.test" -test.run '^$' -test.bench '^BenchmarkSmallRequest$' \
-		-test.benchtime "${LATENCY_TIME:-3000x}") | grep SmallRequest | tee -a "$out"
+		-test.benchtime "${LATENCY_TIME:-3000x}") | grep SmallRequest >>"$out"
 done
 
 # Lines look like: BenchmarkThroughput/filter-2  10  41349023 ns/op  1267.96 MB/s
@@ -42,19 +49,13 @@ END {
 	if (!round["BenchmarkThroughput"] || !round["BenchmarkSmallRequest"]) { print "bench-proxy: no direct baseline in the output" > "/dev/stderr"; exit 1 }
 	for (r = 1; r <= round["BenchmarkThroughput"]; r++) tpd = tpd " " tp["direct", r]
 	for (r = 1; r <= round["BenchmarkSmallRequest"]; r++) latd = latd " " lat["direct", r]
-	printf "\n%-14s %12s %10s %14s %14s   (medians of %d rounds; ratio and added latency per round)\n", "path", "MB/s", "ratio", "p50 latency", "added p50", round["BenchmarkThroughput"]
+	printf "%-14s %12s %10s %14s %14s   (medians of %d rounds; ratio and added latency per round)\n", "path", "MB/s", "ratio", "p50 latency", "added p50", round["BenchmarkThroughput"]
 	printf "%-14s %12.1f %10s %12.1fus %14s\n", "direct", median(tpd), "1.00", median(latd) / 1000, "-"
-	fail = 0
-	n = split("egress-proxy filter", paths, " ")
+	n = split("filter egress-proxy", paths, " ")
 	for (k = 1; k <= n; k++) {
 		p = paths[k]; tps = ""; ratios = ""; lats = ""; added = ""
 		for (r = 1; r <= round["BenchmarkThroughput"]; r++) { tps = tps " " tp[p, r]; ratios = ratios " " tp[p, r] / tp["direct", r] }
 		for (r = 1; r <= round["BenchmarkSmallRequest"]; r++) { lats = lats " " lat[p, r]; added = added " " (lat[p, r] - lat["direct", r]) / 1000 }
-		ratio = median(ratios); add = median(added)
-		ok = (ratio >= 0.8 && add <= 1000) ? "ok" : "MISS"
-		if (ok == "MISS") fail = 1
-		printf "%-14s %12.1f %10.2f %12.1fus %12.1fus  %s\n", p, median(tps), ratio, median(lats) / 1000, add, ok
+		printf "%-14s %12.1f %10.2f %12.1fus %12.1fus\n", p, median(tps), median(ratios), median(lats) / 1000, median(added)
 	}
-	print "targets: throughput ratio >= 0.80, added median latency <= 1000us"
-	exit fail
 }' "$out"

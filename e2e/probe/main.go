@@ -21,7 +21,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: probe get|connect|post|sse|tcp|udp|dns|scan|setid ...")
+		fail("usage: probe get|connect|post|sse|tcp|udp|dns|scan|setid|bench ...")
 	}
 	args := os.Args[2:]
 	switch os.Args[1] {
@@ -99,6 +99,9 @@ func main() {
 	case "setid": // setid DIR: tries to give new files in DIR the set-user-ID or set-group-ID bit
 		need(args, 1)
 		setID(args[0])
+	case "bench": // bench BASE PROXY|- DIAL|-: the data-path measurements of bench-proxy
+		need(args, 3)
+		bench(args[0], args[1], args[2])
 	default:
 		fail("unknown probe " + os.Args[1])
 	}
