@@ -228,6 +228,8 @@ func newRoute(rc Route, getenv func(string) string, logger *slog.Logger) (*route
 
 type restPathKey struct{}
 
+// fillingBody fills each read buffer whole (or to the end of the body), so a batched
+// body is written to the agent in buffer-sized pieces.
 type fillingBody struct{ io.ReadCloser }
 
 func (b fillingBody) Read(p []byte) (int, error) {

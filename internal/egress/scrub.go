@@ -336,11 +336,12 @@ func (t *scrubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if resp.Body == http.NoBody {
 		return resp, nil
 	}
-	bulk := resp.ContentLength > 1<<20 && !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	batch := resp.ContentLength >= 0 && !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	resp.Body = &scrubBody{resp: resp, body: resp.Body, s: t.s}
-	if bulk {
-		// Fill the copy buffer instead of passing one TLS record at a time: a bulk
-		// download then passes in a few large writes. Streams pass on as they arrive.
+	if batch {
+		// A body of known length fills the copy buffer instead of passing one TLS record
+		// at a time: it then passes in a few large writes, each a costly syscall inside
+		// gVisor. Streams (unknown length, event streams) pass on as they arrive.
 		resp.Body = fillingBody{resp.Body}
 	}
 	// A replacement may change the length. resp.ContentLength stays: the reverse proxy
