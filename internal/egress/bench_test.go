@@ -116,7 +116,14 @@ func fetch(b *testing.B, c *http.Client, u string) int64 {
 }
 
 // BenchmarkThroughput downloads a 50 MB body; the MB/s metric compares the paths.
-func BenchmarkThroughput(b *testing.B) {
+func BenchmarkThroughput(b *testing.B) { benchDownloads(b, "/big", benchBodySize) }
+
+// BenchmarkMiBBodies downloads 1 MiB bodies of known length one after another on a
+// kept-alive connection (bench-proxy's "1 MiB x 20" inside gVisor, on loopback).
+func BenchmarkMiBBodies(b *testing.B) { benchDownloads(b, "/mib", 1<<20) }
+
+// benchDownloads fetches path (size bytes) b.N times on each path and reports MB/s.
+func benchDownloads(b *testing.B, path string, size int64) {
 	env := newBenchEnv(b)
 	for _, name := range benchPaths {
 		p := env.paths[name]
@@ -125,30 +132,8 @@ func BenchmarkThroughput(b *testing.B) {
 			var total int64
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if n := fetch(b, p.client, p.base+"/big"); n != benchBodySize {
-					b.Fatalf("got %d bytes, want %d", n, benchBodySize)
-				} else {
-					total += n
-				}
-			}
-			b.ReportMetric(float64(total)/1e6/b.Elapsed().Seconds(), "MB/s")
-		})
-	}
-}
-
-// BenchmarkMiBBodies downloads 1 MiB bodies of known length one after another on a
-// kept-alive connection (bench-proxy's "1 MiB x 20" inside gVisor, on loopback).
-func BenchmarkMiBBodies(b *testing.B) {
-	env := newBenchEnv(b)
-	for _, name := range benchPaths {
-		p := env.paths[name]
-		b.Run(name, func(b *testing.B) {
-			fetch(b, p.client, p.base+"/small")
-			var total int64
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if n := fetch(b, p.client, p.base+"/mib"); n != 1<<20 {
-					b.Fatalf("got %d bytes, want %d", n, 1<<20)
+				if n := fetch(b, p.client, p.base+path); n != size {
+					b.Fatalf("got %d bytes, want %d", n, size)
 				} else {
 					total += n
 				}
