@@ -469,7 +469,7 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 			e.log.Warn("bottle stopped, but recording that failed", "identity", s.id, "error", err)
 		}
 		if so.Remove {
-			stopErr = e.removeMeta(ctx, meta)
+			stopErr = e.removeMeta(ctx, meta, true)
 		}
 	}
 	s.step("stopped")
