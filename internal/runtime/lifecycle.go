@@ -55,12 +55,14 @@ func (e *Engine) Stop(ctx context.Context, identity names.Identity) error {
 }
 
 func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
-	return e.stopParts(ctx, m, true)
+	return e.stopParts(ctx, m, true, false)
 }
 
 // stopParts stops a bottle in one pass; withAgent false leaves the agent's task to its
-// caller (an attached start whose agent has exited and is being deleted).
-func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) error {
+// caller (an attached start whose agent has exited and is being deleted). With remove
+// (an attached start with --rm) it deletes the sidecars' containers and the bridges
+// right away too; removeMeta(downNetworks) then does the rest.
+func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent, remove bool) error {
 	t0 := time.Now()
 	defer func() { e.log.Debug("stopped", "identity", m.Identity, "took", time.Since(t0).Round(time.Millisecond)) }()
 	if err := e.pingBeforeTakedown(ctx, "stop", m); err != nil {
@@ -75,8 +77,12 @@ func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) e
 		return errors.Join(append(errs, err)...)
 	}
 	// The bridges and the firewall rules stay until the bottle is removed.
-	waitNet := async(func() error { return e.net.TeardownContainers(ctx, m.Identity.String(), containers, nets) })
-	errs = append(errs, parallel(sidecarsOf(m), func(c state.Container) error { return e.ctr.DeleteTask(ctx, c.Name) }), waitNet())
+	teardown, kill := e.net.TeardownContainers, e.ctr.DeleteTask
+	if remove {
+		teardown, kill = e.net.TeardownBottle, e.ctr.Delete
+	}
+	waitNet := async(func() error { return teardown(ctx, m.Identity.String(), containers, nets) })
+	errs = append(errs, parallel(sidecarsOf(m), func(c state.Container) error { return kill(ctx, c.Name) }), waitNet())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stop bottle %s: %w", m.Identity, err)
 	}
@@ -167,7 +173,7 @@ func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool
 	}
 	// A bottle whose recorded stop completed and that runs no task since is not
 	// stopped again: its netns are down already.
-	stopped := false
+	down := downNothing
 	if !force && !state.Orphaned(m) {
 		phase, _, err := e.phase(ctx, m)
 		if err != nil {
@@ -176,17 +182,28 @@ func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool
 		if phase != state.PhaseStopped {
 			return fmt.Errorf("bottle %s is %s; stop it first with `bottle stop %s`, or remove it anyway with `bottle rm --force %s`", identity, phase, identity, identity)
 		}
-		stopped = m.Phase == state.PhaseStopped
+		if m.Phase == state.PhaseStopped {
+			down = downStopped
+		}
 	}
 	if m.CopyCwd {
 		e.log.Info("removing the bottle's workspace copy with it", "identity", identity, "path", e.workspaceDir(m))
 	}
-	return e.removeMeta(ctx, m, stopped)
+	return e.removeMeta(ctx, m, down)
 }
 
-// removeMeta takes a bottle down and deletes it in one pass; stopped says its tasks and
-// netns are gone already (a completed stop), so it is not stopped again.
-func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, stopped bool) error {
+// downTo is how much of a bottle a removal finds taken down already.
+type downTo int
+
+const (
+	downNothing  downTo = iota // its tasks may run and its netns exist
+	downStopped                // a completed stop: no task, no netns; containers and bridges stay
+	downNetworks               // also the bridges gone: stopParts with remove (start --rm)
+)
+
+// removeMeta takes a bottle down and deletes it in one pass; what down says is gone
+// already is not taken down again.
+func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) error {
 	t0 := time.Now()
 	defer func() { e.log.Debug("removed", "identity", m.Identity, "took", time.Since(t0).Round(time.Millisecond)) }()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
@@ -195,14 +212,17 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, stopped bool) er
 		return fmt.Errorf("%w (state kept)", err)
 	}
 	var errs []error
-	if !stopped {
+	if down == downNothing {
 		errs = append(errs, e.stopAgent(ctx, m))
 	}
 	// Containers by label too: a start killed between recording and creating leaves none
 	// unrecorded, but a damaged state dir must not strand containers.
 	containers := map[string]bool{}
 	for _, c := range m.Containers {
-		containers[c.Name] = true
+		// (stopParts with remove deleted the sidecars; any it missed, List finds.)
+		if down != downNetworks || c.Role == names.RoleAgent {
+			containers[c.Name] = true
+		}
 	}
 	if infos, err := e.ctr.List(ctx, map[string]string{names.LabelIdentity: m.Identity.String()}); err == nil {
 		for _, i := range infos {
@@ -213,13 +233,12 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, stopped bool) er
 	}
 	// Every container is deleted at once (Delete kills a sidecar's task with SIGKILL)
 	// while the networking goes: all of it, or only the bridges after a completed stop.
-	var waitNet func() error
+	waitNet := func() error { return nil }
 	if nets, atts, err := e.bottleNets(m); err != nil {
 		errs = append(errs, err)
-		waitNet = func() error { return nil }
-	} else if stopped {
+	} else if down == downStopped {
 		waitNet = async(func() error { return e.net.RemoveNetworks(ctx, m.Identity.String(), nets) })
-	} else {
+	} else if down == downNothing {
 		waitNet = async(func() error { return e.net.TeardownBottle(ctx, m.Identity.String(), atts, nets) })
 	}
 	errs = append(errs, parallel(slices.Collect(maps.Keys(containers)), func(n string) error { return e.ctr.Delete(ctx, n) }), waitNet())
