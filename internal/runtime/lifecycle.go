@@ -232,14 +232,20 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) err
 		errs = append(errs, err)
 	}
 	// Every container is deleted at once (Delete kills a sidecar's task with SIGKILL)
-	// while the networking goes: all of it, or only the bridges after a completed stop.
+	// while the networking goes: every netns first unless a stop took them down, then
+	// RemoveNetworks, which also catches what no record names (its GC of the networks).
 	waitNet := func() error { return nil }
 	if nets, atts, err := e.bottleNets(m); err != nil {
 		errs = append(errs, err)
-	} else if down == downStopped {
-		waitNet = async(func() error { return e.net.RemoveNetworks(ctx, m.Identity.String(), nets) })
-	} else if down == downNothing {
-		waitNet = async(func() error { return e.net.TeardownBottle(ctx, m.Identity.String(), atts, nets) })
+	} else {
+		waitNet = async(func() error {
+			if down == downNothing {
+				if err := e.net.TeardownBottle(ctx, m.Identity.String(), atts, nets); err != nil {
+					return err
+				}
+			}
+			return e.net.RemoveNetworks(ctx, m.Identity.String(), nets)
+		})
 	}
 	errs = append(errs, parallel(slices.Collect(maps.Keys(containers)), func(n string) error { return e.ctr.Delete(ctx, n) }), waitNet())
 	errs = append(errs, e.net.RemoveFirewall(ctx, m.Identity.String()), e.net.ReleaseSlot(m.Identity.String()))

@@ -217,7 +217,7 @@ func (f fakeNet) TeardownContainers(_ context.Context, _ string, containers map[
 	return errors.Join(errs...)
 }
 func (f fakeNet) TeardownBottle(ctx context.Context, identity string, containers map[string][]netns.Attachment, nets []netns.Network) error {
-	return errors.Join(f.TeardownContainers(ctx, identity, containers, nets), f.RemoveNetworks(ctx, identity, nets))
+	return errors.Join(f.TeardownContainers(ctx, identity, containers, nets), f.do("remove bridges"))
 }
 func (f fakeNet) Leftovers(context.Context) (netns.Leftovers, error) { return nil, nil }
 func (f fakeNet) Sweep(context.Context, func(string) bool) (netns.Leftovers, error) {
@@ -432,7 +432,7 @@ func TestStartHappyPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	// One pass: the agent stopped gracefully, the filter killed by its delete, no stop of it.
-	want := []string{"stop agent", "teardown agent", "teardown filter", "delete agent", "delete filter", "remove networks", "remove firewall", "release slot"}
+	want := []string{"stop agent", "teardown agent", "teardown filter", "remove bridges", "delete agent", "delete filter", "remove networks", "remove firewall", "release slot"}
 	got := st.host.ops()
 	sort.Strings(got)
 	sort.Strings(want)
@@ -557,12 +557,12 @@ func TestTakedownInOnePass(t *testing.T) {
 	}
 	ops := st.host.ops()
 	ops = ops[slices.Index(ops, "process agent")+1:]
-	for op, n := range map[string]int{"kill filter": 0, "teardown agent": 1, "teardown filter": 1, "delete agent": 1, "delete filter": 1, "remove networks": 1, "remove firewall": 1, "release slot": 1, "stop agent": 0, "stop filter": 0} {
+	for op, n := range map[string]int{"kill filter": 0, "teardown agent": 1, "teardown filter": 1, "delete agent": 1, "delete filter": 1, "remove bridges": 1, "remove networks": 1, "remove firewall": 1, "release slot": 1, "stop agent": 0, "stop filter": 0} {
 		if got := count(ops, op); got != n {
 			t.Errorf("start --rm after the agent exited: %d x %s, want %d: %v", got, op, n, ops)
 		}
 	}
-	if slices.Index(ops, "remove firewall") < slices.Index(ops, "delete filter") || slices.Index(ops, "remove firewall") < slices.Index(ops, "remove networks") {
+	if slices.Index(ops, "remove firewall") < slices.Index(ops, "delete filter") || slices.Index(ops, "remove firewall") < slices.Index(ops, "remove bridges") {
 		t.Errorf("start --rm: %v; want the filter deleted (its delete kills its task) and the networks removed before the firewall", ops)
 	}
 	if b := st.bottles(); len(b) != 0 {
