@@ -198,10 +198,17 @@ func (m *Manager) RemoveNetworks(ctx context.Context, identity string, nets []Ne
 		return err
 	}
 	defer unlock()
-	var errs []error
-	for _, n := range nets {
-		errs = append(errs, m.gcNetwork(ctx, n.Name), deleteBridge(n.Bridge), removeIPAMDir(n.Name))
+	// The plugins' GC reads and edits shared state (CNI cache, nat table): one network at a
+	// time. Deleting a bridge is the slow part (RCU barriers): the bridges go concurrently.
+	errs := make([]error, 2*len(nets))
+	for i, n := range nets {
+		errs[i] = m.gcNetwork(ctx, n.Name)
 	}
+	var wg sync.WaitGroup
+	for i, n := range nets {
+		wg.Go(func() { errs[len(nets)+i] = errors.Join(deleteBridge(n.Bridge), removeIPAMDir(n.Name)) })
+	}
+	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove networks of bottle %s: %w (run `bottle cleanup`)", identity, err)
 	}

@@ -89,7 +89,7 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 			}
 			continue
 		}
-		if err := e.removeMeta(ctx, m); err != nil {
+		if err := e.removeMeta(ctx, m, downNothing); err != nil {
 			errs = append(errs, err)
 			keep[m.Identity.String()] = true
 			continue

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,62 +55,93 @@ func (e *Engine) Stop(ctx context.Context, identity names.Identity) error {
 }
 
 func (e *Engine) stopMeta(ctx context.Context, m *state.Meta) error {
-	return e.stopParts(ctx, m, true)
+	return e.stopParts(ctx, m, true, false)
 }
 
-// stopParts stops a bottle; withAgent false leaves the agent's task to its caller (an
-// attached start whose agent has exited and is being deleted).
-func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent bool) error {
+// stopParts stops a bottle in one pass; withAgent false leaves the agent's task to its
+// caller (an attached start whose agent has exited and is being deleted). With remove
+// (an attached start with --rm) it deletes the sidecars' containers and the bridges
+// right away too; removeMeta(downNetworks) then does the rest.
+func (e *Engine) stopParts(ctx context.Context, m *state.Meta, withAgent, remove bool) error {
 	t0 := time.Now()
 	defer func() { e.log.Debug("stopped", "identity", m.Identity, "took", time.Since(t0).Round(time.Millisecond)) }()
-	// Without containerd nobody can tell which tasks still use their netns: take nothing down.
-	if err := e.ctr.Ping(ctx, pingWait); err != nil {
-		return fmt.Errorf("stop bottle %s: nothing taken down; retry once containerd answers: %w", m.Identity, err)
+	if err := e.pingBeforeTakedown(ctx, "stop", m); err != nil {
+		return err
 	}
-	stop := func(c state.Container) error {
+	var errs []error
+	if withAgent {
+		errs = append(errs, e.stopAgent(ctx, m))
+	}
+	nets, containers, err := e.bottleNets(m)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	// The bridges and the firewall rules stay until the bottle is removed.
+	teardown, kill := e.net.TeardownContainers, e.ctr.DeleteTask
+	if remove {
+		teardown, kill = e.net.TeardownBottle, e.ctr.Delete
+	}
+	waitNet := async(func() error { return teardown(ctx, m.Identity.String(), containers, nets) })
+	errs = append(errs, parallel(sidecarsOf(m), func(c state.Container) error { return kill(ctx, c.Name) }), waitNet())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stop bottle %s: %w", m.Identity, err)
+	}
+	return nil
+}
+
+// pingBeforeTakedown refuses a stop or removal while containerd does not answer: nobody
+// can then tell which tasks still use their netns, so nothing is taken down.
+func (e *Engine) pingBeforeTakedown(ctx context.Context, what string, m *state.Meta) error {
+	if err := e.ctr.Ping(ctx, pingWait); err != nil {
+		return fmt.Errorf("%s bottle %s: nothing taken down; retry once containerd answers: %w", what, m.Identity, err)
+	}
+	return nil
+}
+
+// stopAgent stops the agent gracefully (SIGTERM, SIGKILL after stopTimeout): it may have
+// work worth a clean exit. It goes before the sidecars, so it never runs without its
+// proxies. The sidecars get SIGKILL at once (see sidecarsOf).
+func (e *Engine) stopAgent(ctx context.Context, m *state.Meta) error {
+	for _, c := range m.Containers {
+		if c.Role != names.RoleAgent {
+			continue
+		}
 		if _, err := e.ctr.Stop(ctx, c.Name, stopTimeout); err != nil && !errdefs.IsNotFound(err) {
 			return err
 		}
-		return nil
 	}
-	// The agent first, so it never runs without its proxies; then at once the sidecars and
-	// the networks of every container (a sandbox keeps its own copy of its interfaces, so
-	// the host side can go while it shuts down). The bridges and the firewall rules stay
-	// until the bottle is removed.
-	var errs []error
-	var sidecars []state.Container
+	return nil
+}
+
+// sidecarsOf lists a bottle's sidecars. They hold no state worth a graceful shutdown
+// (git-gate's spool only holds a push while it is checked, in the bottle's stage dir),
+// so a takedown kills them at once, while the host side of every netns goes (a sandbox
+// keeps its own copy of its interfaces).
+func sidecarsOf(m *state.Meta) []state.Container {
+	var out []state.Container
 	for _, c := range m.Containers {
 		if c.Role != names.RoleAgent {
-			sidecars = append(sidecars, c)
-		} else if withAgent {
-			errs = append(errs, stop(c))
+			out = append(out, c)
 		}
 	}
+	return out
+}
+
+// bottleNets returns a bottle's networks and the attachments of each recorded container.
+func (e *Engine) bottleNets(m *state.Meta) ([]netns.Network, map[string][]netns.Attachment, error) {
 	internal, egress, err := e.networks(m)
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return nil, nil, err
 	}
 	containers := map[string][]netns.Attachment{}
 	for _, c := range m.Containers {
 		atts, err := e.attachments(m, c)
 		if err != nil {
-			return errors.Join(append(errs, err)...)
+			return nil, nil, err
 		}
 		containers[c.Name] = atts
 	}
-	var netErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		netErr = e.net.TeardownContainers(ctx, m.Identity.String(), containers, []netns.Network{internal, egress})
-	}()
-	errs = append(errs, parallel(sidecars, stop))
-	<-done
-	errs = append(errs, netErr)
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("stop bottle %s: %w", m.Identity, err)
-	}
-	return nil
+	return []netns.Network{internal, egress}, containers, nil
 }
 
 // settle stops a bottle that nobody looks after any more and keeps it for resume: it ran
@@ -138,6 +171,9 @@ func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool
 	if err != nil {
 		return err
 	}
+	// A bottle whose recorded stop completed and that runs no task since is not
+	// stopped again: its netns are down already.
+	down := downNothing
 	if !force && !state.Orphaned(m) {
 		phase, _, err := e.phase(ctx, m)
 		if err != nil {
@@ -146,22 +182,47 @@ func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool
 		if phase != state.PhaseStopped {
 			return fmt.Errorf("bottle %s is %s; stop it first with `bottle stop %s`, or remove it anyway with `bottle rm --force %s`", identity, phase, identity, identity)
 		}
+		if m.Phase == state.PhaseStopped {
+			down = downStopped
+		}
 	}
 	if m.CopyCwd {
 		e.log.Info("removing the bottle's workspace copy with it", "identity", identity, "path", e.workspaceDir(m))
 	}
-	return e.removeMeta(ctx, m)
+	return e.removeMeta(ctx, m, down)
 }
 
-func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
+// downTo is how much of a bottle a removal finds taken down already.
+type downTo int
+
+const (
+	downNothing  downTo = iota // its tasks may run and its netns exist
+	downStopped                // a completed stop: no task, no netns; containers and bridges stay
+	downNetworks               // also the bridges gone: stopParts with remove (start --rm)
+)
+
+// removeMeta takes a bottle down and deletes it in one pass; what down says is gone
+// already is not taken down again.
+func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) error {
+	t0 := time.Now()
+	defer func() { e.log.Debug("removed", "identity", m.Identity, "took", time.Since(t0).Round(time.Millisecond)) }()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
 	defer cancel()
-	errs := []error{e.stopMeta(ctx, m)}
+	if err := e.pingBeforeTakedown(ctx, "remove", m); err != nil {
+		return fmt.Errorf("%w (state kept)", err)
+	}
+	var errs []error
+	if down == downNothing {
+		errs = append(errs, e.stopAgent(ctx, m))
+	}
 	// Containers by label too: a start killed between recording and creating leaves none
 	// unrecorded, but a damaged state dir must not strand containers.
 	containers := map[string]bool{}
 	for _, c := range m.Containers {
-		containers[c.Name] = true
+		// (stopParts with remove deleted the sidecars; any it missed, List finds.)
+		if down != downNetworks || c.Role == names.RoleAgent {
+			containers[c.Name] = true
+		}
 	}
 	if infos, err := e.ctr.List(ctx, map[string]string{names.LabelIdentity: m.Identity.String()}); err == nil {
 		for _, i := range infos {
@@ -170,14 +231,23 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta) error {
 	} else {
 		errs = append(errs, err)
 	}
-	for n := range containers {
-		errs = append(errs, e.ctr.Delete(ctx, n))
-	}
-	if internal, egress, err := e.networks(m); err != nil {
+	// Every container is deleted at once (Delete kills a sidecar's task with SIGKILL)
+	// while the networking goes: every netns first unless a stop took them down, then
+	// RemoveNetworks, which also catches what no record names (its GC of the networks).
+	waitNet := func() error { return nil }
+	if nets, atts, err := e.bottleNets(m); err != nil {
 		errs = append(errs, err)
 	} else {
-		errs = append(errs, e.net.RemoveNetworks(ctx, m.Identity.String(), []netns.Network{internal, egress}))
+		waitNet = async(func() error {
+			if down == downNothing {
+				if err := e.net.TeardownBottle(ctx, m.Identity.String(), atts, nets); err != nil {
+					return err
+				}
+			}
+			return e.net.RemoveNetworks(ctx, m.Identity.String(), nets)
+		})
 	}
+	errs = append(errs, parallel(slices.Collect(maps.Keys(containers)), func(n string) error { return e.ctr.Delete(ctx, n) }), waitNet())
 	errs = append(errs, e.net.RemoveFirewall(ctx, m.Identity.String()), e.net.ReleaseSlot(m.Identity.String()))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)

@@ -52,6 +52,7 @@ type network interface {
 	RemoveNetworks(ctx context.Context, identity string, nets []netns.Network) error
 	Setup(ctx context.Context, containerName string, atts []netns.Attachment) (nsPath string, release func(context.Context) error, err error)
 	TeardownContainers(ctx context.Context, identity string, containers map[string][]netns.Attachment, nets []netns.Network) error
+	TeardownBottle(ctx context.Context, identity string, containers map[string][]netns.Attachment, nets []netns.Network) error
 	Leftovers(ctx context.Context) (netns.Leftovers, error)
 	Sweep(ctx context.Context, keep func(identity string) bool) (netns.Leftovers, error)
 	SweepOrphanedOwner(ctx context.Context, id string) (netns.Leftovers, error)

@@ -434,15 +434,15 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 	// deleted.
 	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
 	defer cancelStop()
+	so := s.so
 	var waitRest func() error // set by exited, which runs on this goroutine, inside Run
 	exited := func(int) {
 		s.step("agent exited")
 		waitRest = async(func() error {
 			watch.stop()
-			return e.stopParts(stopCtx, meta, false)
+			return e.stopParts(stopCtx, meta, false, so.Remove)
 		})
 	}
-	so := s.so
 	exit, runErr := e.ctr.Run(ctx, s.id.Container(names.RoleAgent), ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit, Exited: exited})
 	if !s.committed {
 		return 0, errors.Join(runErr, waitSidecars())
@@ -469,7 +469,7 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 			e.log.Warn("bottle stopped, but recording that failed", "identity", s.id, "error", err)
 		}
 		if so.Remove {
-			stopErr = e.removeMeta(ctx, meta)
+			stopErr = e.removeMeta(ctx, meta, downNetworks)
 		}
 	}
 	s.step("stopped")

@@ -77,8 +77,12 @@ func (f *fakeHost) ops() []string {
 
 // containers
 
-func (f *fakeHost) Close() error                              { return nil }
-func (f *fakeHost) Ping(context.Context, time.Duration) error { return nil }
+func (f *fakeHost) Close() error { return nil }
+func (f *fakeHost) Ping(context.Context, time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fail["ping"]
+}
 func (f *fakeHost) Exists(_ context.Context, name string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -169,8 +173,10 @@ func (f *fakeHost) Kill(_ context.Context, name string, _ syscall.Signal) error 
 func (f *fakeHost) Stop(_ context.Context, name string, _ time.Duration) (int, error) {
 	return 0, f.do("stop " + role(name))
 }
-func (f *fakeHost) Leftovers(context.Context) (ctr.Leftovers, error)              { return ctr.Leftovers{}, nil }
-func (f *fakeHost) DeleteTask(context.Context, string) error                      { return nil }
+func (f *fakeHost) Leftovers(context.Context) (ctr.Leftovers, error) { return ctr.Leftovers{}, nil }
+func (f *fakeHost) DeleteTask(_ context.Context, name string) error {
+	return f.do("kill " + role(name))
+}
 func (f *fakeHost) RemoveSnapshot(context.Context, string) error                  { return nil }
 func (f *fakeHost) OrphanShims(context.Context, string) ([]ctr.OrphanShim, error) { return nil, nil }
 func (f *fakeHost) KillOrphanShim(context.Context, ctr.OrphanShim) error          { return nil }
@@ -209,6 +215,9 @@ func (f fakeNet) TeardownContainers(_ context.Context, _ string, containers map[
 		errs = append(errs, f.do("teardown "+r))
 	}
 	return errors.Join(errs...)
+}
+func (f fakeNet) TeardownBottle(ctx context.Context, identity string, containers map[string][]netns.Attachment, nets []netns.Network) error {
+	return errors.Join(f.TeardownContainers(ctx, identity, containers, nets), f.do("remove bridges"))
 }
 func (f fakeNet) Leftovers(context.Context) (netns.Leftovers, error) { return nil, nil }
 func (f fakeNet) Sweep(context.Context, func(string) bool) (netns.Leftovers, error) {
@@ -422,7 +431,8 @@ func TestStartHappyPath(t *testing.T) {
 	if err := st.e.Remove(context.Background(), id, true); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"stop agent", "stop filter", "teardown agent", "teardown filter", "delete agent", "delete filter", "remove networks", "remove firewall", "release slot"}
+	// One pass: the agent stopped gracefully, the filter killed by its delete, no stop of it.
+	want := []string{"stop agent", "teardown agent", "teardown filter", "remove bridges", "delete agent", "delete filter", "remove networks", "remove firewall", "release slot"}
 	got := st.host.ops()
 	sort.Strings(got)
 	sort.Strings(want)
@@ -442,7 +452,7 @@ func TestStartHappyPath(t *testing.T) {
 	if i := slices.Index(ops, "process agent"); i < slices.Index(ops, "run agent") || i < slices.Index(ops, "start filter") {
 		t.Errorf("the agent's process started before its sidecar served: %v", ops)
 	}
-	if !slices.Contains(ops, "stop filter") || !slices.Contains(ops, "teardown agent") || slices.Contains(ops, "delete agent") {
+	if !slices.Contains(ops, "kill filter") || slices.Contains(ops, "stop filter") || !slices.Contains(ops, "teardown agent") || slices.Contains(ops, "delete agent") {
 		t.Errorf("after the agent exited: %v; want the bottle stopped and kept", ops)
 	}
 	m, err = st.e.store.Load(names.Identity(st.bottles()[0]))
@@ -523,6 +533,67 @@ func TestAttachedExitSaysHowToResumeOrRemove(t *testing.T) {
 		if !strings.Contains(last, want) {
 			t.Errorf("last line %q, want %q", last, want)
 		}
+	}
+}
+
+// TestTakedownInOnePass: once an attached agent exits with --rm, the bottle is taken
+// down once (the filter deleted, which kills its task, while every netns and the bridges
+// go) and not stopped again by its removal; `bottle rm` of a stopped bottle stops nothing either; and without
+// containerd a removal takes nothing down.
+func TestTakedownInOnePass(t *testing.T) {
+	count := func(ops []string, op string) int {
+		n := 0
+		for _, o := range ops {
+			if o == op {
+				n++
+			}
+		}
+		return n
+	}
+	st := newStartTest(t)
+	st.so.Detach, st.so.Remove = false, true
+	if code, err := st.e.Start(context.Background(), st.so); code != 0 || err != nil {
+		t.Fatalf("start --rm: %d, %v", code, err)
+	}
+	ops := st.host.ops()
+	ops = ops[slices.Index(ops, "process agent")+1:]
+	for op, n := range map[string]int{"kill filter": 0, "teardown agent": 1, "teardown filter": 1, "delete agent": 1, "delete filter": 1, "remove bridges": 1, "remove networks": 1, "remove firewall": 1, "release slot": 1, "stop agent": 0, "stop filter": 0} {
+		if got := count(ops, op); got != n {
+			t.Errorf("start --rm after the agent exited: %d x %s, want %d: %v", got, op, n, ops)
+		}
+	}
+	if slices.Index(ops, "remove firewall") < slices.Index(ops, "delete filter") || slices.Index(ops, "remove firewall") < slices.Index(ops, "remove bridges") {
+		t.Errorf("start --rm: %v; want the filter deleted (its delete kills its task) and the networks removed before the firewall", ops)
+	}
+	if b := st.bottles(); len(b) != 0 {
+		t.Errorf("start --rm left %v", b)
+	}
+
+	st = newStartTest(t)
+	ctx := context.Background()
+	if _, err := st.e.Start(ctx, st.so); err != nil {
+		t.Fatal(err)
+	}
+	id := names.Identity(st.bottles()[0])
+	if err := st.e.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	st.host.journal = nil
+	st.host.fail["ping"] = errors.New("containerd is down")
+	if err := st.e.Remove(ctx, id, true); err == nil || len(st.host.ops()) != 0 || len(st.bottles()) != 1 {
+		t.Errorf("rm without containerd: %v, did %v, bottles %v; want an error, nothing done and the bottle kept", err, st.host.ops(), st.bottles())
+	}
+	delete(st.host.fail, "ping")
+	if err := st.e.Remove(ctx, id, false); err != nil {
+		t.Fatal(err)
+	}
+	got := st.host.ops()
+	sort.Strings(got)
+	if want := []string{"delete agent", "delete filter", "release slot", "remove firewall", "remove networks"}; !slices.Equal(got, want) {
+		t.Errorf("rm of a stopped bottle: %v, want %v", got, want)
+	}
+	if b := st.bottles(); len(b) != 0 {
+		t.Errorf("rm left %v", b)
 	}
 }
 
