@@ -34,7 +34,7 @@ readonly APT_PACKAGES=(
 	ca-certificates
 	openssh-client
 	binutils # readelf: proves runsc is static
-	util-linux # flock, setsid, nsenter
+	util-linux # flock, setsid, nsenter, setpriv (a test runs bottle as nobody)
 	procps     # pgrep (scripts/containerd-test.sh)
 	libc6-dev  # cgo build of containerd (gcc only recommends it)
 	mmdebstrap # the Claude Code agent image without Docker (scripts/build-agent-image.sh)

@@ -28,6 +28,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
 var bottleBin string
@@ -577,9 +578,7 @@ func doctorLine(t *testing.T, cmd, env []string, check string, args ...string) s
 
 // TestDoctorTakesPool: doctor checks the pool a start would use (--pool, $BOTTLE_POOL).
 func TestDoctorTakesPool(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the slot directory is readable only by root")
-	}
+	testutil.RequireRoot(t) // the slot directory is readable only by root
 	if l := doctorLine(t, []string{bottleBin}, []string{"BOTTLE_POOL=10.97.0.0/16"}, "subnet"); !strings.Contains(l, "from pool 10.97.0.0/16") {
 		t.Errorf("BOTTLE_POOL: %s", l)
 	}
@@ -591,10 +590,8 @@ func TestDoctorTakesPool(t *testing.T) {
 // TestDoctorNotRootSaysRunAsRoot runs doctor as an unprivileged user: checks that fail
 // for want of root say to run as root, not to install something.
 func TestDoctorNotRootSaysRunAsRoot(t *testing.T) {
-	setpriv, err := exec.LookPath("setpriv")
-	if os.Geteuid() != 0 || err != nil {
-		t.Skip("needs root and setpriv (util-linux) to run bottle as nobody")
-	}
+	testutil.RequireRoot(t) // to run bottle as nobody
+	setpriv := testutil.RequireBinary(t, "setpriv")
 	dir, err := os.MkdirTemp("", "bottle-nobody")
 	if err != nil {
 		t.Fatal(err)

@@ -90,7 +90,7 @@ func openWorkspace(opts Options, id names.Identity, path string) (*os.Root, stri
 		return nil, "", err
 	}
 	e := newEngine(opts.withDefaults(), nil, nil)
-	m, err := e.load(id)
+	m, err := e.store.Load(id)
 	if err != nil {
 		return nil, "", err
 	}

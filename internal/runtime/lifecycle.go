@@ -25,17 +25,12 @@ import (
 // stopTimeout is how long a container gets between SIGTERM and SIGKILL.
 const stopTimeout = 10 * time.Second
 
-// load reads a bottle's metadata.
-func (e *Engine) load(identity names.Identity) (*state.Meta, error) {
-	return e.store.Load(identity)
-}
-
 // Stop ends a bottle's tasks and takes down their network namespaces; containers,
 // snapshots, metadata, the address slot, the (empty) bridges and the firewall rules stay
 // so `bottle resume` can continue it. Stopping a stopped bottle is fine. When the
 // record cannot be written (a full disk) the bottle is stopped all the same.
 func (e *Engine) Stop(ctx context.Context, identity names.Identity) error {
-	m, err := e.load(identity)
+	m, err := e.store.Load(identity)
 	if err != nil {
 		return err
 	}
@@ -167,7 +162,7 @@ func (e *Engine) settle(ctx context.Context, m *state.Meta) (bool, error) {
 // firewall rules, its address slot and its state dir (stage files, logs, workspace copy).
 // A bottle that is not stopped (nor abandoned part way) is only removed with force.
 func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool) error {
-	m, err := e.load(identity)
+	m, err := e.store.Load(identity)
 	if err != nil {
 		return err
 	}
@@ -259,7 +254,7 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) err
 // command, a fresh netns per container, and the manifest (and the host files it names)
 // as they read now.
 func (e *Engine) Resume(ctx context.Context, identity names.Identity, loadManifest func(path string) (*manifest.Manifest, string, plan.HostFiles, error), detach bool, stdio Stdio) (int, error) {
-	m, err := e.load(identity)
+	m, err := e.store.Load(identity)
 	if err != nil {
 		return 0, err
 	}
@@ -427,7 +422,7 @@ func phaseOf(m *state.Meta, tasks map[string]ctr.ContainerInfo) (phase, reason s
 
 // Exec runs args in a running bottle's agent container.
 func (e *Engine) Exec(ctx context.Context, identity names.Identity, args []string, stdio Stdio) (int, error) {
-	if _, err := e.load(identity); err != nil {
+	if _, err := e.store.Load(identity); err != nil {
 		return 0, err
 	}
 	return e.ctr.Exec(ctx, identity.Container(names.RoleAgent), args, ctr.IO{Stdin: stdio.In, Stdout: stdio.Out, Stderr: stdio.Err, TTY: stdio.TTY})
@@ -436,7 +431,7 @@ func (e *Engine) Exec(ctx context.Context, identity names.Identity, args []strin
 // Logs copies a container's log to w; with follow it keeps copying until ctx ends or the
 // container's task is gone.
 func (e *Engine) Logs(ctx context.Context, identity names.Identity, role string, follow bool, w io.Writer) error {
-	m, err := e.load(identity)
+	m, err := e.store.Load(identity)
 	if err != nil {
 		return err
 	}

@@ -456,10 +456,11 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		return exit, fmt.Errorf("lost containerd, so bottle %s is left as it is (its tasks may still run); once containerd is back, `bottle resume %s` continues it or `bottle stop %s` stops it: %w", s.id, s.id, s.id, runErr)
 	}
 	var stopErr error
+	down := downNetworks // what stopParts with remove takes down
 	if waitRest != nil {
 		stopErr = waitRest()
 	} else { // the agent did not exit normally (Run failed): stop everything
-		stopErr = e.stopMeta(stopCtx, meta)
+		stopErr, down = e.stopMeta(stopCtx, meta), downStopped
 	}
 	reason := watch.reason()
 	if stopErr == nil {
@@ -469,7 +470,7 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 			e.log.Warn("bottle stopped, but recording that failed", "identity", s.id, "error", err)
 		}
 		if so.Remove {
-			stopErr = e.removeMeta(ctx, meta, downNetworks)
+			stopErr = e.removeMeta(ctx, meta, down)
 		}
 	}
 	s.step("stopped")

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
 func TestWorkspacePath(t *testing.T) {
@@ -139,9 +141,7 @@ func TestCopyLimits(t *testing.T) {
 }
 
 func TestCopyChown(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("chown needs root")
-	}
+	testutil.RequireRoot(t) // chown needs root
 	src, dst, sr, dr := roots(t)
 	write(t, filepath.Join(src, "d/a"), "x", 0o644)
 	if _, err := Copy(sr, "d", dr, "d", Options{Chown: true, UID: 1234, GID: 4321}); err != nil {
