@@ -25,11 +25,12 @@ func TestMakeDemoUsesContainerdAddress(t *testing.T) {
 			before[f] = st.ModTime()
 		}
 	}
-	out, err := e.make("demo", "CMD=echo demo-command-ran").CombinedOutput()
+	// make echoes the recipe with $$((6*7)) unexpanded: only the agent's shell prints 42.
+	out, err := e.make("demo", "CMD=sh -c 'echo demo-$$((6*7))'").CombinedOutput()
 	if err != nil {
 		t.Fatalf("make demo: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "demo-command-ran") {
+	if !strings.Contains(string(out), "demo-42") {
 		t.Errorf("make demo did not run its command:\n%s", out)
 	}
 	if strings.Contains(string(out), "started containerd") || strings.Contains(string(out), "/etc/containerd/bottle-config.toml") {

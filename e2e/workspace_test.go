@@ -41,12 +41,13 @@ func TestReadmeMainPathWritesWorkspace(t *testing.T) {
 	if err := os.Chmod(checkout, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	script := `id -u > /workspace/made-by-agent && mkdir /workspace/agent-dir && echo x > /workspace/agent-dir/f && echo edited-by-agent >> /workspace/README.md && touch ~/.home-writable && echo done`
+	script := `id -u > /workspace/made-by-agent && mkdir /workspace/agent-dir && echo x > /workspace/agent-dir/f && echo edited-by-agent >> /workspace/README.md && touch ~/.home-writable && echo done-$$((40+2))`
 	cmd := exec.Command("make", "run", "CMD=sh -c '"+script+"'")
 	cmd.Dir = checkout
 	cmd.Env = e.makeEnv("CLAUDE_CODE_OAUTH_TOKEN=not-a-real-token")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "done") {
+	// make echoes the recipe with $$((40+2)) unexpanded: only the agent's shell prints 42.
+	if err != nil || !strings.Contains(string(out), "done-42") {
 		t.Fatalf("make run CMD=...: %v\n%s", err, out)
 	}
 	if strings.Contains(string(out), "cannot write /workspace") {
