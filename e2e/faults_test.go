@@ -350,10 +350,26 @@ func TestContainerdRestartDuringAttachedRun(t *testing.T) {
 	e.writeManifest("survive")
 	workspace := filepath.Dir(e.manifest)
 	gate := filepath.Join(workspace, "go")
-	script := `while [ ! -e /workspace/go ]; do sleep 0.2; done; echo survived; exit 5`
+	started := filepath.Join(workspace, "started")
+	script := `touch /workspace/started; while [ ! -e /workspace/go ]; do sleep 0.2; done; echo survived; exit 5`
+	// The record says running just before the agent's process starts: the faults below
+	// wait until the agent itself runs.
+	agentRuns := func() {
+		t.Helper()
+		for i := 0; ; i++ {
+			if _, err := os.Stat(started); err == nil {
+				return
+			}
+			if i > 600 {
+				t.Fatal("the agent did not start within 60 s")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 
 	out, wait, _ := e.background(nil, "start", "survive", "--", "/bin/sh", "-c", script)
 	id := e.waitPhase("survive", "running", 60*time.Second)
+	agentRuns()
 	containerdScript(t, "restart", dir)
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -369,8 +385,10 @@ func TestContainerdRestartDuringAttachedRun(t *testing.T) {
 	// The agent exits while containerd is down: containerd drops such a task when it
 	// comes back, and its exit status with it. bottle says so, and stops the bottle.
 	os.Remove(gate)
+	os.Remove(started)
 	out, wait, _ = e.background(nil, "resume", id)
 	e.waitPhase("survive", "running", 60*time.Second)
+	agentRuns()
 	stopContainerd(t, dir, syscall.SIGKILL)
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -389,8 +407,10 @@ func TestContainerdRestartDuringAttachedRun(t *testing.T) {
 	// containerd gone for good: after ctr.ReconnectTimeout the start gives up with a
 	// one-line error and takes down nothing the running tasks use.
 	os.Remove(gate)
+	os.Remove(started)
 	_, wait, cmd := e.background(nil, "resume", id)
 	e.waitPhase("survive", "running", 60*time.Second)
+	agentRuns()
 	stopContainerd(t, dir, syscall.SIGKILL)
 	code, errOut = wait(ctr.ReconnectTimeout + time.Minute)
 	if code == 0 {
