@@ -92,6 +92,7 @@ func newApp() *cli.App {
 			imageCommand(),
 			cpCommand(),
 			doctorCommand(),
+			auditCommand(),
 			sidecarCommand(),
 		),
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -25,30 +26,32 @@ import (
 // config file turns into a server listening on the config's address.
 type sidecarServer struct {
 	role, usage string
-	// start decodes the config file and builds the server; the credentials come from this
-	// container's own process env only.
-	start func(ctx context.Context, config string) (listen string, serve func(context.Context, net.Listener) error, err error)
+	// start decodes the config file and builds the server, which hands its audit records
+	// to rec (nil: none); the credentials come from this container's own process env only.
+	start func(ctx context.Context, config string, rec audit.Recorder) (listen string, serve func(context.Context, net.Listener) error, err error)
 }
 
 // sidecarServers are the sidecars the bottle binary runs; plan runs each as
 // `/bottle sidecar ROLE --config FILE`.
 var sidecarServers = []sidecarServer{
-	{names.RoleFilter, "the builtin allowlist filter (HTTP forward proxy)", func(_ context.Context, config string) (string, func(context.Context, net.Listener) error, error) {
+	{names.RoleFilter, "the builtin allowlist filter (HTTP forward proxy)", func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
 		var cfg egress.FilterConfig
 		if err := readStrictJSON(config, &cfg); err != nil {
 			return "", nil, err
 		}
+		cfg.Recorder = rec
 		f, err := egress.NewFilter(cfg, sidecarLogger())
 		if err != nil {
 			return "", nil, err
 		}
 		return cfg.Listen, f.Serve, nil
 	}},
-	{names.RoleGitGate, "git-gate: the agent's only way to the declared git remotes", func(ctx context.Context, config string) (string, func(context.Context, net.Listener) error, error) {
+	{names.RoleGitGate, "git-gate: the agent's only way to the declared git remotes", func(ctx context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
 		var cfg gitgate.Config
 		if err := readStrictJSON(config, &cfg); err != nil {
 			return "", nil, err
 		}
+		cfg.Recorder = rec
 		if cfg.SpoolDir != "" {
 			if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
 				return "", nil, err
@@ -69,11 +72,12 @@ var sidecarServers = []sidecarServer{
 		}
 		return cfg.Listen, g.Serve, nil
 	}},
-	{names.RoleEgressProxy, "the credential-injecting egress-proxy", func(_ context.Context, config string) (string, func(context.Context, net.Listener) error, error) {
+	{names.RoleEgressProxy, "the credential-injecting egress-proxy", func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
 		var cfg egress.ProxyConfig
 		if err := readStrictJSON(config, &cfg); err != nil {
 			return "", nil, err
 		}
+		cfg.Recorder = rec
 		p, err := egress.NewEgressProxy(cfg, os.Getenv, sidecarLogger())
 		if err != nil {
 			return "", nil, err
@@ -89,6 +93,7 @@ func sidecarCommand() *cli.Command {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "config", Required: true, Usage: "JSON config file"},
 		&cli.StringFlag{Name: "ready-file", Value: "/run/bottle/ready", Usage: "created once the sidecar serves"},
+		&cli.StringFlag{Name: "audit", Usage: "file the sidecar appends its audit records to"},
 	}
 	cmd := &cli.Command{
 		Name:   "sidecar",
@@ -101,7 +106,13 @@ func sidecarCommand() *cli.Command {
 			Usage: s.usage,
 			Flags: flags,
 			Action: reportingFailure(func(c *cli.Context) error {
-				listen, serve, err := s.start(c.Context, c.String("config"))
+				var rec audit.Recorder
+				if path := c.String("audit"); path != "" {
+					w := audit.NewWriter(path, s.role, func(err error) { sidecarLogger().Warn("audit record not written", "error", err.Error()) })
+					defer w.Close()
+					rec = w
+				}
+				listen, serve, err := s.start(c.Context, c.String("config"), rec)
 				if err != nil {
 					return err
 				}

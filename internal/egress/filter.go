@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/names"
 )
 
@@ -51,6 +52,8 @@ type FilterConfig struct {
 	Resolver Resolver `json:"-"`
 	// Dial replaces the TCP dialer (tests assert they only dial loopback).
 	Dial DialFunc `json:"-"`
+	// Recorder receives one audit record per connection, when it ends (nil: none).
+	Recorder audit.Recorder `json:"-"`
 }
 
 const (
@@ -116,6 +119,7 @@ type Filter struct {
 	dial     DialFunc
 	plain    *httputil.ReverseProxy
 	log      *slog.Logger
+	rec      audit.Recorder
 }
 
 // NewFilter validates cfg and returns the filter. logger receives one record per
@@ -136,6 +140,7 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 		resolve: cfg.Resolver,
 		dial:    cfg.Dial,
 		log:     logger,
+		rec:     cfg.Recorder,
 	}
 	ports := cfg.Ports
 	if len(ports) == 0 {
@@ -240,6 +245,7 @@ func (f *Filter) logDecision(ctx context.Context, d *decision) {
 	if d.allowed {
 		verdict = "allow"
 	}
+	f.record(d, verdict)
 	f.log.LogAttrs(ctx, slog.LevelInfo, "egress decision",
 		slog.String("client", d.client),
 		slog.String("method", d.method),

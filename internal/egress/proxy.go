@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/envname"
 	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -53,6 +54,9 @@ type ProxyConfig struct {
 	// MaxRequests caps the requests in flight at once (default DefaultMaxRequests);
 	// each holds copy buffers and an upstream stream, possibly for hours.
 	MaxRequests int `json:"max_requests,omitempty"`
+
+	// Recorder receives one audit record per request (nil: none).
+	Recorder audit.Recorder `json:"-"`
 }
 
 const (
@@ -104,6 +108,7 @@ var agentCredentialHeaders = []string{"Authorization", "Proxy-Authorization", "X
 type EgressProxy struct {
 	routes   map[string]*route
 	log      *slog.Logger
+	rec      audit.Recorder
 	max      int64
 	inFlight atomic.Int64
 }
@@ -131,7 +136,7 @@ func NewEgressProxy(cfg ProxyConfig, getenv func(string) string, logger *slog.Lo
 	if cfg.MaxRequests < 0 {
 		return nil, fmt.Errorf("egress-proxy config: negative max_requests %d; leave it out for the default %d", cfg.MaxRequests, DefaultMaxRequests)
 	}
-	p := &EgressProxy{routes: map[string]*route{}, log: logger, max: int64(cmp.Or(cfg.MaxRequests, DefaultMaxRequests))}
+	p := &EgressProxy{routes: map[string]*route{}, log: logger, rec: cfg.Recorder, max: int64(cmp.Or(cfg.MaxRequests, DefaultMaxRequests))}
 	for i, rc := range cfg.Routes {
 		rt, err := newRoute(rc, getenv, logger)
 		if err != nil {
@@ -252,6 +257,9 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	}
 	out.Header.Del(rt.header)
 	out.Header[rt.header] = []string{rt.value}
+	if rl, ok := pr.In.Context().Value(reqLogKey{}).(*reqLog); ok {
+		rl.injected = true
+	}
 	// The scrub needs the body as sent, and in one piece: a compressed or ranged
 	// response could carry the credential past it.
 	out.Header.Set("Accept-Encoding", "identity")
@@ -276,7 +284,10 @@ func (rt *route) upstreamError(w http.ResponseWriter, r *http.Request, err error
 
 type reqLogKey struct{}
 
-type reqLog struct{ err string }
+type reqLog struct {
+	err      string
+	injected bool // the route's credential went upstream
+}
 
 // Serve serves the proxy on ln until ctx ends. In-flight requests derive their context
 // from ctx and end with it.
@@ -305,18 +316,18 @@ func (p *EgressProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case !slices.Contains(allowedMethods, r.Method):
 		w.Header().Set("Allow", strings.Join(allowedMethods, ", "))
 		textError(w, http.StatusMethodNotAllowed, fmt.Sprintf("egress-proxy: method %s is not forwarded; use one of %s", r.Method, strings.Join(allowedMethods, ", ")))
-		p.logRequest(r, "", escaped, http.StatusMethodNotAllowed, 0, 0, start, "method not allowed")
+		p.logRequest(r, "", escaped, http.StatusMethodNotAllowed, 0, 0, start, "method not allowed", false)
 		return
 	case rt == nil || uerr != nil:
 		textError(w, http.StatusNotFound, "egress-proxy: no route for this path; address a route as /<route host>/<path>, e.g. /api.anthropic.com/v1/messages")
-		p.logRequest(r, "", escaped, http.StatusNotFound, 0, 0, start, "no route")
+		p.logRequest(r, "", escaped, http.StatusNotFound, 0, 0, start, "no route", false)
 		return
 	}
 	if n := p.inFlight.Add(1); n > p.max {
 		p.inFlight.Add(-1)
 		w.Header().Set("Retry-After", "1")
 		textError(w, http.StatusServiceUnavailable, fmt.Sprintf("egress-proxy: %d requests already in flight (max_requests); retry when one ends", p.max))
-		p.logRequest(r, rt.host, rest, http.StatusServiceUnavailable, 0, 0, start, "too many requests in flight")
+		p.logRequest(r, rt.host, rest, http.StatusServiceUnavailable, 0, 0, start, "too many requests in flight", false)
 		return
 	}
 	rl := &reqLog{}
@@ -328,10 +339,10 @@ func (p *EgressProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// cannot tell apart) before the upstream answered, and the upstream request was
 		// cancelled with it (a cancelled model request must stop). Close without an
 		// answer, or net/http would send "200 OK" for a response nobody gave.
-		p.logRequest(r, rt.host, rest, 0, in, out, start, cmp.Or(rl.err, "client went away before the upstream answered"))
+		p.logRequest(r, rt.host, rest, 0, in, out, start, cmp.Or(rl.err, "client went away before the upstream answered"), rl.injected)
 		panic(http.ErrAbortHandler)
 	}
-	p.logRequest(r, rt.host, rest, status, in, out, start, rl.err)
+	p.logRequest(r, rt.host, rest, status, in, out, start, rl.err, rl.injected)
 }
 
 // forward proxies r and frees its in-flight slot before the request is logged, even
@@ -341,7 +352,8 @@ func (p *EgressProxy) forward(rt *route, w http.ResponseWriter, r *http.Request)
 	return serveCounted(rt.proxy, w, r)
 }
 
-func (p *EgressProxy) logRequest(r *http.Request, host, path string, status int, in, out int64, start time.Time, errText string) {
+func (p *EgressProxy) logRequest(r *http.Request, host, path string, status int, in, out int64, start time.Time, errText string, injected bool) {
+	p.record(r, host, path, status, in, out, time.Since(start), errText, injected)
 	attrs := []slog.Attr{
 		slog.String("route", host),
 		slog.String("client", r.RemoteAddr),

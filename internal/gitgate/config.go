@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/envname"
 	"github.com/bottle-dev/bottle/internal/hostfile"
 )
@@ -35,6 +36,8 @@ type Config struct {
 	// point upstream host names at loopback servers with it). The address keeps the
 	// configured host name, so TLS and known_hosts are still checked against it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
+	// Recorder receives one audit record per push decision (nil: none).
+	Recorder audit.Recorder `json:"-"`
 }
 
 // Remote is one declared upstream repository.

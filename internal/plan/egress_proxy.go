@@ -42,7 +42,8 @@ func (egressProxy) container(b *builder) (*Container, error) {
 		return nil, err
 	}
 	ca, _ := b.extraCA()
-	c.Spec, err = b.sidecarSpec(names.RoleEgressProxy, []string{"/bottle", "sidecar", "egress-proxy", "--config", "/etc/bottle/routes.json"}, env, append([]specs.Mount{mount}, ca...))
+	trail, args := b.auditTrail(c)
+	c.Spec, err = b.sidecarSpec(names.RoleEgressProxy, append([]string{"/bottle", "sidecar", "egress-proxy", "--config", "/etc/bottle/routes.json"}, args...), env, append([]specs.Mount{mount, trail}, ca...))
 	c.Ready = b.readyFiles(names.RoleEgressProxy)
 	return c, err
 }

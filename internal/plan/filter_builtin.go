@@ -29,7 +29,8 @@ func (builtinFilter) container(b *builder) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.Spec, err = b.sidecarSpec(names.RoleFilter, []string{"/bottle", "sidecar", "filter", "--config", "/etc/bottle/filter.json"}, nil, []specs.Mount{mount})
+	trail, args := b.auditTrail(c)
+	c.Spec, err = b.sidecarSpec(names.RoleFilter, append([]string{"/bottle", "sidecar", "filter", "--config", "/etc/bottle/filter.json"}, args...), nil, []specs.Mount{mount, trail})
 	c.Ready = b.readyFiles(names.RoleFilter)
 	return c, err
 }

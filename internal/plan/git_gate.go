@@ -60,8 +60,9 @@ func (gitGate) container(b *builder) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.Spec, err = b.sidecarSpec(names.RoleGitGate, []string{"/bottle", "sidecar", "git-gate", "--config", "/etc/bottle/git-gate.json"}, env,
-		append([]specs.Mount{mount}, ca...),
+	trail, args := b.auditTrail(c)
+	c.Spec, err = b.sidecarSpec(names.RoleGitGate, append([]string{"/bottle", "sidecar", "git-gate", "--config", "/etc/bottle/git-gate.json"}, args...), env,
+		append([]specs.Mount{mount, trail}, ca...),
 		// Port 80 (http://git-gate/NAME.git) needs this one capability, nothing else.
 		oci.WithCapabilities([]string{"CAP_NET_BIND_SERVICE"}),
 		oci.WithAmbientCapabilities([]string{"CAP_NET_BIND_SERVICE"}))

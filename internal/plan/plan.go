@@ -19,6 +19,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -74,13 +75,15 @@ type Input struct {
 
 // Plan is the frozen result of Build. Marshal Redacted() for display, never the plan itself.
 type Plan struct {
-	Identity         names.Identity `json:"identity"`
-	Agent            string         `json:"agent"`
-	Bottle           string         `json:"bottle"`
-	Manifest         string         `json:"manifest"`
-	Runtime          string         `json:"runtime"`
-	Filter           string         `json:"filter"`
-	StageDir         string         `json:"stage_dir"`
+	Identity names.Identity `json:"identity"`
+	Agent    string         `json:"agent"`
+	Bottle   string         `json:"bottle"`
+	Manifest string         `json:"manifest"`
+	Runtime  string         `json:"runtime"`
+	Filter   string         `json:"filter"`
+	StageDir string         `json:"stage_dir"`
+	// AuditDir is the bottle's audit trail (audit.Dir): outside its dir, it outlives rm.
+	AuditDir         string         `json:"audit_dir"`
 	Workspace        Workspace      `json:"workspace"`
 	Networks         []Network      `json:"networks"`
 	Containers       []*Container   `json:"containers"`
@@ -135,6 +138,8 @@ type Container struct {
 	SecretEnv []string `json:"secret_env,omitempty"`
 	// Ready says how the runtime sees that a sidecar serves; nil for the agent.
 	Ready *Readiness `json:"ready,omitempty"`
+	// AuditDir is the host dir this sidecar writes its audit records to ("": none).
+	AuditDir string `json:"audit_dir,omitempty"`
 }
 
 // StageFile is a file the runtime writes into the stage dir before the containers start.
@@ -179,6 +184,7 @@ func Build(in Input) (*Plan, error) {
 		Manifest: in.ManifestPath,
 		Runtime:  cmp.Or(in.RuntimeOverride, bottle.Runtime, "auto"),
 		StageDir: path.Join(in.StateDir, "bottles", identity.String(), "stage"),
+		AuditDir: audit.Dir(in.StateDir, identity),
 	}
 	if !slices.Contains(manifest.RuntimeChoices, p.Runtime) {
 		return nil, fmt.Errorf("unknown runtime %q%s; use one of: %s", p.Runtime, manifest.DidYouMean(p.Runtime, manifest.RuntimeChoices), strings.Join(manifest.RuntimeChoices, ", "))

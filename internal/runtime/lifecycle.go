@@ -42,6 +42,7 @@ func (e *Engine) Stop(ctx context.Context, identity names.Identity) error {
 	if m.Phase == state.PhaseStopped {
 		return nil
 	}
+	e.recordLifecycle(identity, auditStop)
 	m.Phase, m.Pid, m.PidStart, m.Reason = state.PhaseStopped, 0, 0, ""
 	if err := e.store.Save(m); err != nil {
 		return fmt.Errorf("bottle %s is stopped, but recording that failed (`bottle ps` shows it stopped all the same): %w", identity, err)
@@ -184,7 +185,11 @@ func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool
 	if m.CopyCwd {
 		e.log.Info("removing the bottle's workspace copy with it", "identity", identity, "path", e.workspaceDir(m))
 	}
-	return e.removeMeta(ctx, m, down)
+	if err := e.removeMeta(ctx, m, down); err != nil {
+		return err
+	}
+	e.recordLifecycle(identity, auditRemove)
+	return nil
 }
 
 // downTo is how much of a bottle a removal finds taken down already.

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -305,7 +306,10 @@ func (s *starter) record() error {
 	if err := e.store.Create(meta); err != nil {
 		return err
 	}
-	s.undo.push("remove bottle dir", func(context.Context) error { return e.store.Remove(s.id) })
+	// A start that never ran its agent leaves no trail either.
+	s.undo.push("remove bottle dir", func(context.Context) error {
+		return errors.Join(e.store.Remove(s.id), audit.Remove(e.opts.StateDir, s.id))
+	})
 	return nil
 }
 
@@ -402,6 +406,7 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 		return err
 	}
 	s.committed = true
+	e.recordLifecycle(s.id, s.startEvent())
 	return nil
 }
 
@@ -425,6 +430,7 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 			return err
 		}
 		s.committed = true
+		e.recordLifecycle(s.id, s.startEvent())
 		// From here on signals go to the agent (ctr.Run forwards them), not to our setup.
 		stopSignals()
 		watch = e.watchSidecars(ctx, meta, s.p)
@@ -474,6 +480,9 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		}
 	}
 	s.step("stopped")
+	if stopErr == nil {
+		e.recordLifecycle(s.id, endEvent(so.Remove))
+	}
 	switch {
 	case reason != "":
 		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again, `bottle rm %s` removes it", s.id, reason, s.id, s.id), stopErr)
@@ -498,8 +507,12 @@ func (e *Engine) setupNetns(ctx context.Context, meta *state.Meta, name string) 
 }
 
 // writeStage writes the plan's stage files, the sidecars' writable run dirs and, with
-// --cwd, the copy of the workspace. (They go with the bottle's dir.)
+// --cwd, the copy of the workspace (they go with the bottle's dir), and prepares the
+// audit trail (which does not).
 func (e *Engine) writeStage(p *plan.Plan) error {
+	if err := prepareAudit(p); err != nil {
+		return err
+	}
 	for _, f := range p.StageFiles {
 		path := filepath.Join(p.StageDir, f.Name)
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {

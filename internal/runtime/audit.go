@@ -1,0 +1,58 @@
+package runtime
+
+import (
+	"github.com/bottle-dev/bottle/internal/audit"
+	"github.com/bottle-dev/bottle/internal/hostenv"
+	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/plan"
+)
+
+// Lifecycle events in a bottle's audit trail.
+const (
+	auditStart  = "start"
+	auditResume = "resume"
+	auditStop   = "stop"
+	auditRemove = "rm"
+)
+
+// prepareAudit creates the bottle's audit trail before its sidecars start: its dir and,
+// owned by the sidecars' user, the dir of each sidecar that writes records.
+func prepareAudit(p *plan.Plan) error {
+	var roles []string
+	for _, c := range p.Containers {
+		if c.AuditDir != "" {
+			roles = append(roles, c.Role)
+		}
+	}
+	return audit.Prepare(p.AuditDir, roles, plan.SidecarUID)
+}
+
+// recordLifecycle adds a lifecycle record to the bottle's trail, by the host user,
+// sealing each sidecar's records as they are now. The trail is evidence, not a gate:
+// a record that cannot be written is a warning.
+func (e *Engine) recordLifecycle(id names.Identity, event string) {
+	dir := audit.Dir(e.opts.StateDir, id)
+	heads, err := audit.Heads(dir)
+	if err == nil {
+		err = audit.Open(dir).Append(audit.SourceHost, audit.KindLifecycle, audit.Lifecycle{Event: event, User: hostenv.HostUser(e.lookupEnv), Heads: heads})
+	}
+	if err != nil {
+		e.log.Warn("audit record not written", "identity", id, "event", event, "error", err)
+	}
+}
+
+// startEvent is the lifecycle event of this start: a start or a resume.
+func (s *starter) startEvent() string {
+	if s.prev != nil {
+		return auditResume
+	}
+	return auditStart
+}
+
+// endEvent is the lifecycle event of an attached start whose agent exited.
+func endEvent(remove bool) string {
+	if remove {
+		return auditRemove
+	}
+	return auditStop
+}
