@@ -25,18 +25,7 @@ type auditLine struct {
 // credential and no query string anywhere in the trail; --verify passes, and names the
 // record when one is edited or deleted; the trail outlives rm until prune.
 func TestAuditTrail(t *testing.T) {
-	e := newEnv(t)
-	ensureAgentImage(t, e)
-	up := newUpstream(t)
-	forge := newGitForge(t, up)
-	resolv := filepath.Join(t.TempDir(), "resolv.conf")
-	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	workspace := t.TempDir()
-	if err := os.Chown(workspace, 1000, 1000); err != nil {
-		t.Fatal(err)
-	}
+	e, forge, resolv, workspace := newForgeEnv(t)
 	manifest := fmt.Sprintf(`[agents.audited]
 bottle = "a"
 image = "bottle.local/agent-claude:latest"

@@ -188,6 +188,25 @@ push = [{ ref = "refs/heads/bottle/*" }]
 `, httpsURL, gitSSHURL, sshKey, knownHosts)
 }
 
+// newForgeEnv is an env for the agent image with the fake internet and the git forge on
+// it: the sidecars' resolver file, and a workspace for the agent.
+func newForgeEnv(t *testing.T) (e *env, forge *gitForge, resolv, workspace string) {
+	t.Helper()
+	e = newEnv(t)
+	ensureAgentImage(t, e)
+	forge = newGitForge(t, newUpstream(t))
+	resolv = filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The agent runs as the workspace's owner; the image's HOME belongs to uid 1000.
+	workspace = t.TempDir()
+	if err := os.Chown(workspace, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	return e, forge, resolv, workspace
+}
+
 // runCmd runs a prepared bottle command and returns stdout, stderr and the exit status.
 func runCmd(t *testing.T, cmd *exec.Cmd) (string, string, int) {
 	t.Helper()
@@ -210,19 +229,7 @@ func runCmd(t *testing.T, cmd *exec.Cmd) (string, string, int) {
 // reach, the credentials never enter the agent or a host command line, and bad remotes
 // fail the start cleanly.
 func TestGitGate(t *testing.T) {
-	e := newEnv(t)
-	ensureAgentImage(t, e)
-	up := newUpstream(t)
-	forge := newGitForge(t, up)
-	resolv := filepath.Join(t.TempDir(), "resolv.conf")
-	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// The agent runs as the workspace's owner; the image's HOME belongs to uid 1000.
-	workspace := t.TempDir()
-	if err := os.Chown(workspace, 1000, 1000); err != nil {
-		t.Fatal(err)
-	}
+	e, forge, resolv, workspace := newForgeEnv(t)
 	stopTokenWatch := watchCmdlines(forge.token)
 	stopKeyWatch := watchCmdlines(forge.keySecrets()[0])
 	start := func(manifest string) (string, string, int) {

@@ -7,41 +7,11 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/bottle-dev/bottle/internal/audit"
+	"github.com/bottle-dev/bottle/internal/testutil"
 )
-
-// recorder collects audit records.
-type recorder struct {
-	mu     sync.Mutex
-	events []audit.Event
-}
-
-func (r *recorder) Record(e audit.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, e)
-}
-
-func (r *recorder) wait(t *testing.T, n int) []audit.Event {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r.mu.Lock()
-		got := append([]audit.Event(nil), r.events...)
-		r.mu.Unlock()
-		if len(got) >= n || time.Now().After(deadline) {
-			if len(got) != n {
-				t.Fatalf("%d audit records, want %d: %+v", len(got), n, got)
-			}
-			return got
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // TestFilterRecordsEachDecision: one record per connection, allowed or denied, with
 // host, port, verdict, reason and byte counts.
@@ -50,7 +20,7 @@ func TestFilterRecordsEachDecision(t *testing.T) {
 	defer up.Close()
 	port := portOf(t, up.Listener.Addr())
 	cfg, _ := testFilterConfig(t, port)
-	rec := &recorder{}
+	rec := &testutil.Recorder{}
 	cfg.Recorder = rec
 	addr := startFilter(t, cfg, nil)
 	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: addr})}}
@@ -62,7 +32,7 @@ func TestFilterRecordsEachDecision(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	got := rec.wait(t, 2)
+	got := rec.Wait(t, 2)
 	allow, deny := got[0].(audit.FilterDecision), got[1].(audit.FilterDecision)
 	if allow.Verdict != "allow" || allow.Host != "api.example.test" || allow.Port != port || allow.Status != 200 || allow.BytesDown != 8 || allow.Method != "GET" {
 		t.Errorf("allowed connection recorded as %+v", allow)
@@ -77,7 +47,7 @@ func TestFilterRecordsEachDecision(t *testing.T) {
 func TestProxyRecordsRequestsWithoutSecrets(t *testing.T) {
 	ca := newTestCA(t)
 	up := newTLSUpstream(t, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), "api.example.test")
-	rec := &recorder{}
+	rec := &testutil.Recorder{}
 	addr := startProxy(t, ProxyConfig{Recorder: rec, Routes: []Route{{Host: "api.example.test", TokenRef: "T", Upstream: up.URL, CAFile: ca.file(t)}}},
 		map[string]string{"T": testToken}, nil)
 	for _, p := range []string{"/api.example.test/v1/messages?key=query-secret", "/nowhere.example.test/x"} {
@@ -88,7 +58,7 @@ func TestProxyRecordsRequestsWithoutSecrets(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	got := rec.wait(t, 2)
+	got := rec.Wait(t, 2)
 	ok, miss := got[0].(audit.ProxyRequest), got[1].(audit.ProxyRequest)
 	if ok.Route != "api.example.test" || ok.Method != "POST" || ok.Path != "/v1/messages" || ok.Status != 200 || !ok.Credential || ok.BytesOut != 2 {
 		t.Errorf("forwarded request recorded as %+v", ok)
