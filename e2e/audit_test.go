@@ -143,6 +143,7 @@ token_ref = "GIT_E2E_TOKEN"
 		}
 	}
 	text := e.must("audit", id)
+	t.Logf("bottle audit %s:\n%s", id, text)
 	if !strings.Contains(text, "allow GET api.allowed.test:80 status=200") || !strings.Contains(text, "credential=yes") {
 		t.Errorf("human-readable trail:\n%s", text)
 	}

@@ -1,6 +1,8 @@
 package runtime
 
 import (
+	"os"
+
 	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -13,6 +15,8 @@ const (
 	auditResume = "resume"
 	auditStop   = "stop"
 	auditRemove = "rm"
+	// auditCleanup: `bottle cleanup` removed the bottle.
+	auditCleanup = "cleanup"
 )
 
 // prepareAudit creates the bottle's audit trail before its sidecars start: its dir and,
@@ -55,4 +59,12 @@ func endEvent(remove bool) string {
 		return auditRemove
 	}
 	return auditStop
+}
+
+// recordCleanup records that cleanup removed a bottle, in the trail it has (a start
+// killed before it made its trail has none, and gets none).
+func (e *Engine) recordCleanup(id names.Identity) {
+	if _, err := os.Stat(audit.Dir(e.opts.StateDir, id)); err == nil {
+		e.recordLifecycle(id, auditCleanup)
+	}
 }

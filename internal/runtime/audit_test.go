@@ -39,7 +39,8 @@ func lifecycleEvents(t *testing.T, stateDir string, id names.Identity) []string 
 
 // TestLifecycleRecordedInTheTrail: start, stop, resume and rm each add one record, by
 // the host user (SUDO_USER first); the filter's dir of the trail belongs to the sidecars'
-// user; the trail outlives rm; a start that fails leaves no trail.
+// user; the trail outlives rm (and cleanup, which it records); a start that fails leaves
+// no trail.
 func TestLifecycleRecordedInTheTrail(t *testing.T) {
 	st := newStartTest(t)
 	st.env["SUDO_USER"] = "alice"
@@ -71,6 +72,19 @@ func TestLifecycleRecordedInTheTrail(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(st.host.stateDir, "bottles", id.String())); err == nil {
 		t.Error("rm left the bottle's dir")
+	}
+
+	// cleanup --all removes a running bottle and says so in its trail.
+	st = newStartTest(t)
+	if _, err := st.e.Start(ctx, st.so); err != nil {
+		t.Fatal(err)
+	}
+	id = names.Identity(st.bottles()[0])
+	if _, err := st.e.Cleanup(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := lifecycleEvents(t, st.host.stateDir, id); len(got) != 2 || !strings.HasPrefix(got[1], "cleanup by ") {
+		t.Errorf("after cleanup: %q", got)
 	}
 
 	failed := newStartTest(t)

@@ -94,6 +94,7 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 			keep[m.Identity.String()] = true
 			continue
 		}
+		e.recordCleanup(m.Identity)
 		rep.Bottles = append(rep.Bottles, m.Identity.String())
 	}
 	for _, id := range broken {
