@@ -23,7 +23,8 @@ type auditLine struct {
 // route and pushes through git-gate (allowed and refused) has each of those events once,
 // in order, between its start and stop records, in `bottle audit --json`, with no
 // credential and no query string anywhere in the trail; --verify passes, and names the
-// record when one is edited or deleted; the trail outlives rm until prune.
+// record when one is edited or deleted; a resumed bottle's sidecars go on with their
+// chains; the trail outlives rm until prune.
 func TestAuditTrail(t *testing.T) {
 	e, forge, resolv, workspace := newForgeEnv(t)
 	manifest := fmt.Sprintf(`[agents.audited]
@@ -191,10 +192,27 @@ token_ref = "GIT_E2E_TOKEN"
 	tamper("deleted host record", "host.jsonl", func(ls []string) []string { return ls[1:] }, "host record seq 1: dropped")
 	e.must("audit", id, "--verify")
 
+	// Resumed, the new filter process goes on with the filter's chain.
+	cmd = e.command([]string{"E2E_ROUTE_TOKEN=" + routeToken, "GIT_E2E_TOKEN=" + forge.token}, "resume", "--detach", id)
+	if out, errOut, code := runCmd(t, cmd); code != 0 {
+		t.Fatalf("resume: exit %d\n%s\n%s", code, out, errOut)
+	}
+	agent(`curl -s -x http://filter:8888 http://api.allowed.test/again`)
+	e.must("stop", id)
+	recs = records()
+	var tail []string
+	for _, r := range recs[len(want):] {
+		tail = append(tail, fmt.Sprintf("%s seq %d %v%v", r.Source, r.Seq, r.Fields["event"], r.Fields["host"]))
+	}
+	if got, want := strings.Join(tail, ", "), "host seq 3 resume<nil>, filter seq 3 <nil>api.allowed.test, host seq 4 stop<nil>"; got != want {
+		t.Errorf("after resume: %s, want %s", got, want)
+	}
+	e.must("audit", id, "--verify")
+
 	// The trail outlives rm (which it records) until prune.
 	e.must("rm", id)
 	e.assertNothingLeft(id)
-	if recs := records(); len(recs) != len(want)+1 || recs[len(recs)-1].Fields["event"] != "rm" {
+	if recs := records(); len(recs) != len(want)+4 || recs[len(recs)-1].Fields["event"] != "rm" {
 		t.Errorf("after rm: %d records, the last %+v", len(recs), recs[len(recs)-1])
 	}
 	e.must("audit", id, "--verify")

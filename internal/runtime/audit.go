@@ -32,16 +32,22 @@ func prepareAudit(p *plan.Plan) error {
 }
 
 // recordLifecycle adds a lifecycle record to the bottle's trail, by the host user,
-// sealing each sidecar's records as they are now. The trail is evidence, not a gate:
-// a record that cannot be written is a warning.
+// sealing each sidecar's records as they are now.
 func (e *Engine) recordLifecycle(id names.Identity, event string) {
-	dir := audit.Dir(e.opts.StateDir, id)
-	heads, err := audit.Heads(dir)
-	if err == nil {
-		err = audit.Open(dir).Append(audit.SourceHost, audit.KindLifecycle, audit.Lifecycle{Event: event, User: hostenv.HostUser(e.lookupEnv), Heads: heads})
-	}
+	heads, err := audit.Heads(audit.Dir(e.opts.StateDir, id))
 	if err != nil {
 		e.log.Warn("audit record not written", "identity", id, "event", event, "error", err)
+		return
+	}
+	e.recordHost(id, audit.KindLifecycle, audit.Lifecycle{Event: event, User: hostenv.HostUser(e.lookupEnv), Heads: heads})
+}
+
+// recordHost adds a host record of kind to the bottle's trail (the self-test's result and
+// supervise's decisions go in here too). The trail is evidence, not a gate: a record that
+// cannot be written is a warning.
+func (e *Engine) recordHost(id names.Identity, kind string, fields any) {
+	if err := audit.Open(audit.Dir(e.opts.StateDir, id)).Append(audit.SourceHost, kind, fields); err != nil {
+		e.log.Warn("audit record not written", "identity", id, "kind", kind, "error", err)
 	}
 }
 
