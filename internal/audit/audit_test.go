@@ -362,3 +362,34 @@ func TestTrailsAndRemove(t *testing.T) {
 		t.Fatalf("trails after remove: %v", ids)
 	}
 }
+
+// TestCutShortRecord: a record cut short (a crash mid-write) is not shown while it may
+// still be being written, --verify names it, and the next record ends it and goes on
+// from the last whole record.
+func TestCutShortRecord(t *testing.T) {
+	dir := newTrail(t)
+	path := file(dir, names.RoleFilter)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"seq":4,"time":"20`)
+	f.Close()
+	if recs, problems := readAll(t, dir); len(recs) != 5 || len(problems) != 0 {
+		t.Fatalf("reading a trail being written: %d records, %v", len(recs), problems)
+	}
+	if ps := verifyProblems(t, dir); len(ps) != 1 || ps[0] != "filter line 4: unterminated last line" {
+		t.Fatalf("verify: %q", ps)
+	}
+	w := NewWriter(path, names.RoleFilter, func(err error) { t.Error(err) })
+	w.Record(FilterDecision{Method: "GET", Host: "e.example", Port: 80, Verdict: "allow", Status: 200})
+	w.Close()
+	ls := lines(t, path)
+	r, err := parseLine(names.RoleFilter, []byte(ls[4]))
+	if err != nil || r.Seq != 4 || r.Prev != Hash([]byte(ls[2])) {
+		t.Fatalf("record after the cut: %+v %v; want seq 4 chained to seq 3", r, err)
+	}
+	if ps := verifyProblems(t, dir); len(ps) != 1 || !strings.HasPrefix(ps[0], "filter line 4: bad record") {
+		t.Fatalf("verify: %q", ps)
+	}
+}

@@ -170,9 +170,10 @@ func (s *source) link(r Record, hash string) {
 	s.seq, s.hash = r.Seq, hash
 }
 
-// finish reports the records that never appeared.
-func (s *source) finish() {
-	if len(s.partial) > 0 {
+// finish reports the records that never appeared and, with partial, an unterminated
+// last line (a reader of a live trail may just see a record being written).
+func (s *source) finish(partial bool) {
+	if partial && len(s.partial) > 0 {
 		s.problem(s.line+1, 0, "unterminated last line")
 	}
 	var gone []uint64
@@ -270,7 +271,7 @@ func Read(ctx context.Context, dir string, opts Options, emit func(Record) error
 		}
 	}
 	for _, s := range srcs {
-		s.finish()
+		s.finish(false)
 	}
 	return collect(srcs), nil
 }
@@ -321,7 +322,7 @@ func Verify(dir string) (n int, problems []Problem, err error) {
 				}
 			}
 		}
-		s.finish()
+		s.finish(true)
 		s.close()
 		problems = append(problems, s.problems...)
 	}
