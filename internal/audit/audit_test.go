@@ -393,3 +393,29 @@ func TestCutShortRecord(t *testing.T) {
 		t.Fatalf("verify: %q", ps)
 	}
 }
+
+// FuzzParseLine: whatever a sidecar writes, a line is either refused or a record whose
+// canonical form is exactly that line, of the file's own source and kind.
+func FuzzParseLine(f *testing.F) {
+	fields, err := canonicalFields(KindFilter, FilterDecision{Method: "GET", Host: "a.example", Port: 80, Verdict: "allow", Status: 200})
+	if err != nil {
+		f.Fatal(err)
+	}
+	line, err := encode(Record{Seq: 2, Time: time.Now(), Source: names.RoleFilter, Kind: KindFilter, Prev: Hash(nil), Fields: fields})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(line)
+	f.Add([]byte(`{"seq":1,"time":"2026-01-01T00:00:00Z","source":"filter","kind":"filter","prev":"","fields":{}}`))
+	f.Add([]byte("{\"seq\":1,\"fields\":{\"host\":\"\\u001b[31m\"}}"))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		r, err := parseLine(names.RoleFilter, line)
+		if err != nil {
+			return
+		}
+		again, err := encode(r)
+		if err != nil || !bytes.Equal(again, line) || r.Source != names.RoleFilter || r.Kind != KindFilter || r.Seq == 0 {
+			t.Fatalf("accepted %q as %+v (re-encoded %q, %v)", line, r, again, err)
+		}
+	})
+}
