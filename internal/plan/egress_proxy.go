@@ -27,6 +27,7 @@ type egressProxy struct{}
 
 func (egressProxy) role() string           { return names.RoleEgressProxy }
 func (egressProxy) wanted(b *builder) bool { return len(b.p.Routes) > 0 }
+func (egressProxy) records()               {}
 func (egressProxy) container(b *builder) (*Container, error) {
 	c := b.newContainer(names.RoleEgressProxy, b.in.SidecarImage, true)
 	env := map[string]string{}
@@ -42,8 +43,7 @@ func (egressProxy) container(b *builder) (*Container, error) {
 		return nil, err
 	}
 	ca, _ := b.extraCA()
-	trail, args := b.auditTrail(c)
-	c.Spec, err = b.sidecarSpec(names.RoleEgressProxy, append([]string{"/bottle", "sidecar", "egress-proxy", "--config", "/etc/bottle/routes.json"}, args...), env, append([]specs.Mount{mount, trail}, ca...))
+	c.Spec, err = b.sidecarSpec(names.RoleEgressProxy, []string{"/bottle", "sidecar", "egress-proxy", "--config", "/etc/bottle/routes.json"}, env, append([]specs.Mount{mount}, ca...))
 	c.Ready = b.readyFiles(names.RoleEgressProxy)
 	return c, err
 }

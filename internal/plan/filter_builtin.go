@@ -17,6 +17,7 @@ type builtinFilter struct{}
 func (builtinFilter) name() string           { return FilterBuiltin }
 func (builtinFilter) role() string           { return names.RoleFilter }
 func (builtinFilter) wanted(b *builder) bool { return b.p.Filter == FilterBuiltin }
+func (builtinFilter) records()               {}
 func (builtinFilter) container(b *builder) (*Container, error) {
 	c := b.newContainer(names.RoleFilter, b.in.SidecarImage, true)
 	cfg := egress.FilterConfig{
@@ -29,8 +30,7 @@ func (builtinFilter) container(b *builder) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
-	trail, args := b.auditTrail(c)
-	c.Spec, err = b.sidecarSpec(names.RoleFilter, append([]string{"/bottle", "sidecar", "filter", "--config", "/etc/bottle/filter.json"}, args...), nil, []specs.Mount{mount, trail})
+	c.Spec, err = b.sidecarSpec(names.RoleFilter, []string{"/bottle", "sidecar", "filter", "--config", "/etc/bottle/filter.json"}, nil, []specs.Mount{mount})
 	c.Ready = b.readyFiles(names.RoleFilter)
 	return c, err
 }

@@ -25,6 +25,7 @@ type gitGate struct{}
 
 func (gitGate) role() string           { return names.RoleGitGate }
 func (gitGate) wanted(b *builder) bool { return len(b.bottle.Git) > 0 }
+func (gitGate) records()               {}
 func (gitGate) container(b *builder) (*Container, error) {
 	c := b.newContainer(names.RoleGitGate, b.in.SidecarImage, true)
 	ca, caFile := b.extraCA()
@@ -60,9 +61,8 @@ func (gitGate) container(b *builder) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
-	trail, args := b.auditTrail(c)
-	c.Spec, err = b.sidecarSpec(names.RoleGitGate, append([]string{"/bottle", "sidecar", "git-gate", "--config", "/etc/bottle/git-gate.json"}, args...), env,
-		append([]specs.Mount{mount, trail}, ca...),
+	c.Spec, err = b.sidecarSpec(names.RoleGitGate, []string{"/bottle", "sidecar", "git-gate", "--config", "/etc/bottle/git-gate.json"}, env,
+		append([]specs.Mount{mount}, ca...),
 		// Port 80 (http://git-gate/NAME.git) needs this one capability, nothing else.
 		oci.WithCapabilities([]string{"CAP_NET_BIND_SERVICE"}),
 		oci.WithAmbientCapabilities([]string{"CAP_NET_BIND_SERVICE"}))

@@ -268,6 +268,9 @@ func (b *builder) build() (*Plan, error) {
 		if err != nil {
 			return nil, err
 		}
+		if _, ok := k.(recordingKind); ok {
+			b.withAuditTrail(c)
+		}
 		sort.Strings(c.SecretEnv)
 		p.Containers = append(p.Containers, c)
 	}
