@@ -6,9 +6,12 @@ import (
 	"github.com/bottle-dev/bottle/internal/audit"
 )
 
+// recording is the Gate's part that hands its decisions to the audit trail.
+type recording struct{ rec audit.Recorder }
+
 // record hands a push decision to the audit trail: the refs with their old and new
 // ids, allow or deny, and why (a refused ref's reason, or the error).
-func (g *Gate) record(remote, verdict string, req *pushRequest, extra []slog.Attr) {
+func (g *recording) record(remote, verdict string, req *pushRequest, extra []slog.Attr) {
 	if g.rec == nil {
 		return
 	}

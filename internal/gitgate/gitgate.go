@@ -52,17 +52,15 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/bottle-dev/bottle/internal/audit"
 )
 
 // Gate is the git-gate server; it is an http.Handler.
 type Gate struct {
 	remotes      map[string]*gateRemote
 	log          *slog.Logger
-	rec          audit.Recorder
 	maxPushBytes int64
 	spoolDir     string
+	recording    // the audit trail's Recorder (audit.go)
 }
 
 type gateRemote struct {
@@ -97,7 +95,7 @@ func New(cfg Config, getenv func(string) string, log *slog.Logger) (*Gate, error
 	if len(cfg.Remotes) == 0 {
 		return nil, fmt.Errorf("git-gate config: no remotes; declare at least one remote with name and url")
 	}
-	g := &Gate{remotes: map[string]*gateRemote{}, log: log, rec: cfg.Recorder, maxPushBytes: cfg.MaxPushBytes, spoolDir: cfg.SpoolDir}
+	g := &Gate{remotes: map[string]*gateRemote{}, log: log, maxPushBytes: cfg.MaxPushBytes, spoolDir: cfg.SpoolDir, recording: recording{cfg.Recorder}}
 	if g.spoolDir != "" {
 		if st, err := os.Stat(g.spoolDir); err != nil || !st.IsDir() {
 			return nil, fmt.Errorf("git-gate config: spool_dir %s is not a directory; create it or leave spool_dir empty", g.spoolDir)

@@ -62,3 +62,22 @@ func TestAuditTrailMounts(t *testing.T) {
 		}
 	}
 }
+
+// stripAuditTrail removes the audit trail's mount and argument from a sidecar's spec,
+// failing unless both are there as planned.
+func stripAuditTrail(t *testing.T, key string, spec map[string]any) {
+	t.Helper()
+	process := spec["process"].(map[string]any)
+	args := process["args"].([]any)
+	if n := len(args); n < 2 || args[n-2] != "--audit" || args[n-1] != audit.SidecarFile {
+		t.Errorf("%s: args %v do not end with --audit %s", key, args, audit.SidecarFile)
+	} else {
+		process["args"] = args[:n-2]
+	}
+	mounts := spec["mounts"].([]any)
+	kept := slices.DeleteFunc(slices.Clone(mounts), func(m any) bool { return m.(map[string]any)["destination"] == audit.SidecarMount })
+	if len(kept) != len(mounts)-1 {
+		t.Errorf("%s: %d mounts at %s, want 1", key, len(mounts)-len(kept), audit.SidecarMount)
+	}
+	spec["mounts"] = kept
+}
