@@ -74,3 +74,6 @@ func (e *Engine) recordCleanup(id names.Identity) {
 		e.recordLifecycle(id, auditCleanup)
 	}
 }
+
+// removeTrail removes the trail of a start taken back: its agent never ran.
+func (e *Engine) removeTrail(id names.Identity) error { return audit.Remove(e.opts.StateDir, id) }

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -308,7 +307,7 @@ func (s *starter) record() error {
 	}
 	// A start that never ran its agent leaves no trail either.
 	s.undo.push("remove bottle dir", func(context.Context) error {
-		return errors.Join(e.store.Remove(s.id), audit.Remove(e.opts.StateDir, s.id))
+		return errors.Join(e.store.Remove(s.id), e.removeTrail(s.id))
 	})
 	return nil
 }
@@ -478,11 +477,11 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		if so.Remove {
 			stopErr = e.removeMeta(ctx, meta, down)
 		}
+		if stopErr == nil {
+			e.recordLifecycle(s.id, endEvent(so.Remove))
+		}
 	}
 	s.step("stopped")
-	if stopErr == nil {
-		e.recordLifecycle(s.id, endEvent(so.Remove))
-	}
 	switch {
 	case reason != "":
 		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again, `bottle rm %s` removes it", s.id, reason, s.id, s.id), stopErr)
