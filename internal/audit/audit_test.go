@@ -140,6 +140,7 @@ func TestVerifyNamesEditedDroppedReordered(t *testing.T) {
 		{"edited middle", func(ls []string) []string { ls[1] = edit(ls[1]); return ls }, "filter line 2 record seq 2: edited"},
 		{"dropped middle", func(ls []string) []string { return append(ls[:1], ls[2:]...) }, "filter record seq 2: dropped"},
 		{"reordered", func(ls []string) []string { ls[1], ls[2] = ls[2], ls[1]; return ls }, "filter line 3 record seq 2: out of order"},
+		{"replayed", func(ls []string) []string { return append(ls, ls[0]) }, "filter line 4 record seq 1: out of order or repeated"},
 		// The last record has no successor: the host's stop record sealed it.
 		{"edited last", func(ls []string) []string {
 			ls[2] = strings.Replace(ls[2], "c.example", "x.example", 1)

@@ -143,7 +143,9 @@ func (s *source) next() (Record, bool) {
 // link checks r against the record before it in the file.
 func (s *source) link(r Record, hash string) {
 	defer func() {
-		s.seen[r.Seq] = hash
+		if _, dup := s.seen[r.Seq]; !dup { // a repeated seq does not replace the first
+			s.seen[r.Seq] = hash
+		}
 		s.linkBroken = false
 	}()
 	switch {
