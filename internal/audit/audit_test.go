@@ -420,3 +420,31 @@ func FuzzParseLine(f *testing.F) {
 		}
 	})
 }
+
+// TestFileSizeLimit: a sidecar file beyond MaxFile is read only up to the limit (and
+// the rest named), and a writer does not grow it further.
+func TestFileSizeLimit(t *testing.T) {
+	dir := newTrail(t)
+	path := file(dir, names.RoleFilter)
+	if err := os.Truncate(path, MaxFile+4096); err != nil { // sparse: zeros after the records
+		t.Fatal(err)
+	}
+	recs, problems := readAll(t, dir)
+	if len(recs) != 5 {
+		t.Errorf("%d records, want the 5 before the junk", len(recs))
+	}
+	found := false
+	for _, p := range problems {
+		found = found || strings.Contains(p.String(), "file exceeds the size limit")
+	}
+	if !found {
+		t.Errorf("problems %v do not name the size limit", problems)
+	}
+	var failed error
+	w := NewWriter(path, names.RoleFilter, func(err error) { failed = err })
+	w.Record(FilterDecision{Method: "GET", Host: "x", Port: 80, Verdict: "allow"})
+	w.Close()
+	if st, _ := os.Stat(path); failed == nil || !strings.Contains(failed.Error(), "is full") || st.Size() != MaxFile+4096 {
+		t.Errorf("writer on a full file: %v, size %d", failed, st.Size())
+	}
+}

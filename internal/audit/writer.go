@@ -143,6 +143,9 @@ func (a *appender) append(kind string, fields any, now time.Time) error {
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("audit: %s is not a regular file", a.path)
 	}
+	if st.Size() >= MaxFile {
+		return fmt.Errorf("audit: %s is full (%d bytes); records are dropped until the trail is pruned", a.path, MaxFile)
+	}
 	if st.Size() != a.size {
 		// Another writer appended (or this is the first append): read its last record.
 		if err := a.readTail(st.Size()); err != nil {
