@@ -15,10 +15,10 @@ import (
 // Problem is something wrong in a trail: a line that is not a valid record, or a break
 // in a source's chain, named by source, line and sequence number.
 type Problem struct {
-	Source string `json:"source"`
-	Line   int    `json:"line,omitempty"`
-	Seq    uint64 `json:"seq,omitempty"`
-	What   string `json:"what"`
+	Source string
+	Line   int // 0: not tied to a line
+	Seq    uint64
+	What   string
 }
 
 func (p Problem) String() string {

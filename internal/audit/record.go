@@ -21,7 +21,8 @@ import (
 	"github.com/bottle-dev/bottle/internal/names"
 )
 
-// Sources: the host and bottle's own sidecars (pipelock writes no trail: see README).
+// SourceHost is the host's own source; the other sources are the roles of bottle's own
+// sidecars (pipelock writes no trail: see README).
 const SourceHost = "host"
 
 // sidecarKinds is the one kind each sidecar source may write.
