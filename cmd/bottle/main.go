@@ -80,6 +80,7 @@ func newApp() *cli.App {
 		},
 		Commands: append(lifecycleCommands(),
 			planCommand(),
+			exportCommand(),
 			manifestCommand(),
 			&cli.Command{
 				Name:  "version",
