@@ -8,7 +8,7 @@
 # dir (never in the repo tree): it requires k8s.io/kubernetes and replaces each staging
 # module with its published v0.X version.
 #
-# Usage: scripts/k8s-build.sh   (prints the bin dir on stdout)
+# Usage: scripts/k8s-build.sh [all|etcd|apiserver|kubelet|knp]...   (prints the bin dir)
 # Env:   BOTTLE_K8S_CACHE (default /var/cache/bottle/k8s)
 set -euo pipefail
 
@@ -111,17 +111,17 @@ build_knp() {
 	log "built kube-network-policies in $((SECONDS - start))s"
 }
 
-case "${1:-all}" in
-all)
-	build_etcd
-	build_apiserver
-	build_kubelet
-	build_knp
-	;;
-etcd | apiserver | kubelet | knp) "build_$1" ;;
-*)
-	echo "usage: $0 [all|etcd|apiserver|kubelet|knp]" >&2
-	exit 2
-	;;
-esac
+# Targets: all (default), or any of etcd apiserver kubelet knp.
+targets=("$@")
+((${#targets[@]})) || targets=(all)
+for t in "${targets[@]}"; do
+	case $t in
+	all) build_etcd && build_apiserver && build_kubelet && build_knp ;;
+	etcd | apiserver | kubelet | knp) "build_$t" ;;
+	*)
+		echo "usage: $0 [all|etcd|apiserver|kubelet|knp]..." >&2
+		exit 2
+		;;
+	esac
+done
 echo "$bin"

@@ -81,6 +81,7 @@ func newApp() *cli.App {
 		Commands: append(lifecycleCommands(),
 			planCommand(),
 			exportCommand(),
+			k8sCommand(),
 			manifestCommand(),
 			&cli.Command{
 				Name:  "version",

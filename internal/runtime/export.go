@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/bottle-dev/bottle/internal/ociarchive"
 	"github.com/bottle-dev/bottle/internal/plan"
@@ -40,4 +41,19 @@ func ExportSidecarImage(path, ref string) error {
 		return fmt.Errorf("sidecar image %s: %w", ref, err)
 	}
 	return nil
+}
+
+// ApplyPlan is the plan `bottle k8s apply` runs: a start's, with the host's secret
+// values, refused when the host lacks one (as a start is).
+func ApplyPlan(ctx context.Context, opts Options, po PlanOptions) (*plan.Plan, error) {
+	e := OpenPlanner(ctx, opts)
+	defer e.Close()
+	p, err := e.Plan(ctx, po)
+	if err != nil {
+		return nil, err
+	}
+	if len(p.Unresolved) > 0 {
+		return nil, fmt.Errorf("not set on this host: %s; values are read now and go only into the Secrets of the Pods that need them", strings.Join(p.Unresolved, ", "))
+	}
+	return p, nil
 }
