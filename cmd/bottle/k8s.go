@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/k8s"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/runtime"
 )
 
@@ -50,17 +52,10 @@ func exportCommand() *cli.Command {
 			if !slices.Contains(k8s.Formats, format) {
 				return usageError{fmt.Errorf("-o %q: use one of %s", format, strings.Join(k8s.Formats, ", "))}
 			}
-			po, err := planOptionsWithoutFiles(c, "export")
+			// Export reads no host secret: not even the SSH keys the bottle names.
+			p, po, err := k8sPlan(c, "export", planOptionsWithoutFiles, runtime.ExportPlan)
 			if err != nil {
 				return err
-			}
-			opts, err := engineOptions(c)
-			if err != nil {
-				return err
-			}
-			p, err := runtime.ExportPlan(c.Context, opts, po)
-			if err != nil {
-				return usageError{err}
 			}
 			objs, err := k8s.Export(p, exportOptions(c, po.Manifest, po.Agent))
 			if err != nil {
@@ -74,6 +69,28 @@ func exportCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// k8sPlan builds the plan of command cmd: its options (planOptions or, for a command
+// that reads no host file, planOptionsWithoutFiles), then build (runtime.ExportPlan or
+// runtime.ApplyPlan).
+func k8sPlan(c *cli.Context, cmd string,
+	options func(*cli.Context, string) (runtime.PlanOptions, error),
+	build func(context.Context, runtime.Options, runtime.PlanOptions) (*plan.Plan, error),
+) (*plan.Plan, runtime.PlanOptions, error) {
+	po, err := options(c, cmd)
+	if err != nil {
+		return nil, po, err
+	}
+	opts, err := engineOptions(c)
+	if err != nil {
+		return nil, po, err
+	}
+	p, err := build(c.Context, opts, po)
+	if err != nil {
+		return nil, po, usageError{err}
+	}
+	return p, po, nil
 }
 
 // k8sClient connects with the k8s command's --kubeconfig and --k8s-namespace.
@@ -96,17 +113,9 @@ func k8sCommand() *cli.Command {
 			OnUsageError: onUsageError,
 			Flags:        append(exportFlags(), &cli.DurationFlag{Name: "wait", Value: 2 * time.Minute, Usage: "how long the sidecars may take to be ready (0: start the agent without waiting)"}),
 			Action: func(c *cli.Context) error {
-				po, err := planOptions(c, "k8s apply")
+				p, po, err := k8sPlan(c, "k8s apply", planOptions, runtime.ApplyPlan)
 				if err != nil {
 					return err
-				}
-				opts, err := engineOptions(c)
-				if err != nil {
-					return err
-				}
-				p, err := runtime.ApplyPlan(c.Context, opts, po)
-				if err != nil {
-					return usageError{err}
 				}
 				cl, err := k8sClient(c)
 				if err != nil {
