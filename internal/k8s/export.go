@@ -252,6 +252,16 @@ func (x *exporter) pod(c *plan.Container) (*corev1.Pod, error) {
 			ctr.VolumeMounts = append(ctr.VolumeMounts, corev1.VolumeMount{Name: "tmp", MountPath: m.Destination})
 		}
 	}
+	if port == 0 {
+		// A server configured by its command line (pipelock) names its port there.
+		if i := slices.Index(s.Process.Args, "--listen"); i >= 0 && i+1 < len(s.Process.Args) {
+			p, err := listenPort(s.Process.Args[i+1])
+			if err != nil {
+				return nil, err
+			}
+			port = p
+		}
+	}
 	if len(cm.Data) > 0 {
 		spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: cm.Name}}}})
 		x.o.ConfigMaps = append(x.o.ConfigMaps, cm)
@@ -356,22 +366,31 @@ func podConfig(content string) (string, int32, error) {
 	if err := json.Unmarshal(raw, &listen); err != nil {
 		return "", 0, fmt.Errorf("listen: %w", err)
 	}
-	_, p, err := net.SplitHostPort(listen)
+	port, err := listenPort(listen)
 	if err != nil {
-		return "", 0, fmt.Errorf("listen %q: %w", listen, err)
+		return "", 0, err
 	}
-	port, err := strconv.ParseUint(p, 10, 16)
-	if err != nil || port == 0 {
-		return "", 0, fmt.Errorf("listen %q: bad port", listen)
-	}
-	cfg["listen"], _ = json.Marshal(":" + p)
+	cfg["listen"], _ = json.Marshal(fmt.Sprintf(":%d", port))
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(cfg); err != nil {
 		return "", 0, err
 	}
-	return buf.String(), int32(port), nil
+	return buf.String(), port, nil
+}
+
+// listenPort is the port of a listen address HOST:PORT.
+func listenPort(listen string) (int32, error) {
+	_, p, err := net.SplitHostPort(listen)
+	if err != nil {
+		return 0, fmt.Errorf("listen %q: %w", listen, err)
+	}
+	port, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || port == 0 {
+		return 0, fmt.Errorf("listen %q: bad port", listen)
+	}
+	return int32(port), nil
 }
 
 // securityContext carries the spec's hardening: no privilege escalation, only the

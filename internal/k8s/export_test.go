@@ -28,6 +28,12 @@ const sshKey = "-----BEGIN OPENSSH PRIVATE KEY-----\nSECRET-SSH-KEY\n-----END OP
 // testPlan is the plan of testdata/bottle.toml on a host that sets every secret.
 func testPlan(t *testing.T) *plan.Plan {
 	t.Helper()
+	return testPlanWith(t, "")
+}
+
+// testPlanWith is testPlan with the filter override filter.
+func testPlanWith(t *testing.T, filter string) *plan.Plan {
+	t.Helper()
 	data, err := os.ReadFile("testdata/bottle.toml")
 	if err != nil {
 		t.Fatal(err)
@@ -47,6 +53,7 @@ func testPlan(t *testing.T) *plan.Plan {
 		SidecarImage:      "bottle.local/sidecar:test",
 		SidecarResolvConf: "nameserver 192.0.2.53\n",
 		SidecarHosts:      []names.HostEntry{{Name: "mirror.test", Addr: netip.MustParseAddr("192.0.2.80")}},
+		FilterOverride:    filter,
 		Strict:            true,
 	})
 	if err != nil {
@@ -304,5 +311,28 @@ func TestRenderRejectsUnknownFormat(t *testing.T) {
 	}
 	if _, err := objs.Render("toml"); err == nil || !strings.Contains(err.Error(), "toml") {
 		t.Errorf("Render(toml) = %v", err)
+	}
+}
+
+// TestExportPipelock: a filter configured on its command line (pipelock) gets its
+// Service on the port it names there, and keeps its own image.
+func TestExportPipelock(t *testing.T) {
+	objs, err := Export(testPlanWith(t, plan.FilterPipelock), testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var filterPort int32
+	for _, s := range objs.Services {
+		if s.Labels[names.LabelRole] == names.RoleFilter {
+			filterPort = s.Spec.Ports[0].Port
+		}
+	}
+	if filterPort != plan.FilterPort {
+		t.Errorf("pipelock's Service port %d, want %d", filterPort, plan.FilterPort)
+	}
+	for _, p := range objs.Sidecars {
+		if p.Labels[names.LabelRole] == names.RoleFilter && p.Spec.Containers[0].Image != plan.DefaultPipelockImage {
+			t.Errorf("pipelock runs %s", p.Spec.Containers[0].Image)
+		}
 	}
 }
