@@ -96,6 +96,20 @@ token_ref = "GIT_TOKEN"
 			}
 		}
 	}
+	// Export reads no host secret: with none set and the SSH key gone, the objects are
+	// the same, every Secret key still named.
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := run(t, dir, nil, append(noContainerd, "export", "--manifest", manifest)...)
+	if code != 0 {
+		t.Fatalf("export without host secrets: exit %d: %s", code, errOut)
+	}
+	for _, k := range []string{"ROUTE_TOKEN", "GIT_TOKEN", "GITHUB_USER", "BOTTLE_GIT_SSH_KEY_0"} {
+		if !strings.Contains(out, "key: "+k) {
+			t.Errorf("export without host secrets does not refer to %s", k)
+		}
+	}
 	if _, errOut, code := run(t, dir, nil, append(noContainerd, "export", "--manifest", manifest, "-o", "toml")...); code != 2 || !strings.Contains(errOut, "toml") {
 		t.Errorf("export -o toml: exit %d: %s", code, errOut)
 	}
