@@ -267,12 +267,13 @@ func (x *exporter) pod(c *plan.Container) (*corev1.Pod, error) {
 		x.o.ConfigMaps = append(x.o.ConfigMaps, cm)
 	}
 	if len(secretKeys) > 0 {
+		meta := x.meta(c.Name, c.Labels)
+		meta.Annotations = map[string]string{AnnotationSecretKeys: strings.Join(secretKeys, ",")}
 		x.o.Secrets = append(x.o.Secrets, &corev1.Secret{
 			TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
-			ObjectMeta: x.meta(c.Name, c.Labels),
+			ObjectMeta: meta,
 			Type:       corev1.SecretTypeOpaque,
 		})
-		x.o.Secrets[len(x.o.Secrets)-1].Annotations = map[string]string{AnnotationSecretKeys: strings.Join(secretKeys, ",")}
 	}
 	// A sidecar that serves the agent (its config names where it listens) gets a
 	// Service; one that serves nobody (supervise) is only a Pod.
