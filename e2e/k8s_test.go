@@ -155,10 +155,14 @@ func TestK8s(t *testing.T) {
 // duplicate field is an error), and the export holds no secret value.
 func testK8sExportStrict(t *testing.T, a *apiServer) {
 	const ns = "default"
+	manifest, err := filepath.Abs("../internal/k8s/testdata/bottle.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	secrets := map[string]string{"MY_CLAUDE_OAUTH": "k8s-secret-oauth-1", "UPSTREAM_GIT_TOKEN": "k8s-secret-git-2", "GITHUB_USER": "k8s-secret-user-3", "TZ": "k8s-secret-tz-4"}
 	cmd := exec.Command(bottleBin, "--address", filepath.Join(dir, "no-containerd.sock"), "export",
-		"--manifest", "../internal/k8s/testdata/bottle.toml", "-o", "json", "--k8s-namespace", ns, "--sidecar-image", "registry.test/bottle/sidecar:1")
+		"--manifest", manifest, "-o", "json", "--k8s-namespace", ns, "--sidecar-image", "registry.test/bottle/sidecar:1")
 	cmd.Dir = dir
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range secrets {
