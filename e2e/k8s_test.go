@@ -203,7 +203,11 @@ func testK8sExportStrict(t *testing.T, a *apiServer) {
 			t.Errorf("%s %s refused: %d %s", meta.Kind, meta.Metadata.Name, code, body)
 		}
 		if meta.Kind == "Pod" && strings.HasSuffix(meta.Metadata.Name, "-agent") {
-			agentPod = item
+			var compact bytes.Buffer
+			if err := json.Compact(&compact, item); err != nil {
+				t.Fatal(err)
+			}
+			agentPod = compact.Bytes()
 		}
 	}
 	want := map[string]int{"Secret": 3, "ConfigMap": 4, "Service": 3, "NetworkPolicy": 5, "Pod": 5}
