@@ -48,16 +48,19 @@ GO
 	printf 'module bottle.local/%s\n\ngo 1.24\n' "$(basename "$dir")" >"$dir/go.mod"
 }
 
-# build NAME DIR PKG: builds DIR's package PKG (default .) into $bin/NAME once.
+# Kubernetes binaries report their version from these (else "v0.0.0-master").
+k8s_ldflags="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$K8S_VERSION")"
+
+# build NAME DIR [EXTRA_LDFLAGS]: builds DIR's main package into $bin/NAME once.
 build() {
-	local name=$1 dir=$2 pkg=${3:-.}
+	local name=$1 dir=$2 extra=${3:-}
 	if [ -x "$bin/$name" ]; then
 		log "$name cached"
 		return
 	fi
 	log "building $name"
 	local start=$SECONDS
-	(cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg")
+	(cd "$dir" && go build -trimpath -ldflags "$ldflags $extra" -o "$bin/$name.tmp" .)
 	mv "$bin/$name.tmp" "$bin/$name"
 	log "built $name in $((SECONDS - start))s"
 }
@@ -89,7 +92,7 @@ build_apiserver() {
 	local d="$root/src/kube-apiserver"
 	k8s_wrapper "$d" kube-apiserver '"k8s.io/component-base/cli"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"' '	os.Exit(cli.Run(app.NewAPIServerCommand()))'
-	build kube-apiserver "$d"
+	build kube-apiserver "$d" "$k8s_ldflags"
 }
 
 build_kubelet() {
@@ -99,7 +102,7 @@ build_kubelet() {
 
 	"k8s.io/component-base/cli"
 	"k8s.io/kubernetes/cmd/kubelet/app"' '	os.Exit(cli.Run(app.NewKubeletCommand(context.Background())))'
-	build kubelet "$d"
+	build kubelet "$d" "$k8s_ldflags"
 }
 
 build_knp() {
