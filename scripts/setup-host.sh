@@ -40,6 +40,8 @@ readonly APT_PACKAGES=(
 	mmdebstrap # the Claude Code agent image without Docker (scripts/build-agent-image.sh)
 	libdpkg-perl # mmdebstrap: finds the archive keyring (only recommended by it)
 	gpg          # mmdebstrap: keyring handling (only recommended by it)
+	openssl      # the test control plane's service-account keys (scripts/k8s-cluster.sh)
+	curl         # its readiness check
 )
 
 BIN_DIR=${BOTTLE_BIN_DIR:-/usr/local/bin}

@@ -8,7 +8,8 @@
 # Exported to the tests: BOTTLE_TEST_CONTAINERD_ADDRESS (socket), CONTAINERD_ADDRESS
 # (same), BOTTLE_TEST_RUNC_ROOT (runc/runsc --root for test containers),
 # BOTTLE_TEST_BUILD_AGENT_IMAGE=1 (tests build the Claude Code agent image),
-# BOTTLE_TEST_NERDCTL (a pinned nerdctl, scripts/install-nerdctl.sh).
+# BOTTLE_TEST_NERDCTL (a pinned nerdctl, scripts/install-nerdctl.sh), BOTTLE_TEST_K8S_BIN
+# (etcd and kube-apiserver, scripts/k8s-build.sh).
 # Without root: runs only `go test -count=1 ./...`; end-to-end tests skip themselves
 # (unless CI=true, where they fail).
 # Exit status: non-zero when lint or any test failed.
@@ -32,6 +33,14 @@ make --no-print-directory tools
 # nerdctl, for the test of bottle's nerdctl interop (e2e/nerdctl_test.go).
 scripts/install-nerdctl.sh "$NERDCTL_DIR"
 export BOTTLE_TEST_NERDCTL="$NERDCTL_DIR/nerdctl"
+# etcd and kube-apiserver for e2e/k8s_test.go, which starts its own control plane on
+# loopback (scripts/k8s-cluster.sh) and stops it: built from the Go module proxy once,
+# then cached in /var/cache/bottle/k8s.
+log "Kubernetes control plane binaries"
+k8s_start=$SECONDS
+BOTTLE_TEST_K8S_BIN=$(scripts/k8s-build.sh etcd apiserver)
+export BOTTLE_TEST_K8S_BIN
+log "Kubernetes binaries ready in $((SECONDS - k8s_start)) s"
 
 ctrd_dir=$(mktemp -d /var/tmp/bottle-ctrd.XXXXXX)
 # shellcheck disable=SC2317 # invoked by the EXIT trap

@@ -11,7 +11,7 @@ import (
 func imageCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "image",
-		Usage: "manage bottle's images in containerd",
+		Usage: "manage bottle's images",
 		Subcommands: []*cli.Command{{
 			Name:         "import",
 			Usage:        "import an OCI image archive (for hosts without a registry)",
@@ -30,6 +30,18 @@ func imageCommand() *cli.Command {
 					fmt.Fprintln(c.App.Writer, n)
 				}
 				return nil
+			},
+		}, {
+			Name:         "export",
+			Usage:        "write bottle's sidecar image as an OCI archive (to push to a registry Kubernetes pulls from)",
+			ArgsUsage:    "FILE",
+			OnUsageError: onUsageError,
+			Flags:        []cli.Flag{&cli.StringFlag{Name: "ref", Value: runtime.PlannedSidecarImage(version), Usage: "image name in the archive"}},
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return usageError{fmt.Errorf("expected one output file, got %d arguments", c.NArg())}
+				}
+				return runtime.ExportSidecarImage(c.Args().First(), c.String("ref"))
 			},
 		}},
 	}

@@ -80,6 +80,8 @@ func newApp() *cli.App {
 		},
 		Commands: append(lifecycleCommands(),
 			planCommand(),
+			exportCommand(),
+			k8sCommand(),
 			manifestCommand(),
 			&cli.Command{
 				Name:  "version",

@@ -89,7 +89,7 @@ func TestHelpListsCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, c := range []string{"plan", "manifest", "version"} {
+	for _, c := range []string{"plan", "manifest", "version", "export", "k8s"} {
 		if !strings.Contains(out, "\n   "+c) {
 			t.Errorf("--help does not list %q:\n%s", c, out)
 		}

@@ -131,6 +131,17 @@ func engineOptions(c *cli.Context) (runtime.Options, error) {
 // ([AGENT] [-- CMD ARGS...]) and the current directory. Every host file is read here,
 // once, before anything is created.
 func planOptions(c *cli.Context, cmd string) (runtime.PlanOptions, error) {
+	po, err := planOptionsWithoutFiles(c, cmd)
+	if err != nil {
+		return po, err
+	}
+	po.HostFiles, err = plan.ReadHostFiles(po.Manifest, po.ManifestPath, po.Agent, hostfile.ReadPEM)
+	return po, err
+}
+
+// planOptionsWithoutFiles are planOptions without the host files the bottle names (a
+// command that must not read them: export).
+func planOptionsWithoutFiles(c *cli.Context, cmd string) (runtime.PlanOptions, error) {
 	m, src, err := loadManifest(c)
 	if err != nil {
 		return runtime.PlanOptions{}, err
@@ -140,17 +151,13 @@ func planOptions(c *cli.Context, cmd string) (runtime.PlanOptions, error) {
 	if err != nil {
 		return runtime.PlanOptions{}, err
 	}
-	files, err := plan.ReadHostFiles(m, src.Path, agent, hostfile.ReadPEM)
-	if err != nil {
-		return runtime.PlanOptions{}, err
-	}
 	cwd, err := os.Getwd()
 	if err != nil {
 		return runtime.PlanOptions{}, fmt.Errorf("current directory: %w", err)
 	}
 	return runtime.PlanOptions{
 		Manifest: m, ManifestPath: src.Path, Agent: agent, Workspace: cwd,
-		CopyCwd: c.Bool("cwd"), Command: command, HostFiles: files,
+		CopyCwd: c.Bool("cwd"), Command: command,
 	}, nil
 }
 

@@ -96,9 +96,13 @@ func (e *Engine) Plan(ctx context.Context, po PlanOptions) (*plan.Plan, error) {
 	}
 	return e.buildPlan(po, planFacts{
 		internal: internal, egress: egress, runtime: e.opts.RuntimeOverride,
-		sidecarImage: "bottle.local/sidecar:" + e.opts.Version, pipelockPresent: present, outside: outside,
+		sidecarImage: PlannedSidecarImage(e.opts.Version), pipelockPresent: present, outside: outside,
 	})
 }
+
+// PlannedSidecarImage is the sidecar image a plan names before a start has made the
+// image (a start names the one it made, by its executable's digest).
+func PlannedSidecarImage(version string) string { return "bottle.local/sidecar:" + version }
 
 // pipelockImage is the pipelock image of a bottle.
 func (e *Engine) pipelockImage(bottle *manifest.Bottle) string {
