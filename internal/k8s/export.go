@@ -238,8 +238,9 @@ func (x *exporter) pod(c *plan.Container) (*corev1.Pod, error) {
 			key := strings.ReplaceAll(f.Name, "/", "_")
 			cm.Data[key] = content
 			ctr.VolumeMounts = append(ctr.VolumeMounts, corev1.VolumeMount{Name: "config", MountPath: m.Destination, SubPath: key, ReadOnly: true})
-		case m.Type == "bind" && strings.HasPrefix(m.Source, x.p.StageDir+"/"):
-			// A writable stage dir (a sidecar's run dir): the Pod's own scratch space.
+		case m.Type == "bind" && (strings.HasPrefix(m.Source, x.p.StageDir+"/") || (c.AuditDir != "" && m.Source == c.AuditDir)):
+			// A writable stage dir (a sidecar's run dir) or its audit dir: the Pod's own
+			// scratch space (a cluster's trail stays in the Pod; `bottle audit` reads hosts').
 			vol := "run-" + strconv.Itoa(len(spec.Volumes))
 			spec.Volumes = append(spec.Volumes, corev1.Volume{Name: vol, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
 			ctr.VolumeMounts = append(ctr.VolumeMounts, corev1.VolumeMount{Name: vol, MountPath: m.Destination})
