@@ -35,10 +35,10 @@ import (
 // upstreamNet is TEST-NET-3 (documentation addresses), put on a bridge the test creates:
 // the filter refuses every private range, so the fake "internet" needs an address outside
 // them, and a host-local one means the sidecars' packets are delivered here, never routed.
-var upstreamAddr = netip.MustParsePrefix("203.0.113.1/24")
+var upstreamAddr = netip.MustParsePrefix("198.51.100.1/24")
 
 // dnsAddr is the test's DNS server for the sidecars, on the same test bridge.
-var dnsAddr = netip.MustParseAddr("203.0.113.2")
+var dnsAddr = netip.MustParseAddr("198.51.100.2")
 
 // upstream is the fake internet: HTTP and HTTPS servers and a UDP sink on upstreamAddr.
 type upstream struct {

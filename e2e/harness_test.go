@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -347,6 +348,7 @@ func readEach(t *testing.T, addr netip.AddrPort, handle func(pc net.PacketConn, 
 func testBridge(t testing.TB, name string, addr netip.Prefix) {
 	t.Helper()
 	exec.Command("ip", "link", "del", name).Run()
+	refuseShadowing(t, addr.Masked())
 	for _, args := range [][]string{
 		{"link", "add", name, "type", "bridge"},
 		{"addr", "add", addr.String(), "dev", name},
@@ -357,6 +359,50 @@ func testBridge(t testing.TB, name string, addr netip.Prefix) {
 		}
 	}
 	t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+}
+
+// refuseShadowing fails the test when prefix overlaps a route of the host (other than the
+// default route) or an address the host's /etc/hosts names: a test bridge on it would
+// take that traffic over while the test runs (on the project's VMs the package mirrors
+// live in TEST-NET-3), so the test picks another range instead of breaking the host.
+func refuseShadowing(t testing.TB, prefix netip.Prefix) {
+	t.Helper()
+	out, err := exec.Command("ip", "-o", "-4", "route", "show", "table", "all").Output()
+	if err != nil {
+		t.Fatalf("ip route show: %v", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		dst := f[0]
+		if slices.Contains([]string{"broadcast", "local", "unicast"}, dst) && len(f) > 1 {
+			dst = f[1]
+		}
+		if dst == "default" {
+			continue
+		}
+		if !strings.Contains(dst, "/") {
+			dst += "/32"
+		}
+		if p, err := netip.ParsePrefix(dst); err == nil && p.Overlaps(prefix) {
+			t.Fatalf("test network %s overlaps the host's route %q: pick another test range", prefix, line)
+		}
+	}
+	hosts, err := os.ReadFile("/etc/hosts")
+	if err != nil {
+		t.Fatalf("read /etc/hosts: %v", err)
+	}
+	for _, line := range strings.Split(string(hosts), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		if a, err := netip.ParseAddr(f[0]); err == nil && prefix.Contains(a.Unmap()) {
+			t.Fatalf("test network %s holds %s, which the host's /etc/hosts names (%s): pick another test range", prefix, a, strings.Join(f[1:], " "))
+		}
+	}
 }
 
 // waitPhase waits until agent's bottle reaches phase.
