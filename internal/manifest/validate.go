@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/publicsuffix"
 
@@ -205,6 +206,11 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 	}
 	if b.Runtime != "" && !slices.Contains(RuntimeChoices, b.Runtime) {
 		bad(p+".runtime", fmt.Sprintf("unknown runtime %q", b.Runtime)+DidYouMean(b.Runtime, RuntimeChoices), "use one of: "+strings.Join(RuntimeChoices, ", "))
+	}
+	if b.SuperviseTimeout != "" {
+		if d, err := time.ParseDuration(b.SuperviseTimeout); err != nil || d <= 0 {
+			bad(p+".supervise_timeout", fmt.Sprintf("invalid duration %q", b.SuperviseTimeout), `write a positive Go duration such as "10m" or "90s"`)
+		}
 	}
 	if b.Filter != "" && !slices.Contains(FilterChoices, b.Filter) {
 		bad(p+".filter", fmt.Sprintf("unknown filter %q", b.Filter)+DidYouMean(b.Filter, FilterChoices), "use one of: "+strings.Join(FilterChoices, ", "))

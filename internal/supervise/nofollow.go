@@ -1,0 +1,5 @@
+package supervise
+
+import "syscall"
+
+const oNoFollow = syscall.O_NOFOLLOW
