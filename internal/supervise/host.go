@@ -180,7 +180,7 @@ func (d Dirs) Entries() ([]Entry, error) {
 	var out []Entry
 	for _, de := range des {
 		n, ok := proposalNumber(de.Name())
-		if !ok || !de.Type().IsRegular() {
+		if !ok {
 			continue
 		}
 		e := Entry{N: n}
