@@ -1,0 +1,216 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSupervise: from inside the agent, an MCP client proposes to allow a host; the
+// proposal shows in `bottle proposals`; the filter refuses the host until `bottle
+// approve`, then lets it through without the agent being restarted, and refuses it again
+// when the --for grant ends. Deny and timeout leave it refused and tell the agent why;
+// bad proposals are refused and change nothing; a grant for good survives stop/resume.
+func TestSupervise(t *testing.T) {
+	e := newEnv(t)
+	up := newUpstream(t)
+	manifest := fmt.Sprintf(`[agents.sup]
+bottle = "b"
+image = %q
+command = ["/bin/sleep", "600"]
+
+[bottles.b]
+runtime = "runsc-runc"
+filter = "builtin"
+allowlist = ["api.allowed.test"]
+supervise = true
+supervise_timeout = "10s"
+`, testImage)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := e.bottle(nil, "start", "--detach", "--ca-file", up.caFile, "--resolv-conf", resolv, "sup")
+	if code != 0 {
+		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
+	}
+	id := e.identityOf("sup")
+	const mcpURL = "http://supervise/mcp"
+	target := "http://api.denied.test/hello"
+	reach := func() string { t.Helper(); return e.probe(id, "get", "http://filter:8888", target) }
+	allowed := "STATUS 200 UPSTREAM-ALLOWED host=api.denied.test"
+	// waitReach waits (the filter re-reads its changes every second) until the host is
+	// reachable or not.
+	waitReach := func(want bool, within time.Duration, what string) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			got := reach()
+			if strings.HasPrefix(got, allowed) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: got %q after %v", what, got, within)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	// propose starts an MCP tool call in the agent; its wait returns the probe's line.
+	propose := func(tool, args string) func() string {
+		t.Helper()
+		cmd := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "mcp", mcpURL, tool, args)
+		var o bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &o
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() string { _ = cmd.Wait(); return strings.TrimSpace(o.String()) }
+	}
+	type entry struct {
+		N        int    `json:"n"`
+		State    string `json:"state"`
+		Refused  string `json:"refused"`
+		Proposal *struct {
+			Kind string `json:"kind"`
+		} `json:"proposal"`
+	}
+	entries := func() []entry {
+		t.Helper()
+		var list []entry
+		for _, line := range strings.Split(strings.TrimSpace(e.must("proposals", id, "--json")), "\n") {
+			if line == "" {
+				continue
+			}
+			var en entry
+			if err := json.Unmarshal([]byte(line), &en); err != nil {
+				t.Fatalf("proposals --json: %v: %s", err, line)
+			}
+			list = append(list, en)
+		}
+		return list
+	}
+	waitPending := func(n int) {
+		t.Helper()
+		for range 50 {
+			if l := entries(); len(l) >= n && l[n-1].State == "pending" {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("proposal %d never showed as pending: %+v", n, entries())
+	}
+	agentStarted := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22")
+
+	// The agent finds the server configured, and its capabilities.
+	mcpConfig := e.must("exec", id, "--", "/bin/cat", "/etc/claude-code/managed-mcp.json")
+	if !strings.Contains(mcpConfig, `"url": "http://supervise/mcp"`) {
+		t.Errorf("managed MCP config: %s", mcpConfig)
+	}
+	if got := e.probe(id, "mcp", mcpURL, "current_capabilities", "{}"); !strings.Contains(got, `"allowlist":["api.allowed.test"]`) {
+		t.Errorf("current_capabilities: %s", got)
+	}
+
+	// 1: approved for 5s.
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Fatalf("reachable before any proposal: %s", got)
+	}
+	wait := propose("propose_allowlist_change", `{"justification":"fetch the test fixture","add":["api.denied.test"]}`)
+	waitPending(1)
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Errorf("reachable while the proposal is pending: %s", got)
+	}
+	listing := e.must("proposals", id)
+	for _, want := range []string{"#1 allowlist pending", "why: fetch the test fixture", "allowlist before: api.allowed.test", "+ api.denied.test"} {
+		if !strings.Contains(listing, want) {
+			t.Errorf("proposals lack %q:\n%s", want, listing)
+		}
+	}
+	e.must("approve", id, "1", "--for", "5s", "--reason", "for the fixture only")
+	granted := time.Now()
+	if got := wait(); !strings.HasPrefix(got, "RESULT ") || !strings.Contains(got, `"decision":"approved"`) || !strings.Contains(got, "for the fixture only") {
+		t.Errorf("agent's answer: %s", got)
+	}
+	waitReach(true, 3*time.Second, "after approve")
+	if time.Since(granted) < 4*time.Second {
+		waitReach(false, 5*time.Second+2*time.Second-time.Since(granted), "after the 5s grant")
+	}
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Errorf("still reachable after the grant ended: %s", got)
+	}
+
+	// 2: denied with a reason.
+	wait = propose("propose_allowlist_change", `{"justification":"again","add":["api.denied.test"]}`)
+	waitPending(2)
+	e.must("deny", id, "2", "--reason", "not today")
+	if got := wait(); !strings.Contains(got, `"decision":"denied"`) || !strings.Contains(got, "not today") {
+		t.Errorf("denied: agent's answer %s", got)
+	}
+	// 3: nobody decides: denied by default when the timeout ends.
+	start := time.Now()
+	if got := propose("propose_allowlist_change", `{"justification":"and again","add":["api.denied.test"]}`)(); !strings.Contains(got, `"decision":"denied"`) || !strings.Contains(got, "denied by default") || time.Since(start) < 9*time.Second {
+		t.Errorf("timeout: agent's answer %s after %v", got, time.Since(start))
+	}
+	if _, errOut, code := e.bottle(nil, "approve", id, "3"); code == 0 || !strings.Contains(errOut, "timed out") {
+		t.Errorf("approving a timed-out proposal: exit %d: %s", code, errOut)
+	}
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Errorf("reachable after deny and timeout: %s", got)
+	}
+
+	// Bad proposals: refused at once, nothing written, nothing changed.
+	for name, tc := range map[string]struct{ tool, args, want string }{
+		"escape":     {"propose_allowlist_change", `{"justification":"hi\u001b]0;owned\u0007","add":["api.denied.test"]}`, "TOOLERROR refused: proposal 1: justification holds the control character"},
+		"oversized":  {"propose_allowlist_change", fmt.Sprintf(`{"justification":%q,"add":["api.denied.test"]}`, strings.Repeat("x", 3000)), "TOOLERROR refused: proposal 1: justification is longer than"},
+		"host":       {"propose_allowlist_change", `{"justification":"x","add":["10.0.0.1:22/x"]}`, "TOOLERROR refused: proposal 1: allowlist entry"},
+		"dockerfile": {"propose_dockerfile_change", `{"justification":"x","content":"FROM alpine\nRUN true\n"}`, "TOOLERROR refused: proposal 1: dockerfile line 1: FROM alpine: the image must build FROM the current agent image"},
+	} {
+		if got := e.probe(id, "mcp", mcpURL, tc.tool, tc.args); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: got %q, want %q", name, got, tc.want)
+		}
+	}
+	if got := e.probe(id, "postjson", "http://supervise/v1/proposals", `{"kind":"allowlist","justification":"x","allowlist":{"add":["api.denied.test"]},"sneaky":true}`); !strings.HasPrefix(got, "STATUS 400") || !strings.Contains(got, "unknown field") {
+		t.Errorf("malformed JSON proposal: %s", got)
+	}
+	if n := len(entries()); n != 3 {
+		t.Errorf("%d proposals after the bad ones, want 3", n)
+	}
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Errorf("reachable after bad proposals: %s", got)
+	}
+
+	// 4: the plain JSON API, approved for good: survives stop and resume.
+	cmd := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "postjson", "http://supervise/v1/proposals", `{"kind":"allowlist","justification":"for good","allowlist":{"add":["api.denied.test"]}}`)
+	var o bytes.Buffer
+	cmd.Stdout = &o
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitPending(4)
+	e.must("approve", id, "4")
+	_ = cmd.Wait()
+	if got := o.String(); !strings.HasPrefix(got, "STATUS 200") || !strings.Contains(got, `"decision":"approved"`) {
+		t.Errorf("JSON API answer: %s", got)
+	}
+	waitReach(true, 3*time.Second, "after approving for good")
+	if now := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"); now != agentStarted {
+		t.Errorf("the agent was restarted: start time %s, before %s", now, agentStarted)
+	}
+	e.must("stop", id)
+	if out, errOut, code := e.bottle(nil, "resume", "--detach", "--ca-file", up.caFile, "--resolv-conf", resolv, id); code != 0 {
+		t.Fatalf("resume: exit %d: %s %s", code, out, errOut)
+	}
+	waitReach(true, 5*time.Second, "after resume")
+	log, err := os.ReadFile(filepath.Join(e.stateDir, "bottles", id, "supervise", "log.jsonl"))
+	if err != nil || strings.Count(string(log), `"event":"decision"`) != 3 {
+		t.Errorf("supervise log (%v):\n%s", err, log)
+	}
+	e.must("rm", "--force", id)
+}
