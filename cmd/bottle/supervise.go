@@ -51,6 +51,7 @@ func superviseCommands() []*cli.Command {
 			Flags: []cli.Flag{
 				&cli.DurationFlag{Name: "for", Usage: "an allowlist grant ends after this long (e.g. 30m)"},
 				&cli.StringFlag{Name: "reason", Usage: "a note for the agent"},
+				&cli.BoolFlag{Name: "save", Usage: "also write an allowlist change into the manifest (or print what to paste)"},
 			},
 			Action: func(c *cli.Context) error {
 				id, n, err := proposalArgs(c)
@@ -61,7 +62,7 @@ func superviseCommands() []*cli.Command {
 				if err != nil {
 					return err
 				}
-				dec, err := runtime.Approve(c.Context, opts, id, n, runtime.ApproveOptions{For: c.Duration("for"), Reason: c.String("reason"), Progress: c.App.ErrWriter})
+				dec, err := runtime.Approve(c.Context, opts, id, n, runtime.ApproveOptions{For: c.Duration("for"), Reason: c.String("reason"), Progress: c.App.ErrWriter, Save: c.Bool("save")})
 				if err != nil {
 					return err
 				}
@@ -69,7 +70,15 @@ func superviseCommands() []*cli.Command {
 				if !dec.Until.IsZero() {
 					until = " until " + dec.Until.Local().Format(time.DateTime)
 				}
-				_, err = fmt.Fprintf(c.App.Writer, "approved proposal %d of %s%s\n", n, id, until)
+				if _, err := fmt.Fprintf(c.App.Writer, "approved proposal %d of %s%s\n", n, id, until); err != nil {
+					return err
+				}
+				switch {
+				case dec.Saved:
+					_, err = fmt.Fprintf(c.App.Writer, "saved in the manifest:\n%s", dec.Snippet)
+				case dec.Snippet != "":
+					_, err = fmt.Fprintf(c.App.Writer, "the manifest has no one-line allowlist to change; paste this into it:\n%s", dec.Snippet)
+				}
 				return err
 			},
 		},

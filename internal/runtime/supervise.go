@@ -186,6 +186,17 @@ type ApproveOptions struct {
 	Reason string
 	// Progress receives an image build's output.
 	Progress io.Writer
+	// Save also writes an approved allowlist change into the manifest (SaveAllowlist).
+	Save bool
+}
+
+// Approved is an approval as applied.
+type Approved struct {
+	supervise.Decision
+	// Saved: the change is written into the manifest; else Snippet, when set, is what
+	// to paste into it.
+	Saved   bool
+	Snippet string
 }
 
 // Approve applies proposal n of bottle id and tells the agent. Allowlist changes go into
@@ -193,7 +204,7 @@ type ApproveOptions struct {
 // For expires there, with no bottle process running); a Dockerfile change is built and
 // the agent restarted on it. The change is recorded in the bottle's supervise state, so
 // it survives stop and resume.
-func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao ApproveOptions) (*supervise.Decision, error) {
+func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao ApproveOptions) (*Approved, error) {
 	dirs, err := superviseDirs(opts, id)
 	if err != nil {
 		return nil, err
@@ -214,6 +225,9 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 	p := en.Proposal
 	if ao.For != 0 && p.Allowlist == nil {
 		return nil, fmt.Errorf("--for applies to allowlist proposals; proposal %d is a %s change", n, p.Kind)
+	}
+	if ao.Save && (p.Allowlist == nil || ao.For != 0) {
+		return nil, fmt.Errorf("--save applies to allowlist changes approved for good (without --for)")
 	}
 	if ao.For < 0 {
 		return nil, fmt.Errorf("--for %v: must be positive", ao.For)
@@ -260,7 +274,13 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 		return nil, err
 	}
 	recordDecision(dirs, p, dec)
-	return &dec, nil
+	out := &Approved{Decision: dec}
+	if ao.Save {
+		if out.Saved, out.Snippet, err = SaveAllowlist(opts, id, p.Allowlist.Add, p.Allowlist.Remove); err != nil {
+			return out, fmt.Errorf("proposal %d is approved and in force, but saving it in the manifest failed: %w", n, err)
+		}
+	}
+	return out, nil
 }
 
 // applyAllowlistChange records an approved change: added entries become grants (until
@@ -329,4 +349,40 @@ func SupervisedBottles(opts Options) ([]names.Identity, error) {
 		}
 	}
 	return ids, nil
+}
+
+// announceProposals logs one line for each proposal that arrives while an attached start
+// runs, so the person at that terminal knows to look (`bottle proposals ID`).
+func (e *Engine) announceProposals(ctx context.Context, id names.Identity) {
+	dirs := plan.SuperviseDirs(e.opts.StateDir, id)
+	seen := map[int]bool{}
+	if es, err := dirs.Entries(); err == nil {
+		for _, en := range es {
+			seen[en.N] = true
+		}
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		es, err := dirs.Entries()
+		if err != nil {
+			continue
+		}
+		for _, en := range es {
+			if seen[en.N] {
+				continue
+			}
+			seen[en.N] = true
+			kind := "invalid"
+			if en.Proposal != nil {
+				kind = en.Proposal.Kind
+			}
+			e.log.Info(fmt.Sprintf("the agent proposes a change (#%d, %s): see `bottle proposals %s`, then `bottle approve %s %d` or `bottle deny %s %d`", en.N, kind, id, id, en.N, id, en.N))
+		}
+	}
 }
