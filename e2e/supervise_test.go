@@ -43,7 +43,7 @@ supervise_timeout = "10s"
 		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
 	}
 	id := e.identityOf("sup")
-	const mcpURL = "http://supervise/mcp"
+	const mcpURL = "http://supervise:8080/mcp"
 	target := "http://api.denied.test/hello"
 	reach := func() string { t.Helper(); return e.probe(id, "get", "http://filter:8888", target) }
 	allowed := "STATUS 200 UPSTREAM-ALLOWED host=api.denied.test"
@@ -111,7 +111,7 @@ supervise_timeout = "10s"
 
 	// The agent finds the server configured, and its capabilities.
 	mcpConfig := e.must("exec", id, "--", "/bin/cat", "/etc/claude-code/managed-mcp.json")
-	if !strings.Contains(mcpConfig, `"url": "http://supervise/mcp"`) {
+	if !strings.Contains(mcpConfig, `"url": "http://supervise:8080/mcp"`) {
 		t.Errorf("managed MCP config: %s", mcpConfig)
 	}
 	if got := e.probe(id, "mcp", mcpURL, "current_capabilities", "{}"); !strings.Contains(got, `"allowlist":["api.allowed.test"]`) {
@@ -167,16 +167,16 @@ supervise_timeout = "10s"
 
 	// Bad proposals: refused at once, nothing written, nothing changed.
 	for name, tc := range map[string]struct{ tool, args, want string }{
-		"escape":     {"propose_allowlist_change", `{"justification":"hi\u001b]0;owned\u0007","add":["api.denied.test"]}`, "TOOLERROR refused: proposal 1: justification holds the control character"},
-		"oversized":  {"propose_allowlist_change", fmt.Sprintf(`{"justification":%q,"add":["api.denied.test"]}`, strings.Repeat("x", 3000)), "TOOLERROR refused: proposal 1: justification is longer than"},
-		"host":       {"propose_allowlist_change", `{"justification":"x","add":["10.0.0.1:22/x"]}`, "TOOLERROR refused: proposal 1: allowlist entry"},
-		"dockerfile": {"propose_dockerfile_change", `{"justification":"x","content":"FROM alpine\nRUN true\n"}`, "TOOLERROR refused: proposal 1: dockerfile line 1: FROM alpine: the image must build FROM the current agent image"},
+		"escape":     {"propose_allowlist_change", `{"justification":"hi\u001b]0;owned\u0007","add":["api.denied.test"]}`, "TOOLERROR refused: justification holds the control character"},
+		"oversized":  {"propose_allowlist_change", fmt.Sprintf(`{"justification":%q,"add":["api.denied.test"]}`, strings.Repeat("x", 3000)), "TOOLERROR refused: justification is longer than"},
+		"host":       {"propose_allowlist_change", `{"justification":"x","add":["10.0.0.1:22/x"]}`, "TOOLERROR refused: allowlist entry"},
+		"dockerfile": {"propose_dockerfile_change", `{"justification":"x","content":"FROM alpine\nRUN true\n"}`, "TOOLERROR refused: dockerfile line 1: FROM alpine: the image must build FROM the current agent image"},
 	} {
 		if got := e.probe(id, "mcp", mcpURL, tc.tool, tc.args); !strings.HasPrefix(got, tc.want) {
 			t.Errorf("%s: got %q, want %q", name, got, tc.want)
 		}
 	}
-	if got := e.probe(id, "postjson", "http://supervise/v1/proposals", `{"kind":"allowlist","justification":"x","allowlist":{"add":["api.denied.test"]},"sneaky":true}`); !strings.HasPrefix(got, "STATUS 400") || !strings.Contains(got, "unknown field") {
+	if got := e.probe(id, "postjson", "http://supervise:8080/v1/proposals", `{"kind":"allowlist","justification":"x","allowlist":{"add":["api.denied.test"]},"sneaky":true}`); !strings.HasPrefix(got, "STATUS 400") || !strings.Contains(got, "unknown field") {
 		t.Errorf("malformed JSON proposal: %s", got)
 	}
 	if n := len(entries()); n != 3 {
@@ -187,7 +187,7 @@ supervise_timeout = "10s"
 	}
 
 	// 4: the plain JSON API, approved for good: survives stop and resume.
-	cmd := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "postjson", "http://supervise/v1/proposals", `{"kind":"allowlist","justification":"for good","allowlist":{"add":["api.denied.test"]}}`)
+	cmd := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "postjson", "http://supervise:8080/v1/proposals", `{"kind":"allowlist","justification":"for good","allowlist":{"add":["api.denied.test"]}}`)
 	var o bytes.Buffer
 	cmd.Stdout = &o
 	if err := cmd.Start(); err != nil {

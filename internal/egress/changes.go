@@ -2,16 +2,17 @@ package egress
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/reload"
 )
 
 // AllowlistChanges are approved changes to a running bottle's allowlist (supervise). The
@@ -31,9 +32,6 @@ type AllowlistGrant struct {
 	Pattern string    `json:"pattern"`
 	Until   time.Time `json:"until,omitzero"`
 }
-
-// ChangesPollInterval is how often the filter looks at its changes file.
-const ChangesPollInterval = time.Second
 
 // allowState is the allowlist in force: the configured entries minus the removed ones,
 // and each grant with its end.
@@ -81,78 +79,52 @@ func newAllowState(patterns []string, ch AllowlistChanges) (*allowState, error) 
 
 // ReadAllowlistChanges reads a changes file strictly; a missing file is no changes.
 func ReadAllowlistChanges(path string) (AllowlistChanges, error) {
-	var ch AllowlistChanges
 	data, err := os.ReadFile(path)
 	if os.IsNotExist(err) {
-		return ch, nil
+		return AllowlistChanges{}, nil
 	}
 	if err != nil {
+		return AllowlistChanges{}, fmt.Errorf("allowlist changes %s: %w", path, err)
+	}
+	ch, err := decodeAllowlistChanges(data)
+	if err != nil {
 		return ch, fmt.Errorf("allowlist changes %s: %w", path, err)
+	}
+	return ch, nil
+}
+
+func decodeAllowlistChanges(data []byte) (AllowlistChanges, error) {
+	var ch AllowlistChanges
+	if len(bytes.TrimSpace(data)) == 0 {
+		return ch, nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&ch); err != nil {
-		return ch, fmt.Errorf("allowlist changes %s: %w", path, err)
+		return ch, err
 	}
 	for _, p := range ch.Remove {
-		if err := names.CheckHostName(names.NormalizeHost(trimWildcard(p))); err != nil {
-			return ch, fmt.Errorf("allowlist changes %s: remove %q: %w", path, p, err)
+		name, _ := strings.CutPrefix(p, "*.")
+		if err := names.CheckHostName(names.NormalizeHost(name)); err != nil {
+			return ch, fmt.Errorf("remove %q: %w", p, err)
 		}
 	}
 	return ch, nil
 }
 
-func trimWildcard(p string) string {
-	if len(p) > 2 && p[:2] == "*." {
-		return p[2:]
-	}
-	return p
-}
-
-// changesWatcher re-reads the changes file when it changes.
-type changesWatcher struct {
-	path     string
-	patterns []string
-	state    *atomic.Pointer[allowState]
-	log      *slog.Logger
-	last     string // the content in force
-}
-
-// load reads the file and, when its content differs from the last, puts it in force. A
-// file that does not parse leaves the state in force (and is logged).
-func (w *changesWatcher) load() error {
-	data, err := os.ReadFile(w.path)
-	if err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("allowlist changes %s: %w", w.path, err)
-	}
-	if string(data) == w.last {
-		return nil
-	}
-	ch, err := ReadAllowlistChanges(w.path)
-	if err != nil {
-		return err
-	}
-	s, err := newAllowState(w.patterns, ch)
-	if err != nil {
-		return fmt.Errorf("allowlist changes %s: %w", w.path, err)
-	}
-	w.state.Store(s)
-	w.last = string(data)
-	w.log.Info("allowlist changes loaded", "added", len(ch.Add), "removed", len(ch.Remove))
-	return nil
-}
-
-func (w *changesWatcher) run(ctx context.Context) {
-	t := time.NewTicker(ChangesPollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := w.load(); err != nil {
-				w.log.Error("allowlist changes not applied", "error", err.Error())
-			}
+// changesFile puts a changes file in force over the configured patterns.
+func changesFile(path string, patterns []string, state *atomic.Pointer[allowState], log *slog.Logger) *reload.File {
+	return &reload.File{Path: path, Apply: func(data []byte) error {
+		ch, err := decodeAllowlistChanges(data)
+		if err != nil {
+			return err
 		}
-	}
+		s, err := newAllowState(patterns, ch)
+		if err != nil {
+			return err
+		}
+		state.Store(s)
+		log.Info("allowlist changes loaded", "added", len(ch.Add), "removed", len(ch.Remove))
+		return nil
+	}}
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/reload"
 )
 
 // TestFilterReadsAllowlistChanges: the filter takes approved changes from its changes
@@ -39,7 +41,7 @@ func TestFilterReadsAllowlistChanges(t *testing.T) {
 		t.Fatal("before any change")
 	}
 	write(AllowlistChanges{Add: []AllowlistGrant{{Pattern: "new.example"}, {Pattern: "*.brief.example", Until: time.Now().Add(300 * time.Millisecond)}}, Remove: []string{"a.example"}})
-	if err := f.changes.load(); err != nil {
+	if err := f.changes.Load(); err != nil {
 		t.Fatal(err)
 	}
 	if !allowed("new.example") || !allowed("x.brief.example") || allowed("a.example") || !allowed("b.example") {
@@ -52,7 +54,7 @@ func TestFilterReadsAllowlistChanges(t *testing.T) {
 	if err := os.WriteFile(file, []byte(`{"add":[{"pattern":"bad host"}]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.changes.load(); err == nil {
+	if err := f.changes.Load(); err == nil {
 		t.Error("a broken changes file was accepted")
 	}
 	if !allowed("new.example") || allowed("a.example") {
@@ -61,9 +63,9 @@ func TestFilterReadsAllowlistChanges(t *testing.T) {
 	// Serve polls the file by itself.
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	go f.changes.run(ctx)
+	go f.changes.Watch(ctx, f.log)
 	write(AllowlistChanges{})
-	deadline := time.Now().Add(3 * ChangesPollInterval)
+	deadline := time.Now().Add(3 * reload.Interval)
 	for !allowed("a.example") && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}

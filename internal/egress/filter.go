@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/reload"
 )
 
 // Resolver returns all addresses of host. The filter calls it once per request.
@@ -47,7 +48,7 @@ type FilterConfig struct {
 	// tunnels beyond it are refused with 503 while open ones keep serving.
 	MaxTunnels int `json:"max_tunnels,omitempty"`
 	// ChangesFile holds approved AllowlistChanges; the filter re-reads it while it serves
-	// (every ChangesPollInterval). Empty: the allowlist is fixed.
+	// (internal/reload). Empty: the allowlist is fixed.
 	ChangesFile string `json:"changes_file,omitempty"`
 
 	// Resolver replaces the system resolver (tests map names to loopback fakes).
@@ -110,7 +111,7 @@ var DefaultInternal = []string{
 // right server timeouts.
 type Filter struct {
 	allow    atomic.Pointer[allowState]
-	changes  *changesWatcher
+	changes  *reload.File
 	ports    map[uint16]bool
 	internal []netip.Prefix
 	idle     time.Duration
@@ -142,8 +143,8 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 	}
 	f.allow.Store(state)
 	if cfg.ChangesFile != "" {
-		f.changes = &changesWatcher{path: cfg.ChangesFile, patterns: cfg.Allowlist, state: &f.allow, log: logger}
-		if err := f.changes.load(); err != nil {
+		f.changes = changesFile(cfg.ChangesFile, cfg.Allowlist, &f.allow, logger)
+		if err := f.changes.Load(); err != nil {
 			return nil, fmt.Errorf("filter config: %w", err)
 		}
 	}
@@ -227,7 +228,7 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 func (f *Filter) Serve(ctx context.Context, ln net.Listener) error {
 	f.log.Info("filter listening", "addr", ln.Addr().String(), "allowlist_entries", f.allow.Load().entries())
 	if f.changes != nil {
-		go f.changes.run(ctx)
+		go f.changes.Watch(ctx, f.log)
 	}
 	return serve(ctx, newServer(f, f.log), ln, "filter")
 }

@@ -31,8 +31,8 @@ func (builtinFilter) container(b *builder) (*Container, error) {
 	if b.bottle.Supervise {
 		// Approved allowlist changes: a directory, so the host's atomic rewrites of the
 		// file (a rename) are seen inside the sandbox.
-		cfg.ChangesFile = path.Join(filterChangesDir, supervise.FilterChangesFile)
-		mounts = append(mounts, bind(SuperviseDirs(b.in.StateDir, b.p.Identity).Filter(), filterChangesDir, true))
+		cfg.ChangesFile = path.Join(changesDir, supervise.FilterChangesFile)
+		mounts = append(mounts, b.changesMount())
 	}
 	mount, err := b.stageJSON("filter/filter.json", "/etc/bottle/filter.json", cfg)
 	if err != nil {

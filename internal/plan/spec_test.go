@@ -106,9 +106,14 @@ func TestSpecsAsBeforeOCI(t *testing.T) {
 			oldFiles["supervise/config.json"], oldFiles["agent/managed-mcp.json"] = "", ""
 			var filter map[string]any
 			_ = json.Unmarshal([]byte(oldFiles["filter/filter.json"]), &filter)
-			filter["changes_file"] = "/etc/bottle/changes/changes.json"
+			filter["changes_file"] = "/etc/bottle/changes/allowlist.json"
 			data, _ := json.Marshal(filter)
 			oldFiles["filter/filter.json"] = string(data)
+			var gate map[string]any
+			_ = json.Unmarshal([]byte(oldFiles["git-gate/config.json"]), &gate)
+			gate["rules_file"] = "/etc/bottle/changes/git-rules.json"
+			data, _ = json.Marshal(gate)
+			oldFiles["git-gate/config.json"] = string(data)
 		}
 		if len(oldFiles) != len(p.StageFiles) {
 			t.Errorf("%s: %d stage files, before %d", tc.name, len(p.StageFiles), len(oldFiles))
@@ -144,7 +149,8 @@ func dropSupervise(t *testing.T, key, role string, spec map[string]any) {
 	t.Helper()
 	added := map[string][]string{
 		names.RoleAgent:     {ClaudeManagedMCP},
-		names.RoleFilter:    {filterChangesDir},
+		names.RoleFilter:    {changesDir},
+		names.RoleGitGate:   {changesDir},
 		names.RoleSupervise: {"/etc/bottle/supervise.json", superviseProposals, superviseHost},
 	}[role]
 	var kept []any

@@ -13,18 +13,18 @@ import (
 	"github.com/bottle-dev/bottle/internal/supervise"
 )
 
-// SupervisePort is the port the supervise sidecar serves the agent on
-// (http://supervise/mcp).
-const SupervisePort = 80
+// SupervisePort is the port the supervise sidecar serves the agent on: unprivileged, so
+// the sidecar needs no capability.
+const SupervisePort = 8080
 
 // SuperviseURL is the supervise sidecar's base URL, as the agent reaches it.
-var SuperviseURL = "http://" + names.RoleSupervise
+var SuperviseURL = fmt.Sprintf("http://%s:%d", names.RoleSupervise, SupervisePort)
 
 // Where the supervise directories appear in the sidecars.
 const (
 	superviseProposals = "/run/supervise/proposals"
 	superviseHost      = "/etc/bottle/supervise"
-	filterChangesDir   = "/etc/bottle/changes"
+	changesDir         = "/etc/bottle/changes"
 	// ClaudeManagedMCP is the file Claude Code reads its administrator's MCP servers
 	// from: the agent uses the supervise server with no step by the user.
 	ClaudeManagedMCP = "/etc/claude-code/managed-mcp.json"
@@ -83,4 +83,11 @@ func (b *builder) agentUsesSupervise() error {
 	agent.Spec.Mounts = append(agent.Spec.Mounts, bind(path.Join(b.p.StageDir, "agent/managed-mcp.json"), ClaudeManagedMCP, true))
 	agent.Spec.Process.Env = append(agent.Spec.Process.Env, "BOTTLE_SUPERVISE_URL="+SuperviseURL)
 	return nil
+}
+
+// changesMount is the directory of approved changes, read-only, for the filter and
+// git-gate: a directory, so the host's atomic rewrites (renames) are seen inside the
+// sandbox.
+func (b *builder) changesMount() specs.Mount {
+	return bind(SuperviseDirs(b.in.StateDir, b.p.Identity).Changes(), changesDir, true)
 }

@@ -34,7 +34,8 @@ func (e *Engine) prepareSupervise(p *plan.Plan) error {
 		Dockerfile: supervise.BaseDockerfile(agent.Image),
 		Allowlist:  p.Allowlist,
 	}
-	if prev, err := dirs.ReadCapabilities(); err == nil {
+	prev, err := dirs.ReadCapabilities()
+	if err == nil {
 		caps.Changes = prev.Changes
 		if prev.AgentImage != "" && prev.Dockerfile != supervise.BaseDockerfile(prev.AgentImage) {
 			caps.Dockerfile = prev.Dockerfile
@@ -57,6 +58,18 @@ func (e *Engine) prepareSupervise(p *plan.Plan) error {
 				g.Push = append(g.Push, supervise.GitRuleChange{Remote: r.Name, Ref: pr.Ref, Force: pr.Force, Delete: pr.Delete})
 			}
 			caps.Git = append(caps.Git, g)
+		}
+	}
+	if prev != nil {
+		// Approved push rules of remotes the manifest still declares (git-gate refuses
+		// rules for others).
+		for name, rules := range prev.GitChanges.Remotes {
+			if slices.ContainsFunc(caps.Git, func(g supervise.GitInfo) bool { return g.Name == name }) {
+				if caps.GitChanges.Remotes == nil {
+					caps.GitChanges.Remotes = map[string][]gitgate.PushRule{}
+				}
+				caps.GitChanges.Remotes[name] = rules
+			}
 		}
 	}
 	return dirs.WriteCapabilities(caps)
@@ -135,7 +148,7 @@ func ProposalView(opts Options, id names.Identity, en supervise.Entry, now time.
 		indent(supervise.ListDiff("routes", before, after))
 	case p.GitRule != nil:
 		var before []string
-		for _, g := range caps.Git {
+		for _, g := range caps.GitInForce() {
 			if g.Name == p.GitRule.Remote {
 				for _, r := range g.Push {
 					before = append(before, pushRule(r))
@@ -199,10 +212,10 @@ type Approved struct {
 	Snippet string
 }
 
-// Approve applies proposal n of bottle id and tells the agent. Allowlist changes go into
-// the filter's changes file, which the builtin filter re-reads by itself (a grant with
-// For expires there, with no bottle process running); a Dockerfile change is built and
-// the agent restarted on it. The change is recorded in the bottle's supervise state, so
+// Approve applies proposal n of bottle id and tells the agent. Allowlist and push rule
+// changes go into the changes files the builtin filter and git-gate re-read by
+// themselves (a grant with For expires in the filter, with no bottle process running);
+// a Dockerfile change is built and the agent restarted on it. The change is recorded in the bottle's supervise state, so
 // it survives stop and resume.
 func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao ApproveOptions) (*Approved, error) {
 	dirs, err := superviseDirs(opts, id)
@@ -267,8 +280,20 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 			return nil, err
 		}
 		dec.Reason = strings.TrimSpace(dec.Reason + " (image " + ref + ")")
+	case p.GitRule != nil:
+		r := p.GitRule
+		if !slices.ContainsFunc(caps.Git, func(g supervise.GitInfo) bool { return g.Name == r.Remote }) {
+			return nil, fmt.Errorf("proposal %d: bottle %s has no git remote %q", n, id, r.Remote)
+		}
+		if caps.GitChanges.Remotes == nil {
+			caps.GitChanges.Remotes = map[string][]gitgate.PushRule{}
+		}
+		caps.GitChanges.Remotes[r.Remote] = append(caps.GitChanges.Remotes[r.Remote], gitgate.PushRule{Ref: r.Ref, Force: r.Force, Delete: r.Delete})
+		if err := dirs.WriteCapabilities(caps); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, fmt.Errorf("proposal %d is a %s change; this version of bottle applies allowlist and Dockerfile changes only: deny it, or add the change to the manifest and resume the bottle", n, p.Kind)
+		return nil, fmt.Errorf("proposal %d is a %s change; this version of bottle applies allowlist, git rule and Dockerfile changes only: deny it, or add the route to the manifest and resume the bottle", n, p.Kind)
 	}
 	if err := dirs.Decide(dec); err != nil {
 		return nil, err

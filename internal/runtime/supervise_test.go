@@ -35,7 +35,8 @@ func superviseFixture(t *testing.T) (Options, names.Identity, supervise.Dirs, fu
 	if err := dirs.Prepare(os.Getuid()); err != nil {
 		t.Fatal(err)
 	}
-	if err := dirs.WriteCapabilities(&supervise.Capabilities{Filter: plan.FilterBuiltin, AgentImage: "img:1", Dockerfile: "FROM img:1\n", Allowlist: []string{"a.example"}}); err != nil {
+	if err := dirs.WriteCapabilities(&supervise.Capabilities{Filter: plan.FilterBuiltin, AgentImage: "img:1", Dockerfile: "FROM img:1\n", Allowlist: []string{"a.example"},
+		Git: []supervise.GitInfo{{Name: "origin", Push: []supervise.GitRuleChange{{Remote: "origin", Ref: "refs/heads/bottle/*"}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	write := func(p supervise.Proposal) {
@@ -68,7 +69,7 @@ func TestApproveAllowlist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := egress.ReadAllowlistChanges(filepath.Join(dirs.Filter(), supervise.FilterChangesFile))
+	ch, err := egress.ReadAllowlistChanges(filepath.Join(dirs.Changes(), supervise.FilterChangesFile))
 	if err != nil || len(ch.Add) != 1 || ch.Add[0].Pattern != "pypi.example" || !ch.Add[0].Until.Equal(got.Until) || time.Until(got.Until) < 59*time.Minute {
 		t.Errorf("filter changes %+v (%v), decision %+v", ch, err, got)
 	}
@@ -78,7 +79,7 @@ func TestApproveAllowlist(t *testing.T) {
 	if _, err := Deny(opts, id, 1, ""); err == nil {
 		t.Error("denied an approved proposal")
 	}
-	if _, err := Approve(t.Context(), opts, id, 3, ApproveOptions{}); err == nil || !strings.Contains(err.Error(), "applies allowlist and Dockerfile changes only") {
+	if _, err := Approve(t.Context(), opts, id, 3, ApproveOptions{}); err == nil || !strings.Contains(err.Error(), "applies allowlist, git rule and Dockerfile changes only") {
 		t.Errorf("route approval: %v", err)
 	}
 	if _, err := Approve(t.Context(), opts, id, 2, ApproveOptions{Save: true, For: time.Minute}); err == nil {
@@ -99,8 +100,23 @@ func TestApproveAllowlist(t *testing.T) {
 	if _, err := Deny(opts, id, 3, "no \x1b[2J"); err != nil {
 		t.Fatal(err)
 	}
+	write(supervise.Proposal{N: 4, Kind: supervise.KindGitRule, Justification: "feature", GitRule: &supervise.GitRuleChange{Remote: "origin", Ref: "refs/heads/feature/*", Force: true}})
+	write(supervise.Proposal{N: 5, Kind: supervise.KindGitRule, Justification: "other", GitRule: &supervise.GitRuleChange{Remote: "nope", Ref: "refs/heads/x"}})
+	if got := ProposalView(opts, id, mustEntry(t, dirs, 4), time.Now()); !strings.Contains(got, "+ refs/heads/feature/* +force") {
+		t.Errorf("git rule view:\n%s", got)
+	}
+	if _, err := Approve(t.Context(), opts, id, 4, ApproveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Approve(t.Context(), opts, id, 5, ApproveOptions{}); err == nil || !strings.Contains(err.Error(), `no git remote "nope"`) {
+		t.Errorf("rule for an unknown remote: %v", err)
+	}
+	rules, _ := os.ReadFile(filepath.Join(dirs.Changes(), supervise.GitRulesFile))
+	if !strings.Contains(string(rules), `"ref": "refs/heads/feature/*"`) || !strings.Contains(string(rules), `"force": true`) {
+		t.Errorf("git rules file:\n%s", rules)
+	}
 	log, _ := os.ReadFile(filepath.Join(dirs.Root, supervise.LogFile))
-	if n := strings.Count(string(log), `"event":"decision"`); n != 3 || strings.Contains(string(log), "\x1b") {
+	if n := strings.Count(string(log), `"event":"decision"`); n != 4 || strings.Contains(string(log), "\x1b") {
 		t.Errorf("log with %d decisions:\n%s", n, log)
 	}
 	if got := ProposalView(opts, id, mustEntry(t, dirs, 3), time.Now()); !strings.Contains(got, `reason: no \u001b[2J`) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/egress"
+	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
@@ -28,7 +29,22 @@ type Capabilities struct {
 	Allowlist []string                `json:"allowlist"`
 	Changes   egress.AllowlistChanges `json:"changes"`
 	Routes    []RouteInfo             `json:"routes,omitempty"`
-	Git       []GitInfo               `json:"git,omitempty"`
+	// Git are the configured remotes; GitChanges the approved push rules.
+	Git        []GitInfo               `json:"git,omitempty"`
+	GitChanges gitgate.PushRuleChanges `json:"git_changes"`
+}
+
+// GitInForce is every remote with its push rules in force (configured and approved).
+func (c *Capabilities) GitInForce() []GitInfo {
+	out := make([]GitInfo, 0, len(c.Git))
+	for _, g := range c.Git {
+		g.Push = slices.Clone(g.Push)
+		for _, r := range c.GitChanges.Remotes[g.Name] {
+			g.Push = append(g.Push, GitRuleChange{Remote: g.Name, Ref: r.Ref, Force: r.Force, Delete: r.Delete})
+		}
+		out = append(out, g)
+	}
+	return out
 }
 
 // RouteInfo is a credential route without its credential.
@@ -73,26 +89,28 @@ const (
 
 // Dirs is a bottle's supervise directory on the host (the bottle's state dir). Its
 // subdirectories are mounted into the sidecars: Proposals writable for the supervise
-// sidecar, Host read-only for it, Filter read-only for the builtin filter.
+// sidecar, Host read-only for it, Changes read-only for the builtin filter and git-gate.
 type Dirs struct{ Root string }
 
 // Paths inside Dirs, and where the sidecars see them.
 const (
 	ProposalsSubdir = "proposals"
 	HostSubdir      = "host"
-	FilterSubdir    = "filter"
+	ChangesSubdir   = "changes"
 	// CapabilitiesFile and DecisionsSubdir are in HostSubdir.
 	CapabilitiesFile = "capabilities.json"
 	DecisionsSubdir  = "decisions"
-	// FilterChangesFile is in FilterSubdir (the builtin filter's ChangesFile).
-	FilterChangesFile = "changes.json"
+	// FilterChangesFile (the builtin filter's ChangesFile) and GitRulesFile (git-gate's
+	// RulesFile) are in ChangesSubdir.
+	FilterChangesFile = "allowlist.json"
+	GitRulesFile      = "git-rules.json"
 	// LogFile holds one JSON line per proposal and decision.
 	LogFile = "log.jsonl"
 )
 
 func (d Dirs) Proposals() string { return filepath.Join(d.Root, ProposalsSubdir) }
 func (d Dirs) Host() string      { return filepath.Join(d.Root, HostSubdir) }
-func (d Dirs) Filter() string    { return filepath.Join(d.Root, FilterSubdir) }
+func (d Dirs) Changes() string   { return filepath.Join(d.Root, ChangesSubdir) }
 func (d Dirs) decision(n int) string {
 	return filepath.Join(d.Host(), DecisionsSubdir, strconv.Itoa(n)+".json")
 }
@@ -100,7 +118,7 @@ func (d Dirs) decision(n int) string {
 // Prepare makes the directories; proposals belongs to the sidecar's user (uid), the
 // rest to the host.
 func (d Dirs) Prepare(uid int) error {
-	for _, dir := range []string{d.Root, d.Host(), filepath.Join(d.Host(), DecisionsSubdir), d.Filter()} {
+	for _, dir := range []string{d.Root, d.Host(), filepath.Join(d.Host(), DecisionsSubdir), d.Changes()} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("supervise dir %s: %w", dir, err)
 		}
@@ -131,15 +149,18 @@ func readCapabilities(path string) (*Capabilities, error) {
 	return &c, nil
 }
 
-// WriteCapabilities puts c in force: the capabilities file the sidecar shows and the
-// filter's changes file (both atomically; the filter re-reads its file by itself).
+// WriteCapabilities puts c in force: the changes files of the filter and git-gate
+// (which re-read them by themselves) and the capabilities file the sidecar shows, each
+// atomically.
 func (d Dirs) WriteCapabilities(c *Capabilities) error {
-	changes, err := json.MarshalIndent(c.Changes, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := state.WriteFile(filepath.Join(d.Filter(), FilterChangesFile), append(changes, '\n'), 0o644); err != nil {
-		return fmt.Errorf("filter changes: %w", err)
+	for name, v := range map[string]any{FilterChangesFile: c.Changes, GitRulesFile: c.GitChanges} {
+		data, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := state.WriteFile(filepath.Join(d.Changes(), name), append(data, '\n'), 0o644); err != nil {
+			return fmt.Errorf("changes file %s: %w", name, err)
+		}
 	}
 	data, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {

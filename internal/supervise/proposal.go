@@ -120,13 +120,13 @@ func ReadProposal(r io.Reader) (*Proposal, error) {
 // is checked against the bottle's by CheckDockerfile, which needs the current image.
 func (p *Proposal) Validate() error {
 	if p.N < 1 {
-		return fmt.Errorf("proposal number %d: must be 1 or more", p.N)
+		return fmt.Errorf("proposal number %d must be 1 or more", p.N)
 	}
 	if err := checkText("justification", p.Justification, MaxJustification, false); err != nil {
 		return err
 	}
 	if strings.TrimSpace(p.Justification) == "" {
-		return fmt.Errorf("proposal %d: a justification is required", p.N)
+		return fmt.Errorf("a justification is required")
 	}
 	set := 0
 	for _, isSet := range []bool{p.Allowlist != nil, p.Route != nil, p.GitRule != nil, p.Dockerfile != nil} {
@@ -135,7 +135,7 @@ func (p *Proposal) Validate() error {
 		}
 	}
 	if set != 1 {
-		return fmt.Errorf("proposal %d: exactly one change must be given, found %d", p.N, set)
+		return fmt.Errorf("exactly one change must be given, found %d", set)
 	}
 	var err error
 	switch {
@@ -150,10 +150,7 @@ func (p *Proposal) Validate() error {
 	default:
 		err = fmt.Errorf("kind %q does not match the change given", Clean(p.Kind))
 	}
-	if err != nil {
-		return fmt.Errorf("proposal %d: %w", p.N, err)
-	}
-	return nil
+	return err
 }
 
 func (c *AllowlistChange) validate() error {

@@ -174,7 +174,7 @@ func (s *Server) Capabilities() (*CapabilitiesView, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &CapabilitiesView{Allowlist: c.Effective(s.now()), Routes: c.Routes, Git: c.Git, AgentImage: c.AgentImage, Dockerfile: c.Dockerfile}
+	v := &CapabilitiesView{Allowlist: c.Effective(s.now()), Routes: c.Routes, Git: c.GitInForce(), AgentImage: c.AgentImage, Dockerfile: c.Dockerfile}
 	for _, g := range c.Changes.Add {
 		if !g.Until.IsZero() && s.now().Before(g.Until) {
 			v.Expiring = append(v.Expiring, ExpiringEntry{Pattern: g.Pattern, Until: g.Until.Format(time.RFC3339)})
