@@ -1,8 +1,6 @@
 package egress
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -95,12 +93,7 @@ func ReadAllowlistChanges(path string) (AllowlistChanges, error) {
 
 func decodeAllowlistChanges(data []byte) (AllowlistChanges, error) {
 	var ch AllowlistChanges
-	if len(bytes.TrimSpace(data)) == 0 {
-		return ch, nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ch); err != nil {
+	if err := reload.DecodeJSON(data, &ch); err != nil {
 		return ch, err
 	}
 	for _, p := range ch.Remove {

@@ -1,8 +1,6 @@
 package gitgate
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -18,12 +16,7 @@ type PushRuleChanges struct {
 
 func decodePushRuleChanges(data []byte) (PushRuleChanges, error) {
 	var ch PushRuleChanges
-	if len(bytes.TrimSpace(data)) == 0 {
-		return ch, nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ch); err != nil {
+	if err := reload.DecodeJSON(data, &ch); err != nil {
 		return ch, err
 	}
 	for name, rules := range ch.Remotes {

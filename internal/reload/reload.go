@@ -5,7 +5,9 @@
 package reload
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,4 +67,15 @@ func (f *File) Watch(ctx context.Context, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// DecodeJSON decodes a changes file strictly (no unknown fields); empty content leaves v
+// as it is (no changes).
+func DecodeJSON(data []byte, v any) error {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
 }

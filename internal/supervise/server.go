@@ -265,35 +265,43 @@ func (s *Server) mcpServer() *mcp.Server {
 		justified
 		AllowlistChange
 	}
-	mcp.AddTool(srv, &mcp.Tool{Name: ToolProposeAllowlist, Description: "Ask a person to add hosts to (or remove them from) the network allowlist." + waitNote},
-		func(ctx context.Context, _ *mcp.CallToolRequest, in allowIn) (*mcp.CallToolResult, Answer, error) {
-			return s.tool(ctx, Request{Kind: KindAllowlist, Justification: in.Justification, Allowlist: &in.AllowlistChange})
+	addPropose(srv, s, ToolProposeAllowlist, "Ask a person to add hosts to (or remove them from) the network allowlist.",
+		func(in allowIn) Request {
+			return Request{Kind: KindAllowlist, Justification: in.Justification, Allowlist: &in.AllowlistChange}
 		})
 	type routeIn struct {
 		justified
 		RouteChange
 	}
-	mcp.AddTool(srv, &mcp.Tool{Name: ToolProposeRoute, Description: "Ask a person for a credential route: the egress-proxy injects the credential (held by the host, never by you) into requests to the host." + waitNote},
-		func(ctx context.Context, _ *mcp.CallToolRequest, in routeIn) (*mcp.CallToolResult, Answer, error) {
-			return s.tool(ctx, Request{Kind: KindRoute, Justification: in.Justification, Route: &in.RouteChange})
+	addPropose(srv, s, ToolProposeRoute, "Ask a person for a credential route: the egress-proxy injects the credential (held by the host, never by you) into requests to the host.",
+		func(in routeIn) Request {
+			return Request{Kind: KindRoute, Justification: in.Justification, Route: &in.RouteChange}
 		})
 	type gitIn struct {
 		justified
 		GitRuleChange
 	}
-	mcp.AddTool(srv, &mcp.Tool{Name: ToolProposeGitRule, Description: "Ask a person to allow pushes to more refs of a git remote." + waitNote},
-		func(ctx context.Context, _ *mcp.CallToolRequest, in gitIn) (*mcp.CallToolResult, Answer, error) {
-			return s.tool(ctx, Request{Kind: KindGitRule, Justification: in.Justification, GitRule: &in.GitRuleChange})
+	addPropose(srv, s, ToolProposeGitRule, "Ask a person to allow pushes to more refs of a git remote.",
+		func(in gitIn) Request {
+			return Request{Kind: KindGitRule, Justification: in.Justification, GitRule: &in.GitRuleChange}
 		})
 	type dockerIn struct {
 		justified
 		DockerfileChange
 	}
-	mcp.AddTool(srv, &mcp.Tool{Name: ToolProposeDockerfile, Description: "Ask a person to rebuild your image from a new Dockerfile (the whole file; it must build FROM the current agent image, see current_capabilities). Approved, you are restarted on the new image with your workspace kept." + waitNote},
-		func(ctx context.Context, _ *mcp.CallToolRequest, in dockerIn) (*mcp.CallToolResult, Answer, error) {
-			return s.tool(ctx, Request{Kind: KindDockerfile, Justification: in.Justification, Dockerfile: &in.DockerfileChange})
+	addPropose(srv, s, ToolProposeDockerfile, "Ask a person to rebuild your image from a new Dockerfile (the whole file; it must build FROM the current agent image, see current_capabilities). Approved, you are restarted on the new image with your workspace kept.",
+		func(in dockerIn) Request {
+			return Request{Kind: KindDockerfile, Justification: in.Justification, Dockerfile: &in.DockerfileChange}
 		})
 	return srv
+}
+
+// addPropose adds one propose tool: its input, as the model fills it, makes the request.
+func addPropose[In any](srv *mcp.Server, s *Server, name, description string, request func(In) Request) {
+	mcp.AddTool(srv, &mcp.Tool{Name: name, Description: description + waitNote},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in In) (*mcp.CallToolResult, Answer, error) {
+			return s.tool(ctx, request(in))
+		})
 }
 
 // tool answers a propose tool: a refusal is a tool error the model reads, not a
