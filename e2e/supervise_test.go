@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -213,4 +214,88 @@ supervise_timeout = "10s"
 		t.Errorf("supervise log (%v):\n%s", err, log)
 	}
 	e.must("rm", "--force", id)
+}
+
+// fakeSuperviseMarker in a prompt makes the fake Messages API ask for the supervise
+// server's propose_allowlist_change tool (as Claude Code names MCP tools), then answer
+// with what the tool returned.
+const fakeSuperviseMarker = "BOTTLE-E2E-ASK-SUPERVISE"
+
+const superviseTool = "mcp__bottle__propose_allowlist_change"
+
+func fakeSuperviseTurn(w http.ResponseWriter, model string, stream bool, body []byte) {
+	if !bytes.Contains(body, []byte(`"tool_result"`)) {
+		input := map[string]any{"justification": "the e2e test asks", "add": []string{"api.denied.test"}}
+		args, _ := json.Marshal(input)
+		fakeAnthropicReply(w, model, stream, "tool_use", map[string]any{"type": "tool_use", "id": "toolu_sup", "name": superviseTool, "input": input},
+			map[string]any{"type": "tool_use", "id": "toolu_sup", "name": superviseTool, "input": map[string]any{}},
+			[]map[string]string{{"type": "input_json_delta", "partial_json": string(args)}})
+		return
+	}
+	text := "SUPERVISE-ANSWER-MISSING"
+	if bytes.Contains(body, []byte(`approved`)) && bytes.Contains(body, []byte(`go ahead`)) {
+		text = "SUPERVISE-ANSWER-APPROVED"
+	}
+	fakeAnthropicReply(w, model, stream, "end_turn", map[string]any{"type": "text", "text": text},
+		map[string]any{"type": "text", "text": ""}, []map[string]string{{"type": "text_delta", "text": text}})
+}
+
+// TestClaudeUsesSupervise: the real Claude Code in the agent image finds the supervise
+// server through the managed MCP config bottle mounts (no step by the user), calls its
+// tool when the (fake) model asks; the proposal shows in `bottle proposals`, and
+// Claude Code gets the approval with the person's reason.
+func TestClaudeUsesSupervise(t *testing.T) {
+	e, _, start := claudeEnv(t)
+	example, err := os.ReadFile(e.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := strings.Replace(string(example), `filter = "auto"`, "filter = \"builtin\"\nsupervise = true\nsupervise_timeout = \"2m\"", 1)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Dir(e.manifest), 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	cmd := e.command([]string{"CLAUDE_CODE_OAUTH_TOKEN=sk-ant-oat01-e2e-supervise"},
+		append(start, "claude", "--", "claude", "-p", "--allowedTools", superviseTool, fakeSuperviseMarker+": ask for api.denied.test")...)
+	var o, er bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &er
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var id string
+	deadline := time.Now().Add(3 * time.Minute)
+	for id == "" {
+		select {
+		case err := <-done:
+			t.Fatalf("claude ended before proposing: %v\nstdout: %s\nstderr: %s", err, o.String(), er.String())
+		case <-time.After(time.Second):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no proposal from Claude Code\nstderr: %s", er.String())
+		}
+		out, _, code := e.bottle(nil, "proposals", "--json")
+		if code == 0 && strings.Contains(out, `"state":"pending"`) && strings.Contains(out, "api.denied.test") {
+			var en struct {
+				Identity string `json:"identity"`
+			}
+			_ = json.Unmarshal([]byte(strings.SplitN(out, "\n", 2)[0]), &en)
+			id = en.Identity
+		}
+	}
+	e.must("approve", id, "1", "--reason", "go ahead")
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("claude did not finish after the approval\nstderr: %s", er.String())
+	}
+	if got := strings.TrimSpace(o.String()); got != "SUPERVISE-ANSWER-APPROVED" {
+		t.Errorf("claude printed %q, want the approval it got from the tool\nstderr: %s", got, er.String())
+	}
+	if !strings.Contains(er.String(), "the agent proposes a change (#1, allowlist)") {
+		t.Errorf("the attached start did not announce the proposal:\n%s", er.String())
+	}
 }

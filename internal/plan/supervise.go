@@ -74,7 +74,7 @@ func (superviseKind) container(b *builder) (*Container, error) {
 // Code's managed MCP config (read-only) naming it.
 func (b *builder) agentUsesSupervise() error {
 	agent := b.p.Container(names.RoleAgent)
-	mcp := map[string]any{"mcpServers": map[string]any{"bottle-supervise": map[string]any{"type": "http", "url": SuperviseURL + supervise.MCPPath}}}
+	mcp := map[string]any{"mcpServers": map[string]any{"bottle": map[string]any{"type": "http", "url": SuperviseURL + supervise.MCPPath}}}
 	data, err := json.MarshalIndent(mcp, "", "  ")
 	if err != nil {
 		return err
