@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/runtime"
 	"github.com/bottle-dev/bottle/internal/supervise"
@@ -62,6 +63,9 @@ func superviseCommands() []*cli.Command {
 				if err != nil {
 					return err
 				}
+				// A Dockerfile approval builds and restarts the agent: host values are read
+				// as by start.
+				opts.LookupEnv = hostenv.Take().Lookup
 				dec, err := runtime.Approve(c.Context, opts, id, n, runtime.ApproveOptions{For: c.Duration("for"), Reason: c.String("reason"), Progress: c.App.ErrWriter, Save: c.Bool("save")})
 				if err != nil {
 					return err

@@ -38,7 +38,9 @@ func (e *Engine) prepareSupervise(p *plan.Plan) error {
 	if err == nil {
 		caps.Changes = prev.Changes
 		if prev.AgentImage != "" && prev.Dockerfile != supervise.BaseDockerfile(prev.AgentImage) {
-			caps.Dockerfile = prev.Dockerfile
+			// An approved Dockerfile: the agent now runs on the image built from it, but a
+			// new proposal is again a whole file FROM the base image it names.
+			caps.AgentImage, caps.Dockerfile = prev.AgentImage, prev.Dockerfile
 		}
 	}
 	for _, r := range p.Routes {

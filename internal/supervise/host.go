@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/egress"
@@ -204,6 +205,9 @@ func (d Dirs) Entries() ([]Entry, error) {
 		if !ok {
 			continue
 		}
+		if len(out) == MaxProposals {
+			break
+		}
 		e := Entry{N: n}
 		if p, err := d.readProposal(filepath.Join(d.Proposals(), de.Name())); err != nil {
 			e.Refused = Clean(err.Error())
@@ -236,9 +240,9 @@ func (d Dirs) Entry(n int) (*Entry, error) {
 }
 
 func (d Dirs) readProposal(path string) (*Proposal, error) {
-	// O_NOFOLLOW: the directory is the sidecar's; a symlink there must not make the host
-	// read one of its own files.
-	f, err := os.OpenFile(path, os.O_RDONLY|oNoFollow, 0)
+	// The directory is the sidecar's: O_NOFOLLOW keeps a symlink there from making the
+	// host read one of its own files, O_NONBLOCK a FIFO from making it wait forever.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open proposal: %w", err)
 	}

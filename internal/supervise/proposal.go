@@ -44,6 +44,8 @@ const (
 	MaxJustification = 2000
 	// MaxEntries bounds the hosts one allowlist proposal adds or removes.
 	MaxEntries = 32
+	// MaxProposals bounds the proposals of one bottle the host reads.
+	MaxProposals = 1000
 )
 
 // Proposal is one change the agent asks for. Exactly one of the change fields is set,

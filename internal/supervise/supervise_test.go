@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -272,7 +273,7 @@ func TestJSONTimeoutDenies(t *testing.T) {
 }
 
 // TestEntriesUntrusted: the host skips what is not a proposal file and refuses files
-// that are not valid, a symlink among them.
+// that are not valid, a symlink and a FIFO (which must not block) among them.
 func TestEntriesUntrusted(t *testing.T) {
 	dirs := Dirs{Root: t.TempDir()}
 	if err := dirs.Prepare(os.Getuid()); err != nil {
@@ -294,6 +295,9 @@ func TestEntriesUntrusted(t *testing.T) {
 	if err := os.Symlink(secret, filepath.Join(dirs.Proposals(), "3.json")); err != nil {
 		t.Fatal(err)
 	}
+	if err := syscall.Mkfifo(filepath.Join(dirs.Proposals(), "5.json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	es, err := dirs.Entries()
 	if err != nil {
 		t.Fatal(err)
@@ -302,7 +306,7 @@ func TestEntriesUntrusted(t *testing.T) {
 	for _, e := range es {
 		got = append(got, encode(t, []any{e.N, e.Proposal != nil, e.Refused != ""}))
 	}
-	if strings.Join(got, " ") != "[1,true,false] [2,false,true] [3,false,true] [4,false,true]" {
+	if strings.Join(got, " ") != "[1,true,false] [2,false,true] [3,false,true] [4,false,true] [5,false,true]" {
 		t.Errorf("entries %v", got)
 	}
 }

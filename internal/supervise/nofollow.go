@@ -1,5 +1,0 @@
-package supervise
-
-import "syscall"
-
-const oNoFollow = syscall.O_NOFOLLOW
