@@ -299,3 +299,85 @@ func TestClaudeUsesSupervise(t *testing.T) {
 		t.Errorf("the attached start did not announce the proposal:\n%s", er.String())
 	}
 }
+
+// TestSuperviseGitRule: a push the declared rules refuse is allowed once the agent's
+// push rule proposal is approved, with git-gate still running (it re-reads its rules);
+// the HTTPS remote's token never enters the agent.
+func TestSuperviseGitRule(t *testing.T) {
+	e := newEnv(t)
+	ensureAgentImage(t, e)
+	up := newUpstream(t)
+	forge := newGitForge(t, up)
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	workspace := t.TempDir()
+	if err := os.Chown(workspace, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	manifest := strings.Replace(gitManifest(forge.keyFile, forge.knownHosts, gitHTTPSURL), "filter = \"builtin\"\n", "filter = \"builtin\"\nsupervise = true\nsupervise_timeout = \"60s\"\n", 1)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := e.command([]string{"GIT_E2E_TOKEN=" + forge.token}, "start", "--detach",
+		"--ca-file", forge.caFile, "--resolv-conf", resolv, "--add-host", gitHost+":"+upstreamAddr.Addr().String(), "gitgate")
+	cmd.Dir = workspace
+	if out, errOut, code := runCmd(t, cmd); code != 0 {
+		t.Fatalf("start: exit %d\n%s\n%s", code, out, errOut)
+	}
+	id := e.identityOf("gitgate")
+	agent := func(script string) (string, error) {
+		out, err := e.command(nil, "exec", id, "--", "bash", "-c", "set -e; cd \"$HOME\"; "+script).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	if out, err := agent(`git config --global user.name Agent; git config --global user.email agent@bottle.invalid; git clone -q ` + gitSSHURL + ` r && cd r && git checkout -q -b feature/x && echo x > x.txt && git add x.txt && git commit -q -m x`); err != nil {
+		t.Fatalf("clone: %v\n%s", err, out)
+	}
+	bare := filepath.Join(forge.sshRoot, "repo.git")
+	push := "cd r && git push -q origin feature/x"
+	if out, err := agent(push); err == nil || !strings.Contains(out, "ref not pushable") {
+		t.Fatalf("push before the approval: %v\n%s", err, out)
+	}
+	// The agent image has node: its fetch is the agent's plain JSON client.
+	propose := e.command(nil, "exec", id, "--", "node", "-e", `fetch(process.env.BOTTLE_SUPERVISE_URL+"/v1/proposals",{method:"POST",body:JSON.stringify({kind:"git_rule",justification:"a feature branch",git_rule:{remote:"origin-ssh",ref:"refs/heads/feature/*"}})}).then(r=>r.text()).then(t=>console.log(t))`)
+	var o bytes.Buffer
+	propose.Stdout, propose.Stderr = &o, &o
+	if err := propose.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if out := e.must("proposals", id); strings.Contains(out, "#1 git_rule pending") {
+			if !strings.Contains(out, "+ refs/heads/feature/*") {
+				t.Errorf("proposals:\n%s", out)
+			}
+			break
+		}
+		if i == 100 {
+			t.Fatalf("no proposal; the agent's client said: %s", o.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.must("approve", id, "1")
+	_ = propose.Wait()
+	if !strings.Contains(o.String(), `"decision":"approved"`) {
+		t.Errorf("the agent's answer: %s", o.String())
+	}
+	var out string
+	var err error
+	for range 10 { // git-gate re-reads its rules every second
+		if out, err = agent(push); err == nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("push after the approval: %v\n%s", err, out)
+	}
+	if forge.ref(bare, "refs/heads/feature/x") == "" {
+		t.Error("the approved push did not land upstream")
+	}
+	if out, err := agent("grep -rl " + forge.token + " / 2>/dev/null | grep -v '^/proc' | head -3 || true"); err != nil || out != "" {
+		t.Errorf("the token is in the agent's files: %v %s", err, out)
+	}
+}
