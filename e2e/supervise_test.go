@@ -377,7 +377,7 @@ func TestSuperviseGitRule(t *testing.T) {
 	if forge.ref(bare, "refs/heads/feature/x") == "" {
 		t.Error("the approved push did not land upstream")
 	}
-	if out, err := agent("grep -rl " + forge.token + " / 2>/dev/null | grep -v '^/proc' | head -3 || true"); err != nil || out != "" {
-		t.Errorf("the token is in the agent's files: %v %s", err, out)
+	if out, err := agent("{ grep -rls " + forge.token + " /home /workspace /tmp /etc /run /root; env | grep -F " + forge.token + "; } 2>/dev/null || true"); err != nil || out != "" {
+		t.Errorf("the token is in the agent's files or env: %v %s", err, out)
 	}
 }
