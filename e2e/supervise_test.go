@@ -377,7 +377,10 @@ func TestSuperviseGitRule(t *testing.T) {
 	if forge.ref(bare, "refs/heads/feature/x") == "" {
 		t.Error("the approved push did not land upstream")
 	}
-	if out, err := agent("{ grep -rls " + forge.token + " /home /workspace /tmp /etc /run /root; env | grep -F " + forge.token + "; } 2>/dev/null || true"); err != nil || out != "" {
-		t.Errorf("the token is in the agent's files or env: %v %s", err, out)
+	// The token goes in on stdin, never on a command line.
+	scan := e.command(nil, "exec", id, "--", "bash", "-c", `read -r t; { grep -rlsF "$t" /home /workspace /tmp /etc /run /root; env | grep -F "$t"; } 2>/dev/null || true`)
+	scan.Stdin = strings.NewReader(forge.token + "\n")
+	if found, err := scan.CombinedOutput(); err != nil || strings.TrimSpace(string(found)) != "" {
+		t.Errorf("the token is in the agent's files or env: %v %s", err, found)
 	}
 }
