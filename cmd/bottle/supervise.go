@@ -157,6 +157,10 @@ func listProposals(c *cli.Context, opts runtime.Options, ids []names.Identity) e
 			}
 		}
 		if !c.Bool("follow") {
+			if len(seen) == 0 && !c.Bool("json") {
+				_, err := fmt.Fprintln(c.App.ErrWriter, "no proposals")
+				return err
+			}
 			return nil
 		}
 		select {
