@@ -258,7 +258,7 @@ func TestClaudeUsesSupervise(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := e.command([]string{"CLAUDE_CODE_OAUTH_TOKEN=sk-ant-oat01-e2e-supervise"},
-		append(start, "claude", "--", "claude", "-p", "--allowedTools", superviseTool, fakeSuperviseMarker+": ask for api.denied.test")...)
+		append(start, "claude", "--", "claude", "-p", fakeSuperviseMarker+": ask for api.denied.test", "--allowedTools", superviseTool)...)
 	var o, er bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &er
 	if err := cmd.Start(); err != nil {
