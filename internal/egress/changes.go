@@ -3,7 +3,6 @@ package egress
 import (
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -73,22 +72,6 @@ func newAllowState(patterns []string, ch AllowlistChanges) (*allowState, error) 
 		s.grants = append(s.grants, timedAllowlist{allow: a, until: g.Until})
 	}
 	return s, nil
-}
-
-// ReadAllowlistChanges reads a changes file strictly; a missing file is no changes.
-func ReadAllowlistChanges(path string) (AllowlistChanges, error) {
-	data, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return AllowlistChanges{}, nil
-	}
-	if err != nil {
-		return AllowlistChanges{}, fmt.Errorf("allowlist changes %s: %w", path, err)
-	}
-	ch, err := decodeAllowlistChanges(data)
-	if err != nil {
-		return ch, fmt.Errorf("allowlist changes %s: %w", path, err)
-	}
-	return ch, nil
 }
 
 func decodeAllowlistChanges(data []byte) (AllowlistChanges, error) {
