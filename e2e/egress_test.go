@@ -86,6 +86,10 @@ func newUpstream(t *testing.T) *upstream {
 			fmt.Fprintln(w, "UPSTREAM-OK")
 			return
 		}
+		if bytes.Contains(body, []byte(fakeSuperviseMarker)) {
+			fakeSuperviseTurn(w, req.Model, req.Stream, body)
+			return
+		}
 		if bytes.Contains(body, []byte(fakeToolMarker)) && !bytes.Contains(body, []byte(`"tool_result"`)) {
 			fakeAnthropicToolUse(w, req.Model, req.Stream)
 			return

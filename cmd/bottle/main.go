@@ -78,7 +78,7 @@ func newApp() *cli.App {
 			slog.SetDefault(slog.New(newLineHandler(stderr, level)))
 			return nil
 		},
-		Commands: append(lifecycleCommands(),
+		Commands: append(append(lifecycleCommands(), superviseCommands()...),
 			planCommand(),
 			exportCommand(),
 			k8sCommand(),

@@ -20,6 +20,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/supervise"
 )
 
 // sidecarServer is one of bottle's own sidecars: its subcommand (its role), and how its
@@ -83,6 +84,17 @@ var sidecarServers = []sidecarServer{
 			return "", nil, err
 		}
 		return cfg.Listen, p.Serve, nil
+	}},
+	{names.RoleSupervise, "supervise: the agent's proposals to change its capabilities", func(_ context.Context, config string, _ audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
+		var cfg supervise.Config
+		if err := readStrictJSON(config, &cfg); err != nil {
+			return "", nil, err
+		}
+		s, err := supervise.NewServer(cfg, sidecarLogger())
+		if err != nil {
+			return "", nil, err
+		}
+		return cfg.Listen, s.Serve, nil
 	}},
 }
 

@@ -21,7 +21,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: probe get|connect|post|sse|tcp|udp|dns|scan|setid|bench ...")
+		fail("usage: probe get|connect|post|mcp|postjson|sse|tcp|udp|dns|scan|setid|bench ...")
 	}
 	args := os.Args[2:]
 	switch os.Args[1] {
@@ -88,6 +88,12 @@ func main() {
 			return
 		}
 		fmt.Println("RESOLVED", addrs)
+	case "mcp": // mcp URL TOOL JSONARGS: one MCP tool call over Streamable HTTP
+		need(args, 3)
+		mcpCall(args[0], args[1], args[2])
+	case "postjson": // postjson URL BODY: a plain JSON POST, no proxy
+		need(args, 2)
+		postJSON(args[0], args[1])
 	case "scan": // scan: reads the secret from stdin (never argv); scans every other
 		// process's environ and cmdline, and every file
 		need(args, 0)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/reload"
 )
 
 // Resolver returns all addresses of host. The filter calls it once per request.
@@ -47,6 +48,9 @@ type FilterConfig struct {
 	// MaxTunnels caps the CONNECT tunnels open at once (default DefaultMaxTunnels); new
 	// tunnels beyond it are refused with 503 while open ones keep serving.
 	MaxTunnels int `json:"max_tunnels,omitempty"`
+	// ChangesFile holds approved AllowlistChanges; the filter re-reads it while it serves
+	// (internal/reload). Empty: the allowlist is fixed.
+	ChangesFile string `json:"changes_file,omitempty"`
 
 	// Resolver replaces the system resolver (tests map names to loopback fakes).
 	Resolver Resolver `json:"-"`
@@ -109,7 +113,8 @@ var DefaultInternal = []string{
 // Filter is the allowlist forward proxy. It is an http.Handler; Serve runs it with the
 // right server timeouts.
 type Filter struct {
-	allow    *Allowlist
+	allow    atomic.Pointer[allowState]
+	changes  *reload.File
 	ports    map[uint16]bool
 	internal []netip.Prefix
 	idle     time.Duration
@@ -128,12 +133,7 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	allow, err := NewAllowlist(cfg.Allowlist)
-	if err != nil {
-		return nil, fmt.Errorf("filter config: %w", err)
-	}
 	f := &Filter{
-		allow:   allow,
 		ports:   map[uint16]bool{},
 		idle:    time.Duration(cfg.TunnelIdleTimeout),
 		max:     int64(cfg.MaxTunnels),
@@ -141,6 +141,17 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 		dial:    cfg.Dial,
 		log:     logger,
 		rec:     cfg.Recorder,
+	}
+	state, err := newAllowState(cfg.Allowlist, AllowlistChanges{})
+	if err != nil {
+		return nil, fmt.Errorf("filter config: %w", err)
+	}
+	f.allow.Store(state)
+	if cfg.ChangesFile != "" {
+		f.changes = changesFile(cfg.ChangesFile, cfg.Allowlist, &f.allow, logger)
+		if err := f.changes.Load(); err != nil {
+			return nil, fmt.Errorf("filter config: %w", err)
+		}
 	}
 	ports := cfg.Ports
 	if len(ports) == 0 {
@@ -220,7 +231,10 @@ func NewFilter(cfg FilterConfig, logger *slog.Logger) (*Filter, error) {
 // Serve serves the filter on ln until ctx ends. Requests and tunnels derive their
 // context from ctx, so open tunnels are closed when it ends.
 func (f *Filter) Serve(ctx context.Context, ln net.Listener) error {
-	f.log.Info("filter listening", "addr", ln.Addr().String(), "allowlist_entries", len(f.allow.exact)+len(f.allow.suffixes))
+	f.log.Info("filter listening", "addr", ln.Addr().String(), "allowlist_entries", f.allow.Load().entries())
+	if f.changes != nil {
+		go f.changes.Watch(ctx, f.log)
+	}
 	return serve(ctx, newServer(f, f.log), ln, "filter")
 }
 
@@ -298,7 +312,7 @@ func (f *Filter) check(ctx context.Context, host string, port uint16) ([]netip.A
 	if err := names.CheckHostName(name); err != nil {
 		return nil, http.StatusForbidden, fmt.Sprintf("invalid host name: %v", err)
 	}
-	if !f.allow.Match(name) {
+	if !f.allow.Load().match(name, time.Now()) {
 		return nil, http.StatusForbidden, fmt.Sprintf("host %s is not in the allowlist", name)
 	}
 	rctx, cancel := context.WithTimeout(ctx, resolveTimeout)

@@ -32,6 +32,9 @@ type Config struct {
 	// SpoolDir holds each push body while it is checked (default: the system temp
 	// directory). Under gVisor a directory in the root filesystem costs memory.
 	SpoolDir string `json:"spool_dir,omitempty"`
+	// RulesFile holds approved PushRuleChanges; git-gate re-reads it while it serves.
+	// Empty: the push rules are fixed.
+	RulesFile string `json:"rules_file,omitempty"`
 	// Dial, when set, replaces the TCP dialer for every upstream connection (tests
 	// point upstream host names at loopback servers with it). The address keeps the
 	// configured host name, so TLS and known_hosts are still checked against it.

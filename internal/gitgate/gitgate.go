@@ -51,12 +51,17 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/reload"
 )
 
 // Gate is the git-gate server; it is an http.Handler.
 type Gate struct {
 	remotes      map[string]*gateRemote
+	extra        atomic.Pointer[PushRuleChanges] // approved rules (RulesFile)
+	rules        *reload.File
 	log          *slog.Logger
 	maxPushBytes int64
 	spoolDir     string
@@ -113,6 +118,12 @@ func New(cfg Config, getenv func(string) string, log *slog.Logger) (*Gate, error
 			return nil, fmt.Errorf("git-gate config: remote name %q declared twice; give each remote its own name", r.name)
 		}
 		g.remotes[r.name] = r
+	}
+	if cfg.RulesFile != "" {
+		g.rules = g.rulesFile(cfg.RulesFile)
+		if err := g.rules.Load(); err != nil {
+			return nil, fmt.Errorf("git-gate config: rules_file: %w", err)
+		}
 	}
 	return g, nil
 }
@@ -222,6 +233,9 @@ func (g *Gate) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
 	}
 	g.log.Info("git-gate listening", "addr", ln.Addr().String(), "remotes", g.Remotes())
+	if g.rules != nil {
+		go g.rules.Watch(ctx, g.log)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -600,7 +614,7 @@ func (g *Gate) checkPush(remote *gateRemote, req *pushRequest, spool io.ReaderAt
 	refused := false
 	var needFF []*refUpdate
 	for _, u := range req.updates {
-		v := judge(remote.rules, remote.readOnly, u)
+		v := judge(g.rulesOf(remote), remote.readOnly, u)
 		switch {
 		case !v.allowed:
 			u.Verdict, u.Reason, refused = "refused", v.reason, true

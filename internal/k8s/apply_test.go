@@ -94,7 +94,7 @@ func TestApplyListRemove(t *testing.T) {
 		}
 		roles = append(roles, p.Role)
 	}
-	if !slices.Equal(roles, []string{"agent", "egress-proxy", "filter", "git-gate", "supervise"}) {
+	if !slices.Equal(roles, []string{"agent", "egress-proxy", "filter", "git-gate"}) {
 		t.Errorf("List roles %v", roles)
 	}
 

@@ -96,6 +96,11 @@ func Export(p *plan.Plan, opts Options) (*Objects, error) {
 	if opts.RuntimeClass == "" {
 		opts.RuntimeClass = DefaultRuntimeClass
 	}
+	if p.Container(names.RoleSupervise) != nil {
+		// Proposals and decisions travel through the host's state dir, which a cluster
+		// does not have: exporting the sidecar would give the agent tools nobody answers.
+		return nil, fmt.Errorf("export %s: supervise is not available on Kubernetes yet; set supervise = false for bottle %q to export it", p.Identity, p.Bottle)
+	}
 	x := &exporter{p: p, opts: opts, o: &Objects{}, ports: map[string]int32{}}
 	// Sidecars first: the agent's hostAliases and policies name their ports.
 	for _, c := range p.Containers {

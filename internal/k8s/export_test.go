@@ -234,6 +234,38 @@ func TestExportAgentPod(t *testing.T) {
 	}
 }
 
+// TestExportRefusesSupervise: a supervised bottle is not exported (its approvals need the
+// host's state dir), and the error says what to change.
+func TestExportRefusesSupervise(t *testing.T) {
+	data, err := os.ReadFile("testdata/bottle.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Load("bottle.toml", []byte(strings.Replace(string(data), "supervise = false", "supervise = true", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Build(plan.Input{
+		Manifest: m, ManifestPath: "bottle.toml", AgentName: "coder", Identity: "coder-abc123",
+		LookupEnv: func(n string) (string, bool) { return secretValue(n), true },
+		ReadFile:  func(string) ([]byte, error) { return []byte(sshKey), nil },
+		Workspace: "/home/me/project", StateDir: "/var/lib/bottle",
+		Internal: netip.MustParsePrefix("10.213.4.0/24"), Egress: netip.MustParsePrefix("10.213.5.0/24"),
+		SidecarImage: "bottle.local/sidecar:test", SidecarResolvConf: "nameserver 192.0.2.53\n",
+		Strict: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Container(names.RoleSupervise) == nil {
+		t.Fatal("the plan has no supervise sidecar: the test manifest changed")
+	}
+	_, err = Export(p, testOptions)
+	if err == nil || !strings.Contains(err.Error(), "supervise = false") {
+		t.Fatalf("export of a supervised bottle: %v, want a refusal naming supervise = false", err)
+	}
+}
+
 // TestExportPolicies: the agent may reach only the sidecars' service ports and is
 // reached by nobody; only the filter, egress-proxy and git-gate may leave.
 func TestExportPolicies(t *testing.T) {

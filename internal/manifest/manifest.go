@@ -57,6 +57,9 @@ type Bottle struct {
 	Git []*GitRemote `toml:"git" json:"git,omitempty"`
 	// Supervise enables the supervise sidecar.
 	Supervise bool `toml:"supervise" json:"supervise"`
+	// SuperviseTimeout is how long a proposal waits for a person before it is denied
+	// (a Go duration such as "10m"; default 10m).
+	SuperviseTimeout string `toml:"supervise_timeout" json:"supervise_timeout,omitempty"`
 	// Runtime is auto | runsc | runsc-runc | runc.
 	Runtime string `toml:"runtime" json:"runtime,omitempty"`
 	// Filter is auto | pipelock | builtin.

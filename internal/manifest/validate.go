@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/publicsuffix"
 
@@ -46,7 +47,7 @@ const SSHKeyEnvPrefix = "BOTTLE_GIT_SSH_KEY_"
 var (
 	generatedEnv = []string{
 		"HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy",
-		"BOTTLE_IDENTITY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+		"BOTTLE_IDENTITY", "BOTTLE_SUPERVISE_URL", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
 		"DISABLE_ERROR_REPORTING", "GIT_CONFIG_COUNT",
 		"GODEBUG", "GOGC", "GOMAXPROCS", "GOMEMLIMIT", "GOTRACEBACK", "SSL_CERT_FILE", "SSL_CERT_DIR",
 	}
@@ -205,6 +206,11 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 	}
 	if b.Runtime != "" && !slices.Contains(RuntimeChoices, b.Runtime) {
 		bad(p+".runtime", fmt.Sprintf("unknown runtime %q", b.Runtime)+DidYouMean(b.Runtime, RuntimeChoices), "use one of: "+strings.Join(RuntimeChoices, ", "))
+	}
+	if b.SuperviseTimeout != "" {
+		if d, err := time.ParseDuration(b.SuperviseTimeout); err != nil || d <= 0 {
+			bad(p+".supervise_timeout", fmt.Sprintf("invalid duration %q", b.SuperviseTimeout), `write a positive Go duration such as "10m" or "90s"`)
+		}
 	}
 	if b.Filter != "" && !slices.Contains(FilterChoices, b.Filter) {
 		bad(p+".filter", fmt.Sprintf("unknown filter %q", b.Filter)+DidYouMean(b.Filter, FilterChoices), "use one of: "+strings.Join(FilterChoices, ", "))

@@ -2,11 +2,13 @@ package plan
 
 import (
 	"fmt"
+	"path"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/supervise"
 )
 
 // FilterBuiltin names bottle's own allowlist filter (internal/egress).
@@ -26,11 +28,18 @@ func (builtinFilter) container(b *builder) (*Container, error) {
 		Internal:  egress.DefaultInternal,
 		Ports:     []uint16{443, 80},
 	}
+	var mounts []specs.Mount
+	if b.bottle.Supervise {
+		// Approved allowlist changes: a directory, so the host's atomic rewrites of the
+		// file (a rename) are seen inside the sandbox.
+		cfg.ChangesFile = path.Join(changesDir, supervise.FilterChangesFile)
+		mounts = append(mounts, b.changesMount())
+	}
 	mount, err := b.stageJSON("filter/filter.json", "/etc/bottle/filter.json", cfg)
 	if err != nil {
 		return nil, err
 	}
-	c.Spec, err = b.sidecarSpec(names.RoleFilter, []string{"/bottle", "sidecar", "filter", "--config", "/etc/bottle/filter.json"}, nil, []specs.Mount{mount})
+	c.Spec, err = b.sidecarSpec(names.RoleFilter, []string{"/bottle", "sidecar", "filter", "--config", "/etc/bottle/filter.json"}, nil, append([]specs.Mount{mount}, mounts...))
 	c.Ready = b.readyFiles(names.RoleFilter)
 	return c, err
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/supervise"
 )
 
 // GitGatePort is the port git-gate listens on (http://git-gate/NAME.git).
@@ -57,12 +58,17 @@ func (gitGate) container(b *builder) (*Container, error) {
 		}
 		cfg.Remotes = append(cfg.Remotes, r)
 	}
+	mounts := ca
+	if b.bottle.Supervise {
+		cfg.RulesFile = path.Join(changesDir, supervise.GitRulesFile)
+		mounts = append(mounts, b.changesMount())
+	}
 	mount, err := b.stageJSON("git-gate/config.json", "/etc/bottle/git-gate.json", cfg)
 	if err != nil {
 		return nil, err
 	}
 	c.Spec, err = b.sidecarSpec(names.RoleGitGate, []string{"/bottle", "sidecar", "git-gate", "--config", "/etc/bottle/git-gate.json"}, env,
-		append([]specs.Mount{mount}, ca...),
+		append([]specs.Mount{mount}, mounts...),
 		// Port 80 (http://git-gate/NAME.git) needs this one capability, nothing else.
 		oci.WithCapabilities([]string{"CAP_NET_BIND_SERVICE"}),
 		oci.WithAmbientCapabilities([]string{"CAP_NET_BIND_SERVICE"}))

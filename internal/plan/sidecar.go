@@ -24,7 +24,7 @@ type sidecarKind interface {
 
 // sidecarKinds are every kind, in the order their containers are planned (the filter
 // backends first: exactly one of them is wanted).
-var sidecarKinds = []sidecarKind{builtinFilter{}, pipelockFilter{}, egressProxy{}, gitGate{}, supervise{}}
+var sidecarKinds = []sidecarKind{builtinFilter{}, pipelockFilter{}, egressProxy{}, gitGate{}, superviseKind{}}
 
 // hostPart is each role's host number on both bottle networks.
 var hostPart = map[string]byte{names.RoleFilter: 2, names.RoleEgressProxy: 3, names.RoleGitGate: 4, names.RoleSupervise: 5, names.RoleAgent: 10}

@@ -96,16 +96,35 @@ func TestSpecsAsBeforeOCI(t *testing.T) {
 				delete(linux, "seccomp")
 				delete(annotations, annotationOCISeccomp)
 			}
+			if strings.HasPrefix(tc.name, "team") {
+				dropSupervise(t, key, c.Role, now)
+			}
 			diff(t, key, old, now)
 		}
 		var oldFiles map[string]string
 		if err := json.Unmarshal(before[tc.name+"/stage"], &oldFiles); err != nil {
 			t.Fatal(err)
 		}
+		if supervised := strings.HasPrefix(tc.name, "team"); supervised {
+			oldFiles["supervise/config.json"], oldFiles["agent/managed-mcp.json"] = "", ""
+			var filter map[string]any
+			_ = json.Unmarshal([]byte(oldFiles["filter/filter.json"]), &filter)
+			filter["changes_file"] = "/etc/bottle/changes/allowlist.json"
+			data, _ := json.Marshal(filter)
+			oldFiles["filter/filter.json"] = string(data)
+			var gate map[string]any
+			_ = json.Unmarshal([]byte(oldFiles["git-gate/config.json"]), &gate)
+			gate["rules_file"] = "/etc/bottle/changes/git-rules.json"
+			data, _ = json.Marshal(gate)
+			oldFiles["git-gate/config.json"] = string(data)
+		}
 		if len(oldFiles) != len(p.StageFiles) {
 			t.Errorf("%s: %d stage files, before %d", tc.name, len(p.StageFiles), len(oldFiles))
 		}
 		for _, f := range p.StageFiles {
+			if f.Name == "supervise/config.json" || f.Name == "agent/managed-mcp.json" {
+				continue // newer than the baseline: the supervise sidecar
+			}
 			old, ok := oldFiles[f.Name]
 			switch {
 			case !ok:
@@ -123,6 +142,44 @@ func TestSpecsAsBeforeOCI(t *testing.T) {
 	}
 	if containers := len(before) - 4; seen != containers {
 		t.Errorf("compared %d containers, the baseline has %d", seen, containers)
+	}
+}
+
+// dropSupervise removes from a spec what the supervise sidecar (newer than the
+// baseline) adds, after checking it is there: its own config and directories, the
+// filter's changes directory, the agent's managed MCP config and URL.
+func dropSupervise(t *testing.T, key, role string, spec map[string]any) {
+	t.Helper()
+	added := map[string][]string{
+		names.RoleAgent:     {ClaudeManagedMCP},
+		names.RoleFilter:    {changesDir},
+		names.RoleGitGate:   {changesDir},
+		names.RoleSupervise: {"/etc/bottle/supervise.json", superviseProposals, superviseHost},
+	}[role]
+	var kept []any
+	for _, m := range spec["mounts"].([]any) {
+		dest := m.(map[string]any)["destination"].(string)
+		if i := slices.Index(added, dest); i >= 0 {
+			added = slices.Delete(added, i, i+1)
+			continue
+		}
+		kept = append(kept, m)
+	}
+	if len(added) > 0 {
+		t.Errorf("%s: supervise mounts missing: %v", key, added)
+	}
+	spec["mounts"] = kept
+	proc := spec["process"].(map[string]any)
+	switch role {
+	case names.RoleAgent:
+		env := proc["env"].([]any)
+		if i := slices.Index(env, any("BOTTLE_SUPERVISE_URL="+SuperviseURL)); i < 0 {
+			t.Errorf("%s: no BOTTLE_SUPERVISE_URL", key)
+		} else {
+			proc["env"] = slices.Delete(env, i, i+1)
+		}
+	case names.RoleSupervise:
+		proc["args"] = proc["args"].([]any)[:3]
 	}
 }
 

@@ -189,15 +189,12 @@ func async(fn func() error) (wait func() error) {
 	}
 }
 
-// check refuses a start that cannot work before anything is made: supervise, the
-// runtime, the agent image. It notes whether the pipelock image is present.
+// check refuses a start that cannot work before anything is made: the runtime, the
+// agent image. It notes whether the pipelock image is present.
 func (s *starter) check() error {
 	agent, bottle, err := s.so.bottle()
 	if err != nil {
 		return err
-	}
-	if bottle.Supervise {
-		return fmt.Errorf("bottle %q enables supervise, but this version of bottle has no supervise sidecar yet; set supervise = false to start", agent.Bottle)
 	}
 	if s.rt, err = ctr.DetectRuntime(cmp.Or(s.e.opts.RuntimeOverride, bottle.Runtime, "auto"), s.e.opts.RunscPath, s.e.opts.AllowUnsafeRunc); err != nil {
 		return err
@@ -533,6 +530,9 @@ func (e *Engine) writeStage(p *plan.Plan) error {
 		if err := os.Chown(dir, plan.SidecarUID, plan.SidecarUID); err != nil {
 			return fmt.Errorf("sidecar run dir %s: %w", dir, err)
 		}
+	}
+	if err := e.prepareSupervise(p); err != nil {
+		return err
 	}
 	// The bottle dir is private, but the agent (non-root) must traverse to its mounts.
 	for _, d := range []string{filepath.Dir(p.StageDir), p.StageDir} {

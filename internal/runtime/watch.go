@@ -41,6 +41,9 @@ type sidecarWatch struct {
 func (e *Engine) watchSidecars(ctx context.Context, meta *state.Meta, p *plan.Plan) *sidecarWatch {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w := &sidecarWatch{cancel: cancel}
+	if p.Container(names.RoleSupervise) != nil {
+		w.wg.Go(func() { e.announceProposals(ctx, p.Identity) })
+	}
 	for _, c := range p.Containers {
 		if c.Role != names.RoleAgent {
 			w.wg.Add(1)

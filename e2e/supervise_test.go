@@ -1,0 +1,386 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSupervise: from inside the agent, an MCP client proposes to allow a host; the
+// proposal shows in `bottle proposals`; the filter refuses the host until `bottle
+// approve`, then lets it through without the agent being restarted, and refuses it again
+// when the --for grant ends. Deny and timeout leave it refused and tell the agent why;
+// bad proposals are refused and change nothing; a grant for good survives stop/resume.
+func TestSupervise(t *testing.T) {
+	e := newEnv(t)
+	up := newUpstream(t)
+	manifest := fmt.Sprintf(`[agents.sup]
+bottle = "b"
+image = %q
+command = ["/bin/sleep", "600"]
+
+[bottles.b]
+runtime = "runsc-runc"
+filter = "builtin"
+allowlist = ["api.allowed.test"]
+supervise = true
+supervise_timeout = "10s"
+`, testImage)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := e.bottle(nil, "start", "--detach", "--ca-file", up.caFile, "--resolv-conf", resolv, "sup")
+	if code != 0 {
+		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
+	}
+	id := e.identityOf("sup")
+	const mcpURL = "http://supervise:8080/mcp"
+	target := "http://api.denied.test/hello"
+	reach := func() string { t.Helper(); return e.probe(id, "get", "http://filter:8888", target) }
+	allowed := "STATUS 200 UPSTREAM-ALLOWED host=api.denied.test"
+	// waitReach waits (the filter re-reads its changes every second) until the host is
+	// reachable or not.
+	waitReach := func(want bool, within time.Duration, what string) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			got := reach()
+			if strings.HasPrefix(got, allowed) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: got %q after %v", what, got, within)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	// propose starts an MCP tool call in the agent; its wait returns the probe's line.
+	propose := func(tool, args string) func() string {
+		t.Helper()
+		cmd := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "mcp", mcpURL, tool, args)
+		var o bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &o
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() string { _ = cmd.Wait(); return strings.TrimSpace(o.String()) }
+	}
+	type entry struct {
+		N        int    `json:"n"`
+		State    string `json:"state"`
+		Refused  string `json:"refused"`
+		Proposal *struct {
+			Kind string `json:"kind"`
+		} `json:"proposal"`
+	}
+	entries := func() []entry {
+		t.Helper()
+		var list []entry
+		for _, line := range strings.Split(strings.TrimSpace(e.must("proposals", id, "--json")), "\n") {
+			if line == "" {
+				continue
+			}
+			var en entry
+			if err := json.Unmarshal([]byte(line), &en); err != nil {
+				t.Fatalf("proposals --json: %v: %s", err, line)
+			}
+			list = append(list, en)
+		}
+		return list
+	}
+	waitPending := func(n int) {
+		t.Helper()
+		for range 50 {
+			if l := entries(); len(l) >= n && l[n-1].State == "pending" {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("proposal %d never showed as pending: %+v", n, entries())
+	}
+	agentStarted := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22")
+
+	// The agent finds the server configured, and its capabilities.
+	mcpConfig := e.must("exec", id, "--", "/bin/cat", "/etc/claude-code/managed-mcp.json")
+	if !strings.Contains(mcpConfig, `"url": "http://supervise:8080/mcp"`) {
+		t.Errorf("managed MCP config: %s", mcpConfig)
+	}
+	if got := e.probe(id, "mcp", mcpURL, "current_capabilities", "{}"); !strings.Contains(got, `"allowlist":["api.allowed.test"]`) {
+		t.Errorf("current_capabilities: %s", got)
+	}
+
+	// 1: approved for 5s.
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Fatalf("reachable before any proposal: %s", got)
+	}
+	wait := propose("propose_allowlist_change", `{"justification":"fetch the test fixture","add":["api.denied.test"]}`)
+	waitPending(1)
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Errorf("reachable while the proposal is pending: %s", got)
+	}
+	listing := e.must("proposals", id)
+	for _, want := range []string{"#1 allowlist pending", "why: fetch the test fixture", "allowlist before: api.allowed.test", "+ api.denied.test"} {
+		if !strings.Contains(listing, want) {
+			t.Errorf("proposals lack %q:\n%s", want, listing)
+		}
+	}
+	e.must("approve", id, "1", "--for", "5s", "--reason", "for the fixture only")
+	granted := time.Now()
+	if got := wait(); !strings.HasPrefix(got, "RESULT ") || !strings.Contains(got, `"decision":"approved"`) || !strings.Contains(got, "for the fixture only") {
+		t.Errorf("agent's answer: %s", got)
+	}
+	waitReach(true, 3*time.Second, "after approve")
+	if time.Since(granted) < 4*time.Second {
+		waitReach(false, 5*time.Second+2*time.Second-time.Since(granted), "after the 5s grant")
+	}
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Errorf("still reachable after the grant ended: %s", got)
+	}
+
+	// 2: denied with a reason.
+	wait = propose("propose_allowlist_change", `{"justification":"again","add":["api.denied.test"]}`)
+	waitPending(2)
+	e.must("deny", id, "2", "--reason", "not today")
+	if got := wait(); !strings.Contains(got, `"decision":"denied"`) || !strings.Contains(got, "not today") {
+		t.Errorf("denied: agent's answer %s", got)
+	}
+	// 3: nobody decides: denied by default when the timeout ends.
+	start := time.Now()
+	if got := propose("propose_allowlist_change", `{"justification":"and again","add":["api.denied.test"]}`)(); !strings.Contains(got, `"decision":"denied"`) || !strings.Contains(got, "denied by default") || time.Since(start) < 9*time.Second {
+		t.Errorf("timeout: agent's answer %s after %v", got, time.Since(start))
+	}
+	if _, errOut, code := e.bottle(nil, "approve", id, "3"); code == 0 || !strings.Contains(errOut, "timed out") {
+		t.Errorf("approving a timed-out proposal: exit %d: %s", code, errOut)
+	}
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Errorf("reachable after deny and timeout: %s", got)
+	}
+
+	// Bad proposals: refused at once, nothing written, nothing changed.
+	for name, tc := range map[string]struct{ tool, args, want string }{
+		"escape":     {"propose_allowlist_change", `{"justification":"hi\u001b]0;owned\u0007","add":["api.denied.test"]}`, "TOOLERROR refused: justification holds the control character"},
+		"oversized":  {"propose_allowlist_change", fmt.Sprintf(`{"justification":%q,"add":["api.denied.test"]}`, strings.Repeat("x", 3000)), "TOOLERROR refused: justification is longer than"},
+		"host":       {"propose_allowlist_change", `{"justification":"x","add":["10.0.0.1:22/x"]}`, "TOOLERROR refused: allowlist entry"},
+		"dockerfile": {"propose_dockerfile_change", `{"justification":"x","content":"FROM alpine\nRUN true\n"}`, "TOOLERROR refused: dockerfile line 1: FROM alpine: the image must build FROM the current agent image"},
+	} {
+		if got := e.probe(id, "mcp", mcpURL, tc.tool, tc.args); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: got %q, want %q", name, got, tc.want)
+		}
+	}
+	if got := e.probe(id, "postjson", "http://supervise:8080/v1/proposals", `{"kind":"allowlist","justification":"x","allowlist":{"add":["api.denied.test"]},"sneaky":true}`); !strings.HasPrefix(got, "STATUS 400") || !strings.Contains(got, "unknown field") {
+		t.Errorf("malformed JSON proposal: %s", got)
+	}
+	if n := len(entries()); n != 3 {
+		t.Errorf("%d proposals after the bad ones, want 3", n)
+	}
+	if got := reach(); strings.HasPrefix(got, allowed) {
+		t.Errorf("reachable after bad proposals: %s", got)
+	}
+
+	// 4: the plain JSON API, approved for good: survives stop and resume.
+	cmd := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "postjson", "http://supervise:8080/v1/proposals", `{"kind":"allowlist","justification":"for good","allowlist":{"add":["api.denied.test"]}}`)
+	var o bytes.Buffer
+	cmd.Stdout = &o
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitPending(4)
+	e.must("approve", id, "4")
+	_ = cmd.Wait()
+	if got := o.String(); !strings.HasPrefix(got, "STATUS 200") || !strings.Contains(got, `"decision":"approved"`) {
+		t.Errorf("JSON API answer: %s", got)
+	}
+	waitReach(true, 3*time.Second, "after approving for good")
+	if now := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"); now != agentStarted {
+		t.Errorf("the agent was restarted: start time %s, before %s", now, agentStarted)
+	}
+	e.must("stop", id)
+	if out, errOut, code := e.bottle(nil, "resume", "--detach", "--ca-file", up.caFile, "--resolv-conf", resolv, id); code != 0 {
+		t.Fatalf("resume: exit %d: %s %s", code, out, errOut)
+	}
+	waitReach(true, 5*time.Second, "after resume")
+	log, err := os.ReadFile(filepath.Join(e.stateDir, "bottles", id, "supervise", "log.jsonl"))
+	if err != nil || strings.Count(string(log), `"event":"decision"`) != 3 {
+		t.Errorf("supervise log (%v):\n%s", err, log)
+	}
+	e.must("rm", "--force", id)
+}
+
+// fakeSuperviseMarker in a prompt makes the fake Messages API ask for the supervise
+// server's propose_allowlist_change tool (as Claude Code names MCP tools), then answer
+// with what the tool returned.
+const fakeSuperviseMarker = "BOTTLE-E2E-ASK-SUPERVISE"
+
+const superviseTool = "mcp__bottle__propose_allowlist_change"
+
+func fakeSuperviseTurn(w http.ResponseWriter, model string, stream bool, body []byte) {
+	if !bytes.Contains(body, []byte(`"tool_result"`)) {
+		input := map[string]any{"justification": "the e2e test asks", "add": []string{"api.denied.test"}}
+		args, _ := json.Marshal(input)
+		fakeAnthropicReply(w, model, stream, "tool_use", map[string]any{"type": "tool_use", "id": "toolu_sup", "name": superviseTool, "input": input},
+			map[string]any{"type": "tool_use", "id": "toolu_sup", "name": superviseTool, "input": map[string]any{}},
+			[]map[string]string{{"type": "input_json_delta", "partial_json": string(args)}})
+		return
+	}
+	text := "SUPERVISE-ANSWER-MISSING"
+	if bytes.Contains(body, []byte(`approved`)) && bytes.Contains(body, []byte(`go ahead`)) {
+		text = "SUPERVISE-ANSWER-APPROVED"
+	}
+	fakeAnthropicReply(w, model, stream, "end_turn", map[string]any{"type": "text", "text": text},
+		map[string]any{"type": "text", "text": ""}, []map[string]string{{"type": "text_delta", "text": text}})
+}
+
+// TestClaudeUsesSupervise: the real Claude Code in the agent image finds the supervise
+// server through the managed MCP config bottle mounts (no step by the user), calls its
+// tool when the (fake) model asks; the proposal shows in `bottle proposals`, and
+// Claude Code gets the approval with the person's reason.
+func TestClaudeUsesSupervise(t *testing.T) {
+	e, _, start := claudeEnv(t)
+	example, err := os.ReadFile(e.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := strings.Replace(string(example), `filter = "auto"`, "filter = \"builtin\"\nsupervise = true\nsupervise_timeout = \"2m\"", 1)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Dir(e.manifest), 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	cmd := e.command([]string{"CLAUDE_CODE_OAUTH_TOKEN=sk-ant-oat01-e2e-supervise"},
+		append(start, "claude", "--", "claude", "-p", fakeSuperviseMarker+": ask for api.denied.test", "--allowedTools", superviseTool)...)
+	var o, er bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &er
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var id string
+	deadline := time.Now().Add(3 * time.Minute)
+	for id == "" {
+		select {
+		case err := <-done:
+			t.Fatalf("claude ended before proposing: %v\nstdout: %s\nstderr: %s", err, o.String(), er.String())
+		case <-time.After(time.Second):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no proposal from Claude Code\nstderr: %s", er.String())
+		}
+		out, _, code := e.bottle(nil, "proposals", "--json")
+		if code == 0 && strings.Contains(out, `"state":"pending"`) && strings.Contains(out, "api.denied.test") {
+			var en struct {
+				Identity string `json:"identity"`
+			}
+			_ = json.Unmarshal([]byte(strings.SplitN(out, "\n", 2)[0]), &en)
+			id = en.Identity
+		}
+	}
+	e.must("approve", id, "1", "--reason", "go ahead")
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("claude did not finish after the approval\nstderr: %s", er.String())
+	}
+	if got := strings.TrimSpace(o.String()); got != "SUPERVISE-ANSWER-APPROVED" {
+		t.Errorf("claude printed %q, want the approval it got from the tool\nstderr: %s", got, er.String())
+	}
+	if !strings.Contains(er.String(), "the agent proposes a change (#1, allowlist)") {
+		t.Errorf("the attached start did not announce the proposal:\n%s", er.String())
+	}
+}
+
+// TestSuperviseGitRule: a push the declared rules refuse is allowed once the agent's
+// push rule proposal is approved, with git-gate still running (it re-reads its rules);
+// the HTTPS remote's token never enters the agent.
+func TestSuperviseGitRule(t *testing.T) {
+	e := newEnv(t)
+	ensureAgentImage(t, e)
+	up := newUpstream(t)
+	forge := newGitForge(t, up)
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	workspace := t.TempDir()
+	if err := os.Chown(workspace, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	manifest := strings.Replace(gitManifest(forge.keyFile, forge.knownHosts, gitHTTPSURL), "filter = \"builtin\"\n", "filter = \"builtin\"\nsupervise = true\nsupervise_timeout = \"60s\"\n", 1)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := e.command([]string{"GIT_E2E_TOKEN=" + forge.token}, "start", "--detach",
+		"--ca-file", forge.caFile, "--resolv-conf", resolv, "--add-host", gitHost+":"+upstreamAddr.Addr().String(), "gitgate")
+	cmd.Dir = workspace
+	if out, errOut, code := runCmd(t, cmd); code != 0 {
+		t.Fatalf("start: exit %d\n%s\n%s", code, out, errOut)
+	}
+	id := e.identityOf("gitgate")
+	agent := func(script string) (string, error) {
+		out, err := e.command(nil, "exec", id, "--", "bash", "-c", "set -e; cd \"$HOME\"; "+script).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	if out, err := agent(`git config --global user.name Agent; git config --global user.email agent@bottle.invalid; git clone -q ` + gitSSHURL + ` r && cd r && git checkout -q -b feature/x && echo x > x.txt && git add x.txt && git commit -q -m x`); err != nil {
+		t.Fatalf("clone: %v\n%s", err, out)
+	}
+	bare := filepath.Join(forge.sshRoot, "repo.git")
+	push := "cd r && git push -q origin feature/x"
+	if out, err := agent(push); err == nil || !strings.Contains(out, "ref not pushable") {
+		t.Fatalf("push before the approval: %v\n%s", err, out)
+	}
+	// The agent image has node: its fetch is the agent's plain JSON client.
+	propose := e.command(nil, "exec", id, "--", "node", "-e", `fetch(process.env.BOTTLE_SUPERVISE_URL+"/v1/proposals",{method:"POST",body:JSON.stringify({kind:"git_rule",justification:"a feature branch",git_rule:{remote:"origin-ssh",ref:"refs/heads/feature/*"}})}).then(r=>r.text()).then(t=>console.log(t))`)
+	var o bytes.Buffer
+	propose.Stdout, propose.Stderr = &o, &o
+	if err := propose.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if out := e.must("proposals", id); strings.Contains(out, "#1 git_rule pending") {
+			if !strings.Contains(out, "+ refs/heads/feature/*") {
+				t.Errorf("proposals:\n%s", out)
+			}
+			break
+		}
+		if i == 100 {
+			t.Fatalf("no proposal; the agent's client said: %s", o.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.must("approve", id, "1")
+	_ = propose.Wait()
+	if !strings.Contains(o.String(), `"decision":"approved"`) {
+		t.Errorf("the agent's answer: %s", o.String())
+	}
+	var out string
+	var err error
+	for range 10 { // git-gate re-reads its rules every second
+		if out, err = agent(push); err == nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("push after the approval: %v\n%s", err, out)
+	}
+	if forge.ref(bare, "refs/heads/feature/x") == "" {
+		t.Error("the approved push did not land upstream")
+	}
+	// The token goes in on stdin, never on a command line.
+	scan := e.command(nil, "exec", id, "--", "bash", "-c", `read -r t; { grep -rlsF "$t" /home /workspace /tmp /etc /run /root; env | grep -F "$t"; } 2>/dev/null || true`)
+	scan.Stdin = strings.NewReader(forge.token + "\n")
+	if found, err := scan.CombinedOutput(); err != nil || strings.TrimSpace(string(found)) != "" {
+		t.Errorf("the token is in the agent's files or env: %v %s", err, found)
+	}
+}
