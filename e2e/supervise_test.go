@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +215,21 @@ supervise_timeout = "10s"
 		t.Errorf("supervise log (%v):\n%s", err, log)
 	}
 	e.must("rm", "--force", id)
+	// The audit trail has each proposal with the answer the agent got (from the sidecar)
+	// and each person's decision (from the host), and its chains hold.
+	trail := e.must("audit", id, "--json")
+	for n, outcome := range map[int]string{1: "approved", 2: "denied", 3: "denied", 4: "approved"} {
+		if !regexp.MustCompile(fmt.Sprintf(`"source":"supervise".*"fields":\{[^}]*"n":%d,[^}]*"outcome":"%s"`, n, outcome)).MatchString(trail) {
+			t.Errorf("audit trail has no record of proposal %d %s:\n%s", n, outcome, trail)
+		}
+	}
+	if got := strings.Count(trail, `"kind":"decision"`); got != 3 {
+		t.Errorf("%d decision records in the audit trail, want 3:\n%s", got, trail)
+	}
+	if !strings.Contains(trail, `"outcome":"refused"`) {
+		t.Errorf("the bad proposals are not in the audit trail:\n%s", trail)
+	}
+	e.must("audit", id, "--verify")
 }
 
 // fakeSuperviseMarker in a prompt makes the fake Messages API ask for the supervise

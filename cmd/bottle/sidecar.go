@@ -85,11 +85,12 @@ var sidecarServers = []sidecarServer{
 		}
 		return cfg.Listen, p.Serve, nil
 	}},
-	{names.RoleSupervise, "supervise: the agent's proposals to change its capabilities", func(_ context.Context, config string, _ audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
+	{names.RoleSupervise, "supervise: the agent's proposals to change its capabilities", func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
 		var cfg supervise.Config
 		if err := readStrictJSON(config, &cfg); err != nil {
 			return "", nil, err
 		}
+		cfg.Recorder = rec
 		s, err := supervise.NewServer(cfg, sidecarLogger())
 		if err != nil {
 			return "", nil, err

@@ -94,6 +94,15 @@ func WriteText(w io.Writer, r Record) error {
 		if p.Reason != "" {
 			b.WriteString(" reason=" + strconv.QuoteToASCII(p.Reason))
 		}
+	case KindProposal:
+		var p Proposal
+		if err := strictUnmarshal(r.Fields, &p); err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s proposal %d %s justification=%s", safe(p.Outcome), p.N, safe(p.Change), strconv.QuoteToASCII(p.Justification))
+		if p.Reason != "" {
+			b.WriteString(" reason=" + strconv.QuoteToASCII(p.Reason))
+		}
 	default:
 		var m map[string]any
 		if err := json.Unmarshal(r.Fields, &m); err != nil {

@@ -30,10 +30,11 @@ var sidecarKinds = map[string]string{
 	names.RoleFilter:      KindFilter,
 	names.RoleEgressProxy: KindRequest,
 	names.RoleGitGate:     KindPush,
+	names.RoleSupervise:   KindProposal,
 }
 
 // Sources lists every source, in the order records of the same instant are merged.
-var Sources = []string{SourceHost, names.RoleFilter, names.RoleEgressProxy, names.RoleGitGate}
+var Sources = []string{SourceHost, names.RoleFilter, names.RoleEgressProxy, names.RoleGitGate, names.RoleSupervise}
 
 // Kinds with a fixed schema.
 const (
@@ -41,6 +42,7 @@ const (
 	KindFilter    = "filter"
 	KindRequest   = "request"
 	KindPush      = "push"
+	KindProposal  = "proposal"
 )
 
 // Limits on what a reader accepts (and a writer writes).
@@ -114,6 +116,18 @@ type RefUpdate struct {
 	New string `json:"new"`
 }
 
+// Proposal is one proposal the agent made to the supervise sidecar and the answer it
+// got: approved or denied (a person's decision, or the timeout), or refused (invalid,
+// never shown to a person; N is 0 then).
+type Proposal struct {
+	N             int    `json:"n"`
+	Change        string `json:"change"`
+	Justification string `json:"justification"`
+	Outcome       string `json:"outcome"`
+	Reason        string `json:"reason,omitempty"`
+}
+
+func (Proposal) Kind() string       { return KindProposal }
 func (Lifecycle) Kind() string      { return KindLifecycle }
 func (FilterDecision) Kind() string { return KindFilter }
 func (ProxyRequest) Kind() string   { return KindRequest }
@@ -131,6 +145,8 @@ func typed(kind string) any {
 		return &ProxyRequest{}
 	case KindPush:
 		return &Push{}
+	case KindProposal:
+		return &Proposal{}
 	}
 	return nil
 }

@@ -51,7 +51,7 @@ func TestAuditTrailMounts(t *testing.T) {
 				t.Errorf("%s: args %v", c.Role, args)
 			}
 		}
-		want := []string{names.RoleFilter, names.RoleEgressProxy, names.RoleGitGate}
+		want := []string{names.RoleFilter, names.RoleEgressProxy, names.RoleGitGate, names.RoleSupervise}
 		if pipelock {
 			want = want[1:] // pipelock keeps its own log (README)
 		}

@@ -40,6 +40,7 @@ func SuperviseDirs(stateDir string, id names.Identity) supervise.Dirs {
 // (internal/supervise). It lives on the internal network only; the host decides.
 type superviseKind struct{}
 
+func (superviseKind) records()               {}
 func (superviseKind) role() string           { return names.RoleSupervise }
 func (superviseKind) wanted(b *builder) bool { return b.bottle.Supervise }
 func (superviseKind) container(b *builder) (*Container, error) {

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/gitgate"
+	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/supervise"
@@ -300,7 +302,7 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 	if err := dirs.Decide(dec); err != nil {
 		return nil, err
 	}
-	recordDecision(dirs, p, dec)
+	recordDecision(opts.withDefaults().StateDir, id, dirs, p, dec)
 	out := &Approved{Decision: dec}
 	if ao.Save {
 		if out.Saved, out.Snippet, err = SaveAllowlist(opts, id, p.Allowlist.Add, p.Allowlist.Remove); err != nil {
@@ -345,13 +347,13 @@ func Deny(opts Options, id names.Identity, n int, reason string) (*supervise.Dec
 	if err := dirs.Decide(dec); err != nil {
 		return nil, err
 	}
-	recordDecision(dirs, en.Proposal, dec)
+	recordDecision(opts.withDefaults().StateDir, id, dirs, en.Proposal, dec)
 	return &dec, nil
 }
 
 // recordDecision writes the decision, with what it decided, as one JSON line of the
 // bottle's supervise log (best effort: the decision itself is already in force).
-func recordDecision(dirs supervise.Dirs, p *supervise.Proposal, dec supervise.Decision) {
+func recordDecision(stateDir string, id names.Identity, dirs supervise.Dirs, p *supervise.Proposal, dec supervise.Decision) {
 	fields := map[string]any{"n": dec.N, "decision": dec.Decision, "reason": dec.Reason}
 	if !dec.Until.IsZero() {
 		fields["until"] = dec.Until
@@ -360,6 +362,16 @@ func recordDecision(dirs supervise.Dirs, p *supervise.Proposal, dec supervise.De
 		fields["proposal"] = p
 	}
 	_ = dirs.Record("decision", fields)
+	trailFields := map[string]any{"n": dec.N, "decision": dec.Decision, "reason": dec.Reason, "user": hostenv.HostUser(os.LookupEnv)}
+	if p != nil {
+		trailFields["change"] = p.Kind
+	}
+	if !dec.Until.IsZero() {
+		trailFields["until"] = dec.Until
+	}
+	// Best effort too: the trail says who decided what; the proposal's own record comes
+	// from the supervise sidecar.
+	_ = audit.Open(audit.Dir(stateDir, id)).Append(audit.SourceHost, "decision", trailFields)
 }
 
 // SupervisedBottles are the bottles with a supervise directory, in the store's order.

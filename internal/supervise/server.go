@@ -16,6 +16,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/state"
 )
@@ -31,6 +32,8 @@ type Config struct {
 	// Timeout bounds how long a proposal waits for a person; then it is denied
 	// (default DefaultTimeout), so a headless run never hangs.
 	Timeout egress.Duration `json:"timeout,omitempty"`
+	// Recorder receives one audit record per proposal with its answer (nil: none).
+	Recorder audit.Recorder `json:"-"`
 }
 
 // DefaultTimeout is how long a proposal waits for a decision by default.
@@ -103,11 +106,11 @@ func (s *Server) Propose(ctx context.Context, r Request) (Answer, error) {
 	p := Proposal{N: 1, Kind: r.Kind, Justification: r.Justification, Created: now, Deadline: now.Add(s.timeout),
 		Allowlist: r.Allowlist, Route: r.Route, GitRule: r.GitRule, Dockerfile: r.Dockerfile}
 	if err := p.Validate(); err != nil {
-		return Answer{}, fmt.Errorf("refused: %w", err)
+		return Answer{}, s.refuse(&p, err)
 	}
 	if p.Dockerfile != nil {
 		if err := CheckDockerfile(p.Dockerfile.Content, caps.AgentImage); err != nil {
-			return Answer{}, fmt.Errorf("refused: %w", err)
+			return Answer{}, s.refuse(&p, err)
 		}
 	}
 	if err := s.write(&p); err != nil {
@@ -116,7 +119,23 @@ func (s *Server) Propose(ctx context.Context, r Request) (Answer, error) {
 	s.log.Info("proposal", "n", p.N, "kind", p.Kind)
 	dec := s.wait(ctx, p.N, p.Deadline)
 	s.log.Info("decision", "n", p.N, "decision", dec.Decision, "reason", dec.Reason)
+	s.record(&p, dec.N, dec.Decision, dec.Reason)
 	return dec, nil
+}
+
+// refuse records an invalid proposal (never shown to a person) and returns the refusal.
+func (s *Server) refuse(p *Proposal, err error) error {
+	s.record(p, 0, "refused", err.Error())
+	return fmt.Errorf("refused: %w", err)
+}
+
+// record hands a proposal and its answer to the audit trail (the writer bounds the
+// agent's strings).
+func (s *Server) record(p *Proposal, n int, outcome, reason string) {
+	if s.cfg.Recorder == nil {
+		return
+	}
+	s.cfg.Recorder.Record(audit.Proposal{N: n, Change: p.Kind, Justification: p.Justification, Outcome: outcome, Reason: reason})
 }
 
 // write numbers p after the proposals already there and writes it atomically.

@@ -13,7 +13,9 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/egress"
+	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
 func validProposal() map[string]any {
@@ -308,5 +310,33 @@ func TestEntriesUntrusted(t *testing.T) {
 	}
 	if strings.Join(got, " ") != "[1,true,false] [2,false,true] [3,false,true] [4,false,true] [5,false,true]" {
 		t.Errorf("entries %v", got)
+	}
+}
+
+// TestProposalsRecorded: every proposal goes to the audit trail with the answer the agent
+// got: a timed-out one as denied with its number, an invalid one as refused (number 0).
+func TestProposalsRecorded(t *testing.T) {
+	dirs, _ := testServer(t, time.Second)
+	rec := &testutil.Recorder{}
+	s, err := NewServer(Config{ProposalsDir: dirs.Proposals(), HostDir: dirs.Host(), Timeout: egress.Duration(200 * time.Millisecond), Recorder: rec}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Propose(t.Context(), Request{Kind: "allowlist", Justification: "docs", Allowlist: &AllowlistChange{Add: []string{"docs.test"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Propose(t.Context(), Request{Kind: "allowlist", Justification: "bad", Allowlist: &AllowlistChange{Add: []string{"not a host"}}}); err == nil {
+		t.Fatal("an invalid host name was accepted")
+	}
+	got := rec.Wait(t, 2)
+	want := []audit.Proposal{
+		{N: 1, Change: "allowlist", Justification: "docs", Outcome: DecisionDenied},
+		{N: 0, Change: "allowlist", Justification: "bad", Outcome: "refused"},
+	}
+	for i, e := range got {
+		p, ok := e.(audit.Proposal)
+		if !ok || p.N != want[i].N || p.Change != want[i].Change || p.Justification != want[i].Justification || p.Outcome != want[i].Outcome || p.Reason == "" {
+			t.Errorf("record %d: %+v, want %+v with a reason", i, e, want[i])
+		}
 	}
 }
