@@ -37,7 +37,7 @@ func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attach
 	if err != nil {
 		return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
-	unlock, err := m.lock(ctx)
+	unlock, err := m.lockShared(ctx)
 	if err != nil {
 		return "", nil, err
 	}
