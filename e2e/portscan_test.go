@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
@@ -59,7 +60,9 @@ role = "claude_code_oauth"
 			if a.Network != names.NetInternal {
 				want = "" // the agent has no route to the egress network
 			}
+			t0 := time.Now()
 			got := e.probe(id, "portscan", a.Address.String(), "1", "65535")
+			t.Logf("%s (%s on %s): %s in %v", a.Address, c.Role, a.Network, got, time.Since(t0).Round(time.Millisecond))
 			var open string
 			var refused, other int
 			if _, err := fmt.Sscanf(strings.Replace(got, "open= ", "open=- ", 1), "PORTS open=%s refused=%d other=%d", &open, &refused, &other); err != nil {

@@ -349,7 +349,7 @@ func (s *starter) prepare(c *plan.Container) error {
 	if err != nil {
 		return err
 	}
-	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt}
+	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt, ShimGroup: s.id.ShimGroup()}
 	if s.prev != nil {
 		exists, err := e.ctr.Exists(ctx, c.Name)
 		if err != nil {
