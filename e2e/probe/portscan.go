@@ -23,7 +23,7 @@ func portScan(host string, first, last int) {
 		wg             sync.WaitGroup
 	)
 	ports := make(chan int)
-	for range 1024 {
+	for range 256 {
 		wg.Go(func() {
 			for p := range ports {
 				conn, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(p)), 2*time.Second)
