@@ -2,6 +2,8 @@ package ctr
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,6 +14,9 @@ import (
 	"time"
 
 	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/testutil"
@@ -293,5 +298,41 @@ func TestPrepareShimGroup(t *testing.T) {
 	}
 	if _, spec, _ := c.prepare(ContainerSpec{Name: "doctor", Spec: &specs.Spec{Process: &specs.Process{}}, Runtime: Runtime{Handler: HandlerRunc}}); spec.Annotations[ShimGroupAnnotation] != "" {
 		t.Errorf("no ShimGroup, but annotations %v", spec.Annotations)
+	}
+}
+
+// shimProc is a process whose Delete and Status fail as told.
+type shimProc struct {
+	client.Process
+	deleteErr, statusErr error
+}
+
+func (p shimProc) Delete(context.Context, ...client.ProcessDeleteOpts) (*client.ExitStatus, error) {
+	return nil, p.deleteErr
+}
+
+func (p shimProc) Status(context.Context) (client.Status, error) {
+	return client.Status{Status: client.Running}, p.statusErr
+}
+
+// TestDeleteOnShim: a delete whose shim closed the connection counts as done only when
+// the task is gone afterwards; a missing task is fine; other failures stay failures.
+func TestDeleteOnShim(t *testing.T) {
+	closed := fmt.Errorf("failed to delete task: %w", ttrpc.ErrClosed)
+	for _, tc := range []struct {
+		name                 string
+		deleteErr, statusErr error
+		ok                   bool
+	}{
+		{"deleted", nil, nil, true},
+		{"already gone", errdefs.ErrNotFound, nil, true},
+		{"shim ended, task gone", closed, errdefs.ErrNotFound, true},
+		{"shim ended, task still there", closed, nil, false},
+		{"other failure", errors.New("boom"), errdefs.ErrNotFound, false},
+	} {
+		_, err := deleteOnShim(context.Background(), shimProc{deleteErr: tc.deleteErr, statusErr: tc.statusErr})
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want ok %v", tc.name, err, tc.ok)
+		}
 	}
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/firewall"
 	"github.com/bottle-dev/bottle/internal/names"
-	gocni "github.com/containerd/go-cni"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/vishvananda/netlink"
 )
@@ -73,7 +72,7 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 			if cl.atts, err = m.normalize(atts); err != nil {
 				return invalid(fmt.Errorf("container %s: %w", name, err))
 			}
-			if cl.cni, err = m.newCNI(cl.atts); err != nil {
+			if cl.lists, err = confLists(cl.atts); err != nil {
 				return invalid(fmt.Errorf("container %s: %w", name, err))
 			}
 		}
@@ -116,7 +115,7 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	var pairs []masqOf
 	for name, cl := range clists {
 		wg.Go(func() {
-			p, err := m.delContainer(ctx, name, cl.atts, cl.cni)
+			p, err := m.delContainer(ctx, name, cl.atts, cl.lists)
 			collect(err)
 			collect(removeNetnsFile(m.NetnsPath(name)))
 			mu.Lock()
@@ -163,10 +162,10 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	return nil
 }
 
-// cniList is a container's attachments with their go-cni instance.
+// cniList is a container's attachments with their conflists.
 type cniList struct {
-	atts []Attachment
-	cni  gocni.CNI
+	atts  []Attachment
+	lists []*libcni.NetworkConfigList
 }
 
 // checkOwnNetwork makes sure n is a valid network of the owner's bottle id.
