@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,25 +19,8 @@ import (
 // shared by several sidecars, show up here.
 func TestAgentReachesOnlyServedSidecarPorts(t *testing.T) {
 	e := newEnv(t)
-	manifest := fmt.Sprintf(`[agents.scan]
-bottle = "b"
-image = %q
-command = ["/bin/sleep", "600"]
-
-[bottles.b]
-runtime = "runsc-runc"
-filter = "builtin"
-allowlist = ["api.allowed.test"]
-
-[[bottles.b.egress_proxy.routes]]
-host = "api.route.test"
-token_ref = "E2E_SCAN_TOKEN"
-role = "claude_code_oauth"
-`, testImage)
-	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, errOut, code := e.bottle([]string{"E2E_SCAN_TOKEN=dummy-scan-token"}, "start", "--detach", "scan"); code != 0 {
+	e.writeBenchManifest("scan") // the builtin filter and an egress-proxy route
+	if out, errOut, code := e.bottle([]string{benchTokenRef + "=dummy-scan-token"}, "start", "--detach", "scan"); code != 0 {
 		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
 	}
 	id := e.identityOf("scan")
