@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -39,10 +38,6 @@ func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attach
 	if err != nil {
 		return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
 	}
-	lists, err := confLists(atts)
-	if err != nil {
-		return "", nil, fmt.Errorf("network setup of container %s: %w", containerName, err)
-	}
 	unlock, err := m.lockShared(ctx)
 	if err != nil {
 		return "", nil, err
@@ -56,7 +51,7 @@ func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attach
 	}
 	if stale {
 		slog.Debug("netns: removing leftovers of an earlier setup before CNI ADD", "container", containerName)
-		if err := m.teardownLocked(ctx, containerName, atts, lists); err != nil {
+		if err := m.teardownLocked(ctx, containerName, atts, c); err != nil {
 			return "", nil, fmt.Errorf("network setup of container %s: remove leftovers of an earlier attempt: %w (run `bottle cleanup`)", containerName, err)
 		}
 	}
@@ -69,7 +64,7 @@ func (m *Manager) Setup(ctx context.Context, containerName string, atts []Attach
 		}
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
 		defer cancel()
-		if uerr := m.teardownLocked(uctx, containerName, atts, lists); uerr != nil {
+		if uerr := m.teardownLocked(uctx, containerName, atts, c); uerr != nil {
 			err = errors.Join(err, fmt.Errorf("undo failed network setup of container %s: %w (run `bottle cleanup`)", containerName, uerr))
 		}
 	}()
@@ -148,13 +143,13 @@ func (m *Manager) Teardown(ctx context.Context, containerName string, atts []Att
 	if err := validateContainerName(containerName); err != nil {
 		return err
 	}
-	var lists []*libcni.NetworkConfigList
+	var c gocni.CNI
 	if len(atts) > 0 {
 		var err error
 		if atts, err = m.normalize(atts); err != nil {
 			return fmt.Errorf("network teardown of container %s: %w", containerName, err)
 		}
-		if lists, err = confLists(atts); err != nil {
+		if c, err = m.newCNI(atts); err != nil {
 			return fmt.Errorf("network teardown of container %s: %w", containerName, err)
 		}
 	}
@@ -165,12 +160,12 @@ func (m *Manager) Teardown(ctx context.Context, containerName string, atts []Att
 		return err
 	}
 	defer unlock()
-	return m.teardownLocked(ctx, containerName, atts, lists)
+	return m.teardownLocked(ctx, containerName, atts, c)
 }
 
-// teardownLocked is Teardown under the CNI lock; lists are the conflists of atts.
-func (m *Manager) teardownLocked(ctx context.Context, containerName string, atts []Attachment, lists []*libcni.NetworkConfigList) error {
-	pairs, err := m.delContainer(ctx, containerName, atts, lists)
+// teardownLocked is Teardown under the CNI lock; c holds the conflists of atts (nil if none).
+func (m *Manager) teardownLocked(ctx context.Context, containerName string, atts []Attachment, c gocni.CNI) error {
+	pairs, err := m.delContainer(ctx, containerName, atts, c)
 	errs := []error{err, removeMasq(ctx, pairs), removeNetnsFile(m.NetnsPath(containerName))}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("network teardown of container %s: %w", containerName, err)
@@ -178,49 +173,27 @@ func (m *Manager) teardownLocked(ctx context.Context, containerName string, atts
 	return nil
 }
 
-// delContainer runs the plugins' DEL for a container: for atts (with their conflists
-// lists, all at once: the plugins take tens of milliseconds each, most of a teardown),
-// then for every other cached attachment of it. It returns the networks and container
-// whose masquerade rules the bridge plugin of earlier versions may have left (it finds
-// them by the addresses in the netns, which runsc removes at sandbox start).
-func (m *Manager) delContainer(ctx context.Context, containerName string, atts []Attachment, lists []*libcni.NetworkConfigList) ([]masqOf, error) {
+// delContainer runs the plugins' DEL for a container: for atts through c, then for every
+// other cached attachment of it. It returns the networks and container whose masquerade
+// rules the bridge plugin may have left (it finds them by the addresses in the netns,
+// which runsc removes at sandbox start).
+func (m *Manager) delContainer(ctx context.Context, containerName string, atts []Attachment, c gocni.CNI) ([]masqOf, error) {
 	path := m.NetnsPath(containerName)
 	// A file that holds no netns (a start killed before the bind mount, an unmount without
 	// the remove) has nothing to undo, and the plugins' DEL would refuse it: drop it first.
-	errs := make([]error, len(atts)+1)
-	errs[0] = dropUnmounted(path)
+	errs := []error{dropUnmounted(path)}
 	var pairs []masqOf
-	cni := m.libcni()
-	var wg sync.WaitGroup
-	for i, a := range atts {
-		pairs = append(pairs, masqOf{a.Name, containerName})
-		wg.Go(func() {
-			// A missing netns is fine: the plugins then only release their IPAM state (and
-			// go-cni's "not found" leniency is kept: the interface went with its netns).
-			rt := &libcni.RuntimeConf{ContainerID: containerName, NetNS: path, IfName: a.IfName}
-			if err := cni.DelNetworkList(ctx, lists[i], rt); err != nil && !strings.Contains(err.Error(), "not found") {
-				errs[i+1] = fmt.Errorf("CNI DEL of %s (%s) for container %s: %w", a.Name, a.IfName, containerName, err)
-			}
-		})
+	if c != nil {
+		// A missing netns is fine: the plugins then only release their IPAM state.
+		if err := c.Remove(ctx, containerName, path); err != nil {
+			errs = append(errs, fmt.Errorf("CNI DEL of %s for container %s: %w", attNames(atts), containerName, err))
+		}
+		for _, a := range atts {
+			pairs = append(pairs, masqOf{a.Name, containerName})
+		}
 	}
-	wg.Wait()
 	cached, err := m.delCached(ctx, containerName, nil)
 	return append(pairs, cached...), errors.Join(append(errs, err)...)
-}
-
-// confLists parses the conflist of each attachment.
-func confLists(atts []Attachment) ([]*libcni.NetworkConfigList, error) {
-	out := make([]*libcni.NetworkConfigList, len(atts))
-	for i, a := range atts {
-		b, err := RenderConflist(a)
-		if err != nil {
-			return nil, err
-		}
-		if out[i], err = libcni.ConfListFromBytes(b); err != nil {
-			return nil, fmt.Errorf("conflist of network %s: %w", a.Name, err)
-		}
-	}
-	return out, nil
 }
 
 // masqOf names the masquerade rules of a network and a container.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/bottle-dev/bottle/internal/firewall"
 	"github.com/bottle-dev/bottle/internal/names"
+	gocni "github.com/containerd/go-cni"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/vishvananda/netlink"
 )
@@ -72,7 +73,7 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 			if cl.atts, err = m.normalize(atts); err != nil {
 				return invalid(fmt.Errorf("container %s: %w", name, err))
 			}
-			if cl.lists, err = confLists(cl.atts); err != nil {
+			if cl.cni, err = m.newCNI(cl.atts); err != nil {
 				return invalid(fmt.Errorf("container %s: %w", name, err))
 			}
 		}
@@ -115,7 +116,7 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	var pairs []masqOf
 	for name, cl := range clists {
 		wg.Go(func() {
-			p, err := m.delContainer(ctx, name, cl.atts, cl.lists)
+			p, err := m.delContainer(ctx, name, cl.atts, cl.cni)
 			collect(err)
 			collect(removeNetnsFile(m.NetnsPath(name)))
 			mu.Lock()
@@ -162,10 +163,10 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	return nil
 }
 
-// cniList is a container's attachments with their conflists.
+// cniList is a container's attachments with their go-cni instance.
 type cniList struct {
-	atts  []Attachment
-	lists []*libcni.NetworkConfigList
+	atts []Attachment
+	cni  gocni.CNI
 }
 
 // checkOwnNetwork makes sure n is a valid network of the owner's bottle id.
