@@ -173,7 +173,22 @@ func BenchmarkStart(b *testing.B) {
 	bare := func(i int) {
 		run(b, exec.Command("ctr", append(ctrArgs, "--rm", testImage, fmt.Sprintf("bench-bare-%d-%d", os.Getpid(), i+1), "/bin/true")...))
 	}
-	rmStart := func() { run(b, e.benchStart(caFile, "bench", []string{"--rm"}, "/bin/true")) }
+	rmStart := func() {
+		cmd := e.benchStart(caFile, "bench", []string{"--rm"}, "/bin/true")
+		trace := os.Getenv("BOTTLE_BENCH_TRACE") // a file that collects the debug logs of the starts
+		if trace != "" {
+			cmd.Args = slices.Insert(cmd.Args, 1, "--debug")
+		}
+		out := run(b, cmd)
+		if trace != "" {
+			f, err := os.OpenFile(trace, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			fmt.Fprintf(f, "--- start --rm\n%s", out)
+		}
+	}
 	attached := func() {
 		run(b, e.benchStart(caFile, "bench", nil, "/bin/true"))
 	}

@@ -112,7 +112,7 @@ func TestInternalBridgeHasNoHostAddress(t *testing.T) {
 	e.writeManifest("nohost")
 	e.must("start", "--detach", "nohost", "--", "/bin/sleep", "600")
 	id := e.identityOf("nohost")
-	internal, _, err := e.networksOf(id)
+	internal, egress, err := e.networksOf(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestInternalBridgeHasNoHostAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := n.InstallFirewall(ctx, id, internal); err != nil {
+		if err := n.InstallFirewall(ctx, id, internal, egress); err != nil {
 			t.Error(err)
 		}
 	}()

@@ -3,7 +3,8 @@
 # filter + egress-proxy route) `start --rm -- /bin/true` including its removal, and of an
 # attached start until exit, against a bare `ctr run --rm` runsc container of the same
 # image, alternating in one run on a private containerd; prints min/median/max and the
-# ratios. COUNT sets the rounds (default 9).
+# ratios. COUNT sets the rounds (default 9); BOTTLE_BENCH_TRACE=FILE collects the debug
+# logs (step timings) of the timed `start --rm` runs in FILE.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib/bench.sh

@@ -10,7 +10,8 @@ import "embed"
 const (
 	// InternalTemplate is the isolated network: no gateway, no masquerade, no routes.
 	InternalTemplate = "internal.conflist.tmpl"
-	// EgressTemplate is the network that leaves the host: gateway .1, masquerade, default route.
+	// EgressTemplate is the network that leaves the host: gateway .1, default route (the
+	// masquerade is the bottle's nat chain, see internal/firewall).
 	EgressTemplate = "egress.conflist.tmpl"
 )
 

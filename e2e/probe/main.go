@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -21,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: probe get|connect|post|mcp|postjson|sse|tcp|udp|dns|scan|setid|bench ...")
+		fail("usage: probe get|connect|post|mcp|postjson|sse|tcp|udp|dns|scan|setid|portscan|bench ...")
 	}
 	args := os.Args[2:]
 	switch os.Args[1] {
@@ -105,6 +106,14 @@ func main() {
 	case "setid": // setid DIR: tries to give new files in DIR the set-user-ID or set-group-ID bit
 		need(args, 1)
 		setID(args[0])
+	case "portscan": // portscan HOST FIRST LAST: which TCP ports of HOST accept a connection
+		need(args, 3)
+		first, err1 := strconv.Atoi(args[1])
+		last, err2 := strconv.Atoi(args[2])
+		if err1 != nil || err2 != nil || first < 1 || last > 65535 || first > last {
+			fail("portscan: want HOST FIRST LAST, ports 1-65535")
+		}
+		portScan(args[0], first, last)
 	case "bench": // bench BASE PROXY|- DIAL|-: the data-path measurements of bench-proxy
 		need(args, 3)
 		bench(args[0], args[1], args[2])

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
@@ -318,9 +320,26 @@ func killAndDelete(ctx context.Context, p client.Process) (*client.ExitStatus, e
 			}
 		}
 	}
-	exit, err := p.Delete(ctx)
-	if err != nil && !errdefs.IsNotFound(err) {
+	exit, err := deleteOnShim(ctx, p)
+	if err != nil {
 		return nil, fmt.Errorf("delete: %w", err)
+	}
+	return exit, nil
+}
+
+// deleteOnShim deletes p; a p already gone is fine. A bottle's containers share one shim
+// (ContainerSpec.ShimGroup), which exits as soon as none of its tasks is left: when they
+// are deleted at once, it may exit before it has answered one of the deletes. containerd
+// then reports the connection closed, but it has removed the task all the same.
+func deleteOnShim(ctx context.Context, p client.Process) (*client.ExitStatus, error) {
+	exit, err := p.Delete(ctx)
+	if err != nil && strings.Contains(err.Error(), ttrpc.ErrClosed.Error()) {
+		if _, serr := p.Status(ctx); errdefs.IsNotFound(serr) {
+			return nil, nil
+		}
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, err
 	}
 	return exit, nil
 }
@@ -342,7 +361,7 @@ func (c *Client) clearStoppedTask(ctx context.Context, cont client.Container) er
 	if st.Status != client.Stopped {
 		return fmt.Errorf("its task is %s (stop it first): %w", st.Status, errdefs.ErrFailedPrecondition)
 	}
-	if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+	if _, err := deleteOnShim(ctx, task); err != nil {
 		return fmt.Errorf("delete stopped task: %w", err)
 	}
 	return nil
@@ -517,8 +536,8 @@ func (c *Client) Stop(ctx context.Context, name string, timeout time.Duration) (
 			}
 		}
 	}
-	exit, err := task.Delete(ctx)
-	if err != nil && !errdefs.IsNotFound(err) {
+	exit, err := deleteOnShim(ctx, task)
+	if err != nil {
 		return -1, fmt.Errorf("stop container %s: delete task: %w", name, err)
 	}
 	if exit == nil {

@@ -2,6 +2,8 @@ package ctr
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,6 +14,10 @@ import (
 	"time"
 
 	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
@@ -262,5 +268,71 @@ func TestDetectRuntimeRuncRefusalNamesTheFlag(t *testing.T) {
 	}
 	if rt, err := DetectRuntime("runc", "", true); err != nil || rt.Handler != HandlerRunc {
 		t.Errorf("runc with the opt-in: %+v, %v", rt, err)
+	}
+}
+
+// TestPrepareShimGroup: a container with a ShimGroup gets the runc shim's group
+// annotation under the runc shim (runsc-runc, runc), none under gVisor's own shim, and
+// the caller's spec stays as it was.
+func TestPrepareShimGroup(t *testing.T) {
+	c := &Client{}
+	for _, tc := range []struct {
+		rt   Runtime
+		want string
+	}{
+		{Runtime{Handler: HandlerRunscRunc, RunscPath: "/usr/local/bin/runsc"}, "bottle-x-a1b2c3"},
+		{Runtime{Handler: HandlerRunc}, "bottle-x-a1b2c3"},
+		{Runtime{Handler: HandlerRunsc}, ""},
+	} {
+		orig := &specs.Spec{Process: &specs.Process{}, Annotations: map[string]string{"keep": "me"}}
+		_, spec, err := c.prepare(ContainerSpec{Name: "bottle-x-a1b2c3-filter", Spec: orig, Runtime: tc.rt, ShimGroup: "bottle-x-a1b2c3"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := spec.Annotations[ShimGroupAnnotation]; got != tc.want || spec.Annotations["keep"] != "me" {
+			t.Errorf("%s: annotations %v, want group %q and the caller's", tc.rt, spec.Annotations, tc.want)
+		}
+		if _, changed := orig.Annotations[ShimGroupAnnotation]; changed || len(orig.Annotations) != 1 {
+			t.Errorf("%s: the caller's spec changed: %v", tc.rt, orig.Annotations)
+		}
+	}
+	if _, spec, _ := c.prepare(ContainerSpec{Name: "doctor", Spec: &specs.Spec{Process: &specs.Process{}}, Runtime: Runtime{Handler: HandlerRunc}}); spec.Annotations[ShimGroupAnnotation] != "" {
+		t.Errorf("no ShimGroup, but annotations %v", spec.Annotations)
+	}
+}
+
+// shimProc is a process whose Delete and Status fail as told.
+type shimProc struct {
+	client.Process
+	deleteErr, statusErr error
+}
+
+func (p shimProc) Delete(context.Context, ...client.ProcessDeleteOpts) (*client.ExitStatus, error) {
+	return nil, p.deleteErr
+}
+
+func (p shimProc) Status(context.Context) (client.Status, error) {
+	return client.Status{Status: client.Running}, p.statusErr
+}
+
+// TestDeleteOnShim: a delete whose shim closed the connection counts as done only when
+// the task is gone afterwards; a missing task is fine; other failures stay failures.
+func TestDeleteOnShim(t *testing.T) {
+	closed := fmt.Errorf("failed to delete task: %w", ttrpc.ErrClosed)
+	for _, tc := range []struct {
+		name                 string
+		deleteErr, statusErr error
+		ok                   bool
+	}{
+		{"deleted", nil, nil, true},
+		{"already gone", errdefs.ErrNotFound, nil, true},
+		{"shim ended, task gone", closed, errdefs.ErrNotFound, true},
+		{"shim ended, task still there", closed, nil, false},
+		{"other failure", errors.New("boom"), errdefs.ErrNotFound, false},
+	} {
+		_, err := deleteOnShim(context.Background(), shimProc{deleteErr: tc.deleteErr, statusErr: tc.statusErr})
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want ok %v", tc.name, err, tc.ok)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 // Package firewall keeps bottle's host firewall: one filter chain per bottle that isolates
-// its internal bridge (IPv4 and IPv6), and the removal of the masquerade rules the CNI
-// bridge plugin leaves behind.
+// its internal bridge (IPv4 and IPv6), one nat chain of the same name that masquerades its
+// egress subnet, and the removal of the masquerade rules the CNI bridge plugin of earlier
+// versions left behind.
 //
 // The filter chain is written with iptables-restore rather than a library (go-iptables
 // runs one iptables process per rule): one transaction per family fills the chain before
@@ -14,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -96,8 +98,11 @@ func jumps(bridge, chain string) [][]string {
 // hands bridged frames to iptables), nothing it sends reaches the host (INPUT), and the
 // host sends nothing into it (OUTPUT). The rules live in chain, jumped to from the top of
 // FORWARD, INPUT and OUTPUT, so removal is exact. Interfaces are matched by name, so
-// install it before the bridge exists. Idempotent; a failure removes what it made.
-func Install(ctx context.Context, chain, bridge string) error {
+// install it before the bridge exists. With a valid masq (the bottle's egress subnet),
+// the IPv4 nat chain of the same name masquerades what leaves that subnet: one rule for
+// the whole bottle, where the bridge plugin's ipMasq writes a chain per container.
+// Idempotent; a failure removes what it made.
+func Install(ctx context.Context, chain, bridge string, masq netip.Prefix) error {
 	fams, err := families()
 	if err != nil {
 		return err
@@ -106,7 +111,7 @@ func Install(ctx context.Context, chain, bridge string) error {
 	var wg sync.WaitGroup
 	for i, t := range fams {
 		wg.Go(func() {
-			if err := installFamily(ctx, t, bridge, chain); err != nil {
+			if err := installFamily(ctx, t, bridge, chain, masq); err != nil {
 				errs[i] = fmt.Errorf("%s chain %s: %w", t.bin, chain, err)
 			}
 		})
@@ -121,18 +126,27 @@ func Install(ctx context.Context, chain, bridge string) error {
 // installFamily writes the chain and the jumps to it in one iptables-restore
 // transaction: the chain is filled before anything jumps to it, so it never passes
 // traffic half-built, and a failure changes nothing.
-func installFamily(ctx context.Context, t ipt, bridge, chain string) error {
-	lines, err := t.rules(ctx, "filter", "")
-	if err != nil {
-		return err
-	}
+func installFamily(ctx context.Context, t ipt, bridge, chain string, masq netip.Prefix) error {
 	have := map[string]bool{}
-	for _, l := range lines {
-		have[l] = true
+	tables := []string{"filter"}
+	if masq.IsValid() && t.bin == "iptables" {
+		tables = append(tables, "nat")
+	}
+	for _, table := range tables {
+		lines, err := t.rules(ctx, table, "")
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			have[table+" "+l] = true
+		}
 	}
 	var script strings.Builder
+	if len(tables) > 1 {
+		masqScript(&script, have, chain, masq)
+	}
 	script.WriteString("*filter\n")
-	if have["-N "+chain] {
+	if have["filter -N "+chain] {
 		script.WriteString("-F " + chain + "\n")
 	} else {
 		script.WriteString(":" + chain + " - [0:0]\n")
@@ -140,7 +154,7 @@ func installFamily(ctx context.Context, t ipt, bridge, chain string) error {
 	script.WriteString("-A " + chain + " -i " + bridge + " -o " + bridge + " -j ACCEPT\n")
 	script.WriteString("-A " + chain + " -j DROP\n")
 	for _, j := range jumps(bridge, chain) {
-		if have["-A "+strings.Join(j, " ")] {
+		if have["filter -A "+strings.Join(j, " ")] {
 			continue
 		}
 		script.WriteString("-I " + j[0] + " 1 " + strings.Join(j[1:], " ") + "\n")
@@ -149,25 +163,42 @@ func installFamily(ctx context.Context, t ipt, bridge, chain string) error {
 	return t.restore(ctx, script.String())
 }
 
-// Remove deletes every rule of the built-in filter chains that jumps to chain, then
-// flushes and deletes chain, for each family; missing ones are fine (at once: teardown latency is start latency
-// for a user who runs one command after another).
+// masqScript writes the nat part of installFamily: chain masquerades what leaves subnet
+// for anywhere but subnet itself and multicast (as the bridge plugin's chains do), jumped
+// to from POSTROUTING for sources in subnet.
+func masqScript(script *strings.Builder, have map[string]bool, chain string, subnet netip.Prefix) {
+	script.WriteString("*nat\n")
+	if have["nat -N "+chain] {
+		script.WriteString("-F " + chain + "\n")
+	} else {
+		script.WriteString(":" + chain + " - [0:0]\n")
+	}
+	s := subnet.Masked().String()
+	script.WriteString("-A " + chain + " -d " + s + " -j RETURN\n")
+	script.WriteString("-A " + chain + " -d 224.0.0.0/4 -j RETURN\n")
+	script.WriteString("-A " + chain + " -j MASQUERADE\n")
+	if jump := "-A POSTROUTING -s " + s + " -j " + chain; !have["nat "+jump] {
+		script.WriteString(jump + "\n")
+	}
+	script.WriteString("COMMIT\n")
+}
+
+// Remove deletes every rule of the built-in chains that jumps to chain, then flushes and
+// deletes chain, in the filter table of each family and in IPv4's nat table; missing ones
+// are fine (at once: teardown latency is start latency for a user who runs one command
+// after another).
 func Remove(ctx context.Context, chain string) error {
 	fams, err := families()
 	if err != nil {
 		return err
 	}
-	errs := make([]error, len(fams))
-	done := make(chan struct{}, len(fams))
+	errs := make([]error, len(fams)+1)
+	var wg sync.WaitGroup
 	for i, t := range fams {
-		go func() {
-			errs[i] = removeChainFamily(ctx, t, "filter", chain, []string{"INPUT", "FORWARD", "OUTPUT"})
-			done <- struct{}{}
-		}()
+		wg.Go(func() { errs[i] = removeChainFamily(ctx, t, "filter", chain, []string{"INPUT", "FORWARD", "OUTPUT"}) })
 	}
-	for range fams {
-		<-done
-	}
+	wg.Go(func() { errs[len(fams)] = removeChainFamily(ctx, fams[0], "nat", chain, []string{"POSTROUTING"}) })
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -215,7 +246,8 @@ func jumpsTo(fields []string, chain string) bool {
 	return false
 }
 
-// Chains lists the names of the filter chains of every family bottle programs.
+// Chains lists the names of the chains bottle programs: the filter chains of every
+// family and IPv4's nat chains.
 func Chains(ctx context.Context) ([]string, error) {
 	fams, err := families()
 	if err != nil {
@@ -223,11 +255,11 @@ func Chains(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	var errs []error
-	for _, t := range fams {
-		lines, err := t.rules(ctx, "filter", "")
+	list := func(t ipt, table string) {
+		lines, err := t.rules(ctx, table, "")
 		if err != nil {
 			errs = append(errs, err)
-			continue
+			return
 		}
 		for _, l := range lines {
 			if f := strings.Fields(l); len(f) == 2 && f[0] == "-N" && !slices.Contains(out, f[1]) {
@@ -235,6 +267,10 @@ func Chains(ctx context.Context) ([]string, error) {
 			}
 		}
 	}
+	for _, t := range fams {
+		list(t, "filter")
+	}
+	list(fams[0], "nat")
 	return out, errors.Join(errs...)
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/bottle-dev/bottle/internal/testutil"
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 )
@@ -115,7 +116,7 @@ func newTestBottleID(t *testing.T, m *Manager, pool netip.Prefix, identity strin
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.remove(context.Background()) })
-	if err := m.InstallFirewall(context.Background(), b.identity, b.internal); err != nil {
+	if err := m.InstallFirewall(context.Background(), b.identity, b.internal, b.egress); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -173,7 +174,7 @@ func (b *testBottle) assertGone(ctx context.Context) {
 	if err != nil {
 		t.Fatalf("iptables -t nat -S: %v: %s", err, nat)
 	}
-	if strings.Contains(string(nat), b.internal.Name) || strings.Contains(string(nat), b.egress.Name) {
+	if strings.Contains(string(nat), b.internal.Name) || strings.Contains(string(nat), b.egress.Name) || strings.Contains(string(nat), b.m.FirewallChain(b.identity)) {
 		t.Errorf("nat table still references networks of bottle %s:\n%s", b.identity, nat)
 	}
 	for _, n := range []Network{b.internal, b.egress} {
@@ -360,6 +361,12 @@ func TestE2ENetworkIsolation(t *testing.T) {
 			t.Fatalf("netns paths %s %s are not mounted namespaces at the documented place", agentNS, sidecarNS)
 		}
 		paths[x] = [2]string{agentNS, sidecarNS}
+		// The bottle's nat chain masquerades its egress subnet: CNI writes no rule per container.
+		if masq, err := firewall.ListMasq(ctx); err != nil || slices.ContainsFunc(masq, func(r firewall.Masq) bool { return r.Network == x.egress.Name }) {
+			t.Errorf("per-container masquerade rule of %s after setup (%v): %+v", x.egress.Name, err, masq)
+		}
+		assertBottleMasq(t, m, x, true)
+		x.legacyMasq()
 	}
 	agentA, sidecarA := paths[a][0], paths[a][1]
 	agentB, sidecarB := paths[b][0], paths[b][1]
@@ -431,14 +438,16 @@ func TestE2ENetworkIsolation(t *testing.T) {
 	if err := m.RemoveFirewall(ctx, a.identity); err != nil {
 		t.Fatal(err)
 	}
+	assertBottleMasq(t, m, a, false)
 	mustReach(t, "hostile agent A without firewall -> host", agentA, hostSrv)
 	mustReach(t, "hostile agent A without firewall -> sidecar B egress", agentA, srvBEgr)
-	if err := m.InstallFirewall(ctx, a.identity, a.internal); err != nil {
+	if err := m.InstallFirewall(ctx, a.identity, a.internal, a.egress); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.InstallFirewall(ctx, a.identity, a.internal); err != nil { // idempotent
+	if err := m.InstallFirewall(ctx, a.identity, a.internal, a.egress); err != nil { // idempotent
 		t.Fatal(err)
 	}
+	assertBottleMasq(t, m, a, true)
 	mustNotReach(t, "hostile agent A -> host after reinstall", agentA, hostSrv)
 	mustNotReach(t, "hostile agent A -> sidecar B egress after reinstall", agentA, srvBEgr)
 	mustReach(t, "agent A -> sidecar A after reinstall", agentA, srvAInt)
@@ -634,7 +643,38 @@ func (b *testBottle) setupBottle(ctx context.Context) []netlink.Link {
 	if _, _, err := b.m.Setup(ctx, b.sidecarName(), b.sidecarAtts()); err != nil {
 		t.Fatalf("setup sidecar: %v", err)
 	}
+	b.legacyMasq()
 	return b.hostVeths(3)
+}
+
+// assertBottleMasq checks that the nat chain of bottle x masquerades its egress subnet,
+// jumped to from POSTROUTING (or, want false, that neither is there).
+func assertBottleMasq(t *testing.T, m *Manager, x *testBottle, want bool) {
+	t.Helper()
+	chain := m.FirewallChain(x.identity)
+	post, err := exec.Command("iptables", "-w", "5", "-t", "nat", "-S", "POSTROUTING").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables -t nat -S POSTROUTING: %v: %s", err, post)
+	}
+	jump := "-A POSTROUTING -s " + x.egress.Subnet.String() + " -j " + chain
+	rules, _ := exec.Command("iptables", "-w", "5", "-t", "nat", "-S", chain).CombinedOutput()
+	has := strings.Contains(string(post), jump) && strings.Contains(string(rules), "-A "+chain+" -j MASQUERADE")
+	if has != want || (!want && strings.Contains(string(post), chain)) {
+		t.Errorf("masquerade of bottle %s in force: %v, want %v:\n%s%s", x.identity, has, want, post, rules)
+	}
+}
+
+// legacyMasq writes the masquerade rule of the sidecar's egress address that the bridge
+// plugin's ipMasq wrote before the bottle's nat chain replaced it: what a bottle of an
+// earlier version leaves, which teardowns and sweeps must still remove.
+func (b *testBottle) legacyMasq() {
+	b.t.Helper()
+	eg := b.sidecarAtts()[1]
+	backend := "iptables"
+	ipn := &net.IPNet{IP: eg.Addr.AsSlice(), Mask: net.CIDRMask(32, 32)}
+	if err := ip.SetupIPMasqForNetworks(&backend, []*net.IPNet{ipn}, eg.Name, "", b.sidecarName()); err != nil {
+		b.t.Fatalf("legacy masquerade rule of %s: %v", b.sidecarName(), err)
+	}
 }
 
 // hostVeths returns the ports of the bottle's bridges and checks there are want of them.

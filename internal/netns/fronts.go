@@ -18,16 +18,21 @@ func (m *Manager) FirewallChain(identity string) string {
 	return names.ChainName(m.owner.ID, names.Identity(identity))
 }
 
-// InstallFirewall isolates the internal network of identity on the host (firewall.Install):
-// install it before the bridge exists (before the first Setup).
-func (m *Manager) InstallFirewall(ctx context.Context, identity string, internal Network) error {
+// InstallFirewall isolates the internal network of identity on the host and masquerades
+// its egress network (firewall.Install): install it before the bridges exist (before the
+// first Setup).
+func (m *Manager) InstallFirewall(ctx context.Context, identity string, internal, egress Network) error {
 	if _, err := names.ParseIdentity(identity); err != nil {
 		return err
 	}
-	if want, _, _ := m.BottleNetworks(identity, 0, slots.DefaultPool); internal.Egress || internal.Bridge != want.Bridge {
-		return fmt.Errorf("install firewall of bottle %s: network %s (bridge %q) is not its internal network (want bridge %s; use BottleNetworks)", identity, internal.Name, internal.Bridge, want.Bridge)
+	wantIn, wantEg, _ := m.BottleNetworks(identity, 0, slots.DefaultPool)
+	if internal.Egress || internal.Bridge != wantIn.Bridge {
+		return fmt.Errorf("install firewall of bottle %s: network %s (bridge %q) is not its internal network (want bridge %s; use BottleNetworks)", identity, internal.Name, internal.Bridge, wantIn.Bridge)
 	}
-	if err := firewall.Install(ctx, m.FirewallChain(identity), internal.Bridge); err != nil {
+	if !egress.Egress || egress.Bridge != wantEg.Bridge || egress.validate() != nil {
+		return fmt.Errorf("install firewall of bottle %s: network %s (bridge %q, %s) is not its egress network (want bridge %s; use BottleNetworks)", identity, egress.Name, egress.Bridge, egress.Subnet, wantEg.Bridge)
+	}
+	if err := firewall.Install(ctx, m.FirewallChain(identity), internal.Bridge, egress.Subnet); err != nil {
 		return fmt.Errorf("install firewall of bottle %s: %w", identity, err)
 	}
 	return nil

@@ -45,7 +45,8 @@ type Options struct {
 	PluginDirs []string
 	// NetnsDir holds a directory of netns files per owner; default DefaultNetnsDir.
 	NetnsDir string
-	// LockFile serializes CNI calls across processes (flock); default /run/bottle/cni.lock.
+	// LockFile orders CNI calls across processes (flock: setups shared, teardowns and
+	// sweeps exclusive); default /run/bottle/cni.lock.
 	LockFile string
 	// StateDir and Namespace (containerd's) make the Owner; default /var/lib/bottle, "".
 	StateDir  string
@@ -199,8 +200,17 @@ func attNames(atts []Attachment) string {
 	return strings.Join(names, ", ")
 }
 
-// lock takes the CNI flock, polling so that ctx can cancel the wait.
-func (m *Manager) lock(ctx context.Context) (func(), error) {
+// lock takes the CNI flock exclusively: teardowns and sweeps, which remove objects a
+// half-done setup may be making, run alone.
+func (m *Manager) lock(ctx context.Context) (func(), error) { return m.flock(ctx, unix.LOCK_EX) }
+
+// lockShared takes the CNI flock shared: setups of different containers run at once (the
+// bridge plugin tolerates concurrent ADDs on one bridge, and each container has its own
+// netns, veth, cache entry and masquerade chain), but never beside a teardown or sweep.
+func (m *Manager) lockShared(ctx context.Context) (func(), error) { return m.flock(ctx, unix.LOCK_SH) }
+
+// flock takes the CNI flock in mode how, polling so that ctx can cancel the wait.
+func (m *Manager) flock(ctx context.Context, how int) (func(), error) {
 	if err := os.MkdirAll(filepath.Dir(m.lockFile), 0o700); err != nil {
 		return nil, fmt.Errorf("create directory of CNI lock file %s: %w", m.lockFile, err)
 	}
@@ -210,7 +220,7 @@ func (m *Manager) lock(ctx context.Context) (func(), error) {
 	}
 	delay := time.Millisecond
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 		if err == nil {
 			return func() { _ = f.Close() }, nil
 		}

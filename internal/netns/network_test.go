@@ -161,8 +161,9 @@ func TestRenderConflist(t *testing.T) {
 	if c.Name != "bottle-0f0f0f-claude-a1b2c3-egr" || p.Bridge != eg.Bridge {
 		t.Errorf("egress header wrong: %+v", c)
 	}
-	if p.IsGateway == nil || !*p.IsGateway || p.IsDefaultGateway == nil || !*p.IsDefaultGateway || p.IPMasq == nil || !*p.IPMasq {
-		t.Errorf("egress network must set isGateway, isDefaultGateway, ipMasq true: %+v", p)
+	// Masquerade is the bottle's one nat chain (firewall.Install), not a chain per container.
+	if p.IsGateway == nil || !*p.IsGateway || p.IsDefaultGateway == nil || !*p.IsDefaultGateway || p.IPMasq == nil || *p.IPMasq {
+		t.Errorf("egress network must set isGateway, isDefaultGateway true and ipMasq explicitly false: %+v", p)
 	}
 	if p.IPAM.Type != "static" || len(p.IPAM.Addresses) != 1 || p.IPAM.Addresses[0].Address != "10.213.5.2/24" || p.IPAM.Addresses[0].Gateway != "10.213.5.1" {
 		t.Errorf("egress IPAM wrong (want static 10.213.5.2/24 gw 10.213.5.1): %+v", p.IPAM)

@@ -125,6 +125,7 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 		})
 	}
 	wg.Wait()
+	delTook := time.Since(start)
 	// The rest of the bottle's CNI cache: entries of its networks (of containers not
 	// named) and of its containers (on networks not named).
 	rest, err := m.delCached(ctx, "", func(ca *libcni.NetworkAttachment) bool {
@@ -158,7 +159,7 @@ func (m *Manager) teardownBottle(ctx context.Context, identity string, container
 	if err := errors.Join(errs...); err != nil {
 		return fail(err)
 	}
-	slog.Debug("netns: bottle networking removed", "bottle", identity, "containers", len(containers), "networks", len(nets), "took", time.Since(start))
+	slog.Debug("netns: bottle networking removed", "bottle", identity, "containers", len(containers), "networks", len(nets), "took", time.Since(start), "plugin DELs", delTook)
 	return nil
 }
 

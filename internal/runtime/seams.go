@@ -47,7 +47,7 @@ type network interface {
 	ReserveSlot(identity string, pool netip.Prefix) (int, error)
 	ReleaseSlot(identity string) error
 	ForeignBottles() (map[string]names.Owner, error)
-	InstallFirewall(ctx context.Context, identity string, internal netns.Network) error
+	InstallFirewall(ctx context.Context, identity string, internal, egress netns.Network) error
 	RemoveFirewall(ctx context.Context, identity string) error
 	RemoveNetworks(ctx context.Context, identity string, nets []netns.Network) error
 	Setup(ctx context.Context, containerName string, atts []netns.Attachment) (nsPath string, release func(context.Context) error, err error)

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -149,11 +148,10 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	if err := e.writeStage(s.p); err != nil {
 		return 0, err
 	}
-	sidecarsPrepared, waitSidecars := s.bootSidecars(waitFirewall)
+	waitSidecars := s.bootSidecars(waitFirewall)
 	defer waitSidecars()
-	// The agent's sandbox boots while the sidecars start; its netns comes after theirs
-	// (CNI calls are serialized, and the sidecars take longest to boot).
-	sidecarsPrepared.Wait()
+	// The agent's netns and container are made while the sidecars' are (CNI setups run
+	// at once) and while they boot.
 	if err := s.prepare(s.p.Container(names.RoleAgent)); err != nil {
 		return 0, errors.Join(err, waitSidecars())
 	}
@@ -248,7 +246,7 @@ func (s *starter) installFirewall() (wait func() error) {
 	s.undo.push("remove firewall", func(ctx context.Context) error {
 		return errors.Join(e.net.RemoveFirewall(ctx, id), e.net.RemoveNetworks(ctx, id, nets))
 	})
-	return async(func() error { return e.net.InstallFirewall(s.ctx, id, s.internal) })
+	return async(func() error { return e.net.InstallFirewall(s.ctx, id, s.internal, s.egress) })
 }
 
 // plan builds the bottle's plan and fills the record with its containers.
@@ -310,17 +308,13 @@ func (s *starter) record() error {
 }
 
 // bootSidecars prepares every sidecar at once in the background and starts each as soon
-// as it is prepared and the firewall is in force. prepared is done once every sidecar
-// has its netns and container; wait returns once all serve (or one failed).
-func (s *starter) bootSidecars(waitFirewall func() error) (prepared *sync.WaitGroup, wait func() error) {
+// as it is prepared and the firewall is in force; wait returns once all serve (or one
+// failed).
+func (s *starter) bootSidecars(waitFirewall func() error) (wait func() error) {
 	sidecars := slices.DeleteFunc(slices.Clone(s.p.Containers), func(c *plan.Container) bool { return c.Role == names.RoleAgent })
-	prepared = &sync.WaitGroup{}
-	prepared.Add(len(sidecars))
-	wait = async(func() error {
+	return async(func() error {
 		err := parallel(sidecars, func(c *plan.Container) error {
-			err := s.prepare(c)
-			prepared.Done()
-			if err != nil {
+			if err := s.prepare(c); err != nil {
 				return err
 			}
 			if err := waitFirewall(); err != nil {
@@ -334,7 +328,6 @@ func (s *starter) bootSidecars(waitFirewall func() error) (prepared *sync.WaitGr
 		}
 		return err
 	})
-	return prepared, wait
 }
 
 // prepare gives one container a fresh netns and creates it (on resume it replaces the
@@ -356,7 +349,7 @@ func (s *starter) prepare(c *plan.Container) error {
 	if err != nil {
 		return err
 	}
-	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt}
+	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt, ShimGroup: s.id.ShimGroup()}
 	if s.prev != nil {
 		exists, err := e.ctr.Exists(ctx, c.Name)
 		if err != nil {

@@ -193,7 +193,7 @@ func (f fakeNet) ReleaseSlot(string) error                      { return f.do("r
 func (f fakeNet) ForeignBottles() (map[string]names.Owner, error) {
 	return nil, nil
 }
-func (f fakeNet) InstallFirewall(context.Context, string, netns.Network) error {
+func (f fakeNet) InstallFirewall(context.Context, string, netns.Network, netns.Network) error {
 	return f.do("install firewall")
 }
 func (f fakeNet) RemoveFirewall(context.Context, string) error { return f.do("remove firewall") }
@@ -305,22 +305,39 @@ func (st *startTest) checkTakenBack() {
 		}
 		made = append(made, op)
 	}
-	// The order in which the steps push their undo.
-	var want []string
+	// The bottle-wide steps are pushed first, so they are taken back last, in reverse;
+	// the containers are made at once, so only each one's own order is fixed: its
+	// container goes before its netns.
+	var want, tail []string
 	for _, step := range []struct{ made, undo []string }{
 		{[]string{"reserve slot"}, []string{"release slot"}},
 		{[]string{"reserve slot"}, []string{"remove firewall", "remove networks"}}, // pushed before the rules go in
-		{[]string{"setup filter"}, []string{"teardown filter"}},
-		{[]string{"create filter"}, []string{"delete filter"}},
-		{[]string{"setup agent"}, []string{"teardown agent"}},
-		{[]string{"create agent"}, []string{"delete agent"}},
 	} {
 		if slices.Contains(made, step.made[0]) {
-			want = append(slices.Clone(step.undo), want...)
+			tail = append(slices.Clone(step.undo), tail...)
 		}
 	}
-	if !slices.Equal(undone, want) {
-		st.t.Errorf("taken back:\n  %v\nwant\n  %v\n(all ops: %v)", undone, want, ops)
+	for _, step := range []struct{ made, undo string }{
+		{"setup filter", "teardown filter"}, {"create filter", "delete filter"},
+		{"setup agent", "teardown agent"}, {"create agent", "delete agent"},
+	} {
+		if slices.Contains(made, step.made) {
+			want = append(want, step.undo)
+		}
+	}
+	containers := undone[:max(0, len(undone)-len(tail))]
+	ordered := func(first, then string) bool {
+		i, j := slices.Index(containers, first), slices.Index(containers, then)
+		return i < 0 || j < 0 || i < j
+	}
+	if !slices.Equal(undone[len(containers):], tail) || len(containers) != len(want) ||
+		!ordered("delete filter", "teardown filter") || !ordered("delete agent", "teardown agent") {
+		st.t.Errorf("taken back:\n  %v\nwant, in an order that takes each container before its netns\n  %v then %v\n(all ops: %v)", undone, want, tail, ops)
+	}
+	for _, op := range want {
+		if !slices.Contains(containers, op) {
+			st.t.Errorf("%s not taken back: %v (all ops: %v)", op, undone, ops)
+		}
 	}
 	if b := st.bottles(); len(b) != 0 {
 		st.t.Errorf("bottle dirs left: %v", b)
@@ -396,6 +413,25 @@ func TestStartCancelledTakesBackWhatWasMade(t *testing.T) {
 	}
 }
 
+// TestStartSetsUpNetworksAtOnce: the agent's netns is set up while a sidecar's setup is
+// still under way (they used to run one after another).
+func TestStartSetsUpNetworksAtOnce(t *testing.T) {
+	st := newStartTest(t)
+	agentSetup := make(chan struct{})
+	var once sync.Once
+	st.host.hook["setup agent"] = func() { once.Do(func() { close(agentSetup) }) }
+	st.host.hook["setup filter"] = func() {
+		select {
+		case <-agentSetup:
+		case <-time.After(5 * time.Second):
+			t.Error("the agent's netns setup did not begin while the filter's was under way")
+		}
+	}
+	if code, err := st.e.Start(context.Background(), st.so); code != 0 || err != nil {
+		t.Fatalf("start: %d, %v", code, err)
+	}
+}
+
 // TestStartHappyPath: a detached start makes everything, starts the sidecar before the
 // agent and records the bottle running; rm takes it all back. An attached one runs the
 // agent and leaves the bottle stopped.
@@ -415,7 +451,7 @@ func TestStartHappyPath(t *testing.T) {
 			t.Errorf("no %s: %v", op, ops)
 		}
 	}
-	if slices.Index(ops, "start agent") < slices.Index(ops, "start filter") || slices.Index(ops, "setup agent") < slices.Index(ops, "setup filter") {
+	if slices.Index(ops, "start agent") < slices.Index(ops, "start filter") {
 		t.Errorf("agent before its sidecar: %v", ops)
 	}
 	ids := st.bottles()
