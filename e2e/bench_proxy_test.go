@@ -12,7 +12,7 @@ import (
 )
 
 // benchDirectAddr is the bare container's address on the benchmark's bridge.
-var benchDirectAddr = netip.MustParsePrefix("203.0.113.10/24")
+var benchDirectAddr = netip.MustParsePrefix("198.51.100.10/24")
 
 // benchMetrics are the probe's measurements (probe bench), in its output order;
 // higher is better for MB/s, lower for the latencies.

@@ -21,7 +21,7 @@ import (
 // The benchmarks' fake internet: an HTTPS server on a bridge the benchmark creates
 // (TEST-NET-3, like the egress tests' upstream; the two never exist at once, tests run
 // one after another). Both route hosts resolve to it through --add-host.
-var benchUpstreamAddr = netip.MustParsePrefix("203.0.113.1/24")
+var benchUpstreamAddr = netip.MustParsePrefix("198.51.100.1/24")
 
 const (
 	benchAllowedHost = "api.allowed.test" // through the filter
