@@ -93,6 +93,7 @@ func newApp() *cli.App {
 			cpCommand(),
 			doctorCommand(),
 			sidecarCommand(),
+			selftestCommand(),
 		),
 	}
 }
@@ -112,7 +113,7 @@ func interspersed(app *cli.App, args []string) []string {
 		a := args[i]
 		if a == "--" || !strings.HasPrefix(a, "-") {
 			cmd := app.Command(a)
-			if cmd == nil || a == "--" || len(cmd.Subcommands) > 0 {
+			if cmd == nil || a == "--" || len(cmd.Subcommands) > 0 || cmd.SkipFlagParsing {
 				return args
 			}
 			return append(args[:i+1:i+1], permute(cmd, args[i+1:])...)

@@ -94,6 +94,7 @@ type starter struct {
 	meta             *state.Meta
 	internal, egress netns.Network
 	p                *plan.Plan
+	st               *selfTest // nil: --no-self-test
 	committed        bool
 }
 
@@ -154,6 +155,12 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	// The agent's sandbox boots while the sidecars start; its netns comes after theirs
 	// (CNI calls are serialized, and the sidecars take longest to boot).
 	sidecarsPrepared.Wait()
+	// The self-test's canary listens on the egress gateway, whose bridge the sidecars'
+	// netns have made by now.
+	if s.st, err = s.openSelfTest(); err != nil {
+		return 0, errors.Join(err, waitSidecars())
+	}
+	defer s.st.close()
 	if err := s.prepare(s.p.Container(names.RoleAgent)); err != nil {
 		return 0, errors.Join(err, waitSidecars())
 	}
@@ -161,6 +168,16 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 		return 0, errors.Join(err, waitSidecars())
 	}
 	e.killPoint(setupCtx, "firewall")
+	if e.opts.Fault == FaultRemoveFirewall {
+		if err := e.net.RemoveFirewall(setupCtx, id.String()); err != nil {
+			return 0, errors.Join(err, waitSidecars())
+		}
+	}
+	if s.st != nil {
+		// Checked while the sidecars boot; awaited right before the agent's task starts.
+		s.st.firewall = async(func() error { return e.net.CheckFirewall(setupCtx, id.String(), s.internal) })
+		defer s.st.firewall()
+	}
 	e.killPoint(setupCtx, "containers")
 	s.step("agent container")
 	if so.Detach {
@@ -347,6 +364,11 @@ func (s *starter) prepare(c *plan.Container) error {
 		return err
 	}
 	s.undo.push("teardown netns "+c.Name, release)
+	if c.Role == names.RoleAgent && e.opts.Fault == FaultDefaultRoute {
+		if err := injectDefaultRoute(ctx, nsPath, s.egress.Gateway()); err != nil {
+			return err
+		}
+	}
 	cfg, err := e.ctr.ImageConfig(ctx, c.Image)
 	if err != nil {
 		return err
@@ -355,6 +377,11 @@ func (s *starter) prepare(c *plan.Container) error {
 	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), nsPath, tty)
 	if err != nil {
 		return err
+	}
+	if c.Role == names.RoleAgent && s.st != nil {
+		if err := s.st.wrap(spec); err != nil {
+			return err
+		}
 	}
 	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt}
 	if s.prev != nil {
@@ -393,9 +420,18 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 	if err := errors.Join(waitSidecars(), s.ctx.Err()); err != nil {
 		return err
 	}
+	if err := s.st.beforeStart(e, s.id); err != nil {
+		return err
+	}
 	e.log.Info(s.banner())
 	if _, err := e.ctr.Start(s.ctx, s.id.Container(names.RoleAgent), e.logPath(s.id, names.RoleAgent)); err != nil {
 		return err
+	}
+	// Committed only once the self-test passed: a failure takes the bottle back.
+	if s.st != nil {
+		if err := s.st.await(s.ctx, e, s.id); err != nil {
+			return err
+		}
 	}
 	s.meta.Phase, s.meta.Pid, s.meta.PidStart = state.PhaseRunning, 0, 0
 	if err := e.store.Save(s.meta); err != nil {
@@ -412,12 +448,30 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidecars func() error) (int, error) {
 	e, meta := s.e, s.meta
 	var watch *sidecarWatch
+	// The self-test's report is awaited while the agent runs: a failed test exits before
+	// the agent's command runs, and the bottle is then removed as a failed start would be.
+	awaitCtx, cancelAwait := context.WithCancel(ctx)
+	defer cancelAwait()
+	waitSelfTest := func() error { return nil }
 	commit := func() error {
 		if err := waitSidecars(); err != nil {
 			return err
 		}
 		if err := s.ctx.Err(); err != nil { // interrupted at the last moment
 			return err
+		}
+		if err := s.st.beforeStart(e, s.id); err != nil {
+			return err
+		}
+		if s.st != nil {
+			waitSelfTest = async(func() error {
+				err := s.st.await(awaitCtx, e, s.id)
+				if err != nil && awaitCtx.Err() == nil {
+					// Only the canary fails after the command started: end it.
+					_ = e.ctr.Kill(awaitCtx, s.id.Container(names.RoleAgent), syscall.SIGKILL)
+				}
+				return err
+			})
 		}
 		e.log.Info(s.banner())
 		meta.Phase = state.PhaseRunning
@@ -438,6 +492,9 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 	var waitRest func() error // set by exited, which runs on this goroutine, inside Run
 	exited := func(int) {
 		s.step("agent exited")
+		if waitSelfTest() != nil {
+			so.Remove = true
+		}
 		waitRest = async(func() error {
 			watch.stop()
 			return e.stopParts(stopCtx, meta, false, so.Remove)
@@ -446,6 +503,13 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 	exit, runErr := e.ctr.Run(ctx, s.id.Container(names.RoleAgent), ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit, Exited: exited})
 	if !s.committed {
 		return 0, errors.Join(runErr, waitSidecars())
+	}
+	if waitRest == nil {
+		cancelAwait() // the agent did not run to its end: no report is coming
+	}
+	selfTestErr := waitSelfTest()
+	if errors.Is(selfTestErr, context.Canceled) {
+		selfTestErr = nil
 	}
 	s.step("agent ran")
 	watch.stop() // (already stopped if the agent exited)
@@ -482,8 +546,8 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		// let go, after the agent's last output.
 		e.log.Info(fmt.Sprintf("bottle %s stopped and kept: `bottle resume %s` continues it, `bottle rm %s` removes it", s.id, s.id, s.id))
 	}
-	if runErr != nil {
-		return exit, errors.Join(runErr, stopErr)
+	if runErr != nil || selfTestErr != nil {
+		return exit, errors.Join(selfTestErr, runErr, stopErr)
 	}
 	return exit, stopErr
 }
