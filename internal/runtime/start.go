@@ -20,6 +20,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/protect"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
@@ -149,6 +150,9 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	s.step("meta")
 	if err := e.writeStage(s.p); err != nil {
 		return 0, err
+	}
+	if err := protect.Create(s.p.Workspace.Source, s.p.Workspace.Protect.Create); err != nil {
+		return 0, fmt.Errorf("workspace protection of %s: %w", id, err)
 	}
 	sidecarsPrepared, waitSidecars := s.bootSidecars(waitFirewall)
 	defer waitSidecars()
@@ -538,6 +542,9 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		}
 	}
 	s.step("stopped")
+	if s.p.Workspace.Copy && !so.Remove {
+		e.warnCopyFindings(s.id, s.p.Workspace.Source, s.p.Workspace.Host)
+	}
 	switch {
 	case reason != "":
 		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again, `bottle rm %s` removes it", s.id, reason, s.id, s.id), stopErr)
