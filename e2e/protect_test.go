@@ -135,3 +135,58 @@ func TestProtectWorkspace(t *testing.T) {
 		}
 	})
 }
+
+// TestCopyWarnsAboutGitHooks: with --cwd the copy is protected like a bound workspace,
+// and what the agent plants where it can (a nested repository's hook and config) is
+// warned about when the agent exits and again when `bottle cp` copies it out; what the
+// original already had is not.
+func TestCopyWarnsAboutGitHooks(t *testing.T) {
+	e := newEnv(t)
+	e.writeManifest("cpy")
+	ws := t.TempDir()
+	for name, content := range map[string]string{
+		".git/config":            "[core]\n\tbare = false\n\tpager = less\n",
+		".git/HEAD":              "ref: refs/heads/main\n",
+		".git/hooks/pre-commit":  "#!/bin/sh\n# the user's own hook\n",
+		"src/main.go":            "package main\n",
+		".git/hooks/x.sample":    "sample\n",
+		".git/refs/heads/.keep":  "",
+		".git/objects/info/.kep": "",
+	} {
+		p := filepath.Join(ws, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := `if echo x > /workspace/.git/hooks/x 2>/dev/null; then echo hook-written; fi; ` +
+		`mkdir -p /workspace/vendor/.git/hooks && echo evil > /workspace/vendor/.git/hooks/post-checkout && ` +
+		`printf '[core]\n\tfsmonitor = evil\n' > /workspace/vendor/.git/config && echo planted`
+	cmd := e.command(nil, "start", "--cwd", "cpy", "--", "/bin/sh", "-c", script)
+	cmd.Dir = ws
+	out, errOut, code := runCmd(t, cmd)
+	if code != 0 || !strings.Contains(out, "planted") {
+		t.Fatalf("start --cwd: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if strings.Contains(out, "hook-written") {
+		t.Error("the agent wrote .git/hooks/x in its copy")
+	}
+	for _, want := range []string{"vendor/.git/hooks/post-checkout: hook", `vendor/.git/config: config core.fsmonitor = "evil"`} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("start does not warn about %q:\n%s", want, errOut)
+		}
+	}
+	for _, old := range []string{".git/hooks/pre-commit", "core.pager"} {
+		if strings.Contains(errOut, old) {
+			t.Errorf("start warns about %s, which the original had:\n%s", old, errOut)
+		}
+	}
+	id := e.identityOf("cpy")
+	_, cpErr, code := e.bottle(nil, "cp", id+":vendor", t.TempDir())
+	if code != 0 || !strings.Contains(cpErr, "copied out of bottle "+id) || !strings.Contains(cpErr, "post-checkout: hook") {
+		t.Errorf("cp of vendor: exit %d, want a warning about its hook:\n%s", code, cpErr)
+	}
+	e.must("rm", id)
+}

@@ -453,7 +453,7 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 	e, meta := s.e, s.meta
 	var watch *sidecarWatch
 	// The self-test's report is awaited while the agent runs: a failed test exits before
-	// the agent's command runs, and the bottle is then removed as a failed start would be.
+	// the agent's command runs, and a new bottle is then removed as a failed start would be.
 	awaitCtx, cancelAwait := context.WithCancel(ctx)
 	defer cancelAwait()
 	waitSelfTest := func() error { return nil }
@@ -496,8 +496,8 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 	var waitRest func() error // set by exited, which runs on this goroutine, inside Run
 	exited := func(int) {
 		s.step("agent exited")
-		if waitSelfTest() != nil {
-			so.Remove = true
+		if waitSelfTest() != nil && s.prev == nil {
+			so.Remove = true // as a failed start; a resumed bottle keeps its work, stopped
 		}
 		waitRest = async(func() error {
 			watch.stop()
