@@ -149,10 +149,10 @@ func (st *selfTest) await(ctx context.Context, e *Engine, id names.Identity) err
 			return st.conclude(e, id, r)
 		}
 		if !errors.Is(err, os.ErrNotExist) {
-			return st.failed(e, id, fmt.Errorf("self-test: %w", err))
+			return st.failed(e, id, err)
 		}
 		if time.Now().After(deadline) {
-			return st.failed(e, id, fmt.Errorf("self-test: no report from inside the agent's sandbox within %s", selfTestReportTimeout))
+			return st.failed(e, id, fmt.Errorf("no report from inside the agent's sandbox within %s", selfTestReportTimeout))
 		}
 		select {
 		case <-ctx.Done():
