@@ -6,15 +6,15 @@ import (
 	"github.com/bottle-dev/bottle/internal/selftest"
 )
 
-// SelfTestReportDir is the stage dir (relative to the bottle's stage) the agent's
-// self-test writes its report to.
-const SelfTestReportDir = "agent/selftest"
+// SelfTestReport is the stage file (relative to the bottle's stage) the agent's
+// self-test writes its report into.
+const SelfTestReport = "agent/selftest.json"
 
 // SelfTestMounts are the agent's mounts for the start self-test: the bottle binary
-// (static) read-only, and the report dir writable.
-func SelfTestMounts(binary, reportDir string) []specs.Mount {
+// (static) read-only, and the report file writable.
+func SelfTestMounts(binary, report string) []specs.Mount {
 	return []specs.Mount{
 		bind(binary, selftest.Binary, true),
-		bind(reportDir, selftest.ReportDir, false),
+		bind(report, selftest.Report, false),
 	}
 }

@@ -36,8 +36,8 @@ const (
 // runs (the checks themselves are bounded by a few seconds).
 const selfTestReportTimeout = 15 * time.Second
 
-// selfTest is the host side of one start's self-test: the canary listener on the egress
-// gateway, the report dir, and the firewall check.
+// selfTest is the host side of one start's self-test: the report file, the canary
+// listener on the egress gateway, and the firewall check.
 type selfTest struct {
 	cfg    selftest.Config
 	report string // the report's host path
@@ -53,34 +53,50 @@ func noSelfTestWarning(id names.Identity) string {
 		"that direct connections to the egress gateway and a host canary fail, that the filter refuses a name outside the allowlist, and that the firewall chain is in force", id)
 }
 
-// openSelfTest prepares the self-test of the agent about to be prepared: the canary
-// listens on the egress gateway (its bridge exists once the sidecars have their netns),
-// and the report dir is made fresh for the agent's user. Nil when disabled.
-func (s *starter) openSelfTest() (*selfTest, error) {
+// prepareSelfTest makes the report file (empty, the agent's to write) before anything
+// boots, so a full disk fails the start here, once. Nil when disabled.
+func (s *starter) prepareSelfTest() (*selfTest, error) {
 	e := s.e
 	if e.opts.NoSelfTest {
 		e.log.Warn(noSelfTestWarning(s.id))
 		return nil, nil
 	}
-	filter := s.p.Container(names.RoleFilter)
+	st := &selfTest{report: filepath.Join(s.p.StageDir, plan.SelfTestReport)}
+	u := s.p.Container(names.RoleAgent).Spec.Process.User
+	err := selftest.ResetReport(st.report) // a resumed bottle's old report must not pass for the new one
+	if err == nil {
+		err = os.Chown(st.report, int(u.UID), int(u.GID))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("self-test of bottle %s: %w", s.id, err)
+	}
+	return st, nil
+}
+
+// listen opens the canary on the egress gateway (its bridge exists once the sidecars
+// have their netns) and completes what the agent side probes.
+func (st *selfTest) listen(s *starter) error {
+	if st == nil {
+		return nil
+	}
 	var filterAddr netip.Addr
-	for _, a := range filter.Attachments {
+	for _, a := range s.p.Container(names.RoleFilter).Attachments {
 		if a.Network == names.NetInternal {
 			filterAddr = a.Address
 		}
 	}
 	if !filterAddr.IsValid() {
-		return nil, fmt.Errorf("self-test of bottle %s: the filter has no internal address", s.id)
+		return fmt.Errorf("self-test of bottle %s: the filter has no internal address", s.id)
 	}
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(s.egress.Gateway(), 0).String())
 	if err != nil {
-		return nil, fmt.Errorf("self-test of bottle %s: canary on the egress gateway: %w", s.id, err)
+		return fmt.Errorf("self-test of bottle %s: canary on the egress gateway: %w", s.id, err)
 	}
-	st := &selfTest{canary: ln, report: filepath.Join(s.p.StageDir, plan.SelfTestReportDir, selftest.ReportName)}
+	st.canary = ln
 	st.cfg = selftest.Config{
 		Gateway: ln.Addr().(*net.TCPAddr).AddrPort(),
 		Filter:  netip.AddrPortFrom(filterAddr, plan.FilterPort),
-		Report:  selftest.ReportDir + "/" + selftest.ReportName,
+		Report:  selftest.Report,
 	}
 	go func() {
 		for {
@@ -92,25 +108,12 @@ func (s *starter) openSelfTest() (*selfTest, error) {
 			conn.Close()
 		}
 	}()
-	dir := filepath.Dir(st.report)
-	u := s.p.Container(names.RoleAgent).Spec.Process.User
-	err = os.RemoveAll(dir) // a resumed bottle's old report must not pass for the new one
-	if err == nil {
-		err = os.MkdirAll(dir, 0o700)
-	}
-	if err == nil {
-		err = os.Chown(dir, int(u.UID), int(u.GID))
-	}
-	if err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("self-test of bottle %s: report dir: %w", s.id, err)
-	}
-	return st, nil
+	return nil
 }
 
 // close stops the canary.
 func (st *selfTest) close() {
-	if st != nil {
+	if st != nil && st.canary != nil {
 		st.canary.Close()
 	}
 }
@@ -121,7 +124,7 @@ func (st *selfTest) wrap(spec *specs.Spec) error {
 	if err != nil {
 		return fmt.Errorf("self-test: the bottle binary: %w", err)
 	}
-	spec.Mounts = append(slices.Clone(spec.Mounts), plan.SelfTestMounts(exe, filepath.Dir(st.report))...)
+	spec.Mounts = append(slices.Clone(spec.Mounts), plan.SelfTestMounts(exe, st.report)...)
 	spec.Process.Args = st.cfg.Args(spec.Process.Args)
 	return nil
 }
@@ -148,11 +151,11 @@ func (st *selfTest) await(ctx context.Context, e *Engine, id names.Identity) err
 		if err == nil {
 			return st.conclude(e, id, r)
 		}
-		if !errors.Is(err, os.ErrNotExist) {
+		if !errors.Is(err, selftest.ErrNoReport) {
 			return st.failed(e, id, err)
 		}
 		if time.Now().After(deadline) {
-			return st.failed(e, id, fmt.Errorf("no report from inside the agent's sandbox within %s", selfTestReportTimeout))
+			return st.failed(e, id, fmt.Errorf("no report from inside the agent's sandbox within %s (%v)", selfTestReportTimeout, err))
 		}
 		select {
 		case <-ctx.Done():

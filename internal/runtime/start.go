@@ -154,6 +154,10 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	if err := protect.Create(s.p.Workspace.Source, s.p.Workspace.Protect.Create); err != nil {
 		return 0, fmt.Errorf("workspace protection of %s: %w", id, err)
 	}
+	if s.st, err = s.prepareSelfTest(); err != nil {
+		return 0, err
+	}
+	defer s.st.close()
 	sidecarsPrepared, waitSidecars := s.bootSidecars(waitFirewall)
 	defer waitSidecars()
 	// The agent's sandbox boots while the sidecars start; its netns comes after theirs
@@ -161,10 +165,9 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	sidecarsPrepared.Wait()
 	// The self-test's canary listens on the egress gateway, whose bridge the sidecars'
 	// netns have made by now.
-	if s.st, err = s.openSelfTest(); err != nil {
+	if err := s.st.listen(s); err != nil {
 		return 0, errors.Join(err, waitSidecars())
 	}
-	defer s.st.close()
 	if err := s.prepare(s.p.Container(names.RoleAgent)); err != nil {
 		return 0, errors.Join(err, waitSidecars())
 	}

@@ -10,6 +10,7 @@ package selftest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -36,16 +37,24 @@ import (
 const (
 	// Binary is where the bottle binary is mounted (read-only).
 	Binary = "/.bottle/bottle"
-	// ReportDir is the agent-writable dir the report goes to; ReportName is the report.
-	ReportDir  = "/.bottle/report"
-	ReportName = "selftest.json"
+	// Report is the report file: made by the host (ResetReport), mounted writable, and
+	// overwritten in place, so writing it needs no inode or page of a full disk.
+	Report = "/.bottle/selftest.json"
 )
 
 // ExitFailed is the exit status of a failed self-test (the agent's command never ran).
 const ExitFailed = 121
 
-// MaxReport bounds the report the host reads back: after the exec the agent owns the file.
-const MaxReport = 64 << 10
+// ReportSize is the report file's size: the host fills it with spaces, the report
+// overwrites the start (JSON ignores the trailing spaces). It bounds what the host reads
+// back, too: after the exec the agent owns the file.
+const ReportSize = 8 << 10
+
+// maxDetail bounds a check's detail, so that a report always fits ReportSize.
+const maxDetail = 512
+
+// ErrNoReport: the report file holds no complete report (yet).
+var ErrNoReport = errors.New("no complete self-test report")
 
 // The checks, by the name a failure reports.
 const (
@@ -132,6 +141,9 @@ func Run(ctx context.Context, c Config) Result {
 			detail, err := ch.fn(ctx)
 			if err != nil {
 				detail = err.Error()
+			}
+			if len(detail) > maxDetail {
+				detail = detail[:maxDetail]
 			}
 			r.Checks[i] = Check{Name: ch.name, OK: err == nil, Detail: detail}
 		})
@@ -330,37 +342,63 @@ func randomHex() string {
 	return hex.EncodeToString(b)
 }
 
-// WriteReport writes r to path atomically (the host polls for it).
-func WriteReport(path string, r Result) error {
-	data, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return fmt.Errorf("self-test report %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+// ResetReport makes (or empties) the report file at path on the host: ReportSize spaces.
+func ResetReport(path string) error {
+	if err := os.WriteFile(path, bytes.Repeat([]byte(" "), ReportSize), 0o600); err != nil {
 		return fmt.Errorf("self-test report %s: %w", path, err)
 	}
 	return nil
 }
 
-// ReadReport reads a report the agent side wrote. After the exec the agent owns the
-// file, so it is untrusted: bounded, strict, and consistent with itself.
+// WriteReport writes r over the start of the report file the host made, in place.
+func WriteReport(path string, r Result) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if len(data) > ReportSize {
+		return fmt.Errorf("self-test report %s: %d bytes, more than %d", path, len(data), ReportSize)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("self-test report %s: %w", path, err)
+	}
+	_, err = f.WriteAt(data, 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("self-test report %s: %w", path, err)
+	}
+	return nil
+}
+
+// ReadReport reads the report the agent side wrote (ErrNoReport while the file holds
+// none, or only part of one). After the exec the agent owns the file, so it is
+// untrusted: bounded, strict, and consistent with itself.
 func ReadReport(path string) (Result, error) {
 	var r Result
-	data, err := readBounded(path, MaxReport+1)
+	data, err := readBounded(path, ReportSize+1)
 	if err != nil {
 		return r, err
 	}
-	if len(data) > MaxReport {
-		return r, fmt.Errorf("self-test report %s: larger than %d bytes", path, MaxReport)
+	if len(data) > ReportSize {
+		return r, fmt.Errorf("self-test report %s: larger than %d bytes", path, ReportSize)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	if len(bytes.TrimSpace(data)) == 0 {
+		return r, ErrNoReport
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
+		var syntax *json.SyntaxError
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &syntax) {
+			return r, fmt.Errorf("%w: %v", ErrNoReport, err) // being written, or garbage
+		}
 		return r, fmt.Errorf("self-test report %s: %w", path, err)
+	}
+	if len(bytes.TrimSpace(data[dec.InputOffset():])) > 0 {
+		return r, fmt.Errorf("self-test report %s: data after the report", path)
 	}
 	failed := ""
 	for _, c := range r.Checks {

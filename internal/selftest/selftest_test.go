@@ -2,6 +2,7 @@ package selftest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -136,30 +137,52 @@ func TestFilterRefuses(t *testing.T) {
 	}
 }
 
-// TestReportRoundTrip: a report survives the round trip; one that lies about itself,
-// has unknown fields, or is too large is refused (the agent owns the file after the exec).
+// TestReportRoundTrip: a report survives the round trip through the file the host made;
+// an empty or half-written file is no report yet; one that lies about itself, has
+// unknown fields or trailing data, or is too large is refused (the agent owns the file
+// after the exec).
 func TestReportRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, ReportName)
+	p := filepath.Join(t.TempDir(), "selftest.json")
+	if err := WriteReport(p, Result{}); err == nil {
+		t.Error("a report was written without the host's file")
+	}
+	if err := ResetReport(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadReport(p); !errors.Is(err, ErrNoReport) {
+		t.Errorf("the empty file: %v, want ErrNoReport", err)
+	}
 	r := Result{Passed: false, Failed: CheckRoute, Checks: []Check{{Name: CheckRoute, Detail: "default route"}, {Name: CheckFilter, OK: true}}}
 	if err := WriteReport(p, r); err != nil {
 		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Size() != ReportSize {
+		t.Errorf("the report file changed size: %v %v", fi.Size(), err)
 	}
 	got, err := ReadReport(p)
 	if err != nil || got.Failed != CheckRoute || got.Passed || !strings.Contains(got.Failure(), "check route: default route") {
 		t.Errorf("read back %+v, %v", got, err)
 	}
-	for name, body := range map[string]string{
-		"passed with a failed check": `{"passed":true,"checks":[{"name":"route","ok":false,"detail":""}],"micros":1}`,
-		"no checks":                  `{"passed":true,"checks":[],"micros":1}`,
-		"unknown field":              `{"passed":true,"checks":[{"name":"route","ok":true,"detail":""}],"micros":1,"extra":1}`,
-		"too large":                  `{"passed":true,"checks":[{"name":"route","ok":true,"detail":"` + strings.Repeat("x", MaxReport) + `"}],"micros":1}`,
+	for name, tc := range map[string]struct {
+		body    string
+		pending bool
+	}{
+		"half written":               {`{"passed":true,"checks":[{"name":"rou`, true},
+		"passed with a failed check": {`{"passed":true,"checks":[{"name":"route","ok":false,"detail":""}],"micros":1}`, false},
+		"no checks":                  {`{"passed":true,"checks":[],"micros":1}`, false},
+		"unknown field":              {`{"passed":true,"checks":[{"name":"route","ok":true,"detail":""}],"micros":1,"extra":1}`, false},
+		"trailing data":              {`{"passed":true,"checks":[{"name":"route","ok":true,"detail":""}],"micros":1} {}`, false},
+		"too large":                  {`{"passed":true,"checks":[{"name":"route","ok":true,"detail":"` + strings.Repeat("x", ReportSize) + `"}],"micros":1}`, false},
 	} {
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		if err := os.WriteFile(p, []byte(tc.body+"   "), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ReadReport(p); err == nil {
+		_, err := ReadReport(p)
+		switch {
+		case err == nil:
 			t.Errorf("%s: accepted", name)
+		case errors.Is(err, ErrNoReport) != tc.pending:
+			t.Errorf("%s: %v; pending %v, want %v", name, err, errors.Is(err, ErrNoReport), tc.pending)
 		}
 	}
 }
