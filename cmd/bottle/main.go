@@ -96,6 +96,7 @@ func newApp() *cli.App {
 			doctorCommand(),
 			auditCommand(),
 			sidecarCommand(),
+			selftestCommand(),
 		),
 	}
 }
@@ -115,7 +116,7 @@ func interspersed(app *cli.App, args []string) []string {
 		a := args[i]
 		if a == "--" || !strings.HasPrefix(a, "-") {
 			cmd := app.Command(a)
-			if cmd == nil || a == "--" || len(cmd.Subcommands) > 0 {
+			if cmd == nil || a == "--" || len(cmd.Subcommands) > 0 || cmd.SkipFlagParsing {
 				return args
 			}
 			return append(args[:i+1:i+1], permute(cmd, args[i+1:])...)

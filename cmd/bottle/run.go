@@ -36,6 +36,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "ca-file", Usage: "PEM file of extra CAs the egress-proxy trusts for upstreams (a private CA)"},
 		&cli.StringFlag{Name: "pipelock-image", Usage: "pipelock image (overrides the manifest's and the pinned default)"},
 		runcRootFlag(),
+		&cli.BoolFlag{Name: "no-self-test", Usage: "DEBUGGING ONLY: skip the self-test that proves, before the agent's command runs, that the bottle is sealed (no route, no resolver, no direct connection out, the filter refuses, the firewall is in force)"},
 	}
 }
 
@@ -92,6 +93,8 @@ func engineOptions(c *cli.Context) (runtime.Options, error) {
 		PipelockImage:   c.String("pipelock-image"),
 		Version:         version,
 		KillAt:          os.Getenv("BOTTLE_TEST_KILL_AT"),
+		Fault:           os.Getenv("BOTTLE_TEST_FAULT"),
+		NoSelfTest:      c.Bool("no-self-test"),
 		Log:             slog.Default(),
 		Progress:        stderr.progress,
 	}

@@ -68,6 +68,9 @@ type Bottle struct {
 	PipelockImage string `toml:"pipelock_image" json:"pipelock_image,omitempty"`
 	// Resources limits the agent container.
 	Resources Resources `toml:"resources" json:"resources"`
+	// Protect lists workspace paths the agent gets read-only besides the default
+	// (.git/hooks, .git/config); unset is the default, an empty list turns it off.
+	Protect *[]string `toml:"protect" json:"protect,omitempty"`
 }
 
 // EgressProxy is the egress-proxy section of a bottle.

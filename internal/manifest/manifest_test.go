@@ -302,3 +302,29 @@ func TestSuggest(t *testing.T) {
 		}
 	}
 }
+
+// TestProtectField: unset is the default (nil), `protect = []` is set and empty (turns
+// the default off), paths are kept as written.
+func TestProtectField(t *testing.T) {
+	base := "[agents.a]\nbottle = \"b\"\nimage = \"i\"\ncommand = [\"sh\"]\n\n[bottles.b]\n"
+	for _, tc := range []struct {
+		line string
+		want []string // nil: unset
+	}{
+		{"", nil},
+		{"protect = []\n", []string{}},
+		{"protect = [\".github/workflows\", \"Makefile\"]\n", []string{".github/workflows", "Makefile"}},
+	} {
+		m, err := Load("t.toml", []byte(base+tc.line))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.line, err)
+		}
+		got := m.Bottles["b"].Protect
+		switch {
+		case tc.want == nil && got != nil:
+			t.Errorf("%q: protect %v, want unset", tc.line, *got)
+		case tc.want != nil && (got == nil || strings.Join(*got, ",") != strings.Join(tc.want, ",")):
+			t.Errorf("%q: protect %v, want %v", tc.line, got, tc.want)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/envname"
 	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/protect"
 )
 
 var (
@@ -229,6 +230,13 @@ func validateBottle(bad reporter, name string, b *Bottle) {
 	}
 	validateRoutes(bad, p+".egress_proxy.routes", b.EgressProxy.Routes)
 	validateGit(bad, p+".git", b.Git)
+	if b.Protect != nil {
+		for i, path := range *b.Protect {
+			if err := protect.CheckPath(path); err != nil {
+				bad(fmt.Sprintf("%s.protect[%d]", p, i), err.Error(), "use a path relative to the workspace, like \".github/workflows\" (no \"..\", not absolute)")
+			}
+		}
+	}
 }
 
 // reservedRouteHost is the egress-proxy's own path (GET /healthz), never a route.

@@ -98,12 +98,12 @@ func (b *builder) agentContainer(roles []string) (*Container, error) {
 		oci.WithProcessCwd("/workspace"),
 		oci.WithUIDGID(uid, gid),
 		oci.WithHostname(b.p.Identity.String()),
-		oci.WithMounts([]specs.Mount{
+		oci.WithMounts(append([]specs.Mount{
 			bind(b.p.Workspace.Source, "/workspace", false),
 			bind(path.Join(stage, "agent/hosts"), "/etc/hosts", true),
 			bind(path.Join(stage, "agent/resolv.conf"), "/etc/resolv.conf", true),
 			bind(path.Join(stage, "agent/prompt.txt"), "/run/bottle/prompt.txt", true),
-		}),
+		}, b.protectMounts()...)),
 		oci.WithAnnotations(map[string]string{annotationOverlay2: "none"}),
 		withoutSetIDFiles,
 		oci.WithMemoryLimit(uint64(mem) << 20),

@@ -23,6 +23,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
+	"github.com/bottle-dev/bottle/internal/protect"
 )
 
 // Redacted replaces every secret value in plan output.
@@ -47,6 +48,9 @@ type Input struct {
 	// its owner (so the files it makes belong to that owner) unless the manifest sets a
 	// user, and a user that cannot write it is warned about.
 	WorkspaceDir DirInfo
+	// Protect is the workspace protection the host found (protect.Plan of the
+	// workspace, or of its copy): the agent gets these paths as their own mounts.
+	Protect protect.Layout
 	// Command overrides the agent's command when non-empty.
 	Command  []string
 	StateDir string
@@ -104,6 +108,9 @@ type Workspace struct {
 	// Source is what is bind-mounted: Host itself, or the copy in the bottle's dir
 	// (WorkspaceCopyDir), which the runtime makes and gives to the agent's user.
 	Source string `json:"source"`
+	// Protect is what of the workspace the agent gets read-only, and the missing dirs
+	// the runtime creates first (empty) to mount them.
+	Protect protect.Layout `json:"protect,omitzero"`
 }
 
 // DirInfo is the owner and permission bits of a host directory (Known false: unread).
@@ -193,7 +200,7 @@ func Build(in Input) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.Workspace = Workspace{Host: in.Workspace, Copy: in.CopyWorkspace, Source: in.Workspace}
+	p.Workspace = Workspace{Host: in.Workspace, Copy: in.CopyWorkspace, Source: in.Workspace, Protect: in.Protect}
 	if in.CopyWorkspace {
 		p.Workspace.Source = WorkspaceCopyDir(in.StateDir, identity)
 	}

@@ -17,6 +17,8 @@ const (
 	auditRemove = "rm"
 	// auditCleanup: `bottle cleanup` removed the bottle.
 	auditCleanup = "cleanup"
+	// auditSelfTest is a start's self-test result (selftest.Result).
+	auditSelfTest = "selftest"
 )
 
 // prepareAudit creates the bottle's audit trail before its sidecars start: its dir and,

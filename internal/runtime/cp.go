@@ -28,7 +28,7 @@ func (e *Engine) workspaceDir(m *state.Meta) string {
 // invoking user. It needs no containerd: it works on the workspace's host side, also
 // while the bottle runs.
 func CopyOut(opts Options, id names.Identity, path, dest string) (treecopy.Report, error) {
-	ws, rel, err := openWorkspace(opts, id, path)
+	ws, rel, m, err := openWorkspace(opts, id, path)
 	if err != nil {
 		return treecopy.Report{}, err
 	}
@@ -46,6 +46,13 @@ func CopyOut(opts Options, id names.Identity, path, dest string) (treecopy.Repor
 	if err != nil {
 		return rep, fmt.Errorf("copy %s:%s to %s: %w", id, path, dest, err)
 	}
+	// What a copy's agent added is news; in a bound workspace everything copied is.
+	original := ""
+	if m.CopyCwd {
+		original = m.Workspace
+	}
+	found, err := gitFindings(ws.Name(), rel, original)
+	warnFindings(opts.withDefaults().Log, fmt.Sprintf("copied out of bottle %s to %s, a git hook or config", id, dest), found, err)
 	return rep, nil
 }
 
@@ -62,7 +69,7 @@ func CopyIn(opts Options, src string, id names.Identity, path string) (treecopy.
 		return treecopy.Report{}, err
 	}
 	defer from.Close()
-	ws, rel, err := openWorkspace(opts, id, path)
+	ws, rel, _, err := openWorkspace(opts, id, path)
 	if err != nil {
 		return treecopy.Report{}, err
 	}
@@ -83,23 +90,19 @@ func CopyIn(opts Options, src string, id names.Identity, path string) (treecopy.
 }
 
 // openWorkspace opens the host side of bottle id's /workspace as a root and turns PATH
-// into a path beneath it.
-func openWorkspace(opts Options, id names.Identity, path string) (*os.Root, string, error) {
-	rel, err := treecopy.WorkspacePath(path)
-	if err != nil {
-		return nil, "", err
+// into a path beneath it; m is the bottle's record.
+func openWorkspace(opts Options, id names.Identity, path string) (root *os.Root, rel string, m *state.Meta, err error) {
+	if rel, err = treecopy.WorkspacePath(path); err != nil {
+		return nil, "", nil, err
 	}
 	e := newEngine(opts.withDefaults(), nil, nil)
-	m, err := e.store.Load(id)
-	if err != nil {
-		return nil, "", err
+	if m, err = e.store.Load(id); err != nil {
+		return nil, "", nil, err
 	}
-	dir := e.workspaceDir(m)
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return nil, "", fmt.Errorf("workspace of bottle %s: %w", id, err)
+	if root, err = os.OpenRoot(e.workspaceDir(m)); err != nil {
+		return nil, "", nil, fmt.Errorf("workspace of bottle %s: %w", id, err)
 	}
-	return root, rel, nil
+	return root, rel, m, nil
 }
 
 // openDest opens where a copy out goes: into dest when it is a directory (as name),

@@ -52,6 +52,11 @@ type Options struct {
 	PipelockImage string
 	// KillAt makes start SIGKILL itself after the named step (crash tests only).
 	KillAt string
+	// Fault breaks the bottle's seal on purpose (FaultRemoveFirewall,
+	// FaultDefaultRoute; self-test tests only).
+	Fault string
+	// NoSelfTest skips the start self-test (debugging; it warns what it skips).
+	NoSelfTest bool
 	// LookupEnv reads the invoking host's environment (default os.LookupEnv).
 	LookupEnv func(string) (string, bool)
 	Log       *slog.Logger

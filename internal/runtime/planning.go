@@ -5,11 +5,13 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/protect"
 	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/bottle-dev/bottle/internal/state"
 )
@@ -58,9 +60,25 @@ func (e *Engine) buildPlan(po PlanOptions, f planFacts) (*plan.Plan, error) {
 		return nil, err
 	}
 	uid, gid, perm, known := hostenv.Dir(po.Workspace)
+	// A resumed copy is protected as the agent left it; a new one as the host's, which
+	// it copies.
+	protectDir := po.Workspace
+	if copyDir := plan.WorkspaceCopyDir(e.opts.StateDir, f.identity); po.CopyCwd && f.identity != "" {
+		if _, err := os.Lstat(copyDir); err == nil {
+			protectDir = copyDir
+		}
+	}
+	var paths *[]string
+	if bottle != nil {
+		paths = bottle.Protect
+	}
+	layout, err := protect.Plan(protectDir, paths)
+	if err != nil {
+		return nil, err
+	}
 	in := plan.Input{
 		Manifest: po.Manifest, ManifestPath: po.ManifestPath, AgentName: po.Agent,
-		LookupEnv: e.lookupEnv, Identity: f.identity, WorkspaceDir: plan.DirInfo{Known: known, UID: uid, GID: gid, Perm: perm},
+		LookupEnv: e.lookupEnv, Identity: f.identity, WorkspaceDir: plan.DirInfo{Known: known, UID: uid, GID: gid, Perm: perm}, Protect: layout,
 		Workspace: po.Workspace, CopyWorkspace: po.CopyCwd, Command: po.Command,
 		StateDir: e.opts.StateDir, Internal: f.internal, Egress: f.egress,
 		SidecarImage: f.sidecarImage, PipelockImage: e.pipelockImage(bottle), PipelockPresent: f.pipelockPresent,

@@ -49,6 +49,7 @@ type network interface {
 	ForeignBottles() (map[string]names.Owner, error)
 	InstallFirewall(ctx context.Context, identity string, internal, egress netns.Network) error
 	RemoveFirewall(ctx context.Context, identity string) error
+	CheckFirewall(ctx context.Context, identity string, internal netns.Network) error
 	RemoveNetworks(ctx context.Context, identity string, nets []netns.Network) error
 	Setup(ctx context.Context, containerName string, atts []netns.Attachment) (nsPath string, release func(context.Context) error, err error)
 	TeardownContainers(ctx context.Context, identity string, containers map[string][]netns.Attachment, nets []netns.Network) error

@@ -19,6 +19,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/protect"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
@@ -93,6 +94,7 @@ type starter struct {
 	meta             *state.Meta
 	internal, egress netns.Network
 	p                *plan.Plan
+	st               *selfTest // nil: --no-self-test
 	committed        bool
 }
 
@@ -148,6 +150,18 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	if err := e.writeStage(s.p); err != nil {
 		return 0, err
 	}
+	if err := protect.Create(s.p.Workspace.Source, s.p.Workspace.Protect.Create); err != nil {
+		return 0, fmt.Errorf("workspace protection of %s: %w", id, err)
+	}
+	if s.st, err = s.prepareSelfTest(); err != nil {
+		return 0, err
+	}
+	defer s.st.close()
+	// The self-test's canary binds the egress gateway's address before the sidecars'
+	// CNI setups put it on the bridge (IP_FREEBIND), so nothing waits for them.
+	if err := s.st.listen(s); err != nil {
+		return 0, err
+	}
 	waitSidecars := s.bootSidecars(waitFirewall)
 	defer waitSidecars()
 	// The agent's netns and container are made while the sidecars' are (CNI setups run
@@ -159,6 +173,16 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 		return 0, errors.Join(err, waitSidecars())
 	}
 	e.killPoint(setupCtx, "firewall")
+	if e.opts.Fault == FaultRemoveFirewall {
+		if err := e.net.RemoveFirewall(setupCtx, id.String()); err != nil {
+			return 0, errors.Join(err, waitSidecars())
+		}
+	}
+	if s.st != nil {
+		// Checked while the sidecars boot; awaited right before the agent's task starts.
+		s.st.firewall = async(func() error { return e.net.CheckFirewall(setupCtx, id.String(), s.internal) })
+		defer s.st.firewall()
+	}
 	e.killPoint(setupCtx, "containers")
 	s.step("agent container")
 	if so.Detach {
@@ -300,8 +324,13 @@ func (s *starter) record() error {
 	if err := e.store.Create(meta); err != nil {
 		return err
 	}
-	// A start that never ran its agent leaves no trail either.
+	// A start that never ran its agent leaves no trail either, unless its self-test said
+	// why: that record stays for `bottle audit` (and `bottle audit prune`).
 	s.undo.push("remove bottle dir", func(context.Context) error {
+		if s.st != nil && s.st.recorded {
+			e.log.Warn("the audit trail of the failed start is kept: `bottle audit "+s.id.String()+"` shows its self-test; `bottle audit prune "+s.id.String()+"` removes it", "identity", s.id)
+			return e.store.Remove(s.id)
+		}
 		return errors.Join(e.store.Remove(s.id), e.removeTrail(s.id))
 	})
 	return nil
@@ -340,6 +369,11 @@ func (s *starter) prepare(c *plan.Container) error {
 		return err
 	}
 	s.undo.push("teardown netns "+c.Name, release)
+	if c.Role == names.RoleAgent && e.opts.Fault == FaultDefaultRoute {
+		if err := injectDefaultRoute(ctx, nsPath, s.egress.Gateway()); err != nil {
+			return err
+		}
+	}
 	cfg, err := e.ctr.ImageConfig(ctx, c.Image)
 	if err != nil {
 		return err
@@ -348,6 +382,11 @@ func (s *starter) prepare(c *plan.Container) error {
 	spec, err := finalizeSpec(c, cfg.Env, append(slices.Clone(cfg.Entrypoint), cfg.Cmd...), nsPath, tty)
 	if err != nil {
 		return err
+	}
+	if c.Role == names.RoleAgent && s.st != nil {
+		if err := s.st.wrap(spec); err != nil {
+			return err
+		}
 	}
 	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt, ShimGroup: s.id.ShimGroup()}
 	if s.prev != nil {
@@ -386,9 +425,18 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 	if err := errors.Join(waitSidecars(), s.ctx.Err()); err != nil {
 		return err
 	}
+	if err := s.st.beforeStart(e, s.id); err != nil {
+		return err
+	}
 	e.log.Info(s.banner())
 	if _, err := e.ctr.Start(s.ctx, s.id.Container(names.RoleAgent), e.logPath(s.id, names.RoleAgent)); err != nil {
 		return err
+	}
+	// Committed only once the self-test passed: a failure takes the bottle back.
+	if s.st != nil {
+		if err := s.st.await(s.ctx, e, s.id); err != nil {
+			return err
+		}
 	}
 	s.meta.Phase, s.meta.Pid, s.meta.PidStart = state.PhaseRunning, 0, 0
 	if err := e.store.Save(s.meta); err != nil {
@@ -406,12 +454,30 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidecars func() error) (int, error) {
 	e, meta := s.e, s.meta
 	var watch *sidecarWatch
+	// The self-test's report is awaited while the agent runs: a failed test exits before
+	// the agent's command runs, and a new bottle is then removed as a failed start would be.
+	awaitCtx, cancelAwait := context.WithCancel(ctx)
+	defer cancelAwait()
+	waitSelfTest := func() error { return nil }
 	commit := func() error {
 		if err := waitSidecars(); err != nil {
 			return err
 		}
 		if err := s.ctx.Err(); err != nil { // interrupted at the last moment
 			return err
+		}
+		if err := s.st.beforeStart(e, s.id); err != nil {
+			return err
+		}
+		if s.st != nil {
+			waitSelfTest = async(func() error {
+				err := s.st.await(awaitCtx, e, s.id)
+				if err != nil && awaitCtx.Err() == nil {
+					// Only the canary fails after the command started: end it.
+					_ = e.ctr.Kill(awaitCtx, s.id.Container(names.RoleAgent), syscall.SIGKILL)
+				}
+				return err
+			})
 		}
 		e.log.Info(s.banner())
 		meta.Phase = state.PhaseRunning
@@ -433,6 +499,9 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 	var waitRest func() error // set by exited, which runs on this goroutine, inside Run
 	exited := func(int) {
 		s.step("agent exited")
+		if waitSelfTest() != nil && s.prev == nil {
+			so.Remove = true // as a failed start; a resumed bottle keeps its work, stopped
+		}
 		waitRest = async(func() error {
 			watch.stop()
 			return e.stopParts(stopCtx, meta, false, so.Remove)
@@ -441,6 +510,13 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 	exit, runErr := e.ctr.Run(ctx, s.id.Container(names.RoleAgent), ctr.IO{Stdin: so.Stdio.In, Stdout: so.Stdio.Out, Stderr: so.Stdio.Err, TTY: so.Stdio.TTY, BeforeStart: commit, Exited: exited})
 	if !s.committed {
 		return 0, errors.Join(runErr, waitSidecars())
+	}
+	if waitRest == nil {
+		cancelAwait() // the agent did not run to its end: no report is coming
+	}
+	selfTestErr := waitSelfTest()
+	if errors.Is(selfTestErr, context.Canceled) {
+		selfTestErr = nil
 	}
 	s.step("agent ran")
 	watch.stop() // (already stopped if the agent exited)
@@ -472,6 +548,9 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		}
 	}
 	s.step("stopped")
+	if s.p.Workspace.Copy && !so.Remove {
+		e.warnCopyFindings(s.id, s.p.Workspace.Source, s.p.Workspace.Host)
+	}
 	switch {
 	case reason != "":
 		stopErr = errors.Join(fmt.Errorf("bottle %s stopped: %s; `bottle resume %s` starts it again, `bottle rm %s` removes it", s.id, reason, s.id, s.id), stopErr)
@@ -480,8 +559,8 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		// let go, after the agent's last output.
 		e.log.Info(fmt.Sprintf("bottle %s stopped and kept: `bottle resume %s` continues it, `bottle rm %s` removes it", s.id, s.id, s.id))
 	}
-	if runErr != nil {
-		return exit, errors.Join(runErr, stopErr)
+	if runErr != nil || selfTestErr != nil {
+		return exit, errors.Join(selfTestErr, runErr, stopErr)
 	}
 	return exit, stopErr
 }

@@ -197,6 +197,9 @@ func (f fakeNet) InstallFirewall(context.Context, string, netns.Network, netns.N
 	return f.do("install firewall")
 }
 func (f fakeNet) RemoveFirewall(context.Context, string) error { return f.do("remove firewall") }
+func (f fakeNet) CheckFirewall(context.Context, string, netns.Network) error {
+	return f.do("check firewall")
+}
 func (f fakeNet) RemoveNetworks(context.Context, string, []netns.Network) error {
 	return f.do("remove networks")
 }
@@ -267,6 +270,7 @@ func newStartTest(t *testing.T) *startTest {
 		SidecarResolvConf: "nameserver 192.0.2.53\n",
 		LookupEnv:         func(k string) (string, bool) { v, ok := st.env[k]; return v, ok },
 		Log:               slog.New(slog.DiscardHandler),
+		NoSelfTest:        true, // its canary listens on the egress gateway, a host address (e2e/selftest_test.go)
 	}.withDefaults(), st.host, fakeNet{st.host})
 	st.so = StartOptions{PlanOptions: PlanOptions{Manifest: m, ManifestPath: "bottle.toml", Agent: "a", Workspace: dir}, Detach: true}
 	return st

@@ -1,0 +1,148 @@
+package protect
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// mkTree makes files (content "x"; a name ending in "/" is a dir) under a temp dir.
+func mkTree(t *testing.T, paths ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, p := range paths {
+		full := filepath.Join(dir, p)
+		if strings.HasSuffix(p, "/") {
+			if err := os.MkdirAll(full, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func paths(l Layout) []string {
+	var out []string
+	for _, m := range l.Mounts {
+		mode := "ro"
+		if !m.ReadOnly {
+			mode = "rw"
+		}
+		out = append(out, m.Path+":"+mode)
+	}
+	return out
+}
+
+func TestPlanDefault(t *testing.T) {
+	dir := mkTree(t, ".git/hooks/", ".git/config", ".git/config.worktree", ".git/modules/sub/hooks/", ".git/modules/sub/config", "src/a.go")
+	l, err := Plan(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// .git first (a mount point: it cannot be renamed or removed), then what is beneath.
+	want := []string{".git:rw", ".git/hooks:ro", ".git/config:ro", ".git/config.worktree:ro", ".git/modules/sub/hooks:ro", ".git/modules/sub/config:ro"}
+	if got := paths(l); !reflect.DeepEqual(got, want) {
+		t.Errorf("mounts %v, want %v", got, want)
+	}
+	if len(l.Create) != 0 || len(l.Warnings) != 0 {
+		t.Errorf("create %v, warnings %v, want none", l.Create, l.Warnings)
+	}
+}
+
+func TestPlanMissingHooksAndExtras(t *testing.T) {
+	dir := mkTree(t, ".git/config", ".github/workflows/ci.yml", "Makefile")
+	extra := []string{".github/workflows", "Makefile", "no/such/file"}
+	l, err := Plan(dir, &extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{".git:rw", ".git/hooks:ro", ".git/config:ro", ".github/workflows:ro", "Makefile:ro"}
+	if got := paths(l); !reflect.DeepEqual(got, want) {
+		t.Errorf("mounts %v, want %v", got, want)
+	}
+	if !reflect.DeepEqual(l.Create, []string{".git/hooks"}) {
+		t.Errorf("create %v, want the missing .git/hooks", l.Create)
+	}
+	if len(l.Warnings) != 1 || !strings.Contains(l.Warnings[0], "no/such/file") {
+		t.Errorf("warnings %v, want one about no/such/file", l.Warnings)
+	}
+	if err := Create(dir, l.Create); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, ".git/hooks")); err != nil || !fi.IsDir() {
+		t.Errorf("Create did not make .git/hooks: %v", err)
+	}
+}
+
+func TestPlanOff(t *testing.T) {
+	dir := mkTree(t, ".git/hooks/", ".git/config")
+	l, err := Plan(dir, &[]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Mounts) != 0 || len(l.Warnings) != 1 || !strings.Contains(l.Warnings[0], "protect = []") {
+		t.Errorf("protect = []: mounts %v, warnings %v; want none and a warning", l.Mounts, l.Warnings)
+	}
+}
+
+func TestPlanWorktreeLinkAndNoRepo(t *testing.T) {
+	dir := mkTree(t, ".git")
+	l, err := Plan(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := paths(l); !reflect.DeepEqual(got, []string{".git:ro"}) {
+		t.Errorf("a .git link file: mounts %v, want it read-only", got)
+	}
+	l, err = Plan(t.TempDir(), nil)
+	if err != nil || len(l.Mounts) != 0 {
+		t.Errorf("no repository: mounts %v, err %v; want none", l.Mounts, err)
+	}
+}
+
+// TestPlanRefusesLinks: a link anywhere on a protected path would make bottle mount
+// whatever it points at (a host path outside the workspace).
+func TestPlanRefusesLinks(t *testing.T) {
+	outside := t.TempDir()
+	for _, tc := range []struct{ link string }{
+		{".git"}, {".git/hooks"}, {".git/config"}, {".git/config.worktree"}, {".git/modules/sub/hooks"}, {"docs"},
+	} {
+		dir := mkTree(t, ".git/hooks/", ".git/config", ".git/modules/sub/config")
+		full := filepath.Join(dir, tc.link)
+		if err := os.RemoveAll(full); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(outside, full); err != nil {
+			t.Fatal(err)
+		}
+		extra := []string{"docs/x"}
+		if _, err := Plan(dir, &extra); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+			t.Errorf("%s linked out: err %v, want a refusal naming the link", tc.link, err)
+		}
+	}
+}
+
+func TestCheckPath(t *testing.T) {
+	for _, ok := range []string{".github/workflows", "Makefile", "a/b/c", "..foo"} {
+		if err := CheckPath(ok); err != nil {
+			t.Errorf("CheckPath(%q): %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", ".", "/etc", "../x", "..", "a/../../x", "a/./b", "a/", "a//b"} {
+		if err := CheckPath(bad); err == nil {
+			t.Errorf("CheckPath(%q) accepted", bad)
+		}
+	}
+}

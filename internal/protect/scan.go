@@ -1,0 +1,154 @@
+package protect
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+)
+
+// Scan bounds: a hostile tree must not make a scan endless.
+const (
+	maxScanEntries = 200_000
+	maxConfigSize  = 1 << 20
+)
+
+// Finding is a hook, a dangerous git config key, or a git link file in a tree: each can
+// make the next git command a person runs there execute code, or act elsewhere.
+type Finding struct {
+	// Path is relative to the scanned root.
+	Path string `json:"path"`
+	// What it is: "hook", "git link", or "config KEY = VALUE".
+	What string `json:"what"`
+	// Digest identifies a hook's or link's content, so a changed one counts as new.
+	Digest string `json:"digest,omitempty"`
+}
+
+func (f Finding) String() string { return f.Path + ": " + f.What }
+
+// Scan lists the findings beneath rel ("." for all) of root, following no link and
+// skipping object stores. It stops with an error after maxScanEntries entries.
+func Scan(root *os.Root, rel string) ([]Finding, error) {
+	var out []Finding
+	n := 0
+	err := fs.WalkDir(root.FS(), rel, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) && p == rel {
+				return fs.SkipAll
+			}
+			return err
+		}
+		if n++; n > maxScanEntries {
+			return fmt.Errorf("more than %d entries: scan stopped", maxScanEntries)
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if name == "objects" && inGitDir(p) {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		switch {
+		case name == ".git":
+			out = append(out, Finding{Path: p, What: "git link (" + firstLine(root, p) + ")", Digest: digest(root, p, d)})
+		case inHooks(p):
+			if !strings.HasSuffix(name, ".sample") {
+				out = append(out, Finding{Path: p, What: "hook", Digest: digest(root, p, d)})
+			}
+		case isConfig(p) && d.Type().IsRegular():
+			keys, err := scanConfig(root, p)
+			if err != nil {
+				return err
+			}
+			out = append(out, keys...)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Appeared lists the findings of after that before does not have (new or changed).
+func Appeared(before, after []Finding) []Finding {
+	had := map[Finding]bool{}
+	for _, f := range before {
+		had[f] = true
+	}
+	var out []Finding
+	for _, f := range after {
+		if !had[f] {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// inGitDir reports whether p lies inside a .git dir.
+func inGitDir(p string) bool {
+	return strings.HasPrefix(p, ".git/") || strings.Contains(p, "/.git/")
+}
+
+// inHooks reports whether p is directly in the hooks dir of a git dir (a repository's
+// or a submodule's).
+func inHooks(p string) bool {
+	return inGitDir(p) && path.Base(path.Dir(p)) == "hooks"
+}
+
+// isConfig reports whether p is a git dir's config file.
+func isConfig(p string) bool {
+	if !inGitDir(p) {
+		return false
+	}
+	switch path.Base(p) {
+	case "config", "config.worktree":
+		return true
+	}
+	return false
+}
+
+// scanConfig lists the dangerous keys of git config file p.
+func scanConfig(root *os.Root, p string) ([]Finding, error) {
+	f, err := root.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	entries, err := ParseConfig(io.LimitReader(f, maxConfigSize))
+	if err != nil {
+		return []Finding{{Path: p, What: "config that bottle cannot parse (" + err.Error() + ")"}}, nil
+	}
+	var out []Finding
+	for _, e := range entries {
+		if Dangerous(e) {
+			out = append(out, Finding{Path: p, What: fmt.Sprintf("config %s = %q", e.Key(), e.Value)})
+		}
+	}
+	return out, nil
+}
+
+func digest(root *os.Root, p string, d fs.DirEntry) string {
+	h := sha256.New()
+	if d.Type()&fs.ModeSymlink != 0 {
+		target, _ := root.Readlink(p)
+		h.Write([]byte("link:" + target))
+	} else if f, err := root.Open(p); err == nil {
+		_, _ = io.Copy(h, io.LimitReader(f, 16<<20))
+		f.Close()
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func firstLine(root *os.Root, p string) string {
+	f, err := root.Open(p)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	line, _ := bufio.NewReader(io.LimitReader(f, 512)).ReadString('\n')
+	return strings.TrimSpace(line)
+}

@@ -1,0 +1,120 @@
+package protect
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+func TestParseConfigAndDangerous(t *testing.T) {
+	conf := `# comment
+[core]
+	repositoryformatversion = 0
+	bare = false
+	hooksPath = "/tmp/evil" ; trailing comment
+	FSMonitor = touch\
+ /tmp/x
+[remote "origin"]
+	url = https://example.invalid/repo.git
+	uploadpack = evil
+[filter "lfs"]
+	smudge = git-lfs smudge -- %f
+[diff "bin"] textconv = hexdump
+[includeIf "gitdir:~/w/"]
+	path = ~/.evil
+[alias]
+	st = status
+	x = "!sh -c 'evil'"
+[url "https://evil.invalid/"]
+	insteadOf = https://github.com/
+[Core.Sub]
+	editor
+[user]
+	name = "A \"quoted\" name"
+`
+	entries, err := ParseConfig(strings.NewReader(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dangerous []string
+	values := map[string]string{}
+	for _, e := range entries {
+		values[e.Key()] = e.Value
+		if Dangerous(e) {
+			dangerous = append(dangerous, e.Key())
+		}
+	}
+	sort.Strings(dangerous)
+	want := []string{"alias.x", "core.fsmonitor", "core.hookspath", "core.sub.editor", "diff.bin.textconv", "filter.lfs.smudge", "includeif.gitdir:~/w/.path", "remote.origin.uploadpack", "url.https://evil.invalid/.insteadof"}
+	if strings.Join(dangerous, " ") != strings.Join(want, " ") {
+		t.Errorf("dangerous keys\n%v\nwant\n%v", dangerous, want)
+	}
+	for k, v := range map[string]string{"core.hookspath": "/tmp/evil", "core.fsmonitor": "touch /tmp/x", "user.name": `A "quoted" name`, "core.sub.editor": "true"} {
+		if values[k] != v {
+			t.Errorf("%s = %q, want %q", k, values[k], v)
+		}
+	}
+	if _, err := ParseConfig(strings.NewReader("[core\nx = 1\n")); err == nil {
+		t.Error("an unterminated header parsed")
+	}
+}
+
+// TestScanAppeared: what an agent adds to a copy (a hook, a changed hook, a dangerous
+// key, a nested repository's hook, a git link) is found; what the original had is not.
+func TestScanAppeared(t *testing.T) {
+	orig := mkTree(t, ".git/hooks/pre-commit.sample", ".git/hooks/pre-push", ".git/objects/ab/cd", "src/a.go")
+	write(t, orig, ".git/config", "[core]\n\tbare = false\n[remote \"origin\"]\n\turl = https://example.invalid/r.git\n")
+	cp := t.TempDir()
+	copyTree(t, orig, cp)
+	write(t, cp, ".git/hooks/post-checkout", "#!/bin/sh\nevil\n")
+	write(t, cp, ".git/hooks/pre-push", "changed")
+	write(t, cp, ".git/config", "[core]\n\tbare = false\n\tfsmonitor = evil\n[remote \"origin\"]\n\turl = https://example.invalid/r.git\n")
+	write(t, cp, "vendor/lib/.git/hooks/post-merge", "evil")
+	write(t, cp, "sub/.git", "gitdir: ../vendor/lib/.git\n")
+	write(t, cp, ".git/objects/ab/hooks/x", "not a hook: object store")
+
+	scan := func(dir string) []Finding {
+		root, err := os.OpenRoot(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer root.Close()
+		f, err := Scan(root, ".")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	var got []string
+	for _, f := range Appeared(scan(orig), scan(cp)) {
+		got = append(got, f.Path+" "+strings.Fields(f.What)[0])
+	}
+	sort.Strings(got)
+	want := []string{".git/config config", ".git/hooks/post-checkout hook", ".git/hooks/pre-push hook", "sub/.git git", "vendor/lib/.git/hooks/post-merge hook"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("appeared:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if a := Appeared(scan(orig), scan(orig)); len(a) != 0 {
+		t.Errorf("an unchanged tree has findings that appeared: %v", a)
+	}
+}
+
+func write(t *testing.T, dir, rel, content string) {
+	t.Helper()
+	p := filepath.Join(dir, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyTree(t *testing.T, from, to string) {
+	t.Helper()
+	if err := os.CopyFS(to, os.DirFS(from)); err != nil {
+		t.Fatal(err)
+	}
+}
