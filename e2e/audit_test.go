@@ -107,26 +107,38 @@ token_ref = "GIT_E2E_TOKEN"
 		}
 		return recs
 	}
-	recs := records()
-	var got []string
-	for _, r := range recs {
+	// describe shows a record as the test expects it; the self-test's probe of the filter
+	// (a random name under bottle.invalid) shows as selftest.bottle.invalid.
+	describe := func(r auditLine) string {
 		f := r.Fields
 		switch r.Kind {
 		case "lifecycle":
-			got = append(got, fmt.Sprintf("host %s by %s", f["event"], f["user"]))
+			return fmt.Sprintf("host %s by %s", f["event"], f["user"])
+		case "selftest":
+			return fmt.Sprintf("host selftest passed=%v", f["passed"])
 		case "filter":
-			got = append(got, fmt.Sprintf("filter %s %s %s:%v %v", f["verdict"], f["method"], f["host"], f["port"], f["status"]))
+			host, _ := f["host"].(string)
+			if strings.HasSuffix(host, ".bottle.invalid") {
+				host = "selftest.bottle.invalid"
+			}
+			return fmt.Sprintf("filter %s %s %s:%v %v", f["verdict"], f["method"], host, f["port"], f["status"])
 		case "request":
-			got = append(got, fmt.Sprintf("egress-proxy %s %s %s %v credential=%v", f["route"], f["method"], f["path"], f["status"], f["credential"]))
+			return fmt.Sprintf("egress-proxy %s %s %s %v credential=%v", f["route"], f["method"], f["path"], f["status"], f["credential"])
 		case "push":
 			refs := f["refs"].([]any)
 			ref := refs[0].(map[string]any)
-			got = append(got, fmt.Sprintf("git-gate %s %s new=%v", f["verdict"], ref["ref"], ref["new"] == pushed))
-		default:
-			got = append(got, r.Source+" "+r.Kind)
+			return fmt.Sprintf("git-gate %s %s new=%v", f["verdict"], ref["ref"], ref["new"] == pushed)
 		}
+		return r.Source + " " + r.Kind
+	}
+	recs := records()
+	var got []string
+	for _, r := range recs {
+		got = append(got, describe(r))
 	}
 	want := []string{
+		"filter deny CONNECT selftest.bottle.invalid:443 403",
+		"host selftest passed=true",
 		"host start by root",
 		"filter allow GET api.allowed.test:80 200",
 		"filter deny GET api.denied.test:80 403",
@@ -184,9 +196,9 @@ token_ref = "GIT_E2E_TOKEN"
 		}
 	}
 	tamper("edited filter record", "filter/audit.jsonl", func(ls []string) []string {
-		ls[0] = strings.Replace(ls[0], `"allow"`, `"deny"`, 1)
+		ls[1] = strings.Replace(ls[1], `"allow"`, `"deny"`, 1) // line 1 is the self-test's probe
 		return ls
-	}, "filter line 1 record seq 1: edited")
+	}, "filter line 2 record seq 2: edited")
 	tamper("deleted egress-proxy record", "egress-proxy/audit.jsonl", func(ls []string) []string { return ls[1:] }, "egress-proxy record seq 1: dropped")
 	tamper("deleted git-gate record", "git-gate/audit.jsonl", func(ls []string) []string { return ls[1:] }, "git-gate record seq 1: dropped")
 	tamper("deleted host record", "host.jsonl", func(ls []string) []string { return ls[1:] }, "host record seq 1: dropped")
@@ -202,9 +214,10 @@ token_ref = "GIT_E2E_TOKEN"
 	recs = records()
 	var tail []string
 	for _, r := range recs[len(want):] {
-		tail = append(tail, fmt.Sprintf("%s seq %d %v%v", r.Source, r.Seq, r.Fields["event"], r.Fields["host"]))
+		tail = append(tail, fmt.Sprintf("seq %d %s", r.Seq, describe(r)))
 	}
-	if got, want := strings.Join(tail, ", "), "host seq 3 resume<nil>, filter seq 3 <nil>api.allowed.test, host seq 4 stop<nil>"; got != want {
+	if got, want := strings.Join(tail, ", "), "seq 4 filter deny CONNECT selftest.bottle.invalid:443 403, seq 4 host selftest passed=true, seq 5 host resume by root, "+
+		"seq 5 filter allow GET api.allowed.test:80 200, seq 6 host stop by root"; got != want {
 		t.Errorf("after resume: %s, want %s", got, want)
 	}
 	e.must("audit", id, "--verify")
@@ -212,7 +225,7 @@ token_ref = "GIT_E2E_TOKEN"
 	// The trail outlives rm (which it records) until prune.
 	e.must("rm", id)
 	e.assertNothingLeft(id)
-	if recs := records(); len(recs) != len(want)+4 || recs[len(recs)-1].Fields["event"] != "rm" {
+	if recs := records(); len(recs) != len(want)+6 || recs[len(recs)-1].Fields["event"] != "rm" {
 		t.Errorf("after rm: %d records, the last %+v", len(recs), recs[len(recs)-1])
 	}
 	e.must("audit", id, "--verify")
