@@ -216,19 +216,7 @@ func lifecycleCommands() []*cli.Command {
 				}
 				return withEngine(c, func(e *runtime.Engine) error {
 					load := func(path string) (*manifest.Manifest, string, plan.HostFiles, error) {
-						if path == manifest.DefaultName {
-							path = ""
-						}
-						src, data, err := manifest.Locate(path, func(string) string { return "" })
-						if err != nil {
-							return nil, "", nil, err
-						}
-						m, err := manifest.Load(src.Path, data)
-						if err != nil {
-							return nil, "", nil, err
-						}
-						files, err := plan.ReadHostFiles(m, src.Path, id.Agent(), hostfile.ReadPEM)
-						return m, src.Path, files, err
+						return runtime.LoadRecordedManifest(path, id.Agent())
 					}
 					return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
 				})

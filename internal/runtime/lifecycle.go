@@ -243,7 +243,7 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) err
 		})
 	}
 	errs = append(errs, parallel(slices.Collect(maps.Keys(containers)), func(n string) error { return e.ctr.Delete(ctx, n) }), waitNet())
-	errs = append(errs, e.net.RemoveFirewall(ctx, m.Identity.String()), e.net.ReleaseSlot(m.Identity.String()))
+	errs = append(errs, e.removeAgentImages(ctx, m.Identity), e.net.RemoveFirewall(ctx, m.Identity.String()), e.net.ReleaseSlot(m.Identity.String()))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)
 	}

@@ -180,6 +180,10 @@ func (f *fakeHost) DeleteTask(_ context.Context, name string) error {
 func (f *fakeHost) RemoveSnapshot(context.Context, string) error                  { return nil }
 func (f *fakeHost) OrphanShims(context.Context, string) ([]ctr.OrphanShim, error) { return nil, nil }
 func (f *fakeHost) KillOrphanShim(context.Context, ctr.OrphanShim) error          { return nil }
+func (f *fakeHost) Address() string                                               { return "/fake/containerd.sock" }
+func (f *fakeHost) Snapshotter() string                                           { return "overlayfs" }
+func (f *fakeHost) ImagesWithPrefix(context.Context, string) ([]string, error)    { return nil, nil }
+func (f *fakeHost) RemoveImage(context.Context, string) error                     { return nil }
 
 // fakeNet is the host network side of a fakeHost.
 type fakeNet struct{ *fakeHost }
