@@ -125,14 +125,7 @@ func (e *Engine) restartOnImage(ctx context.Context, m *state.Meta) error {
 	if m, err = e.store.Load(m.Identity); err != nil {
 		return err
 	}
-	so := StartOptions{
-		PlanOptions: PlanOptions{
-			Manifest: man, ManifestPath: path, Agent: m.Agent, Workspace: m.Workspace, CopyCwd: m.CopyCwd,
-			Command: m.Command, HostFiles: files,
-		},
-		Detach: true,
-	}
-	if _, err := e.run(ctx, m.Identity, so, m); err != nil {
+	if _, err := e.run(ctx, m.Identity, resumeOptions(m, man, path, files, true, Stdio{}), m); err != nil {
 		return fmt.Errorf("bottle %s: restart on image %s (it is stopped; `bottle resume %s` retries): %w", m.Identity, m.AgentImage, m.Identity, err)
 	}
 	return nil

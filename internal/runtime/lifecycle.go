@@ -287,14 +287,19 @@ func (e *Engine) Resume(ctx context.Context, identity names.Identity, loadManife
 	if man.Agents[m.Agent] == nil {
 		return 0, fmt.Errorf("agent %q of bottle %s is no longer in %s", m.Agent, identity, path)
 	}
-	so := StartOptions{
+	return e.run(ctx, identity, resumeOptions(m, man, path, files, detach, stdio), m)
+}
+
+// resumeOptions start a recorded bottle again with its recorded agent, workspace and
+// command.
+func resumeOptions(m *state.Meta, man *manifest.Manifest, path string, files plan.HostFiles, detach bool, stdio Stdio) StartOptions {
+	return StartOptions{
 		PlanOptions: PlanOptions{
 			Manifest: man, ManifestPath: path, Agent: m.Agent, Workspace: m.Workspace, CopyCwd: m.CopyCwd,
 			Command: m.Command, HostFiles: files,
 		},
 		Detach: detach, Stdio: stdio,
 	}
-	return e.run(ctx, identity, so, m)
 }
 
 // Phases derived from the tasks, besides the recorded ones (state.Phase*).
