@@ -119,6 +119,13 @@ func Build(ctx context.Context, s Spec) (err error) {
 	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte(s.Dockerfile), 0o600); err != nil {
 		return fmt.Errorf("image build of %s: %w", s.Target, err)
 	}
+	if s.Runtime.BinaryName != "" {
+		wrapper := filepath.Join(s.Dir, "runsc")
+		if err := os.WriteFile(wrapper, []byte(runscWrapper(s.Runtime.BinaryName)), 0o700); err != nil {
+			return fmt.Errorf("image build of %s: %w", s.Target, err)
+		}
+		s.Runtime.BinaryName = wrapper
+	}
 	conf := filepath.Join(s.Dir, "buildkitd.toml")
 	if err := os.WriteFile(conf, []byte(config(s, sock)), 0o600); err != nil {
 		return fmt.Errorf("image build of %s: %w", s.Target, err)
@@ -192,6 +199,25 @@ func config(s Spec, sock string) string {
 		}
 	}
 	return b.String()
+}
+
+// runscWrapper is the OCI binary BuildKit's RUN steps get under containerd's runc shim:
+// runsc itself, except that killing a sandbox that has already exited succeeds. BuildKit
+// deletes each RUN step's task with a kill first (containerd's WithProcessKill), and
+// runsc, unlike runc, fails that kill with "sandbox is not running", which fails the step
+// (internal/ctr's killAndDelete avoids the same pitfall for bottle's own containers).
+func runscWrapper(runsc string) string {
+	q := "'" + strings.ReplaceAll(runsc, "'", `'\''`) + "'"
+	return `#!/bin/sh
+# Written by bottle for one image build (see internal/imagebuild).
+kill=
+for a in "$@"; do [ "$a" = kill ] && kill=1; done
+[ -n "$kill" ] || exec ` + q + ` "$@"
+out=$(` + q + ` "$@" 2>&1) && exit 0
+case $out in *"sandbox is not running"*) exit 0 ;; esac
+printf '%s\n' "$out" >&2
+exit 1
+`
 }
 
 // daemon is a running private buildkitd.

@@ -2,6 +2,9 @@ package imagebuild
 
 import (
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -94,5 +97,34 @@ func TestTailBuffer(t *testing.T) {
 	s := tb.String()
 	if len(s) > tailMax || !strings.HasSuffix(s, "last line") || !strings.HasPrefix(s, "line of") {
 		t.Errorf("tail of %d bytes: %q...", len(s), s[:40])
+	}
+}
+
+// TestRunscWrapper: the wrapper runs runsc with the same arguments, and a kill of a
+// sandbox that has exited succeeds while any other failure still fails.
+func TestRunscWrapper(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "fake runsc's")
+	// The fake prints its arguments; `kill gone` fails as runsc does for an exited sandbox.
+	script := "#!/bin/sh\necho \"args: $*\"\ncase \"$*\" in *'kill gone'*) echo 'sandbox is not running' >&2; exit 128;; *'kill bad'*) echo 'other failure' >&2; exit 1;; esac\n"
+	if err := os.WriteFile(fake, []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "wrapper")
+	if err := os.WriteFile(wrapper, []byte(runscWrapper(fake)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(wrapper, args...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("--root", "/r", "state", "a b"); err != nil || !strings.Contains(out, "args: --root /r state a b") {
+		t.Errorf("state: %q, %v", out, err)
+	}
+	if out, err := run("--root", "/r", "kill", "gone", "9"); err != nil {
+		t.Errorf("kill of an exited sandbox: %q, %v; want success", out, err)
+	}
+	if out, err := run("kill", "bad", "9"); err == nil || !strings.Contains(out, "other failure") {
+		t.Errorf("failing kill: %q, %v; want the failure passed on", out, err)
 	}
 }
