@@ -100,6 +100,15 @@ func Build(ctx context.Context, s Spec) (err error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
+	unlock, err := lockDir(s.Dir)
+	if err != nil {
+		return fmt.Errorf("image build of %s: %w", s.Target, err)
+	}
+	defer unlock()
+	// What a killed build left is no other build's (the lock says so).
+	if err := os.RemoveAll(s.Dir); err != nil {
+		return fmt.Errorf("image build of %s: %w", s.Target, err)
+	}
 	if err := os.Mkdir(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("image build of %s: %w", s.Target, err)
 	}
@@ -165,6 +174,23 @@ func Build(ctx context.Context, s Spec) (err error) {
 		return fmt.Errorf("image build of %s: %w", s.Target, err)
 	}
 	return nil
+}
+
+// lockDir takes the lock of build dir dir (a file next to it), so one build at a time
+// uses it; the lock goes with the process.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, errors.New("another image build of this bottle runs")
+		}
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // lookup finds an executable: the given path, else name on PATH.

@@ -128,3 +128,21 @@ func TestRunscWrapper(t *testing.T) {
 		t.Errorf("failing kill: %q, %v; want the failure passed on", out, err)
 	}
 }
+
+// TestLockDir: one build at a time per build dir.
+func TestLockDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "build")
+	unlock, err := lockDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockDir(dir); err == nil || !strings.Contains(err.Error(), "another image build") {
+		t.Errorf("second lock: %v, want refused", err)
+	}
+	unlock()
+	unlock2, err := lockDir(dir)
+	if err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	unlock2()
+}
