@@ -228,18 +228,21 @@ func config(s Spec, sock string) string {
 }
 
 // runscWrapper is the OCI binary BuildKit's RUN steps get under containerd's runc shim:
-// runsc itself, except that killing a sandbox that has already exited succeeds. BuildKit
-// deletes each RUN step's task with a kill first (containerd's WithProcessKill), and
-// runsc, unlike runc, fails that kill with "sandbox is not running", which fails the step
-// (internal/ctr's killAndDelete avoids the same pitfall for bottle's own containers).
+// runsc with --overlay2=none, so a step's writes reach the root file system BuildKit
+// snapshots (by default runsc keeps them in an overlay inside the sandbox, and the
+// step's result would be empty); and a kill of a sandbox that has already exited
+// succeeds: BuildKit deletes each step's task with a kill first (containerd's
+// WithProcessKill), and runsc, unlike runc, fails that kill with "sandbox is not
+// running", which fails the step (internal/ctr's killAndDelete avoids the same pitfall
+// for bottle's own containers).
 func runscWrapper(runsc string) string {
 	q := "'" + strings.ReplaceAll(runsc, "'", `'\''`) + "'"
 	return `#!/bin/sh
 # Written by bottle for one image build (see internal/imagebuild).
 kill=
 for a in "$@"; do [ "$a" = kill ] && kill=1; done
-[ -n "$kill" ] || exec ` + q + ` "$@"
-out=$(` + q + ` "$@" 2>&1) && exit 0
+[ -n "$kill" ] || exec ` + q + ` --overlay2=none "$@"
+out=$(` + q + ` --overlay2=none "$@" 2>&1) && exit 0
 case $out in *"sandbox is not running"*) exit 0 ;; esac
 printf '%s\n' "$out" >&2
 exit 1

@@ -100,8 +100,9 @@ func TestTailBuffer(t *testing.T) {
 	}
 }
 
-// TestRunscWrapper: the wrapper runs runsc with the same arguments, and a kill of a
-// sandbox that has exited succeeds while any other failure still fails.
+// TestRunscWrapper: the wrapper runs runsc with the same arguments (writes to the root
+// file system, not an overlay in the sandbox), and a kill of a sandbox that has exited
+// succeeds while any other failure still fails.
 func TestRunscWrapper(t *testing.T) {
 	dir := t.TempDir()
 	fake := filepath.Join(dir, "fake runsc's")
@@ -118,7 +119,7 @@ func TestRunscWrapper(t *testing.T) {
 		out, err := exec.Command(wrapper, args...).CombinedOutput()
 		return string(out), err
 	}
-	if out, err := run("--root", "/r", "state", "a b"); err != nil || !strings.Contains(out, "args: --root /r state a b") {
+	if out, err := run("--root", "/r", "state", "a b"); err != nil || !strings.Contains(out, "args: --overlay2=none --root /r state a b") {
 		t.Errorf("state: %q, %v", out, err)
 	}
 	if out, err := run("--root", "/r", "kill", "gone", "9"); err != nil {
