@@ -138,7 +138,8 @@ func (e *env) writeManifest(agents ...string) {
 func (e *env) args(args []string) []string {
 	out := []string{"--address", e.address, "--namespace", e.namespace, "--state-dir", e.stateDir, "--manifest", e.manifest}
 	for i, a := range args {
-		if a == "start" || a == "resume" {
+		// approve restarts a bottle on an approved Dockerfile as resume does.
+		if a == "start" || a == "resume" || (a == "approve" && i == 0) {
 			extra := []string{"--pool", pool, "--resolv-conf", e.resolv}
 			if root := os.Getenv("BOTTLE_TEST_RUNC_ROOT"); root != "" {
 				extra = append(extra, "--runc-root", root)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bottle-dev/bottle/internal/testutil"
 )
 
 // TestSupervise: from inside the agent, an MCP client proposes to allow a host; the
@@ -398,5 +400,86 @@ func TestSuperviseGitRule(t *testing.T) {
 	scan.Stdin = strings.NewReader(forge.token + "\n")
 	if found, err := scan.CombinedOutput(); err != nil || strings.TrimSpace(string(found)) != "" {
 		t.Errorf("the token is in the agent's files or env: %v %s", err, found)
+	}
+}
+
+// TestSuperviseDockerfile: the agent proposes a Dockerfile (a file and an env var, FROM
+// its image) through MCP; `bottle approve` builds it with BuildKit from the local base
+// (no registry) and restarts the agent on it, which then sees the file, the env var and
+// its old workspace files; the agent is shown its new image as the only base; stop and
+// resume keep the image; rm removes it.
+func TestSuperviseDockerfile(t *testing.T) {
+	testutil.RequireBinary(t, "buildkitd")
+	testutil.RequireBinary(t, "buildctl")
+	e := newEnv(t)
+	manifest := fmt.Sprintf(`[agents.sdf]
+bottle = "b"
+image = %q
+command = ["/bin/sh", "-c", "[ -f /workspace/old.txt ] || echo first-run > /workspace/old.txt; exec sleep 600"]
+
+[bottles.b]
+runtime = "runsc-runc"
+filter = "builtin"
+supervise = true
+supervise_timeout = "120s"
+`, testImage)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.must("start", "--detach", "sdf")
+	id := e.identityOf("sdf")
+	waitFile(t, filepath.Join(filepath.Dir(e.manifest), "old.txt"))
+
+	const mcpURL = "http://supervise:8080/mcp"
+	dockerfile := "FROM " + testImage + "\nENV BUILT_ENV=approved\nRUN echo added-by-proposal > /added.txt\n"
+	args, err := json.Marshal(map[string]string{"justification": "the tests need a file", "content": dockerfile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The call waits for the decision; the approval restarts the agent, which ends it.
+	call := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "mcp", mcpURL, "propose_dockerfile_change", string(args))
+	if err := call.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = call.Process.Kill(); _ = call.Wait() }()
+	for i := 0; ; i++ {
+		if out := e.must("proposals", id); strings.Contains(out, "#1 dockerfile pending") {
+			if !strings.Contains(out, "+RUN echo added-by-proposal > /added.txt") {
+				t.Errorf("the proposal shows no unified diff of the Dockerfile:\n%s", out)
+			}
+			break
+		}
+		if i == 50 {
+			t.Fatalf("the Dockerfile proposal never showed as pending:\n%s", e.must("proposals", id))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out := e.must("approve", id, "1", "--reason", "ok"); !strings.Contains(out, "approved proposal 1") {
+		t.Errorf("approve: %s", out)
+	}
+	want := "bottle.local/" + id + ":1"
+	check := func(when string) {
+		t.Helper()
+		e.waitPhase("sdf", "running", 30*time.Second)
+		got := e.must("exec", id, "--", "/bin/sh", "-c", "cat /added.txt; echo env=$BUILT_ENV; cat /workspace/old.txt")
+		for _, w := range []string{"added-by-proposal", "env=approved", "first-run"} {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: the agent's output lacks %q:\n%s", when, w, got)
+			}
+		}
+	}
+	check("after approve")
+	if img, _ := e.recordedImage(id); img != want {
+		t.Errorf("recorded image %q, want %q", img, want)
+	}
+	if caps := e.probe(id, "mcp", mcpURL, "current_capabilities", "{}"); !strings.Contains(caps, "FROM "+want) {
+		t.Errorf("current_capabilities does not show %s as the base:\n%s", want, caps)
+	}
+	e.must("stop", id)
+	e.must("resume", "--detach", id)
+	check("after stop and resume")
+	e.must("rm", "--force", id)
+	if imgs := e.builtImages(id); len(imgs) != 0 {
+		t.Errorf("images left after rm: %v", imgs)
 	}
 }

@@ -4,7 +4,8 @@
 # Installs what bottle needs on a Debian 12 host (run as root):
 #   - Debian packages: runc, CNI plugins, iptables, iproute2, busybox-static, ...
 #   - containerd v2 (daemon, runc shim, ctr) and a STATIC gVisor runsc plus gVisor's
-#     shim, built with `go install` from the Go module proxy (Go at /usr/local/go).
+#     shim, built with `go install` from the Go module proxy (Go at /usr/local/go);
+#     BuildKit's buildkitd and buildctl (scripts/install-buildkit.sh).
 # Idempotent: every step is skipped when its result is already present, so a second
 # run takes about a second.
 #
@@ -169,6 +170,8 @@ install_binaries() {
 	go_install runsc gvisor.dev/gvisor/runsc "$GVISOR_VERSION" 0 static
 	go_install containerd-shim-runsc-v1 gvisor.dev/gvisor/shim "$GVISOR_VERSION" 0
 	is_static "$BIN_DIR/runsc" || die "$BIN_DIR/runsc is not static"
+	# BuildKit, for per-bottle agent images (a private buildkitd per build).
+	BOTTLE_BIN_DIR=$BIN_DIR "$(dirname "${BASH_SOURCE[0]}")/install-buildkit.sh"
 }
 
 # ---------------------------------------------------------------- --system

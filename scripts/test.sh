@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh: THE test command (`sudo make test`; CI runs it as root with CI=true).
 #
-# As root: installs/checks host prerequisites (scripts/setup-host.sh, no --system),
+# As root: installs/checks host prerequisites (scripts/setup-host.sh, no --system; it
+# also installs buildkitd and buildctl, which e2e/imagebuild_test.go's builds start),
 # starts a private containerd in a fresh directory under /var/tmp, runs `make lint` and
 # `go test -p 1 -count=1 -timeout 60m -v ./...` against it, and always stops that containerd
 # and removes its directory (also on failure or Ctrl-C).

@@ -2,9 +2,13 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bottle-dev/bottle/internal/imagebuild"
+	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/runtime"
 )
 
@@ -43,6 +47,51 @@ func imageCommand() *cli.Command {
 				}
 				return runtime.ExportSidecarImage(c.Args().First(), c.String("ref"))
 			},
+		}, {
+			Name: "build",
+			Usage: "build a bottle's own agent image from a Dockerfile FROM its current agent image " +
+				"(no network, RUN steps under gVisor) and restart its agent on it (resume uses it from then on)",
+			ArgsUsage:    "ID DOCKERFILE",
+			OnUsageError: onUsageError,
+			// The restart resumes the bottle: it takes resume's flags but --detach.
+			Flags: restartFlags(),
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 2 {
+					return usageError{fmt.Errorf("expected a bottle identity and a Dockerfile, got %d arguments", c.NArg())}
+				}
+				id, err := names.ParseIdentity(c.Args().First())
+				if err != nil {
+					return usageError{err}
+				}
+				dockerfile, err := readDockerfile(c.Args().Get(1))
+				if err != nil {
+					return err
+				}
+				return withEngine(c, func(e *runtime.Engine) error {
+					ref, err := e.ApplyAgentDockerfile(c.Context, id, dockerfile, c.App.ErrWriter)
+					if ref != "" {
+						fmt.Fprintln(c.App.Writer, ref)
+					}
+					return err
+				})
+			},
 		}},
 	}
+}
+
+// readDockerfile reads a Dockerfile, refusing one larger than a build accepts.
+func readDockerfile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, imagebuild.MaxDockerfileSize+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > imagebuild.MaxDockerfileSize {
+		return "", fmt.Errorf("%s: %w: larger than %d bytes", path, imagebuild.ErrRefused, imagebuild.MaxDockerfileSize)
+	}
+	return string(data), nil
 }

@@ -40,6 +40,12 @@ func runFlags() []cli.Flag {
 	}
 }
 
+// restartFlags are the flags of commands that restart a running bottle as resume does
+// (image build, approve of a Dockerfile): resume's, but the bottle keeps its mode.
+func restartFlags() []cli.Flag {
+	return slices.DeleteFunc(runFlags(), func(f cli.Flag) bool { return f.Names()[0] == "detach" })
+}
+
 // startFlags are start's flags; plan takes the same ones, so it shows what start runs.
 func startFlags() []cli.Flag {
 	return append(runFlags(), manifestFlag(),
@@ -226,19 +232,7 @@ func lifecycleCommands() []*cli.Command {
 				}
 				return withEngine(c, func(e *runtime.Engine) error {
 					load := func(path string) (*manifest.Manifest, string, plan.HostFiles, error) {
-						if path == manifest.DefaultName {
-							path = ""
-						}
-						src, data, err := manifest.Locate(path, func(string) string { return "" })
-						if err != nil {
-							return nil, "", nil, err
-						}
-						m, err := manifest.Load(src.Path, data)
-						if err != nil {
-							return nil, "", nil, err
-						}
-						files, err := plan.ReadHostFiles(m, src.Path, id.Agent(), hostfile.ReadPEM)
-						return m, src.Path, files, err
+						return runtime.LoadRecordedManifest(path, id.Agent())
 					}
 					return exitWith(e.Resume(c.Context, id, load, c.Bool("detach"), stdio()))
 				})

@@ -49,11 +49,12 @@ func superviseCommands() []*cli.Command {
 			Usage:        "approve proposal N of bottle ID and apply it",
 			ArgsUsage:    "ID N",
 			OnUsageError: onUsageError,
-			Flags: []cli.Flag{
+			// An approved Dockerfile restarts the bottle on its new image: resume's flags.
+			Flags: append([]cli.Flag{
 				&cli.DurationFlag{Name: "for", Usage: "an allowlist grant ends after this long (e.g. 30m)"},
 				&cli.StringFlag{Name: "reason", Usage: "a note for the agent"},
 				&cli.BoolFlag{Name: "save", Usage: "also write an allowlist change into the manifest (or print what to paste)"},
-			},
+			}, restartFlags()...),
 			Action: func(c *cli.Context) error {
 				id, n, err := proposalArgs(c)
 				if err != nil {

@@ -248,7 +248,7 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) err
 		})
 	}
 	errs = append(errs, parallel(slices.Collect(maps.Keys(containers)), func(n string) error { return e.ctr.Delete(ctx, n) }), waitNet())
-	errs = append(errs, e.net.RemoveFirewall(ctx, m.Identity.String()), e.net.ReleaseSlot(m.Identity.String()))
+	errs = append(errs, e.removeAgentImages(ctx, m.Identity), e.net.RemoveFirewall(ctx, m.Identity.String()), e.net.ReleaseSlot(m.Identity.String()))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)
 	}
@@ -292,14 +292,19 @@ func (e *Engine) Resume(ctx context.Context, identity names.Identity, loadManife
 	if man.Agents[m.Agent] == nil {
 		return 0, fmt.Errorf("agent %q of bottle %s is no longer in %s", m.Agent, identity, path)
 	}
-	so := StartOptions{
+	return e.run(ctx, identity, resumeOptions(m, man, path, files, detach, stdio), m)
+}
+
+// resumeOptions start a recorded bottle again with its recorded agent, workspace and
+// command.
+func resumeOptions(m *state.Meta, man *manifest.Manifest, path string, files plan.HostFiles, detach bool, stdio Stdio) StartOptions {
+	return StartOptions{
 		PlanOptions: PlanOptions{
 			Manifest: man, ManifestPath: path, Agent: m.Agent, Workspace: m.Workspace, CopyCwd: m.CopyCwd,
 			Command: m.Command, HostFiles: files,
 		},
 		Detach: detach, Stdio: stdio,
 	}
-	return e.run(ctx, identity, so, m)
 }
 
 // Phases derived from the tasks, besides the recorded ones (state.Phase*).

@@ -38,6 +38,10 @@ type containers interface {
 	RemoveSnapshot(ctx context.Context, key string) error
 	OrphanShims(ctx context.Context, idPrefix string) ([]ctr.OrphanShim, error)
 	KillOrphanShim(ctx context.Context, s ctr.OrphanShim) error
+	Address() string
+	Snapshotter() string
+	ImagesWithPrefix(ctx context.Context, prefix string) ([]string, error)
+	RemoveImage(ctx context.Context, ref string) error
 }
 
 // network is what runtime asks of the host network: the methods of *netns.Manager it

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/errdefs"
+
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -221,7 +223,13 @@ func (s *starter) check() error {
 	if s.rt, err = ctr.DetectRuntime(cmp.Or(s.e.opts.RuntimeOverride, bottle.Runtime, "auto"), s.e.opts.RunscPath, s.e.opts.AllowUnsafeRunc); err != nil {
 		return err
 	}
-	if ok, err := s.e.ctr.ImageExists(s.ctx, agent.Image); err != nil {
+	if s.prev != nil && s.prev.AgentImage != "" {
+		if ok, err := s.e.ctr.ImageExists(s.ctx, s.prev.AgentImage); err != nil {
+			return err
+		} else if !ok {
+			return fmt.Errorf("bottle %s: its own agent image %s is gone from containerd (namespace %s)", s.id, s.prev.AgentImage, s.e.opts.Namespace)
+		}
+	} else if ok, err := s.e.ctr.ImageExists(s.ctx, agent.Image); err != nil {
 		return err
 	} else if !ok {
 		return fmt.Errorf("agent image %s is not in containerd (namespace %s); import an OCI archive of it with `bottle image import FILE` (the Claude Code image: `sudo scripts/build-agent-image.sh`)", agent.Image, s.e.opts.Namespace)
@@ -253,6 +261,7 @@ func (s *starter) reserveSlot() error {
 	}
 	if s.prev != nil {
 		s.meta.CreatedAt, s.meta.Pool = s.prev.CreatedAt, s.prev.Pool
+		s.meta.AgentImage, s.meta.AgentImageSeq = s.prev.AgentImage, s.prev.AgentImageSeq
 	}
 	s.meta.PidStart, _ = state.ProcessStart(s.meta.Pid)
 	var err error
@@ -293,6 +302,9 @@ func (s *starter) plan(sidecarImage string) error {
 	}
 	if p.Filter == plan.FilterPipelock && !s.pipelockPresent {
 		return fmt.Errorf("filter pipelock: image %s is not in containerd; import it with `bottle image import FILE`, or use filter = \"builtin\"", s.e.pipelockImage(bottle))
+	}
+	if s.meta.AgentImage != "" { // the bottle's own image wins over the manifest's
+		p.Container(names.RoleAgent).Image = s.meta.AgentImage
 	}
 	s.p = p
 	for _, w := range p.Warnings {
@@ -395,7 +407,13 @@ func (s *starter) prepare(c *plan.Container) error {
 			return err
 		}
 		if exists && c.Role == names.RoleAgent {
-			return e.ctr.Update(ctx, cs)
+			// Update refuses another image or runtime type (the bottle's own image was
+			// built meanwhile): then the agent gets a new container; its workspace is a
+			// mount and stays.
+			if err := e.ctr.Update(ctx, cs); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+				return err
+			}
+			e.log.Info("the agent's image changed: new agent container", "image", c.Image)
 		}
 		if exists {
 			if err := e.ctr.Delete(ctx, c.Name); err != nil {

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
@@ -38,10 +40,14 @@ type fakeHost struct {
 	hook     map[string]func()
 	started  map[string]bool
 	exists   map[string]bool
+	// images: each container's image (set by Create); built: the images in the store
+	// that ImagesWithPrefix lists.
+	images map[string]string
+	built  map[string]bool
 }
 
 func newFakeHost(stateDir string) *fakeHost {
-	return &fakeHost{stateDir: stateDir, fail: map[string]error{}, hook: map[string]func(){}, started: map[string]bool{}, exists: map[string]bool{}}
+	return &fakeHost{stateDir: stateDir, fail: map[string]error{}, hook: map[string]func(){}, started: map[string]bool{}, exists: map[string]bool{}, images: map[string]string{}, built: map[string]bool{}}
 }
 
 // role is the role part of a container name.
@@ -104,9 +110,18 @@ func (f *fakeHost) Create(_ context.Context, cs ctr.ContainerSpec) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.exists[cs.Name] = true
+	f.images[cs.Name] = cs.Image
 	return nil
 }
+
+// Update refuses another image, as containerd's does.
 func (f *fakeHost) Update(_ context.Context, cs ctr.ContainerSpec) error {
+	f.mu.Lock()
+	img := f.images[cs.Name]
+	f.mu.Unlock()
+	if img != cs.Image {
+		return fmt.Errorf("update %s: image is %s, not %s: %w", cs.Name, img, cs.Image, errdefs.ErrFailedPrecondition)
+	}
 	return f.do("update " + role(cs.Name))
 }
 func (f *fakeHost) Delete(_ context.Context, name string) error {
@@ -180,6 +195,28 @@ func (f *fakeHost) DeleteTask(_ context.Context, name string) error {
 func (f *fakeHost) RemoveSnapshot(context.Context, string) error                  { return nil }
 func (f *fakeHost) OrphanShims(context.Context, string) ([]ctr.OrphanShim, error) { return nil, nil }
 func (f *fakeHost) KillOrphanShim(context.Context, ctr.OrphanShim) error          { return nil }
+func (f *fakeHost) Address() string                                               { return "/fake/containerd.sock" }
+func (f *fakeHost) Snapshotter() string                                           { return "overlayfs" }
+func (f *fakeHost) ImagesWithPrefix(_ context.Context, prefix string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for i := range f.built {
+		if strings.HasPrefix(i, prefix) {
+			out = append(out, i)
+		}
+	}
+	return out, nil
+}
+func (f *fakeHost) RemoveImage(_ context.Context, ref string) error {
+	if err := f.do("remove image " + ref); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.built, ref)
+	return nil
+}
 
 // fakeNet is the host network side of a fakeHost.
 type fakeNet struct{ *fakeHost }

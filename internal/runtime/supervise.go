@@ -279,7 +279,10 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 		if err != nil {
 			return nil, fmt.Errorf("proposal %d of %s: %w", n, id, err)
 		}
-		caps.Dockerfile = p.Dockerfile.Content
+		// The next Dockerfile builds on this image: show it as the base, with what
+		// made it.
+		caps.AgentImage = ref
+		caps.Dockerfile = builtFrom(ref, p.Dockerfile.Content)
 		if err := dirs.WriteCapabilities(caps); err != nil {
 			return nil, err
 		}
@@ -349,6 +352,18 @@ func Deny(opts Options, id names.Identity, n int, reason string) (*supervise.Dec
 	}
 	recordDecision(opts.withDefaults().StateDir, id, dirs, en.Proposal, dec)
 	return &dec, nil
+}
+
+// builtFrom is the Dockerfile the agent sees for an image bottle built: FROM that image,
+// after the approved Dockerfile it was built from as comments.
+func builtFrom(ref, dockerfile string) string {
+	var b strings.Builder
+	b.WriteString("# " + ref + " was built from this approved Dockerfile:\n")
+	for _, l := range strings.Split(strings.TrimRight(dockerfile, "\n"), "\n") {
+		b.WriteString("#   " + l + "\n")
+	}
+	b.WriteString(supervise.BaseDockerfile(ref))
+	return b.String()
 }
 
 // recordDecision writes the decision, with what it decided, as one JSON line of the

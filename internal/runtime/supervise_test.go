@@ -136,3 +136,16 @@ func mustEntry(t *testing.T, dirs supervise.Dirs, n int) supervise.Entry {
 	}
 	return *e
 }
+
+// TestBuiltFrom: after a build the agent sees its new image as the only base, and a
+// Dockerfile built on what it is shown passes the build's rules.
+func TestBuiltFrom(t *testing.T) {
+	got := builtFrom("bottle.local/coder-abc123:1", "FROM busybox:e2e\nENV A=1\n")
+	want := "# bottle.local/coder-abc123:1 was built from this approved Dockerfile:\n#   FROM busybox:e2e\n#   ENV A=1\nFROM bottle.local/coder-abc123:1\n"
+	if got != want {
+		t.Fatalf("builtFrom:\n%s\nwant:\n%s", got, want)
+	}
+	if err := supervise.CheckDockerfile(got+"RUN true\n", "bottle.local/coder-abc123:1"); err != nil {
+		t.Errorf("a Dockerfile on the shown base is refused: %v", err)
+	}
+}

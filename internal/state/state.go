@@ -52,6 +52,10 @@ type Meta struct {
 	Containers []Container `json:"containers"`
 	// Reason says why bottle stopped it by itself (e.g. a sidecar that kept exiting).
 	Reason string `json:"reason,omitempty"`
+	// AgentImage is the bottle's own agent image (built from an approved Dockerfile);
+	// it wins over the manifest's image. AgentImageSeq counts the builds, naming each.
+	AgentImage    string `json:"agent_image,omitempty"`
+	AgentImageSeq int    `json:"agent_image_seq,omitempty"`
 }
 
 // SidecarSettings are how the sidecars that leave the bottle reach the outside.

@@ -91,18 +91,18 @@ func TestCheckDockerfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, tc := range map[string]struct{ in, want string }{
-		"other image":   {"FROM alpine\n", "must build FROM the current agent image"},
+		"other image":   {"FROM alpine\n", "only the bottle's current agent image"},
 		"syntax":        {"# syntax=docker/dockerfile:1\nFROM " + img + "\n", "parser directive"},
 		"escape":        {"# escape=`\nFROM " + img + "\n", "parser directive"},
-		"two stages":    {"FROM " + img + " AS a\nFROM " + img + "\n", "exactly one FROM"},
-		"copy from":     {"FROM " + img + "\nCOPY --from=alpine /x /x\n", "another image"},
-		"mount from":    {"FROM " + img + "\nRUN --mount=type=bind,from=alpine,target=/m true\n", "another image"},
+		"two stages":    {"FROM " + img + " AS a\nFROM " + img + "\n", "2 FROM lines"},
+		"copy from":     {"FROM " + img + "\nCOPY --from=alpine /x /x\n", "names another image"},
+		"mount from":    {"FROM " + img + "\nRUN --mount=type=bind,from=alpine,target=/m true\n", "mount from another image"},
 		"arg first":     {"ARG X\nFROM " + img + "\n", "ARG before FROM"},
-		"platform":      {"FROM --platform=linux/arm64 " + img + "\n", "no flags"},
+		"platform":      {"FROM --platform=linux/arm64 " + img + "\n", "FROM flag"},
 		"heredoc":       {"FROM " + img + "\nRUN <<EOF\ntrue\nEOF\n", "heredocs"},
 		"none":          {"RUN true\n", "first instruction must be FROM"},
 		"control chars": {"FROM " + img + "\nENV A=\x1b[2J\n", "control character"},
-		"continued":     {"FROM \\\n alpine\n", "must build FROM"},
+		"continued":     {"FROM \\\n alpine\n", "only the bottle's current agent image"},
 	} {
 		if err := CheckDockerfile(tc.in, img); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err %v, want %q", name, err, tc.want)
@@ -225,7 +225,7 @@ func TestMCPProposeApproved(t *testing.T) {
 	}
 	// A refused proposal is a tool error, and no file is written.
 	r2, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: ToolProposeDockerfile, Arguments: map[string]any{"justification": "x", "content": "FROM alpine\n"}})
-	if err != nil || !r2.IsError || !strings.Contains(r2.Content[0].(*mcp.TextContent).Text, "must build FROM the current agent image img:1") {
+	if err != nil || !r2.IsError || !strings.Contains(r2.Content[0].(*mcp.TextContent).Text, "only the bottle's current agent image img:1 can be the base") {
 		t.Errorf("dockerfile from another image: %v %+v", err, r2)
 	}
 	if es, _ := dirs.Entries(); len(es) != 1 {
