@@ -205,7 +205,7 @@ token_ref = "GIT_E2E_TOKEN"
 	e.must("audit", id, "--verify")
 
 	// Resumed, the new filter process goes on with the filter's chain.
-	cmd = e.command([]string{"E2E_ROUTE_TOKEN=" + routeToken, "GIT_E2E_TOKEN=" + forge.token}, "resume", "--detach", id)
+	cmd = e.command([]string{"E2E_ROUTE_TOKEN=" + routeToken, "GIT_E2E_TOKEN=" + forge.token}, "resume", "--detach", "--resolv-conf", resolv, id)
 	if out, errOut, code := runCmd(t, cmd); code != 0 {
 		t.Fatalf("resume: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -218,7 +218,7 @@ token_ref = "GIT_E2E_TOKEN"
 	}
 	if got, want := strings.Join(tail, ", "), "seq 4 filter deny CONNECT selftest.bottle.invalid:443 403, seq 4 host selftest passed=true, seq 5 host resume by root, "+
 		"seq 5 filter allow GET api.allowed.test:80 200, seq 6 host stop by root"; got != want {
-		t.Errorf("after resume: %s, want %s", got, want)
+		t.Errorf("after resume: %s, want %s\n%s", got, want, e.must("audit", id))
 	}
 	e.must("audit", id, "--verify")
 
