@@ -93,3 +93,11 @@ func (b *builder) secret(c *Container, env map[string]string, name, hint string)
 		b.unresolved(name, hint)
 	}
 }
+
+// sidecarGoEnv tunes the Go runtime of the sidecars (bottle's own, and pipelock: both Go
+// programs) for what they are: small proxies, one sandbox each, per bottle. Each Go
+// thread is a task of the sandbox's kernel with its own stub thread on the host, and a
+// sandbox sees every host core: one P keeps a sidecar to a few threads whatever the
+// host's size. GOGC 50 and a soft limit well under the container's memory limit keep
+// the heap near its live size; the variables change no behaviour but the collector's.
+var sidecarGoEnv = map[string]string{"GOMAXPROCS": "1", "GOGC": "50", "GOMEMLIMIT": "64MiB"}
