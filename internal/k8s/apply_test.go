@@ -4,6 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -159,5 +164,41 @@ func TestApplyUndoesOnFailure(t *testing.T) {
 		if left := count(t, dyn, r, ""); left != 0 {
 			t.Errorf("%d %s left after a failed apply", left, kind)
 		}
+	}
+}
+
+// Logs asks the API server for the Pod's log subresource (through a client that Connect
+// makes from a kubeconfig) and copies the stream.
+func TestLogsStreamsThePodLog(t *testing.T) {
+	var asked string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked = r.URL.Path + "?" + r.URL.RawQuery
+		io.WriteString(w, "first line\nsecond line\n")
+	}))
+	defer srv.Close()
+	kubeconfig := filepath.Join(t.TempDir(), "config")
+	conf := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q}}]
+users: [{name: test, user: {token: test-token}}]
+contexts: [{name: test, context: {cluster: test, user: test, namespace: agents}}]
+current-context: test
+`, srv.URL)
+	if err := os.WriteFile(kubeconfig, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Connect(kubeconfig, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := c.Logs(context.Background(), "coder-abc123", names.RoleFilter, true, &out); err != nil {
+		t.Fatal(err)
+	}
+	if want := "/api/v1/namespaces/agents/pods/bottle-coder-abc123-filter/log?follow=true"; asked != want {
+		t.Errorf("asked %s, want %s", asked, want)
+	}
+	if out.String() != "first line\nsecond line\n" {
+		t.Errorf("log %q", out.String())
 	}
 }
