@@ -7,24 +7,45 @@ import (
 	"io"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 )
 
-// Client talks to one cluster namespace.
+// Client talks to one cluster namespace. It uses the dynamic client and a plain REST
+// client, not client-go's typed clientset: that one links and initialises every API group
+// of Kubernetes, about half of the bottle binary, which every sidecar sandbox then maps
+// and starts (issue 13).
 type Client struct {
-	cs kubernetes.Interface
-	ns string
+	dyn dynamic.Interface
+	// logs reads a Pod's log (a stream the dynamic client has no call for); nil in tests.
+	logs rest.Interface
+	ns   string
 }
+
+// The resources a bottle is made of.
+var (
+	secrets         = corev1.SchemeGroupVersion.WithResource("secrets")
+	configMaps      = corev1.SchemeGroupVersion.WithResource("configmaps")
+	services        = corev1.SchemeGroupVersion.WithResource("services")
+	pods            = corev1.SchemeGroupVersion.WithResource("pods")
+	networkPolicies = networkingv1.SchemeGroupVersion.WithResource("networkpolicies")
+)
 
 // Connect reads kubeconfig (empty: $KUBECONFIG, ~/.kube/config, else the in-cluster
 // service account); namespace empty is the kubeconfig's (else "default").
@@ -41,11 +62,52 @@ func Connect(kubeconfig, namespace string) (*Client, error) {
 			return nil, fmt.Errorf("kubernetes namespace: %w", err)
 		}
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return &Client{cs: cs, ns: namespace}, nil
+	lc := rest.CopyConfig(cfg)
+	lc.APIPath, lc.GroupVersion = "/api", &corev1.SchemeGroupVersion
+	// Logs are a byte stream: the codecs of an empty scheme are never used.
+	lc.NegotiatedSerializer = serializer.NewCodecFactory(runtime.NewScheme()).WithoutConversion()
+	logs, err := rest.RESTClientFor(lc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return &Client{dyn: dyn, logs: logs, ns: namespace}, nil
+}
+
+// create creates obj (with its TypeMeta) as resource r in the namespace and returns what
+// the API server made of it in out, when out is not nil.
+func (c *Client) create(ctx context.Context, r schema.GroupVersionResource, obj, out any) error {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return err
+	}
+	got, err := c.dyn.Resource(r).Namespace(c.ns).Create(ctx, &unstructured.Unstructured{Object: m}, metav1.CreateOptions{})
+	if err != nil || out == nil {
+		return err
+	}
+	return runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, out)
+}
+
+// getPod reads the Pod name.
+func (c *Client) getPod(ctx context.Context, name string) (*corev1.Pod, error) {
+	u, err := c.dyn.Resource(pods).Namespace(c.ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var p corev1.Pod
+	return &p, runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p)
+}
+
+// list lists resource r in the namespace by label selector.
+func (c *Client) list(ctx context.Context, r schema.GroupVersionResource, selector string) ([]unstructured.Unstructured, error) {
+	l, err := c.dyn.Resource(r).Namespace(c.ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
 }
 
 // SecretData are the values of a plan's secret env, by container (= Secret) name: what
@@ -89,19 +151,19 @@ func (c *Client) Apply(ctx context.Context, p *plan.Plan, opts Options, ready ti
 	for _, s := range objs.Secrets {
 		s = s.DeepCopy()
 		s.StringData = data[s.Name]
-		if _, err := c.cs.CoreV1().Secrets(c.ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+		if err := c.create(ctx, secrets, s, nil); err != nil {
 			return fmt.Errorf("create Secret %s: %w", s.Name, err)
 		}
 	}
 	for _, cm := range objs.ConfigMaps {
-		if _, err := c.cs.CoreV1().ConfigMaps(c.ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		if err := c.create(ctx, configMaps, cm, nil); err != nil {
 			return fmt.Errorf("create ConfigMap %s: %w", cm.Name, err)
 		}
 	}
 	opts.ServiceIPs = map[string]netip.Addr{}
 	for _, s := range objs.Services {
-		got, err := c.cs.CoreV1().Services(c.ns).Create(ctx, s, metav1.CreateOptions{})
-		if err != nil {
+		got := &corev1.Service{}
+		if err := c.create(ctx, services, s, got); err != nil {
 			return fmt.Errorf("create Service %s: %w", s.Name, err)
 		}
 		ip, err := netip.ParseAddr(got.Spec.ClusterIP)
@@ -115,12 +177,12 @@ func (c *Client) Apply(ctx context.Context, p *plan.Plan, opts Options, ready ti
 		return err
 	}
 	for _, np := range objs.NetworkPolicies {
-		if _, err := c.cs.NetworkingV1().NetworkPolicies(c.ns).Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		if err := c.create(ctx, networkPolicies, np, nil); err != nil {
 			return fmt.Errorf("create NetworkPolicy %s: %w", np.Name, err)
 		}
 	}
 	for _, pod := range objs.Sidecars {
-		if _, err := c.cs.CoreV1().Pods(c.ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		if err := c.create(ctx, pods, pod, nil); err != nil {
 			return fmt.Errorf("create Pod %s: %w", pod.Name, err)
 		}
 	}
@@ -129,7 +191,7 @@ func (c *Client) Apply(ctx context.Context, p *plan.Plan, opts Options, ready ti
 			return err
 		}
 	}
-	if _, err := c.cs.CoreV1().Pods(c.ns).Create(ctx, objs.Agent, metav1.CreateOptions{}); err != nil {
+	if err := c.create(ctx, pods, objs.Agent, nil); err != nil {
 		return fmt.Errorf("create Pod %s: %w", objs.Agent.Name, err)
 	}
 	return nil
@@ -141,7 +203,7 @@ func (c *Client) waitReady(ctx context.Context, pods []*corev1.Pod, d time.Durat
 	defer cancel()
 	for _, want := range pods {
 		for {
-			got, err := c.cs.CoreV1().Pods(c.ns).Get(ctx, want.Name, metav1.GetOptions{})
+			got, err := c.getPod(ctx, want.Name)
 			if err == nil && podReady(got) {
 				break
 			}
@@ -179,63 +241,34 @@ func selector(id names.Identity) string {
 // Remove deletes every object labelled with the bottle's identity: the Pods first (the
 // agent before its sidecars: it must not outlive its policies), then the rest.
 func (c *Client) Remove(ctx context.Context, id names.Identity) error {
-	lo := metav1.ListOptions{LabelSelector: selector(id)}
-	do := metav1.DeleteOptions{}
-	core, nets := c.cs.CoreV1(), c.cs.NetworkingV1()
 	var errs []error
-	del := func(kind string, names []string, err error, remove func(context.Context, string, metav1.DeleteOptions) error) {
+	for _, k := range []struct {
+		kind string
+		r    schema.GroupVersionResource
+	}{{"Pod", pods}, {"NetworkPolicy", networkPolicies}, {"Service", services}, {"ConfigMap", configMaps}, {"Secret", secrets}} {
+		items, err := c.list(ctx, k.r, selector(id))
 		if err != nil {
-			errs = append(errs, fmt.Errorf("list %ss: %w", kind, err))
-			return
+			errs = append(errs, fmt.Errorf("list %ss: %w", k.kind, err))
+			continue
 		}
-		for _, n := range names {
-			if err := remove(ctx, n, do); err != nil && !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("delete %s %s: %w", kind, n, err))
+		todo := itemNames(items)
+		if k.r == pods {
+			sort.SliceStable(todo, func(i, j int) bool { return strings.HasSuffix(todo[i], "-"+names.RoleAgent) })
+		}
+		for _, n := range todo {
+			if err := c.dyn.Resource(k.r).Namespace(c.ns).Delete(ctx, n, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("delete %s %s: %w", k.kind, n, err))
 			}
 		}
-	}
-	pods, err := core.Pods(c.ns).List(ctx, lo)
-	var podNames []string
-	if err == nil {
-		podNames = itemNames(pods.Items)
-		sort.SliceStable(podNames, func(i, j int) bool { return strings.HasSuffix(podNames[i], "-"+names.RoleAgent) })
-	}
-	del("Pod", podNames, err, core.Pods(c.ns).Delete)
-	np, err := nets.NetworkPolicies(c.ns).List(ctx, lo)
-	if err == nil {
-		del("NetworkPolicy", itemNames(np.Items), nil, nets.NetworkPolicies(c.ns).Delete)
-	} else {
-		del("NetworkPolicy", nil, err, nil)
-	}
-	svc, err := core.Services(c.ns).List(ctx, lo)
-	if err == nil {
-		del("Service", itemNames(svc.Items), nil, core.Services(c.ns).Delete)
-	} else {
-		del("Service", nil, err, nil)
-	}
-	cms, err := core.ConfigMaps(c.ns).List(ctx, lo)
-	if err == nil {
-		del("ConfigMap", itemNames(cms.Items), nil, core.ConfigMaps(c.ns).Delete)
-	} else {
-		del("ConfigMap", nil, err, nil)
-	}
-	secrets, err := core.Secrets(c.ns).List(ctx, lo)
-	if err == nil {
-		del("Secret", itemNames(secrets.Items), nil, core.Secrets(c.ns).Delete)
-	} else {
-		del("Secret", nil, err, nil)
 	}
 	return errors.Join(errs...)
 }
 
 // itemNames are the names of a list's items.
-func itemNames[T any, P interface {
-	*T
-	GetName() string
-}](items []T) []string {
+func itemNames(items []unstructured.Unstructured) []string {
 	out := make([]string, 0, len(items))
 	for i := range items {
-		out = append(out, P(&items[i]).GetName())
+		out = append(out, items[i].GetName())
 	}
 	return out
 }
@@ -251,12 +284,16 @@ type PodStatus struct {
 
 // List lists the Pods of every bottle in the namespace, by identity then role.
 func (c *Client) List(ctx context.Context) ([]PodStatus, error) {
-	l, err := c.cs.CoreV1().Pods(c.ns).List(ctx, metav1.ListOptions{LabelSelector: selector("")})
+	items, err := c.list(ctx, pods, selector(""))
 	if err != nil {
 		return nil, fmt.Errorf("list bottle Pods in %s: %w", c.ns, err)
 	}
 	var out []PodStatus
-	for _, p := range l.Items {
+	for _, u := range items {
+		var p corev1.Pod
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p); err != nil {
+			return nil, fmt.Errorf("read Pod %s: %w", u.GetName(), err)
+		}
 		out = append(out, PodStatus{
 			Identity: names.Identity(p.Labels[names.LabelIdentity]), Role: p.Labels[names.LabelRole],
 			Name: p.Name, Phase: string(p.Status.Phase), Ready: podReady(&p),
@@ -274,7 +311,8 @@ func (c *Client) List(ctx context.Context) ([]PodStatus, error) {
 // Logs streams the log of the bottle's Pod of role.
 func (c *Client) Logs(ctx context.Context, id names.Identity, role string, follow bool, w io.Writer) error {
 	name := id.Container(role)
-	rc, err := c.cs.CoreV1().Pods(c.ns).GetLogs(name, &corev1.PodLogOptions{Follow: follow}).Stream(ctx)
+	rc, err := c.logs.Get().Namespace(c.ns).Resource("pods").Name(name).SubResource("log").
+		Param("follow", strconv.FormatBool(follow)).Stream(ctx)
 	if err != nil {
 		return fmt.Errorf("logs of Pod %s: %w", name, err)
 	}

@@ -2,44 +2,80 @@ package k8s
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/bottle-dev/bottle/internal/names"
 )
 
-// fakeClient is a Client of a fake clientset that gives each Service a cluster IP, as
-// the API server does, and records the order of creations.
-func fakeClient(t *testing.T) (*Client, *fake.Clientset, *[]string) {
+// fakeClient is a Client of a fake dynamic client that gives each Service a cluster IP,
+// as the API server does, and records the order of creations.
+func fakeClient(t *testing.T) (*Client, *dynamicfake.FakeDynamicClient, *[]string) {
 	t.Helper()
-	cs := fake.NewClientset()
+	scheme := runtime.NewScheme()
+	if err := errors.Join(corev1.AddToScheme(scheme), networkingv1.AddToScheme(scheme)); err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamicfake.NewSimpleDynamicClient(scheme)
 	var created []string
 	n := 0
-	cs.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		obj := a.(k8stesting.CreateAction).GetObject()
-		if s, ok := obj.(*corev1.Service); ok {
+	dyn.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		obj := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured)
+		if a.GetResource().Resource == "services" {
 			n++
-			s.Spec.ClusterIP = fmt.Sprintf("10.254.0.%d", n)
+			if err := unstructured.SetNestedField(obj.Object, fmt.Sprintf("10.254.0.%d", n), "spec", "clusterIP"); err != nil {
+				t.Fatal(err)
+			}
 		}
-		created = append(created, a.GetResource().Resource+"/"+obj.(metav1.Object).GetName())
+		created = append(created, a.GetResource().Resource+"/"+obj.GetName())
 		return false, nil, nil
 	})
-	return &Client{cs: cs, ns: "agents"}, cs, &created
+	return &Client{dyn: dyn, ns: "agents"}, dyn, &created
+}
+
+// get reads the object name of resource r from the fake into out.
+func get(t *testing.T, dyn *dynamicfake.FakeDynamicClient, r schema.GroupVersionResource, name string, out any) {
+	t.Helper()
+	u, err := dyn.Resource(r).Namespace("agents").Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// count is the number of objects of resource r in the fake with the label selector.
+func count(t *testing.T, dyn *dynamicfake.FakeDynamicClient, r schema.GroupVersionResource, selector string) int {
+	t.Helper()
+	l, err := dyn.Resource(r).Namespace("agents").List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(l.Items)
 }
 
 func TestApplyListRemove(t *testing.T) {
 	ctx := context.Background()
 	p := testPlan(t)
-	c, cs, created := fakeClient(t)
+	c, dyn, created := fakeClient(t)
 	if err := c.Apply(ctx, p, Options{OptionalEnv: []string{"TZ"}}, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -58,37 +94,31 @@ func TestApplyListRemove(t *testing.T) {
 		t.Errorf("last created %s, want the agent", got)
 	}
 	// The Secrets hold the plan's values, each only its own Pod's.
-	s, err := cs.CoreV1().Secrets("agents").Get(ctx, "bottle-coder-abc123-egress-proxy", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var s corev1.Secret
+	get(t, dyn, secrets, "bottle-coder-abc123-egress-proxy", &s)
 	if len(s.StringData) != 1 || s.StringData["MY_CLAUDE_OAUTH"] != secretValue("MY_CLAUDE_OAUTH") {
 		t.Errorf("egress-proxy Secret data %v", s.StringData)
 	}
-	agent, err := cs.CoreV1().Pods("agents").Get(ctx, "bottle-coder-abc123-agent", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var agent corev1.Pod
+	get(t, dyn, pods, "bottle-coder-abc123-agent", &agent)
 	aliases := map[string]string{}
 	for _, a := range agent.Spec.HostAliases {
 		aliases[a.Hostnames[0]] = a.IP
 	}
 	for _, role := range []string{names.RoleFilter, names.RoleEgressProxy, names.RoleGitGate} {
-		svc, err := cs.CoreV1().Services("agents").Get(ctx, "bottle-coder-abc123-"+role, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		var svc corev1.Service
+		get(t, dyn, services, "bottle-coder-abc123-"+role, &svc)
 		if aliases[role] != svc.Spec.ClusterIP {
 			t.Errorf("agent resolves %s to %q, Service has %q", role, aliases[role], svc.Spec.ClusterIP)
 		}
 	}
 
-	pods, err := c.List(ctx)
+	listed, err := c.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var roles []string
-	for _, p := range pods {
+	for _, p := range listed {
 		if p.Identity != "coder-abc123" {
 			t.Errorf("pod %s of identity %q", p.Name, p.Identity)
 		}
@@ -99,62 +129,76 @@ func TestApplyListRemove(t *testing.T) {
 	}
 
 	// An object of another bottle is left alone.
-	other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "agents", Labels: map[string]string{names.LabelIdentity: "coder-000000"}}}
-	if _, err := cs.CoreV1().ConfigMaps("agents").Create(ctx, other, metav1.CreateOptions{}); err != nil {
+	other := &corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "agents", Labels: map[string]string{names.LabelIdentity: "coder-000000"}}}
+	if err := c.create(ctx, configMaps, other, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Remove(ctx, "coder-abc123"); err != nil {
 		t.Fatal(err)
 	}
-	lo := metav1.ListOptions{LabelSelector: names.LabelIdentity + "=coder-abc123"}
-	count := func(n int, err error) int {
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
+	sel := names.LabelIdentity + "=coder-abc123"
+	left := 0
+	for _, r := range []schema.GroupVersionResource{pods, services, secrets, configMaps, networkPolicies} {
+		left += count(t, dyn, r, sel)
 	}
-	core := cs.CoreV1()
-	left := count(listLen(core.Pods("agents").List(ctx, lo))) +
-		count(listLen(core.Services("agents").List(ctx, lo))) +
-		count(listLen(core.Secrets("agents").List(ctx, lo))) +
-		count(listLen(core.ConfigMaps("agents").List(ctx, lo))) +
-		count(listLen(cs.NetworkingV1().NetworkPolicies("agents").List(ctx, lo)))
 	if left != 0 {
 		t.Errorf("%d objects left after Remove", left)
 	}
-	if _, err := core.ConfigMaps("agents").Get(ctx, "other", metav1.GetOptions{}); err != nil {
-		t.Errorf("Remove took another bottle's object: %v", err)
-	}
-}
-
-// listLen is the number of items of a typed list.
-func listLen(l runtime.Object, err error) (int, error) {
-	if err != nil {
-		return 0, err
-	}
-	items, err := meta.ExtractList(l)
-	return len(items), err
+	var kept corev1.ConfigMap
+	get(t, dyn, configMaps, "other", &kept)
 }
 
 // TestApplyUndoesOnFailure: a creation that fails removes what apply made before it.
 func TestApplyUndoesOnFailure(t *testing.T) {
 	ctx := context.Background()
-	c, cs, _ := fakeClient(t)
-	cs.PrependReactor("create", "networkpolicies", func(k8stesting.Action) (bool, runtime.Object, error) {
+	c, dyn, _ := fakeClient(t)
+	dyn.PrependReactor("create", "networkpolicies", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, fmt.Errorf("refused by the test")
 	})
 	err := c.Apply(ctx, testPlan(t), Options{}, 0)
 	if err == nil || !strings.Contains(err.Error(), "refused by the test") {
 		t.Fatalf("Apply = %v", err)
 	}
-	core := cs.CoreV1()
-	for kind, n := range map[string]func() (int, error){
-		"Secrets":    func() (int, error) { return listLen(core.Secrets("agents").List(ctx, metav1.ListOptions{})) },
-		"ConfigMaps": func() (int, error) { return listLen(core.ConfigMaps("agents").List(ctx, metav1.ListOptions{})) },
-		"Services":   func() (int, error) { return listLen(core.Services("agents").List(ctx, metav1.ListOptions{})) },
-	} {
-		if left, err := n(); err != nil || left != 0 {
-			t.Errorf("%d %s left after a failed apply (%v)", left, kind, err)
+	for kind, r := range map[string]schema.GroupVersionResource{"Secrets": secrets, "ConfigMaps": configMaps, "Services": services} {
+		if left := count(t, dyn, r, ""); left != 0 {
+			t.Errorf("%d %s left after a failed apply", left, kind)
 		}
+	}
+}
+
+// Logs asks the API server for the Pod's log subresource (through a client that Connect
+// makes from a kubeconfig) and copies the stream.
+func TestLogsStreamsThePodLog(t *testing.T) {
+	var asked string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked = r.URL.Path + "?" + r.URL.RawQuery
+		io.WriteString(w, "first line\nsecond line\n")
+	}))
+	defer srv.Close()
+	kubeconfig := filepath.Join(t.TempDir(), "config")
+	conf := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q}}]
+users: [{name: test, user: {token: test-token}}]
+contexts: [{name: test, context: {cluster: test, user: test, namespace: agents}}]
+current-context: test
+`, srv.URL)
+	if err := os.WriteFile(kubeconfig, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Connect(kubeconfig, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := c.Logs(context.Background(), "coder-abc123", names.RoleFilter, true, &out); err != nil {
+		t.Fatal(err)
+	}
+	if want := "/api/v1/namespaces/agents/pods/bottle-coder-abc123-filter/log?follow=true"; asked != want {
+		t.Errorf("asked %s, want %s", asked, want)
+	}
+	if out.String() != "first line\nsecond line\n" {
+		t.Errorf("log %q", out.String())
 	}
 }

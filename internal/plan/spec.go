@@ -2,6 +2,7 @@ package plan
 
 import (
 	"context"
+	"maps"
 	"path"
 	goruntime "runtime"
 	"slices"
@@ -72,6 +73,11 @@ func bind(source, dest string, readonly bool) specs.Mount {
 // opts.
 func (b *builder) sidecarSpec(role string, args []string, env map[string]string, mounts []specs.Mount, opts ...oci.SpecOpts) (*specs.Spec, error) {
 	stage := b.p.StageDir
+	env = maps.Clone(env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	maps.Copy(env, sidecarGoEnv)
 	base := []oci.SpecOpts{
 		oci.WithProcessArgs(args...),
 		withEnvMap(env),

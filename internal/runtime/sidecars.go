@@ -52,8 +52,21 @@ func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container)
 			return resp.StatusCode == http.StatusOK
 		}
 	}
+	// A sidecar that reports in a file wakes the wait itself when it creates the file,
+	// so the task's status is asked less often; without a watch the wait polls.
+	var watch *dirWatch
+	maxDelay := 10 * time.Millisecond
+	if c.Ready.URL == "" && c.Ready.File != "" {
+		w, err := watchDir(filepath.Dir(c.Ready.File))
+		if err != nil {
+			e.log.Debug("polling for sidecar readiness", "sidecar", c.Name, "error", err)
+		} else {
+			watch, maxDelay = w, 50*time.Millisecond
+			defer watch.close()
+		}
+	}
 	deadline := time.Now().Add(sidecarReadyTimeout)
-	for delay := 2 * time.Millisecond; ; delay = min(delay*2, 10*time.Millisecond) {
+	for delay := 2 * time.Millisecond; ; delay = min(delay*2, maxDelay) {
 		if ready() {
 			return nil
 		}
@@ -71,6 +84,13 @@ func (e *Engine) waitReady(ctx context.Context, p *plan.Plan, c *plan.Container)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s sidecar %s not ready after %s; its log: %s", c.Role, c.Name, sidecarReadyTimeout, e.logTail(p.Identity, c.Role))
+		}
+		if watch != nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			watch.wait(delay)
+			continue
 		}
 		select {
 		case <-ctx.Done():

@@ -1,0 +1,22 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// Every sidecar runs this binary, so whatever it links every sandbox maps and every
+// sidecar initialises at start. client-go's typed clientset (every Kubernetes API group)
+// was about half of it (issue 13): `bottle k8s` uses the dynamic client instead.
+func TestBinaryLinksNoTypedClientset(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if pkg == "k8s.io/client-go/kubernetes" || strings.HasPrefix(pkg, "k8s.io/client-go/kubernetes/") {
+			t.Errorf("bottle links %s", pkg)
+		}
+	}
+}
