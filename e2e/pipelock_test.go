@@ -5,7 +5,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestPipelockFilter runs a bottle whose filter is the real pipelock, from an OCI archive
@@ -126,22 +125,16 @@ supervise_timeout = "60s"
 	}
 	expectPrefix(t, reach(), "STATUS 403", "before the proposal")
 	agentStarted := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22")
-	propose := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "mcp", "http://supervise:8080/mcp", "propose_allowlist_change", `{"justification":"fixture","add":["api.denied.test"]}`)
-	if err := propose.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; !strings.Contains(e.must("proposals", id), "#1 allowlist pending"); i++ {
-		if i == 100 {
-			t.Fatal("no proposal")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	answer := inAgent(e, id, "/usr/local/bin/probe", "mcp", "http://supervise:8080/mcp", "propose_allowlist_change", `{"justification":"fixture","add":["api.denied.test"]}`)
+	waitProposal(e, id, "#1 allowlist pending", answer)
 	if _, errOut, code := e.bottle(nil, "approve", id, "1", "--for", "5s"); code == 0 || !strings.Contains(errOut, "a grant --for would need bottle to restart it") {
 		t.Errorf("--for with pipelock: exit %d: %s", code, errOut)
 	}
 	expectPrefix(t, reach(), "STATUS 403", "after the refused --for")
 	e.must("approve", id, "1")
-	_ = propose.Wait()
+	if got := answer(); !strings.Contains(got, `"decision":"approved"`) {
+		t.Errorf("the agent's answer: %s", got)
+	}
 	expectPrefix(t, reach(), "STATUS 200 UPSTREAM-ALLOWED host=api.denied.test", "after the approval")
 	expectPrefix(t, e.probe(id, "get", "http://filter:8888", "http://api.allowed.test/hello"), "STATUS 200", "the configured host after the approval")
 	if now := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"); now != agentStarted {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -356,28 +357,13 @@ func TestSuperviseGitRule(t *testing.T) {
 		t.Fatalf("push before the approval: %v\n%s", err, out)
 	}
 	// The agent image has node: its fetch is the agent's plain JSON client.
-	propose := e.command(nil, "exec", id, "--", "node", "-e", `fetch(process.env.BOTTLE_SUPERVISE_URL+"/v1/proposals",{method:"POST",body:JSON.stringify({kind:"git_rule",justification:"a feature branch",git_rule:{remote:"origin-ssh",ref:"refs/heads/feature/*"}})}).then(r=>r.text()).then(t=>console.log(t))`)
-	var o bytes.Buffer
-	propose.Stdout, propose.Stderr = &o, &o
-	if err := propose.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		if out := e.must("proposals", id); strings.Contains(out, "#1 git_rule pending") {
-			if !strings.Contains(out, "+ refs/heads/feature/*") {
-				t.Errorf("proposals:\n%s", out)
-			}
-			break
-		}
-		if i == 100 {
-			t.Fatalf("no proposal; the agent's client said: %s", o.String())
-		}
-		time.Sleep(200 * time.Millisecond)
+	answer := inAgent(e, id, "node", "-e", `fetch(process.env.BOTTLE_SUPERVISE_URL+"/v1/proposals",{method:"POST",body:JSON.stringify({kind:"git_rule",justification:"a feature branch",git_rule:{remote:"origin-ssh",ref:"refs/heads/feature/*"}})}).then(r=>r.text()).then(t=>console.log(t))`)
+	if out := waitProposal(e, id, "#1 git_rule pending", answer); !strings.Contains(out, "+ refs/heads/feature/*") {
+		t.Errorf("proposals:\n%s", out)
 	}
 	e.must("approve", id, "1")
-	_ = propose.Wait()
-	if !strings.Contains(o.String(), `"decision":"approved"`) {
-		t.Errorf("the agent's answer: %s", o.String())
+	if got := answer(); !strings.Contains(got, `"decision":"approved"`) {
+		t.Errorf("the agent's answer: %s", got)
 	}
 	var out string
 	var err error
@@ -393,12 +379,46 @@ func TestSuperviseGitRule(t *testing.T) {
 	if forge.ref(bare, "refs/heads/feature/x") == "" {
 		t.Error("the approved push did not land upstream")
 	}
-	// The token goes in on stdin, never on a command line.
-	scan := e.command(nil, "exec", id, "--", "bash", "-c", `read -r t; { grep -rlsF "$t" /home /workspace /tmp /etc /run /root; env | grep -F "$t"; } 2>/dev/null || true`)
-	scan.Stdin = strings.NewReader(forge.token + "\n")
+	scanAgent(e, id, forge.token)
+}
+
+// scanAgent fails the test when secret is in the agent's files, env or processes' env.
+// It goes in on stdin, never on a command line.
+func scanAgent(e *env, id, secret string) {
+	e.t.Helper()
+	scan := e.command(nil, "exec", id, "--", "/bin/sh", "-c", `read -r t; { grep -rlsF "$t" /home /workspace /tmp /etc /run /root /proc/[0-9]*/environ; env | grep -F "$t"; } 2>/dev/null || true`)
+	scan.Stdin = strings.NewReader(secret + "\n")
 	if found, err := scan.CombinedOutput(); err != nil || strings.TrimSpace(string(found)) != "" {
-		t.Errorf("the token is in the agent's files or env: %v %s", err, found)
+		e.t.Errorf("the secret is in the agent's files or env: %v %s", err, found)
 	}
+}
+
+// inAgent starts a command in the agent (a proposal, which waits for the decision);
+// the function returned waits for it and returns its output.
+func inAgent(e *env, id string, args ...string) func() string {
+	e.t.Helper()
+	cmd := e.command(nil, append([]string{"exec", id, "--"}, args...)...)
+	var o bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &o
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	var once sync.Once
+	return func() string { once.Do(func() { _ = cmd.Wait() }); return strings.TrimSpace(o.String()) }
+}
+
+// waitProposal waits until `bottle proposals ID` shows want and returns the listing;
+// answer tells what the proposing client said when it never shows.
+func waitProposal(e *env, id, want string, answer func() string) string {
+	e.t.Helper()
+	for range 100 {
+		if out := e.must("proposals", id); strings.Contains(out, want) {
+			return out
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.t.Fatalf("no %q in the proposals; the agent's client said: %s", want, answer())
+	return ""
 }
 
 // TestSuperviseRoute: the agent proposes a route; approving it without the credential in
@@ -458,24 +478,10 @@ token_ref = "E2E_ROUTE_TOKEN"
 	}
 	agentStarted := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22")
 
-	cmd := e.command(nil, "exec", id, "--", "/usr/local/bin/probe", "mcp", "http://supervise:8080/mcp", "propose_route_change",
+	answer := inAgent(e, id, "/usr/local/bin/probe", "mcp", "http://supervise:8080/mcp", "propose_route_change",
 		`{"justification":"the fixture API","host":"api.denied.test","token_ref":"E2E_NEW_TOKEN","header":"X-Api-Key","scheme":"none"}`)
-	var answer bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &answer, &answer
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		if out := e.must("proposals", id); strings.Contains(out, "#1 route pending") {
-			if !strings.Contains(out, "+ api.denied.test (X-Api-Key, credential from $E2E_NEW_TOKEN)") {
-				t.Errorf("proposals:\n%s", out)
-			}
-			break
-		}
-		if i == 100 {
-			t.Fatalf("no proposal; the agent's client said: %s", answer.String())
-		}
-		time.Sleep(200 * time.Millisecond)
+	if out := waitProposal(e, id, "#1 route pending", answer); !strings.Contains(out, "+ api.denied.test (X-Api-Key, credential from $E2E_NEW_TOKEN)") {
+		t.Errorf("proposals:\n%s", out)
 	}
 
 	// Without the credential in the approving shell: refused, nothing changes.
@@ -493,8 +499,7 @@ token_ref = "E2E_ROUTE_TOKEN"
 	if code != 0 {
 		t.Fatalf("approve: exit %d: %s %s", code, out, errOut)
 	}
-	_ = cmd.Wait()
-	if got := answer.String(); !strings.Contains(got, `"decision":"approved"`) {
+	if got := answer(); !strings.Contains(got, `"decision":"approved"`) {
 		t.Errorf("the agent's answer: %s", got)
 	}
 	got, h := call(newRoute)
@@ -510,12 +515,7 @@ token_ref = "E2E_ROUTE_TOKEN"
 	if caps := e.probe(id, "mcp", "http://supervise:8080/mcp", "current_capabilities", "{}"); !strings.Contains(caps, `"host":"api.denied.test","header":"X-Api-Key"`) {
 		t.Errorf("current_capabilities lacks the route: %s", caps)
 	}
-	// The credential goes in on stdin, never on a command line.
-	scan := e.command(nil, "exec", id, "--", "/bin/sh", "-c", `read -r t; { grep -rlsF "$t" /home /workspace /tmp /etc /run /root /proc/1/environ /proc/self/environ; env | grep -F "$t"; } 2>/dev/null || true`)
-	scan.Stdin = strings.NewReader(newToken + "\n")
-	if found, err := scan.CombinedOutput(); err != nil || strings.TrimSpace(string(found)) != "" {
-		t.Errorf("the credential is in the agent's files or env: %v %s", err, found)
-	}
+	scanAgent(e, id, newToken)
 	for what, text := range map[string]string{
 		"approve output": out + errOut,
 		"proposals":      e.must("proposals", id, "--json"),
