@@ -512,7 +512,7 @@ token_ref = "E2E_ROUTE_TOKEN"
 	if now := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"); now != agentStarted {
 		t.Errorf("the agent was restarted: start time %s, before %s", now, agentStarted)
 	}
-	if caps := e.probe(id, "mcp", "http://supervise:8080/mcp", "current_capabilities", "{}"); !strings.Contains(caps, `"host":"api.denied.test","header":"X-Api-Key"`) {
+	if caps := e.probe(id, "mcp", "http://supervise:8080/mcp", "current_capabilities", "{}"); !strings.Contains(caps, `{"header":"X-Api-Key","host":"api.denied.test"}`) {
 		t.Errorf("current_capabilities lacks the route: %s", caps)
 	}
 	scanAgent(e, id, newToken)
