@@ -506,6 +506,18 @@ token_ref = "E2E_ROUTE_TOKEN"
 	if !strings.HasPrefix(got, "STATUS 200 UPSTREAM-OK") || h == nil || h.Get("X-Api-Key") != newToken {
 		t.Errorf("the approved route: %s, upstream saw X-Api-Key %q", got, h.Get("X-Api-Key"))
 	}
+	// As a manifest's route host, the approved one is on the filter's allowlist too.
+	for i := 0; ; i++ {
+		got := e.probe(id, "get", "http://filter:8888", "http://api.denied.test/hello")
+		if strings.HasPrefix(got, "STATUS 200 UPSTREAM-ALLOWED") {
+			break
+		}
+		if i == 10 {
+			t.Errorf("the route's host through the filter: %s", got)
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	if got, h := call(oldRoute); !strings.HasPrefix(got, "STATUS 200 UPSTREAM-OK") || h == nil || h.Get("Authorization") != "Bearer "+oldToken {
 		t.Errorf("the start's route after the restart: %s, upstream saw Authorization %q", got, h.Get("Authorization"))
 	}

@@ -71,7 +71,7 @@ func manifestRoute(r supervise.RouteChange) *manifest.Route {
 // this process's env now, the egress-proxy restarted on the same address with the route
 // in its config and the credential added to its stored env (the other routes' values
 // stay as the start gave them). The agent already reaches every route through the
-// egress-proxy's name, so it is not restarted. A stopped bottle only records the route:
+// egress-proxy's name, so it is not restarted; the builtin filter allows the host too. A stopped bottle only records the route:
 // its resume plans it. When anything fails, nothing changes.
 func (e *Engine) approveRoute(ctx context.Context, id names.Identity, r *supervise.RouteChange, caps *supervise.Capabilities) error {
 	if slices.ContainsFunc(caps.Routes, func(x supervise.RouteInfo) bool { return x.Host == r.Host }) {
@@ -137,6 +137,11 @@ func (e *Engine) approveRoute(ctx context.Context, id names.Identity, r *supervi
 	}
 	caps.Routes = append(caps.Routes, supervise.RouteInfo{Host: route.Host, Header: route.Header})
 	caps.ApprovedRoutes = append(caps.ApprovedRoutes, *r)
+	if caps.Filter == plan.FilterBuiltin {
+		// A route's host is on the allowlist too, as the manifest's are (EffectiveAllowlist);
+		// pipelock gets it at the next start, its config being rendered then.
+		applyAllowlistChange(caps, &supervise.AllowlistChange{Add: []string{route.Host}}, time.Time{})
+	}
 	return nil
 }
 

@@ -158,6 +158,16 @@ func TestApproveRoute(t *testing.T) {
 	if len(f.caps.ApprovedRoutes) != 1 || len(f.caps.Routes) != 2 || f.caps.Routes[1] != (supervise.RouteInfo{Host: "new.example", Header: "X-Api-Key"}) {
 		t.Errorf("capabilities %+v", f.caps)
 	}
+	if len(f.caps.Changes.Add) != 0 {
+		t.Errorf("pipelock's allowlist changed without its restart: %+v", f.caps.Changes)
+	}
+	f.caps.Filter = plan.FilterBuiltin
+	if err := f.e.approveRoute(t.Context(), f.id, &supervise.RouteChange{Host: "third.example", TokenRef: "NEW_TOKEN"}, f.caps); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.caps.Effective(time.Now()); !slices.Equal(got, []string{"a.example", "third.example"}) {
+		t.Errorf("with the builtin filter the route's host is not allowed: %q", got)
+	}
 	if err := f.e.approveRoute(t.Context(), f.id, route, f.caps); err == nil || !strings.Contains(err.Error(), "has a route to new.example already") {
 		t.Errorf("the same route again: %v", err)
 	}
