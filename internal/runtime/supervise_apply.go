@@ -71,8 +71,9 @@ func manifestRoute(r supervise.RouteChange) *manifest.Route {
 // this process's env now, the egress-proxy restarted on the same address with the route
 // in its config and the credential added to its stored env (the other routes' values
 // stay as the start gave them). The agent already reaches every route through the
-// egress-proxy's name, so it is not restarted; the builtin filter allows the host too. A stopped bottle only records the route:
-// its resume plans it. When anything fails, nothing changes.
+// egress-proxy's name, so it is not restarted; the builtin filter allows the host too.
+// A stopped bottle only records the route: its resume plans it. When anything fails,
+// nothing changes.
 func (e *Engine) approveRoute(ctx context.Context, id names.Identity, r *supervise.RouteChange, caps *supervise.Capabilities) error {
 	if slices.ContainsFunc(caps.Routes, func(x supervise.RouteInfo) bool { return x.Host == r.Host }) {
 		return fmt.Errorf("bottle %s has a route to %s already", id, r.Host)
@@ -96,15 +97,6 @@ func (e *Engine) approveRoute(ctx context.Context, id names.Identity, r *supervi
 	if _, held := envValue(agentSpec.Process.Env, r.TokenRef); held {
 		return fmt.Errorf("the agent of %s holds $%s itself: a route's credential must be one the agent does not have; deny the proposal", id, r.TokenRef)
 	}
-	env := slices.Clone(spec.Process.Env)
-	if _, ok := envValue(env, r.TokenRef); !ok {
-		// The same name for another route keeps the value the start gave it.
-		v, ok := e.lookupEnv(r.TokenRef)
-		if !ok || v == "" {
-			return fmt.Errorf("$%s is not set: export the credential of route %s in the shell that approves (only the egress-proxy gets it), then approve again", r.TokenRef, r.Host)
-		}
-		env = append(env, r.TokenRef+"="+v)
-	}
 	cfgPath := filepath.Join(plan.StageDir(e.opts.StateDir, id), routesStageFile)
 	old, err := os.ReadFile(cfgPath)
 	if err != nil {
@@ -113,6 +105,20 @@ func (e *Engine) approveRoute(ctx context.Context, id names.Identity, r *supervi
 	var cfg egress.ProxyConfig
 	if err := json.Unmarshal(old, &cfg); err != nil {
 		return fmt.Errorf("egress-proxy config of %s: %w", id, err)
+	}
+	env := slices.Clone(spec.Process.Env)
+	_, inEnv := envValue(env, r.TokenRef)
+	switch {
+	case slices.ContainsFunc(cfg.Routes, func(x egress.Route) bool { return x.TokenRef == r.TokenRef }):
+		// Another route's credential: it keeps the value the start gave it.
+	case inEnv:
+		return fmt.Errorf("$%s is a variable of the egress-proxy itself, not a route's credential; deny the proposal", r.TokenRef)
+	default:
+		v, ok := e.lookupEnv(r.TokenRef)
+		if !ok || v == "" {
+			return fmt.Errorf("$%s is not set: export the credential of route %s in the shell that approves (only the egress-proxy gets it), then approve again", r.TokenRef, r.Host)
+		}
+		env = append(env, r.TokenRef+"="+v)
 	}
 	// Every route trusts the extra CA, or none does.
 	route := plan.Route(manifestRoute(*r), len(cfg.Routes) > 0 && cfg.Routes[0].CAFile != "")

@@ -53,7 +53,7 @@ func newApplyFixture(t *testing.T) *applyFixture {
 	}
 	f.host.started[f.id.Container(names.RoleAgent)] = true
 	f.host.env = map[string][]string{
-		f.id.Container(names.RoleEgressProxy): {"PATH=/bin", "OLD_TOKEN=from-the-start"},
+		f.id.Container(names.RoleEgressProxy): {"PATH=/bin", "SSL_CERT_FILE=/etc/ssl/ca.pem", "OLD_TOKEN=from-the-start"},
 		f.id.Container(names.RoleAgent):       {"PATH=/bin", "FORWARDED=1"},
 	}
 	f.writeStage(t, routesStageFile, `{"listen":"10.0.0.3:9000","routes":[{"host":"old.example","token_ref":"OLD_TOKEN","header":"Authorization","ca_file":"/etc/bottle/extra-ca.pem"}]}`)
@@ -95,7 +95,7 @@ func TestApproveRoute(t *testing.T) {
 		if got := f.readStage(t, routesStageFile); got != configBefore {
 			t.Errorf("%s: config changed:\n%s", what, got)
 		}
-		if got := f.host.env[proxy]; !slices.Equal(got, []string{"PATH=/bin", "OLD_TOKEN=from-the-start"}) {
+		if got := f.host.env[proxy]; !slices.Equal(got, []string{"PATH=/bin", "SSL_CERT_FILE=/etc/ssl/ca.pem", "OLD_TOKEN=from-the-start"}) {
 			t.Errorf("%s: egress-proxy env %q", what, got)
 		}
 		if len(f.caps.ApprovedRoutes) != 0 || len(f.caps.Routes) != 1 {
@@ -116,6 +116,10 @@ func TestApproveRoute(t *testing.T) {
 		t.Errorf("a credential the agent holds: %v", err)
 	}
 	unchanged("a credential the agent holds")
+	if err := f.e.approveRoute(t.Context(), f.id, &supervise.RouteChange{Host: "path.example", TokenRef: "SSL_CERT_FILE"}, f.caps); err == nil || !strings.Contains(err.Error(), "a variable of the egress-proxy itself") {
+		t.Errorf("a variable of the egress-proxy's own: %v", err)
+	}
+	unchanged("a variable of the egress-proxy's own")
 
 	// The restart fails once: the change is taken back and the egress-proxy runs as before.
 	f.env["NEW_TOKEN"] = "s3cret"
@@ -136,7 +140,7 @@ func TestApproveRoute(t *testing.T) {
 	if err := f.e.approveRoute(t.Context(), f.id, route, f.caps); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.host.env[proxy]; !slices.Equal(got, []string{"PATH=/bin", "OLD_TOKEN=from-the-start", "NEW_TOKEN=s3cret"}) {
+	if got := f.host.env[proxy]; !slices.Equal(got, []string{"PATH=/bin", "SSL_CERT_FILE=/etc/ssl/ca.pem", "OLD_TOKEN=from-the-start", "NEW_TOKEN=s3cret"}) {
 		t.Errorf("egress-proxy env %q", got)
 	}
 	var cfg egress.ProxyConfig
@@ -164,6 +168,9 @@ func TestApproveRoute(t *testing.T) {
 	f.caps.Filter = plan.FilterBuiltin
 	if err := f.e.approveRoute(t.Context(), f.id, &supervise.RouteChange{Host: "third.example", TokenRef: "NEW_TOKEN"}, f.caps); err != nil {
 		t.Fatal(err)
+	}
+	if got := f.host.env[proxy]; len(got) != 4 {
+		t.Errorf("a second route with the same credential changed the env: %q", got)
 	}
 	if got := f.caps.Effective(time.Now()); !slices.Equal(got, []string{"a.example", "third.example"}) {
 		t.Errorf("with the builtin filter the route's host is not allowed: %q", got)
