@@ -81,3 +81,64 @@ allowlist = ["api.allowed.test", %q]
 	e.must("rm", "--force", id)
 	e.assertNothingLeft(id)
 }
+
+// TestPipelockSupervise: with pipelock, an approved allowlist change restarts pipelock on
+// its address with the host allowed, without restarting the agent; a grant --for is
+// refused (its end would need another restart).
+func TestPipelockSupervise(t *testing.T) {
+	archive := os.Getenv("BOTTLE_TEST_PIPELOCK_IMAGE")
+	if archive == "" {
+		t.Skip("BOTTLE_TEST_PIPELOCK_IMAGE not set: it names an OCI archive of pipelock (see TestPipelockFilter)")
+	}
+	e := newEnv(t)
+	newUpstream(t)
+	imported := strings.Fields(e.must("image", "import", archive))
+	if len(imported) != 1 {
+		t.Fatalf("import %s: images %q, want exactly one", archive, imported)
+	}
+	manifest := fmt.Sprintf(`[agents.piped]
+bottle = "b"
+image = %q
+command = ["/bin/sleep", "600"]
+
+[bottles.b]
+runtime = "runsc-runc"
+filter = "pipelock"
+allowlist = ["api.allowed.test"]
+supervise = true
+supervise_timeout = "60s"
+`, testImage)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"start", "--detach", "--pipelock-image", imported[0]}
+	for _, h := range []string{"api.allowed.test", "api.denied.test"} {
+		args = append(args, "--add-host", h+":"+upstreamAddr.Addr().String())
+	}
+	if out, errOut, code := e.bottle(nil, append(args, "piped")...); code != 0 {
+		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
+	}
+	id := e.identityOf("piped")
+	reach := func() string {
+		t.Helper()
+		return e.probe(id, "get", "http://filter:8888", "http://api.denied.test/hello")
+	}
+	expectPrefix(t, reach(), "STATUS 403", "before the proposal")
+	agentStarted := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22")
+	answer := inAgent(e, id, "/usr/local/bin/probe", "mcp", "http://supervise:8080/mcp", "propose_allowlist_change", `{"justification":"fixture","add":["api.denied.test"]}`)
+	waitProposal(e, id, "#1 allowlist pending", answer)
+	if _, errOut, code := e.bottle(nil, "approve", id, "1", "--for", "5s"); code == 0 || !strings.Contains(errOut, "a grant --for would need bottle to restart it") {
+		t.Errorf("--for with pipelock: exit %d: %s", code, errOut)
+	}
+	expectPrefix(t, reach(), "STATUS 403", "after the refused --for")
+	e.must("approve", id, "1")
+	if got := answer(); !strings.Contains(got, `"decision":"approved"`) {
+		t.Errorf("the agent's answer: %s", got)
+	}
+	expectPrefix(t, reach(), "STATUS 200 UPSTREAM-ALLOWED host=api.denied.test", "after the approval")
+	expectPrefix(t, e.probe(id, "get", "http://filter:8888", "http://api.allowed.test/hello"), "STATUS 200", "the configured host after the approval")
+	if now := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"); now != agentStarted {
+		t.Errorf("the agent was restarted: start time %s, before %s", now, agentStarted)
+	}
+	e.must("rm", "--force", id)
+}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -358,28 +359,13 @@ func TestSuperviseGitRule(t *testing.T) {
 		t.Fatalf("push before the approval: %v\n%s", err, out)
 	}
 	// The agent image has node: its fetch is the agent's plain JSON client.
-	propose := e.command(nil, "exec", id, "--", "node", "-e", `fetch(process.env.BOTTLE_SUPERVISE_URL+"/v1/proposals",{method:"POST",body:JSON.stringify({kind:"git_rule",justification:"a feature branch",git_rule:{remote:"origin-ssh",ref:"refs/heads/feature/*"}})}).then(r=>r.text()).then(t=>console.log(t))`)
-	var o bytes.Buffer
-	propose.Stdout, propose.Stderr = &o, &o
-	if err := propose.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		if out := e.must("proposals", id); strings.Contains(out, "#1 git_rule pending") {
-			if !strings.Contains(out, "+ refs/heads/feature/*") {
-				t.Errorf("proposals:\n%s", out)
-			}
-			break
-		}
-		if i == 100 {
-			t.Fatalf("no proposal; the agent's client said: %s", o.String())
-		}
-		time.Sleep(200 * time.Millisecond)
+	answer := inAgent(e, id, "node", "-e", `fetch(process.env.BOTTLE_SUPERVISE_URL+"/v1/proposals",{method:"POST",body:JSON.stringify({kind:"git_rule",justification:"a feature branch",git_rule:{remote:"origin-ssh",ref:"refs/heads/feature/*"}})}).then(r=>r.text()).then(t=>console.log(t))`)
+	if out := waitProposal(e, id, "#1 git_rule pending", answer); !strings.Contains(out, "+ refs/heads/feature/*") {
+		t.Errorf("proposals:\n%s", out)
 	}
 	e.must("approve", id, "1")
-	_ = propose.Wait()
-	if !strings.Contains(o.String(), `"decision":"approved"`) {
-		t.Errorf("the agent's answer: %s", o.String())
+	if got := answer(); !strings.Contains(got, `"decision":"approved"`) {
+		t.Errorf("the agent's answer: %s", got)
 	}
 	var out string
 	var err error
@@ -395,11 +381,176 @@ func TestSuperviseGitRule(t *testing.T) {
 	if forge.ref(bare, "refs/heads/feature/x") == "" {
 		t.Error("the approved push did not land upstream")
 	}
-	// The token goes in on stdin, never on a command line.
-	scan := e.command(nil, "exec", id, "--", "bash", "-c", `read -r t; { grep -rlsF "$t" /home /workspace /tmp /etc /run /root; env | grep -F "$t"; } 2>/dev/null || true`)
-	scan.Stdin = strings.NewReader(forge.token + "\n")
+	scanAgent(e, id, forge.token)
+}
+
+// scanAgent fails the test when secret is in the agent's files, env or processes' env.
+// It goes in on stdin, never on a command line.
+func scanAgent(e *env, id, secret string) {
+	e.t.Helper()
+	scan := e.command(nil, "exec", id, "--", "/bin/sh", "-c", `read -r t; { grep -rlsF "$t" /home /workspace /tmp /etc /run /root /proc/[0-9]*/environ; env | grep -F "$t"; } 2>/dev/null || true`)
+	scan.Stdin = strings.NewReader(secret + "\n")
 	if found, err := scan.CombinedOutput(); err != nil || strings.TrimSpace(string(found)) != "" {
-		t.Errorf("the token is in the agent's files or env: %v %s", err, found)
+		e.t.Errorf("the secret is in the agent's files or env: %v %s", err, found)
+	}
+}
+
+// inAgent starts a command in the agent (a proposal, which waits for the decision);
+// the function returned waits for it and returns its output.
+func inAgent(e *env, id string, args ...string) func() string {
+	e.t.Helper()
+	cmd := e.command(nil, append([]string{"exec", id, "--"}, args...)...)
+	var o bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &o
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	var once sync.Once
+	return func() string { once.Do(func() { _ = cmd.Wait() }); return strings.TrimSpace(o.String()) }
+}
+
+// waitProposal waits until `bottle proposals ID` shows want and returns the listing;
+// answer tells what the proposing client said when it never shows.
+func waitProposal(e *env, id, want string, answer func() string) string {
+	e.t.Helper()
+	for range 100 {
+		if out := e.must("proposals", id); strings.Contains(out, want) {
+			return out
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.t.Fatalf("no %q in the proposals; the agent's client said: %s", want, answer())
+	return ""
+}
+
+// TestSuperviseRoute: the agent proposes a route; approving it without the credential in
+// the approving shell fails and changes nothing; with it, the egress-proxy is restarted
+// with the new route, the agent (not restarted) reaches the route's host with the real
+// credential injected, the route declared at start keeps its own, and the new credential
+// is nowhere in the agent, in bottle's command lines, output or audit trail. A resume
+// plans the approved route again with the resuming shell's credential.
+func TestSuperviseRoute(t *testing.T) {
+	e := newEnv(t)
+	up := newUpstream(t)
+	manifest := fmt.Sprintf(`[agents.sup]
+bottle = "b"
+image = %q
+command = ["/bin/sleep", "600"]
+
+[bottles.b]
+runtime = "runsc-runc"
+filter = "builtin"
+allowlist = ["api.allowed.test"]
+supervise = true
+supervise_timeout = "60s"
+
+[[bottles.b.egress_proxy.routes]]
+host = "api.route.test"
+token_ref = "E2E_ROUTE_TOKEN"
+`, testImage)
+	if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsAddr.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	oldToken := fmt.Sprintf("sk-e2e-start-%d-%d", time.Now().UnixNano(), os.Getpid())
+	newToken := fmt.Sprintf("sk-e2e-approved-%d-%d", time.Now().UnixNano(), os.Getpid())
+	stopWatch := watchCmdlines(newToken)
+	startArgs := []string{"--ca-file", up.caFile, "--resolv-conf", resolv}
+	if out, errOut, code := e.bottle([]string{"E2E_ROUTE_TOKEN=" + oldToken}, append(append([]string{"start", "--detach"}, startArgs...), "sup")...); code != 0 {
+		t.Fatalf("start: exit %d: %s %s", code, out, errOut)
+	}
+	id := e.identityOf("sup")
+	const newRoute = "http://egress-proxy:9000/api.denied.test/v1/messages"
+	const oldRoute = "http://egress-proxy:9000/api.route.test/v1/messages"
+	// call posts to a route and returns the probe's line and the headers the upstream saw.
+	call := func(url string) (string, http.Header) {
+		t.Helper()
+		n := len(up.headers())
+		got := e.probe(id, "post", url)
+		if seen := up.headers(); len(seen) > n {
+			return got, seen[len(seen)-1]
+		}
+		return got, nil
+	}
+	if got, h := call(newRoute); strings.HasPrefix(got, "STATUS 200") || h != nil {
+		t.Fatalf("the route's host is reachable before any proposal: %s", got)
+	}
+	agentStarted := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22")
+
+	answer := inAgent(e, id, "/usr/local/bin/probe", "mcp", "http://supervise:8080/mcp", "propose_route_change",
+		`{"justification":"the fixture API","host":"api.denied.test","token_ref":"E2E_NEW_TOKEN","header":"X-Api-Key","scheme":"none"}`)
+	if out := waitProposal(e, id, "#1 route pending", answer); !strings.Contains(out, "+ api.denied.test (X-Api-Key, credential from $E2E_NEW_TOKEN)") {
+		t.Errorf("proposals:\n%s", out)
+	}
+
+	// Without the credential in the approving shell: refused, nothing changes.
+	if out, errOut, code := e.bottle(nil, "approve", id, "1"); code == 0 || !strings.Contains(errOut, "$E2E_NEW_TOKEN is not set") {
+		t.Errorf("approval without the credential: exit %d: %s %s", code, out, errOut)
+	}
+	if got, h := call(newRoute); strings.HasPrefix(got, "STATUS 200") || h != nil {
+		t.Errorf("the route works after the failed approval: %s", got)
+	}
+	if out := e.must("proposals", id); !strings.Contains(out, "#1 route pending") {
+		t.Errorf("the failed approval decided the proposal:\n%s", out)
+	}
+
+	out, errOut, code := e.bottle([]string{"E2E_NEW_TOKEN=" + newToken}, "approve", id, "1", "--reason", "ok")
+	if code != 0 {
+		t.Fatalf("approve: exit %d: %s %s", code, out, errOut)
+	}
+	if got := answer(); !strings.Contains(got, `"decision":"approved"`) {
+		t.Errorf("the agent's answer: %s", got)
+	}
+	got, h := call(newRoute)
+	if !strings.HasPrefix(got, "STATUS 200 UPSTREAM-OK") || h == nil || h.Get("X-Api-Key") != newToken {
+		t.Errorf("the approved route: %s, upstream saw X-Api-Key %q", got, h.Get("X-Api-Key"))
+	}
+	// As a manifest's route host, the approved one is on the filter's allowlist too.
+	for i := 0; ; i++ {
+		got := e.probe(id, "get", "http://filter:8888", "http://api.denied.test/hello")
+		if strings.HasPrefix(got, "STATUS 200 UPSTREAM-ALLOWED") {
+			break
+		}
+		if i == 10 {
+			t.Errorf("the route's host through the filter: %s", got)
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if got, h := call(oldRoute); !strings.HasPrefix(got, "STATUS 200 UPSTREAM-OK") || h == nil || h.Get("Authorization") != "Bearer "+oldToken {
+		t.Errorf("the start's route after the restart: %s, upstream saw Authorization %q", got, h.Get("Authorization"))
+	}
+	if now := e.must("exec", id, "--", "/bin/sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"); now != agentStarted {
+		t.Errorf("the agent was restarted: start time %s, before %s", now, agentStarted)
+	}
+	if caps := e.probe(id, "mcp", "http://supervise:8080/mcp", "current_capabilities", "{}"); !strings.Contains(caps, `{"header":"X-Api-Key","host":"api.denied.test"}`) {
+		t.Errorf("current_capabilities lacks the route: %s", caps)
+	}
+	scanAgent(e, id, newToken)
+	for what, text := range map[string]string{
+		"approve output": out + errOut,
+		"proposals":      e.must("proposals", id, "--json"),
+		"audit trail":    e.must("audit", id, "--json"),
+		"egress log":     e.must("logs", id, "--role", "egress-proxy"),
+	} {
+		if strings.Contains(text, newToken) {
+			t.Errorf("the credential is in the %s", what)
+		}
+	}
+
+	e.must("stop", id)
+	if out, errOut, code := e.bottle([]string{"E2E_ROUTE_TOKEN=" + oldToken, "E2E_NEW_TOKEN=" + newToken}, append(append([]string{"resume", "--detach"}, startArgs...), id)...); code != 0 {
+		t.Fatalf("resume: exit %d: %s %s", code, out, errOut)
+	}
+	if got, h := call(newRoute); !strings.HasPrefix(got, "STATUS 200 UPSTREAM-OK") || h == nil || h.Get("X-Api-Key") != newToken {
+		t.Errorf("the approved route after resume: %s", got)
+	}
+	e.must("rm", "--force", id)
+	if stopWatch() {
+		t.Error("the credential was on a command line")
 	}
 }
 

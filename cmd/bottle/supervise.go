@@ -51,7 +51,7 @@ func superviseCommands() []*cli.Command {
 			OnUsageError: onUsageError,
 			// An approved Dockerfile restarts the bottle on its new image: resume's flags.
 			Flags: append([]cli.Flag{
-				&cli.DurationFlag{Name: "for", Usage: "an allowlist grant ends after this long (e.g. 30m)"},
+				&cli.DurationFlag{Name: "for", Usage: "an allowlist grant ends after this long (e.g. 30m; builtin filter only, pipelock refuses it)"},
 				&cli.StringFlag{Name: "reason", Usage: "a note for the agent"},
 				&cli.BoolFlag{Name: "save", Usage: "also write an allowlist change into the manifest (or print what to paste)"},
 			}, restartFlags()...),
@@ -64,8 +64,8 @@ func superviseCommands() []*cli.Command {
 				if err != nil {
 					return err
 				}
-				// A Dockerfile approval builds and restarts the agent: host values are read
-				// as by start.
+				// A Dockerfile approval builds and restarts the agent, a route approval reads
+				// its credential: host values are read as by start.
 				opts.LookupEnv = hostenv.Take().Lookup
 				dec, err := runtime.Approve(c.Context, opts, id, n, runtime.ApproveOptions{For: c.Duration("for"), Reason: c.String("reason"), Progress: c.App.ErrWriter, Save: c.Bool("save")})
 				if err != nil {

@@ -41,8 +41,13 @@ func (pipelockFilter) container(b *builder) (*Container, error) {
 		[]string{"/pipelock", "run", "--listen", fmt.Sprintf("0.0.0.0:%d", FilterPort), "--config", "/etc/pipelock/pipelock.yaml"}, nil,
 		[]specs.Mount{bind(path.Join(b.p.StageDir, "filter/pipelock.yaml"), "/etc/pipelock/pipelock.yaml", true)})
 	c.Spec = spec
-	c.Ready = &Readiness{URL: fmt.Sprintf("http://%s/health", netip.AddrPortFrom(b.addr(names.RoleFilter, names.NetEgress), FilterPort))}
+	c.Ready = &Readiness{URL: PipelockHealthURL(b.addr(names.RoleFilter, names.NetEgress))}
 	return c, err
+}
+
+// PipelockHealthURL is where the host sees pipelock serve, at its egress address.
+func PipelockHealthURL(egressAddr netip.Addr) string {
+	return fmt.Sprintf("http://%s/health", netip.AddrPortFrom(egressAddr, FilterPort))
 }
 
 // PipelockEmptyAllowlistHost stands in for an empty allowlist in pipelock's config:

@@ -190,7 +190,7 @@ func Build(in Input) (*Plan, error) {
 		Bottle:   agent.Bottle,
 		Manifest: in.ManifestPath,
 		Runtime:  cmp.Or(in.RuntimeOverride, bottle.Runtime, "auto"),
-		StageDir: path.Join(in.StateDir, "bottles", identity.String(), "stage"),
+		StageDir: StageDir(in.StateDir, identity),
 		AuditDir: audit.Dir(in.StateDir, identity),
 	}
 	if !slices.Contains(manifest.RuntimeChoices, p.Runtime) {
@@ -211,11 +211,7 @@ func Build(in Input) (*Plan, error) {
 	p.Allowlist = EffectiveAllowlist(bottle)
 	p.AllowlistSummary = AllowlistSummary(p.Allowlist)
 	for _, r := range bottle.EgressProxy.Routes {
-		route := egress.Route{Host: names.NormalizeHost(r.Host), TokenRef: r.TokenRef, Header: r.HeaderName(), Scheme: new(r.SchemeName()), Roles: r.Roles()}
-		if in.ExtraCA != "" {
-			route.CAFile = extraCAPath
-		}
-		p.Routes = append(p.Routes, route)
+		p.Routes = append(p.Routes, Route(r, in.ExtraCA != ""))
 	}
 
 	b := &builder{in: in, p: p, agent: agent, bottle: bottle}
@@ -376,4 +372,19 @@ func hostAddr(p netip.Prefix, n byte) netip.Addr {
 	a := p.Masked().Addr().As4()
 	a[3] += n
 	return netip.AddrFrom4(a)
+}
+
+// StageDir is where bottle id's stage files are (its sidecars' configs among them).
+func StageDir(stateDir string, id names.Identity) string {
+	return path.Join(stateDir, "bottles", id.String(), "stage")
+}
+
+// Route is the egress-proxy's route of manifest route r; with extraCA it trusts the
+// extra CA too.
+func Route(r *manifest.Route, extraCA bool) egress.Route {
+	route := egress.Route{Host: names.NormalizeHost(r.Host), TokenRef: r.TokenRef, Header: r.HeaderName(), Scheme: new(r.SchemeName()), Roles: r.Roles()}
+	if extraCA {
+		route.CAFile = extraCAPath
+	}
+	return route
 }

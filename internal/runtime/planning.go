@@ -55,6 +55,10 @@ type planFacts struct {
 
 // buildPlan is the one place that turns options, engine settings and facts into a plan.
 func (e *Engine) buildPlan(po PlanOptions, f planFacts) (*plan.Plan, error) {
+	po, err := e.withApprovedRoutes(po, f.identity)
+	if err != nil {
+		return nil, err
+	}
 	_, bottle, err := po.bottle()
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -24,6 +25,8 @@ type containers interface {
 	Exists(ctx context.Context, name string) (bool, error)
 	Create(ctx context.Context, cs ctr.ContainerSpec) error
 	Update(ctx context.Context, cs ctr.ContainerSpec) error
+	Spec(ctx context.Context, name string) (*specs.Spec, error)
+	SetProcessEnv(ctx context.Context, name string, env []string) error
 	Delete(ctx context.Context, name string) error
 	Start(ctx context.Context, name, logPath string) (uint32, error)
 	Run(ctx context.Context, name string, stdio ctr.IO) (int, error)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/ctr"
 	"github.com/bottle-dev/bottle/internal/manifest"
@@ -44,6 +45,7 @@ type fakeHost struct {
 	// that ImagesWithPrefix lists.
 	images map[string]string
 	built  map[string]bool
+	env    map[string][]string // by SetProcessEnv
 }
 
 func newFakeHost(stateDir string) *fakeHost {
@@ -123,6 +125,28 @@ func (f *fakeHost) Update(_ context.Context, cs ctr.ContainerSpec) error {
 		return fmt.Errorf("update %s: image is %s, not %s: %w", cs.Name, img, cs.Image, errdefs.ErrFailedPrecondition)
 	}
 	return f.do("update " + role(cs.Name))
+}
+
+// Spec is a process spec with the env SetProcessEnv gave the container (or none).
+func (f *fakeHost) Spec(_ context.Context, name string) (*specs.Spec, error) {
+	if err := f.do("spec " + role(name)); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &specs.Spec{Process: &specs.Process{Env: slices.Clone(f.env[name])}}, nil
+}
+func (f *fakeHost) SetProcessEnv(_ context.Context, name string, env []string) error {
+	if err := f.do("setenv " + role(name)); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.env == nil {
+		f.env = map[string][]string{}
+	}
+	f.env[name] = slices.Clone(env)
+	return nil
 }
 func (f *fakeHost) Delete(_ context.Context, name string) error {
 	if err := f.do("delete " + role(name)); err != nil {

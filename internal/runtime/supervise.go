@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/hostenv"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/state"
 	"github.com/bottle-dev/bottle/internal/supervise"
 )
 
@@ -39,6 +41,7 @@ func (e *Engine) prepareSupervise(p *plan.Plan) error {
 	prev, err := dirs.ReadCapabilities()
 	if err == nil {
 		caps.Changes = prev.Changes
+		caps.ApprovedRoutes = prev.ApprovedRoutes // the plan has them already (withApprovedRoutes)
 		if prev.AgentImage != "" && prev.Dockerfile != supervise.BaseDockerfile(prev.AgentImage) {
 			// An approved Dockerfile: the agent now runs on the image built from it, but a
 			// new proposal is again a whole file FROM the base image it names.
@@ -74,6 +77,13 @@ func (e *Engine) prepareSupervise(p *plan.Plan) error {
 				}
 				caps.GitChanges.Remotes[name] = rules
 			}
+		}
+	}
+	if p.Filter == plan.FilterPipelock && prev != nil {
+		// pipelock reads approved changes only from its config, rendered now.
+		cfg := plan.PipelockConfig(caps.Effective(time.Now()), egress.DefaultInternal)
+		if err := state.WriteFile(filepath.Join(p.StageDir, pipelockStageFile), []byte(cfg), 0o644); err != nil {
+			return fmt.Errorf("pipelock config of %s: %w", p.Identity, err)
 		}
 	}
 	return dirs.WriteCapabilities(caps)
@@ -256,13 +266,35 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 	dec := supervise.Decision{N: n, Decision: supervise.DecisionApproved, Reason: ao.Reason, Decided: now}
 	switch {
 	case p.Allowlist != nil:
-		if caps.Filter != plan.FilterBuiltin {
-			return nil, fmt.Errorf("bottle %s uses the %s filter; allowlist changes are applied by the builtin filter only (start it with filter = \"builtin\")", id, caps.Filter)
+		if err := allowlistApplies(id, caps.Filter, ao.For); err != nil {
+			return nil, err
 		}
 		if ao.For > 0 {
 			dec.Until = now.Add(ao.For)
 		}
 		applyAllowlistChange(caps, p.Allowlist, dec.Until)
+		if caps.Filter == plan.FilterPipelock {
+			e, err := Open(ctx, opts)
+			if err != nil {
+				return nil, err
+			}
+			defer e.Close()
+			if err := e.applyPipelock(ctx, id, caps, now); err != nil {
+				return nil, fmt.Errorf("proposal %d of %s: %w", n, id, err)
+			}
+		}
+		if err := dirs.WriteCapabilities(caps); err != nil {
+			return nil, err
+		}
+	case p.Route != nil:
+		e, err := Open(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		defer e.Close()
+		if err := e.approveRoute(ctx, id, p.Route, caps); err != nil {
+			return nil, fmt.Errorf("proposal %d of %s: %w", n, id, err)
+		}
 		if err := dirs.WriteCapabilities(caps); err != nil {
 			return nil, err
 		}
@@ -300,7 +332,7 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("proposal %d is a %s change; this version of bottle applies allowlist, git rule and Dockerfile changes only: deny it, or add the route to the manifest and resume the bottle", n, p.Kind)
+		return nil, fmt.Errorf("proposal %d is a %s change, which this version of bottle cannot apply: deny it", n, p.Kind)
 	}
 	if err := dirs.Decide(dec); err != nil {
 		return nil, err
@@ -313,6 +345,21 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 		}
 	}
 	return out, nil
+}
+
+// allowlistApplies says whether an allowlist change can be applied with filter: the
+// builtin filter re-reads its changes (and ends a grant by itself); pipelock is restarted
+// with them, so a grant --for, which would need another restart when it ends, is refused.
+func allowlistApplies(id names.Identity, filter string, grantFor time.Duration) error {
+	switch {
+	case filter == plan.FilterBuiltin:
+		return nil
+	case filter != plan.FilterPipelock:
+		return fmt.Errorf("bottle %s uses the %s filter; allowlist changes are applied by the builtin filter and pipelock only", id, filter)
+	case grantFor > 0:
+		return refusePipelockFor(id)
+	}
+	return nil
 }
 
 // applyAllowlistChange records an approved change: added entries become grants (until

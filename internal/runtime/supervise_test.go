@@ -83,8 +83,8 @@ func TestApproveAllowlist(t *testing.T) {
 	if _, err := Deny(opts, id, 1, ""); err == nil {
 		t.Error("denied an approved proposal")
 	}
-	if _, err := Approve(t.Context(), opts, id, 3, ApproveOptions{}); err == nil || !strings.Contains(err.Error(), "applies allowlist, git rule and Dockerfile changes only") {
-		t.Errorf("route approval: %v", err)
+	if _, err := Approve(t.Context(), opts, id, 3, ApproveOptions{For: time.Minute}); err == nil || !strings.Contains(err.Error(), "--for applies to allowlist proposals") {
+		t.Errorf("route approval --for: %v", err)
 	}
 	if _, err := Approve(t.Context(), opts, id, 2, ApproveOptions{Save: true, For: time.Minute}); err == nil {
 		t.Error("--save with --for accepted")

@@ -22,7 +22,8 @@ import (
 // after every approval; current_capabilities shows them. They hold no secret: routes
 // name their host and header only.
 type Capabilities struct {
-	// Filter is the filter backend (approved allowlist changes need the builtin one).
+	// Filter is the filter backend (the builtin one re-reads approved allowlist
+	// changes; pipelock is restarted with them).
 	Filter     string `json:"filter"`
 	AgentImage string `json:"agent_image"`
 	Dockerfile string `json:"dockerfile"`
@@ -30,6 +31,9 @@ type Capabilities struct {
 	Allowlist []string                `json:"allowlist"`
 	Changes   egress.AllowlistChanges `json:"changes"`
 	Routes    []RouteInfo             `json:"routes,omitempty"`
+	// ApprovedRoutes are the routes approved besides the manifest's; a resume plans
+	// them as the manifest's, with their credentials from the resuming process's env.
+	ApprovedRoutes []RouteChange `json:"approved_routes,omitempty"`
 	// Git are the configured remotes; GitChanges the approved push rules.
 	Git        []GitInfo               `json:"git,omitempty"`
 	GitChanges gitgate.PushRuleChanges `json:"git_changes"`
