@@ -45,12 +45,13 @@ func (e *Engine) recordLifecycle(id names.Identity, event string) {
 }
 
 // recordHost adds a host record of kind to the bottle's trail (the self-test's result and
-// supervise's decisions go in here too). The trail is evidence, not a gate: a record that
-// cannot be written is a warning.
-func (e *Engine) recordHost(id names.Identity, kind string, fields any) {
-	if err := audit.Open(audit.Dir(e.opts.StateDir, id)).Append(audit.SourceHost, kind, fields); err != nil {
+// supervise's decisions too); a trail that cannot be written is warned about, never fatal.
+func (e *Engine) recordHost(id names.Identity, kind string, fields any) error {
+	err := audit.Open(audit.Dir(e.opts.StateDir, id)).Append(audit.SourceHost, kind, fields)
+	if err != nil {
 		e.log.Warn("audit record not written", "identity", id, "kind", kind, "error", err)
 	}
+	return err
 }
 
 // startEvent is the lifecycle event of this start: a start or a resume.

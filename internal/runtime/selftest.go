@@ -46,8 +46,8 @@ type selfTest struct {
 	hits   atomic.Int64
 	// firewall waits for the host-side check that the bottle's chain is in force.
 	firewall func() error
-	// recorded: the result is in the audit trail, which a taken-back start then keeps.
-	recorded bool
+	// keepTrail: a failed result is in the audit trail, which the taken-back start keeps.
+	keepTrail bool
 }
 
 // noSelfTestWarning says loudly what --no-self-test skips.
@@ -204,8 +204,7 @@ func (st *selfTest) failed(e *Engine, id names.Identity, err error) error {
 // A start whose self-test failed is taken back, but its trail stays: it is the record of
 // a bottle that was not sealed.
 func (st *selfTest) record(e *Engine, id names.Identity, r selftest.Result) {
-	e.recordHost(id, auditSelfTest, r)
-	st.recorded = true
+	st.keepTrail = e.recordHost(id, auditSelfTest, r) == nil && !r.Passed
 	data, _ := json.Marshal(r)
 	if r.Passed {
 		e.log.Info("self-test passed", "identity", id, "micros", r.Micros, "result", string(data))

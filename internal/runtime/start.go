@@ -339,7 +339,7 @@ func (s *starter) record() error {
 	// A start that never ran its agent leaves no trail either, unless its self-test said
 	// why: that record stays for `bottle audit` (and `bottle audit prune`).
 	s.undo.push("remove bottle dir", func(context.Context) error {
-		if s.st != nil && s.st.recorded {
+		if s.st != nil && s.st.keepTrail {
 			e.log.Warn("the audit trail of the failed start is kept: `bottle audit "+s.id.String()+"` shows its self-test; `bottle audit prune "+s.id.String()+"` removes it", "identity", s.id)
 			return e.store.Remove(s.id)
 		}
