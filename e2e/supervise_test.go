@@ -175,7 +175,7 @@ supervise_timeout = "10s"
 		"escape":     {"propose_allowlist_change", `{"justification":"hi\u001b]0;owned\u0007","add":["api.denied.test"]}`, "TOOLERROR refused: justification holds the control character"},
 		"oversized":  {"propose_allowlist_change", fmt.Sprintf(`{"justification":%q,"add":["api.denied.test"]}`, strings.Repeat("x", 3000)), "TOOLERROR refused: justification is longer than"},
 		"host":       {"propose_allowlist_change", `{"justification":"x","add":["10.0.0.1:22/x"]}`, "TOOLERROR refused: allowlist entry"},
-		"dockerfile": {"propose_dockerfile_change", `{"justification":"x","content":"FROM alpine\nRUN true\n"}`, "TOOLERROR refused: dockerfile line 1: FROM alpine: the image must build FROM the current agent image"},
+		"dockerfile": {"propose_dockerfile_change", `{"justification":"x","content":"FROM alpine\nRUN true\n"}`, "TOOLERROR refused: dockerfile refused: line 1: FROM alpine: only the bottle's current agent image"},
 	} {
 		if got := e.probe(id, "mcp", mcpURL, tc.tool, tc.args); !strings.HasPrefix(got, tc.want) {
 			t.Errorf("%s: got %q, want %q", name, got, tc.want)

@@ -462,17 +462,10 @@ func (e *Engine) announceProposals(ctx context.Context, id names.Identity) {
 			seen[en.N] = true
 		}
 	}
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	announce := func() {
 		es, err := dirs.Entries()
 		if err != nil {
-			continue
+			return
 		}
 		for _, en := range es {
 			if seen[en.N] {
@@ -484,6 +477,18 @@ func (e *Engine) announceProposals(ctx context.Context, id names.Identity) {
 				kind = en.Proposal.Kind
 			}
 			e.log.Info(fmt.Sprintf("the agent proposes a change (#%d, %s): see `bottle proposals %s`, then `bottle approve %s %d` or `bottle deny %s %d`", en.N, kind, id, id, en.N, id, en.N))
+		}
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// A proposal decided within the last tick is still said once.
+			announce()
+			return
+		case <-t.C:
+			announce()
 		}
 	}
 }
