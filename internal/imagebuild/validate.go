@@ -66,6 +66,9 @@ func Validate(dockerfile, base string) error {
 	}
 	froms := 0
 	for _, in := range instructions(lines) {
+		if kw := keyword(in.text); !knownInstructions[kw] {
+			return fmt.Errorf("%w: line %d: unknown instruction %q", ErrRefused, in.line, kw)
+		}
 		if err := checkInstruction(in.text, base); err != nil {
 			return fmt.Errorf("%w: line %d: %w", ErrRefused, in.line, err)
 		}
@@ -92,28 +95,29 @@ type instruction struct {
 	text string
 }
 
-// instructions joins continued lines (a trailing backslash) into logical instructions,
-// skipping comments and blank lines.
+// instructions joins continued lines (a trailing backslash) into logical instructions
+// as BuildKit's parser does: the next line is appended as it is, with no separator and
+// its leading blanks kept (`--fr\` + `om=x` is `--from=x` to BuildKit). Comments and
+// blank lines are skipped, also inside a continued instruction.
 func instructions(lines []string) []instruction {
 	var out []instruction
 	var cur strings.Builder
 	start := 0
 	for n, l := range lines {
 		t := strings.TrimSpace(l)
-		if cur.Len() == 0 && (t == "" || strings.HasPrefix(t, "#")) {
+		if t == "" || strings.HasPrefix(t, "#") {
 			continue
 		}
-		if cur.Len() > 0 && strings.HasPrefix(t, "#") {
-			continue // comments inside a continued instruction are dropped
-		}
+		piece := strings.TrimRight(l, " \t\r")
 		if cur.Len() == 0 {
 			start = n + 1
+			piece = t
 		}
-		if cont, ok := strings.CutSuffix(t, `\`); ok {
-			cur.WriteString(cont + " ")
+		if cont, ok := strings.CutSuffix(piece, `\`); ok {
+			cur.WriteString(cont)
 			continue
 		}
-		cur.WriteString(t)
+		cur.WriteString(piece)
 		out = append(out, instruction{line: start, text: cur.String()})
 		cur.Reset()
 	}
@@ -132,36 +136,62 @@ func keyword(text string) string {
 	return strings.ToUpper(f[0])
 }
 
-// checkInstruction refuses what would fetch anything or use another image.
+// knownInstructions are the Dockerfile instructions a build may use (ONBUILD is refused
+// below); anything else is refused rather than guessed at.
+var knownInstructions = map[string]bool{"FROM": true, "RUN": true, "CMD": true, "LABEL": true, "MAINTAINER": true, "EXPOSE": true,
+	"ENV": true, "ADD": true, "COPY": true, "ENTRYPOINT": true, "VOLUME": true, "USER": true, "WORKDIR": true, "ARG": true,
+	"ONBUILD": true, "STOPSIGNAL": true, "HEALTHCHECK": true, "SHELL": true}
+
+// squeeze is text as BuildKit's flag reader may see it once it has removed quotes and
+// backslash escapes: lower case, without quotes, backslashes or blanks. Looking for a
+// flag in it can only refuse too much, never too little.
+func squeeze(text string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '"' || r == '\'' || r == '\\' || unicode.IsSpace(r) {
+			return -1
+		}
+		return unicode.ToLower(r)
+	}, text)
+}
+
+// checkInstruction refuses what would fetch anything, use another image or stage, or
+// leave the build sandbox. The flag checks run over the squeezed text (see squeeze), so
+// quoting or escaping a flag's name does not hide it.
 func checkInstruction(text, base string) error {
 	f := strings.Fields(text)
 	if len(f) == 0 {
 		return nil
 	}
 	kw := strings.ToUpper(f[0])
-	lower := strings.ToLower(text)
+	sq := squeeze(text)
 	switch kw {
 	case "FROM":
 		return checkFrom(f[1:], base)
 	case "ADD":
-		for _, a := range f[1:] {
-			la := strings.ToLower(a)
-			if strings.Contains(la, "://") || strings.HasPrefix(la, "git@") {
-				return fmt.Errorf("ADD of %q fetches from the network; nothing is fetched in a bottle build", a)
-			}
+		if strings.Contains(sq, "://") || strings.Contains(sq, "git@") {
+			return errors.New("ADD from a URL or git repository fetches from the network; nothing is fetched in a bottle build")
 		}
 	case "ONBUILD":
 		return errors.New("ONBUILD is not supported")
 	}
-	// Flags of COPY/ADD/RUN that name another image or the host network.
-	if strings.Contains(lower, "--from") {
+	if strings.Contains(sq, "--from") {
 		return errors.New("--from names another image or stage; only one stage is built")
 	}
-	if strings.Contains(lower, "--mount") && strings.Contains(lower, "from=") {
+	if strings.Contains(sq, "--mount") && strings.Contains(sq, "from=") {
 		return errors.New("a RUN mount from another image is not allowed")
 	}
-	if strings.Contains(lower, "--network") && !strings.Contains(lower, "--network=none") && !strings.Contains(lower, "--network=default") {
-		return errors.New("RUN --network other than none/default is not allowed (builds have no network)")
+	if strings.Contains(sq, "--security") {
+		return errors.New("RUN --security is not allowed")
+	}
+	for rest := sq; ; {
+		i := strings.Index(rest, "--network")
+		if i < 0 {
+			break
+		}
+		rest = rest[i+len("--network"):]
+		if !strings.HasPrefix(rest, "=none") && !strings.HasPrefix(rest, "=default") {
+			return errors.New("RUN --network other than none/default is not allowed (builds have no network)")
+		}
 	}
 	return nil
 }

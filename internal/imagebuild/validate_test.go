@@ -38,6 +38,18 @@ func TestValidateRefuses(t *testing.T) {
 		{"FROM " + base + " AS a\nFROM " + base + "\nCOPY --from=a / /\n", "--from"},
 		{"FROM " + base + "\nCOPY --from=busybox /bin/sh /sh\n", "--from"},
 		{"FROM " + base + "\nCOPY --FROM=busybox /bin/sh /sh\n", "--from"},
+		// Spellings BuildKit's parser reads as another image, a second stage, the host
+		// network or an insecure sandbox (a hostile review ran each through BuildKit).
+		{"FROM " + base + "\nCOPY --fr\\\nom=other:latest /etc /x\n", "--from"},
+		{"FROM " + base + "\nCOPY --fr\"o\"m=other:latest /etc /x\n", "--from"},
+		{"FROM " + base + "\nCOPY --f\\rom=other:latest /etc /x\n", "--from"},
+		{"FROM " + base + "\nRUN --mount=type=bind,\"from\"=other,target=/o true\n", "mount from another image"},
+		{"FROM " + base + "\nFR\\\nOM other:latest\n", "only the bottle's current agent image"},
+		{"FROM " + base + "\nRUN --net\"work\"=host true\n", "--network"},
+		{"FROM " + base + "\nRUN --network=host echo --network=none\n", "--network"},
+		{"FROM " + base + "\nRUN --security=insecure true\n", "--security"},
+		{"FROM " + base + "\nRUN --sec\\\nurity=insecure true\n", "--security"},
+		{"FROM " + base + "\nFOO bar\n", "unknown instruction"},
 		{"FROM " + base + "\nRUN --mount=type=bind,from=busybox,target=/b true\n", "mount from another image"},
 		{"FROM " + base + "\nRUN --network=host true\n", "--network"},
 		{"FROM " + base + "\nADD https://example.com/x /x\n", "fetches from the network"},
