@@ -110,7 +110,10 @@ func (e *Engine) approveRoute(ctx context.Context, id names.Identity, r *supervi
 	_, inEnv := envValue(env, r.TokenRef)
 	switch {
 	case slices.ContainsFunc(cfg.Routes, func(x egress.Route) bool { return x.TokenRef == r.TokenRef }):
-		// Another route's credential: it keeps the value the start gave it.
+		// Another route's credential would go to the new host: a proposal could send the
+		// GitHub token to a host of the agent's choosing with one approval.
+		i := slices.IndexFunc(cfg.Routes, func(x egress.Route) bool { return x.TokenRef == r.TokenRef })
+		return fmt.Errorf("$%s is the credential of route %s already; a new route may not re-use it (it would send that credential to %s): deny the proposal, or add the route to the manifest if that is meant", r.TokenRef, cfg.Routes[i].Host, r.Host)
 	case inEnv:
 		return fmt.Errorf("$%s is a variable of the egress-proxy itself, not a route's credential; deny the proposal", r.TokenRef)
 	default:

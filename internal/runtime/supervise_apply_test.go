@@ -165,12 +165,22 @@ func TestApproveRoute(t *testing.T) {
 	if len(f.caps.Changes.Add) != 0 {
 		t.Errorf("pipelock's allowlist changed without its restart: %+v", f.caps.Changes)
 	}
-	f.caps.Filter = plan.FilterBuiltin
-	if err := f.e.approveRoute(t.Context(), f.id, &supervise.RouteChange{Host: "third.example", TokenRef: "NEW_TOKEN"}, f.caps); err != nil {
-		t.Fatal(err)
+	// A second route may not take the first one's credential to another host.
+	envBefore := slices.Clone(f.host.env[proxy])
+	err = f.e.approveRoute(t.Context(), f.id, &supervise.RouteChange{Host: "third.example", TokenRef: "NEW_TOKEN"}, f.caps)
+	if err == nil || !strings.Contains(err.Error(), "credential of route new.example already") {
+		t.Errorf("a route re-using another route's credential: %v", err)
 	}
-	if got := f.host.env[proxy]; len(got) != 4 {
-		t.Errorf("a second route with the same credential changed the env: %q", got)
+	if got := f.host.env[proxy]; !slices.Equal(got, envBefore) {
+		t.Errorf("the refused route changed the env: %q", got)
+	}
+	if strings.Contains(f.readStage(t, routesStageFile), "third.example") {
+		t.Error("the refused route is in the egress-proxy's config")
+	}
+	f.caps.Filter = plan.FilterBuiltin
+	f.env["THIRD_TOKEN"] = "other"
+	if err := f.e.approveRoute(t.Context(), f.id, &supervise.RouteChange{Host: "third.example", TokenRef: "THIRD_TOKEN"}, f.caps); err != nil {
+		t.Fatal(err)
 	}
 	if got := f.caps.Effective(time.Now()); !slices.Equal(got, []string{"a.example", "third.example"}) {
 		t.Errorf("with the builtin filter the route's host is not allowed: %q", got)
