@@ -448,3 +448,16 @@ func TestFileSizeLimit(t *testing.T) {
 		t.Errorf("writer on a full file: %v, size %d", failed, st.Size())
 	}
 }
+
+// TestProblemHasNoEscapes: a problem quoting a hostile line (an unknown key holding an
+// escape sequence) reaches the terminal without control characters.
+func TestProblemHasNoEscapes(t *testing.T) {
+	p := Problem{Source: "filter", Line: 3, What: "json: unknown field \"\x1b]0;pwn\a\""}
+	got := p.String()
+	if strings.ContainsAny(got, "\x1b\a") {
+		t.Fatalf("problem text carries control characters: %q", got)
+	}
+	if !strings.Contains(got, "filter line 3: json: unknown field") {
+		t.Errorf("problem text %q", got)
+	}
+}

@@ -29,7 +29,8 @@ func (p Problem) String() string {
 	if p.Seq > 0 {
 		s += fmt.Sprintf(" record seq %d", p.Seq)
 	}
-	return s + ": " + p.What
+	// What may quote a sidecar's bytes (encoding/json names an unknown key as it is).
+	return asciiSafe(s + ": " + p.What)
 }
 
 // source reads one source's file record by record, checking each line and the chain.
