@@ -35,8 +35,11 @@ func ParseConfig(r io.Reader) ([]ConfigEntry, error) {
 	for sc.Scan() {
 		lineNo++
 		line := sc.Text()
-		// A value continued on the next line.
-		for strings.HasSuffix(line, "\\") && !strings.HasSuffix(line, "\\\\") && sc.Scan() {
+		// A value continued on the next line (git continues values only: a comment line
+		// ending in a backslash ends there, and the next line is read on its own).
+		t := strings.TrimSpace(line)
+		isComment := t != "" && (t[0] == '#' || t[0] == ';')
+		for !isComment && strings.HasSuffix(line, "\\") && !strings.HasSuffix(line, "\\\\") && sc.Scan() {
 			lineNo++
 			line = line[:len(line)-1] + sc.Text()
 		}
@@ -157,7 +160,7 @@ func Dangerous(e ConfigEntry) bool {
 	}
 	switch e.Section {
 	case "core":
-		return in("hookspath", "fsmonitor", "sshcommand", "pager", "editor", "askpass", "gitproxy", "worktree", "attributesfile")
+		return in("hookspath", "fsmonitor", "sshcommand", "pager", "editor", "askpass", "gitproxy", "worktree", "attributesfile", "alternaterefscommand")
 	case "sequence":
 		return in("editor")
 	case "diff":
@@ -171,7 +174,20 @@ func Dangerous(e ConfigEntry) bool {
 	case "credential":
 		return in("helper")
 	case "gpg":
-		return in("program")
+		// gpg.program, gpg.<format>.program, gpg.ssh.defaultKeyCommand, ...
+		return strings.HasSuffix(e.Name, "program") || strings.HasSuffix(e.Name, "command")
+	case "interactive":
+		return in("difffilter")
+	case "trailer":
+		return in("command", "cmd")
+	case "sendemail":
+		return strings.HasSuffix(e.Name, "cmd") || in("smtpserver")
+	case "browser", "man":
+		return in("cmd", "path")
+	case "web":
+		return in("browser")
+	case "protocol":
+		return in("allow")
 	case "pager", "url":
 		return true
 	case "alias":

@@ -2,6 +2,7 @@ package protect
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -57,6 +58,13 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 		switch {
 		case name == ".git":
 			out = append(out, Finding{Path: p, What: "git link (" + firstLine(root, p) + ")", Digest: digest(root, p, d)})
+		case (name == "commondir" || name == "gitdir") && inGitDir(p):
+			// git takes config and hooks from where these point.
+			out = append(out, Finding{Path: p, What: "git dir link (" + firstLine(root, p) + ")", Digest: digest(root, p, d)})
+		case name == "HEAD" && !inGitDir(p) && isBareLayout(root, path.Dir(p)):
+			// A dir that looks like a bare repository: git uses it, and its config, when
+			// the .git above it is missing or broken.
+			out = append(out, Finding{Path: p, What: "bare repository layout (HEAD, objects, refs)", Digest: digest(root, p, d)})
 		case inHooks(p):
 			if !strings.HasSuffix(name, ".sample") {
 				out = append(out, Finding{Path: p, What: "hook", Digest: digest(root, p, d)})
@@ -86,6 +94,17 @@ func Appeared(before, after []Finding) []Finding {
 		}
 	}
 	return out
+}
+
+// isBareLayout reports whether dir holds objects/ and refs/ besides its HEAD.
+func isBareLayout(root *os.Root, dir string) bool {
+	for _, sub := range []string{"objects", "refs"} {
+		fi, err := root.Lstat(path.Join(dir, sub))
+		if err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	return true
 }
 
 // inGitDir reports whether p lies inside a .git dir.
@@ -118,7 +137,15 @@ func scanConfig(root *os.Root, p string) ([]Finding, error) {
 		return nil, err
 	}
 	defer f.Close()
-	entries, err := ParseConfig(io.LimitReader(f, maxConfigSize))
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxConfigSize {
+		// git reads all of it: what lies past the limit could be anything.
+		return []Finding{{Path: p, What: fmt.Sprintf("config larger than %d bytes, too large to scan", maxConfigSize)}}, nil
+	}
+	entries, err := ParseConfig(bytes.NewReader(data))
 	if err != nil {
 		return []Finding{{Path: p, What: "config that bottle cannot parse (" + err.Error() + ")"}}, nil
 	}

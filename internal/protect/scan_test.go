@@ -118,3 +118,79 @@ func copyTree(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestScannerNotFooled: tricks a hostile review used to hide a key from the scanner: a
+// comment line ending in a backslash (git does not continue comments), keys that run
+// programs, and a config padded past the size limit.
+func TestScannerNotFooled(t *testing.T) {
+	conf := "[core]\n# x \\\n\tfsmonitor = \"cmd\"\n[gpg \"ssh\"]\n\tdefaultKeyCommand = evil\n[interactive]\n\tdiffFilter = evil\n" +
+		"[trailer \"x\"]\n\tcommand = evil\n[sendemail]\n\tsmtpServer = /tmp/evil\n[protocol \"ext\"]\n\tallow = always\n[core]\n\talternateRefsCommand = evil\n"
+	entries, err := ParseConfig(strings.NewReader(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dangerous []string
+	for _, e := range entries {
+		if Dangerous(e) {
+			dangerous = append(dangerous, e.Key())
+		}
+	}
+	sort.Strings(dangerous)
+	want := []string{"core.alternaterefscommand", "core.fsmonitor", "gpg.ssh.defaultkeycommand", "interactive.difffilter", "protocol.ext.allow", "sendemail.smtpserver", "trailer.x.command"}
+	if strings.Join(dangerous, " ") != strings.Join(want, " ") {
+		t.Errorf("dangerous keys\n%v\nwant\n%v", dangerous, want)
+	}
+
+	dir := t.TempDir()
+	padded := "[core]\n" + strings.Repeat("# padding\n", maxConfigSize/10+1) + "\tfsmonitor = evil\n"
+	if err := os.WriteFile(filepath.Join(dir, "config"), []byte(padded), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	found, err := scanConfig(root, "config")
+	if err != nil || len(found) != 1 || !strings.Contains(found[0].What, "too large to scan") {
+		t.Errorf("a padded config: %+v %v", found, err)
+	}
+}
+
+// TestScanGitDirRedirects: a commondir file in a git dir and a bare-repository layout
+// outside one are found (git reads config and hooks from where they lead).
+func TestScanGitDirRedirects(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{".git/hooks", "evil/objects", "evil/refs", "nested/objects"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for f, c := range map[string]string{".git/commondir": "../evil\n", "evil/HEAD": "ref: refs/heads/main\n", "evil/config": "[core]\n\tfsmonitor = x\n", "nested/HEAD": "x\n"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	found, err := Scan(root, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range found {
+		got = append(got, f.String())
+	}
+	all := strings.Join(got, "\n")
+	for _, want := range []string{".git/commondir: git dir link (../evil)", "evil/HEAD: bare repository layout"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("scan lacks %q:\n%s", want, all)
+		}
+	}
+	if strings.Contains(all, "nested/HEAD") {
+		t.Errorf("a HEAD without refs/ is reported:\n%s", all)
+	}
+}
