@@ -22,6 +22,9 @@ var Default = []string{".git/hooks", ".git/config"}
 // maxModules bounds the submodules whose hooks and config are protected.
 const maxModules = 64
 
+// maxModuleDepth bounds the walk of .git/modules (names with slashes, nested submodules).
+const maxModuleDepth = 16
+
 // Mount is one workspace path the agent gets as its own mount.
 type Mount struct {
 	// Path is relative to the workspace.
@@ -95,7 +98,7 @@ func Plan(dir string, paths *[]string) (Layout, error) {
 		switch {
 		case err != nil:
 			return l, fmt.Errorf("workspace %s: protect %s: %w", dir, p, err)
-		case !exists && p == ".git/hooks":
+		case !exists && (p == ".git/hooks" || (strings.HasPrefix(p, ".git/modules/") && strings.HasSuffix(p, "/hooks"))):
 			l.Create = append(l.Create, p)
 		case !exists:
 			if !slices.Contains(Default, p) {
@@ -139,39 +142,54 @@ func kind(root *os.Root, p string) (fs.FileMode, bool, error) {
 	return 0, false, nil
 }
 
-// submodules lists the hooks and config of each submodule git dir (.git/modules/NAME).
+// submodules lists the hooks and config of each submodule git dir under .git/modules:
+// git keeps a submodule named a/b at .git/modules/a/b and a nested one at
+// .git/modules/x/modules/y, so the walk goes down, recognising a git dir by its HEAD.
 func submodules(root *os.Root) ([]string, error) {
-	k, exists, err := kind(root, ".git/modules")
-	if err != nil || !exists || k != fs.ModeDir {
-		return nil, err
-	}
-	f, err := root.Open(".git/modules")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	entries, err := f.ReadDir(maxModules + 1)
-	if err != nil && len(entries) == 0 {
-		return nil, nil
-	}
-	if len(entries) > maxModules {
-		return nil, fmt.Errorf(".git/modules holds more than %d submodules; bottle protects at most %d (or set protect = [])", maxModules, maxModules)
-	}
 	var out []string
-	for _, e := range entries {
-		if !e.IsDir() || CheckPath(e.Name()) != nil {
-			continue
+	count := 0
+	var walk func(dir string, depth int) error
+	walk = func(dir string, depth int) error {
+		k, exists, err := kind(root, dir)
+		if err != nil || !exists || k != fs.ModeDir {
+			return err
 		}
-		for _, sub := range []string{"hooks", "config"} {
-			p := ".git/modules/" + e.Name() + "/" + sub
-			if _, ok, err := kind(root, p); err != nil {
-				return nil, err
-			} else if ok {
-				out = append(out, p)
+		if depth > maxModuleDepth {
+			return fmt.Errorf("%s is nested deeper than %d: bottle does not protect it (or set protect = [])", dir, maxModuleDepth)
+		}
+		f, err := root.Open(dir)
+		if err != nil {
+			return err
+		}
+		entries, err := f.ReadDir(maxModules + 1)
+		f.Close()
+		if err != nil && len(entries) == 0 {
+			return nil
+		}
+		for _, e := range entries {
+			if !e.IsDir() || CheckPath(e.Name()) != nil {
+				continue
+			}
+			sub := dir + "/" + e.Name()
+			if _, isGitDir, err := kind(root, sub+"/HEAD"); err != nil {
+				return err
+			} else if !isGitDir {
+				if err := walk(sub, depth+1); err != nil { // a part of a name with slashes
+					return err
+				}
+				continue
+			}
+			if count++; count > maxModules {
+				return fmt.Errorf(".git/modules holds more than %d submodules; bottle protects at most %d (or set protect = [])", maxModules, maxModules)
+			}
+			out = append(out, sub+"/hooks", sub+"/config")
+			if err := walk(sub+"/modules", depth+1); err != nil {
+				return err
 			}
 		}
+		return nil
 	}
-	return out, nil
+	return out, walk(".git/modules", 0)
 }
 
 // CheckPath validates a protect path: relative to the workspace, clean, no "..".

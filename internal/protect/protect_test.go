@@ -43,7 +43,7 @@ func paths(l Layout) []string {
 }
 
 func TestPlanDefault(t *testing.T) {
-	dir := mkTree(t, ".git/hooks/", ".git/config", ".git/config.worktree", ".git/modules/sub/hooks/", ".git/modules/sub/config", "src/a.go")
+	dir := mkTree(t, ".git/hooks/", ".git/config", ".git/config.worktree", ".git/modules/sub/hooks/", ".git/modules/sub/config", ".git/modules/sub/HEAD", "src/a.go")
 	l, err := Plan(dir, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +116,7 @@ func TestPlanRefusesLinks(t *testing.T) {
 	for _, tc := range []struct{ link string }{
 		{".git"}, {".git/hooks"}, {".git/config"}, {".git/config.worktree"}, {".git/modules/sub/hooks"}, {"docs"},
 	} {
-		dir := mkTree(t, ".git/hooks/", ".git/config", ".git/modules/sub/config")
+		dir := mkTree(t, ".git/hooks/", ".git/config", ".git/modules/sub/config", ".git/modules/sub/HEAD")
 		full := filepath.Join(dir, tc.link)
 		if err := os.RemoveAll(full); err != nil {
 			t.Fatal(err)
@@ -144,5 +144,27 @@ func TestCheckPath(t *testing.T) {
 		if err := CheckPath(bad); err == nil {
 			t.Errorf("CheckPath(%q) accepted", bad)
 		}
+	}
+}
+
+// TestPlanNestedSubmodules: a submodule named with a slash (.git/modules/vendor/lib) and a
+// nested one (.git/modules/a/modules/b) are protected too; a missing hooks dir of one is
+// created empty, so the agent cannot add it.
+func TestPlanNestedSubmodules(t *testing.T) {
+	dir := mkTree(t, ".git/hooks/", ".git/config", ".git/modules/vendor/lib/HEAD", ".git/modules/vendor/lib/config",
+		".git/modules/a/HEAD", ".git/modules/a/config", ".git/modules/a/hooks/", ".git/modules/a/modules/b/HEAD", ".git/modules/a/modules/b/config")
+	l, err := Plan(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(paths(l), " ")
+	for _, want := range []string{".git/modules/vendor/lib/hooks:ro", ".git/modules/vendor/lib/config:ro", ".git/modules/a/hooks:ro", ".git/modules/a/config:ro",
+		".git/modules/a/modules/b/hooks:ro", ".git/modules/a/modules/b/config:ro"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("mounts %s lack %s", got, want)
+		}
+	}
+	if c := strings.Join(l.Create, " "); !strings.Contains(c, ".git/modules/vendor/lib/hooks") || !strings.Contains(c, ".git/modules/a/modules/b/hooks") {
+		t.Errorf("create %v: the missing submodule hooks dirs are not made", l.Create)
 	}
 }
