@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bottle-dev/bottle/internal/audit"
@@ -236,6 +237,11 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 	if err != nil {
 		return nil, err
 	}
+	unlock, err := lockDecisions(dirs)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	en, err := dirs.Entry(n)
 	if err != nil {
 		return nil, fmt.Errorf("bottle %s: %w", id, err)
@@ -386,6 +392,11 @@ func Deny(opts Options, id names.Identity, n int, reason string) (*supervise.Dec
 	if err != nil {
 		return nil, err
 	}
+	unlock, err := lockDecisions(dirs)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	en, err := dirs.Entry(n)
 	if err != nil {
 		return nil, fmt.Errorf("bottle %s: %w", id, err)
@@ -399,6 +410,22 @@ func Deny(opts Options, id names.Identity, n int, reason string) (*supervise.Dec
 	}
 	recordDecision(opts.withDefaults().StateDir, id, dirs, en.Proposal, dec)
 	return &dec, nil
+}
+
+// lockDecisions serializes the decisions of one bottle: an approval checks, applies
+// (which may build an image for minutes) and records its decision under the lock, so a
+// deny meanwhile waits and then finds the proposal decided, and two approvals never
+// write the capabilities over each other.
+func lockDecisions(dirs supervise.Dirs) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(dirs.Root, "decide.lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("supervise lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("supervise lock: %w", err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // builtFrom is the Dockerfile the agent sees for an image bottle built: FROM that image,

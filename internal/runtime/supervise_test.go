@@ -149,3 +149,30 @@ func TestBuiltFrom(t *testing.T) {
 		t.Errorf("a Dockerfile on the shown base is refused: %v", err)
 	}
 }
+
+// TestDecisionsAreSerialized: while an approval holds the bottle's decision lock (it may
+// build an image for minutes), a deny waits, and then finds the proposal decided instead
+// of denying a change that is being put in force.
+func TestDecisionsAreSerialized(t *testing.T) {
+	opts, id, dirs, write := superviseFixture(t)
+	write(supervise.Proposal{N: 1, Kind: supervise.KindAllowlist, Justification: "pip", Allowlist: &supervise.AllowlistChange{Add: []string{"pypi.example"}}})
+	unlock, err := lockDecisions(dirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := make(chan error, 1)
+	go func() { _, err := Deny(opts, id, 1, "no"); denied <- err }()
+	select {
+	case err := <-denied:
+		t.Fatalf("deny did not wait for the approval in progress: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	// The approval in progress decides (as Approve does under the lock), then unlocks.
+	if err := dirs.Decide(supervise.Decision{N: 1, Decision: supervise.DecisionApproved, Decided: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if err := <-denied; err == nil || !strings.Contains(err.Error(), "already") {
+		t.Errorf("deny after the approval: %v, want a refusal (already decided)", err)
+	}
+}
