@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,14 +39,7 @@ type ContainerSpec struct {
 	Labels  map[string]string
 	Spec    *specs.Spec
 	Runtime Runtime
-	// ShimGroup, when set, makes the containers that share it share one runc shim process
-	// (runsc-runc and runc; gVisor's own shim has no such grouping).
-	ShimGroup string
 }
-
-// ShimGroupAnnotation is the spec annotation by which containerd's runc shim serves
-// several containers from one process.
-const ShimGroupAnnotation = "io.containerd.runc.v2.group"
 
 // TaskStatus is the state of a container's task; TaskNone when it has none.
 type TaskStatus string
@@ -143,16 +135,9 @@ func (c *Client) prepare(cs ContainerSpec) (client.NewContainerOpts, *specs.Spec
 	if err != nil {
 		return nil, nil, err
 	}
-	// Only Root and Annotations change: a shallow copy keeps the caller's spec as it was.
+	// Only Root changes: a shallow copy keeps the caller's spec as it was.
 	spec := *cs.Spec
 	spec.Root = &specs.Root{Path: rootfsDir, Readonly: cs.Spec.Root != nil && cs.Spec.Root.Readonly}
-	if cs.ShimGroup != "" && rt.Handler != HandlerRunsc {
-		spec.Annotations = maps.Clone(spec.Annotations)
-		if spec.Annotations == nil {
-			spec.Annotations = map[string]string{}
-		}
-		spec.Annotations[ShimGroupAnnotation] = cs.ShimGroup
-	}
 	return rtOpt, &spec, nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/bottle-dev/bottle/internal/names"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 )
 
@@ -32,14 +31,9 @@ func (c *Client) OrphanShims(ctx context.Context, idPrefix string) ([]OrphanShim
 	if err != nil {
 		return nil, fmt.Errorf("list tasks: %w", err)
 	}
-	// A bottle's containers share one shim (names.ShimGroup), named after the container
-	// that started it: the shim serves a live task while any container of its bottle has one.
 	known := map[string]bool{}
 	for _, t := range resp.Tasks {
 		known[t.ID] = true
-		if id, ok := names.IdentityOfContainer(t.ID); ok {
-			known[id.ShimGroup()] = true
-		}
 	}
 	procs, err := listProcs()
 	if err != nil {
@@ -51,11 +45,7 @@ func (c *Client) OrphanShims(ctx context.Context, idPrefix string) ([]OrphanShim
 			continue
 		}
 		ns, id, addr := flagValue(p.argv, "-namespace"), flagValue(p.argv, "-id"), flagValue(p.argv, "-address")
-		group := id
-		if bottle, ok := names.IdentityOfContainer(id); ok {
-			group = bottle.ShimGroup()
-		}
-		if ns != c.namespace || addr != strings.TrimPrefix(c.address, "unix://") || !strings.HasPrefix(id, idPrefix) || known[id] || known[group] {
+		if ns != c.namespace || addr != strings.TrimPrefix(c.address, "unix://") || !strings.HasPrefix(id, idPrefix) || known[id] {
 			continue
 		}
 		s := OrphanShim{Pid: p.pid, ID: id}

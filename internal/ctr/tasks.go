@@ -327,10 +327,9 @@ func killAndDelete(ctx context.Context, p client.Process) (*client.ExitStatus, e
 	return exit, nil
 }
 
-// deleteOnShim deletes p; a p already gone is fine. A bottle's containers share one shim
-// (ContainerSpec.ShimGroup), which exits as soon as none of its tasks is left: when they
-// are deleted at once, it may exit before it has answered one of the deletes. containerd
-// then reports the connection closed, but it has removed the task all the same.
+// deleteOnShim deletes p; a p already gone is fine. A shim may exit before it has
+// answered the delete of its last task; containerd then reports the connection closed,
+// but it has removed the task all the same.
 func deleteOnShim(ctx context.Context, p client.Process) (*client.ExitStatus, error) {
 	exit, err := p.Delete(ctx)
 	if err != nil && strings.Contains(err.Error(), ttrpc.ErrClosed.Error()) {

@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/testutil"
 )
@@ -268,36 +267,6 @@ func TestDetectRuntimeRuncRefusalNamesTheFlag(t *testing.T) {
 	}
 	if rt, err := DetectRuntime("runc", "", true); err != nil || rt.Handler != HandlerRunc {
 		t.Errorf("runc with the opt-in: %+v, %v", rt, err)
-	}
-}
-
-// TestPrepareShimGroup: a container with a ShimGroup gets the runc shim's group
-// annotation under the runc shim (runsc-runc, runc), none under gVisor's own shim, and
-// the caller's spec stays as it was.
-func TestPrepareShimGroup(t *testing.T) {
-	c := &Client{}
-	for _, tc := range []struct {
-		rt   Runtime
-		want string
-	}{
-		{Runtime{Handler: HandlerRunscRunc, RunscPath: "/usr/local/bin/runsc"}, "bottle-x-a1b2c3"},
-		{Runtime{Handler: HandlerRunc}, "bottle-x-a1b2c3"},
-		{Runtime{Handler: HandlerRunsc}, ""},
-	} {
-		orig := &specs.Spec{Process: &specs.Process{}, Annotations: map[string]string{"keep": "me"}}
-		_, spec, err := c.prepare(ContainerSpec{Name: "bottle-x-a1b2c3-filter", Spec: orig, Runtime: tc.rt, ShimGroup: "bottle-x-a1b2c3"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := spec.Annotations[ShimGroupAnnotation]; got != tc.want || spec.Annotations["keep"] != "me" {
-			t.Errorf("%s: annotations %v, want group %q and the caller's", tc.rt, spec.Annotations, tc.want)
-		}
-		if _, changed := orig.Annotations[ShimGroupAnnotation]; changed || len(orig.Annotations) != 1 {
-			t.Errorf("%s: the caller's spec changed: %v", tc.rt, orig.Annotations)
-		}
-	}
-	if _, spec, _ := c.prepare(ContainerSpec{Name: "doctor", Spec: &specs.Spec{Process: &specs.Process{}}, Runtime: Runtime{Handler: HandlerRunc}}); spec.Annotations[ShimGroupAnnotation] != "" {
-		t.Errorf("no ShimGroup, but annotations %v", spec.Annotations)
 	}
 }
 

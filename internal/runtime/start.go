@@ -400,7 +400,7 @@ func (s *starter) prepare(c *plan.Container) error {
 			return err
 		}
 	}
-	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt, ShimGroup: s.id.ShimGroup()}
+	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt}
 	if s.prev != nil {
 		exists, err := e.ctr.Exists(ctx, c.Name)
 		if err != nil {
