@@ -213,10 +213,6 @@ supervise_timeout = "10s"
 		t.Fatalf("resume: exit %d: %s %s", code, out, errOut)
 	}
 	waitReach(true, 5*time.Second, "after resume")
-	log, err := os.ReadFile(filepath.Join(e.stateDir, "bottles", id, "supervise", "log.jsonl"))
-	if err != nil || strings.Count(string(log), `"event":"decision"`) != 3 {
-		t.Errorf("supervise log (%v):\n%s", err, log)
-	}
 	e.must("rm", "--force", id)
 	// The audit trail has each proposal with the answer the agent got (from the sidecar)
 	// and each person's decision (from the host), and its chains hold.

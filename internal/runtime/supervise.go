@@ -343,7 +343,7 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 	if err := dirs.Decide(dec); err != nil {
 		return nil, err
 	}
-	recordDecision(opts.withDefaults().StateDir, id, dirs, p, dec)
+	recordDecision(opts, id, p, dec)
 	out := &Approved{Decision: dec}
 	if ao.Save {
 		if out.Saved, out.Snippet, err = SaveAllowlist(opts, id, p.Allowlist.Add, p.Allowlist.Remove); err != nil {
@@ -408,7 +408,7 @@ func Deny(opts Options, id names.Identity, n int, reason string) (*supervise.Dec
 	if err := dirs.Decide(dec); err != nil {
 		return nil, err
 	}
-	recordDecision(opts.withDefaults().StateDir, id, dirs, en.Proposal, dec)
+	recordDecision(opts, id, en.Proposal, dec)
 	return &dec, nil
 }
 
@@ -440,27 +440,22 @@ func builtFrom(ref, dockerfile string) string {
 	return b.String()
 }
 
-// recordDecision writes the decision, with what it decided, as one JSON line of the
-// bottle's supervise log (best effort: the decision itself is already in force).
-func recordDecision(stateDir string, id names.Identity, dirs supervise.Dirs, p *supervise.Proposal, dec supervise.Decision) {
-	fields := map[string]any{"n": dec.N, "decision": dec.Decision, "reason": dec.Reason}
+// recordDecision adds the decision, with who made it, to the bottle's audit trail (best
+// effort: the decision itself is already in force). The proposal's own record, with the
+// answer the agent got, comes from the supervise sidecar.
+func recordDecision(opts Options, id names.Identity, p *supervise.Proposal, dec supervise.Decision) {
+	lookup := opts.LookupEnv
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	fields := map[string]any{"n": dec.N, "decision": dec.Decision, "reason": dec.Reason, "user": hostenv.HostUser(lookup)}
+	if p != nil {
+		fields["change"] = p.Kind
+	}
 	if !dec.Until.IsZero() {
 		fields["until"] = dec.Until
 	}
-	if p != nil {
-		fields["proposal"] = p
-	}
-	_ = dirs.Record("decision", fields)
-	trailFields := map[string]any{"n": dec.N, "decision": dec.Decision, "reason": dec.Reason, "user": hostenv.HostUser(os.LookupEnv)}
-	if p != nil {
-		trailFields["change"] = p.Kind
-	}
-	if !dec.Until.IsZero() {
-		trailFields["until"] = dec.Until
-	}
-	// Best effort too: the trail says who decided what; the proposal's own record comes
-	// from the supervise sidecar.
-	_ = audit.Open(audit.Dir(stateDir, id)).Append(audit.SourceHost, "decision", trailFields)
+	_ = audit.Open(audit.Dir(opts.withDefaults().StateDir, id)).Append(audit.SourceHost, "decision", fields)
 }
 
 // SupervisedBottles are the bottles with a supervise directory, in the store's order.

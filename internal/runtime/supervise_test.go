@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
@@ -119,9 +120,9 @@ func TestApproveAllowlist(t *testing.T) {
 	if !strings.Contains(string(rules), `"ref": "refs/heads/feature/*"`) || !strings.Contains(string(rules), `"force": true`) {
 		t.Errorf("git rules file:\n%s", rules)
 	}
-	log, _ := os.ReadFile(filepath.Join(dirs.Root, supervise.LogFile))
-	if n := strings.Count(string(log), `"event":"decision"`); n != 4 || strings.Contains(string(log), "\x1b") {
-		t.Errorf("log with %d decisions:\n%s", n, log)
+	trail, _ := os.ReadFile(filepath.Join(audit.Dir(opts.StateDir, id), "host.jsonl"))
+	if n := strings.Count(string(trail), `"kind":"decision"`); n != 4 || strings.Contains(string(trail), "\x1b") {
+		t.Errorf("audit trail with %d decisions:\n%s", n, trail)
 	}
 	if got := ProposalView(opts, id, mustEntry(t, dirs, 3), time.Now()); !strings.Contains(got, `reason: no \u001b[2J`) {
 		t.Errorf("denial reason not cleaned:\n%s", got)

@@ -109,8 +109,6 @@ const (
 	// RulesFile) are in ChangesSubdir.
 	FilterChangesFile = "allowlist.json"
 	GitRulesFile      = "git-rules.json"
-	// LogFile holds one JSON line per proposal and decision.
-	LogFile = "log.jsonl"
 )
 
 func (d Dirs) Proposals() string { return filepath.Join(d.Root, ProposalsSubdir) }
@@ -282,26 +280,6 @@ func (d Dirs) Decide(dec Decision) error {
 		return fmt.Errorf("decision %d: %w", dec.N, err)
 	}
 	return nil
-}
-
-// Record appends one JSON line to the bottle's supervise log: every proposal the host
-// sees and every decision. (The audit trail can take these records over.)
-func (d Dirs) Record(event string, fields map[string]any) error {
-	rec := map[string]any{"time": time.Now().UTC(), "event": event}
-	for k, v := range fields {
-		rec[k] = v
-	}
-	line, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(filepath.Join(d.Root, LogFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("supervise log: %w", err)
-	}
-	defer f.Close()
-	_, err = f.Write(append(line, '\n'))
-	return err
 }
 
 // proposalNumber parses "N.json" with N a plain positive decimal.
