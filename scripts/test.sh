@@ -74,6 +74,9 @@ if ! make --no-print-directory lint; then
 	status=1
 fi
 
+# Tests write only into their own temp dirs: the checkout is compared before and after.
+tree_status() { git status --porcelain --untracked-files=all 2>/dev/null || true; }
+tree_before=$(tree_status)
 log "go test -p 1 -count=1 -timeout 60m -v ./..."
 start=$SECONDS
 # -p 1: e2e packages share the host network state (bridges, iptables, netns files).
@@ -81,6 +84,11 @@ if ! go test -p 1 -count=1 -timeout 60m -v ./...; then
 	status=1
 fi
 log "go test took $((SECONDS - start)) s"
+if [[ $(tree_status) != "$tree_before" ]]; then
+	echo "test.sh: the tests changed the checkout:"
+	diff <(echo "$tree_before") <(tree_status) || true
+	status=1
+fi
 
 if ((status == 0)); then
 	log "PASS"

@@ -39,7 +39,7 @@ func TestSelfTestHostSide(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logBuf bytes.Buffer
-			e := newEngine(Options{Log: slog.New(slog.NewTextHandler(&logBuf, nil))}.withDefaults(), nil, nil)
+			e := newEngine(Options{StateDir: t.TempDir(), Log: slog.New(slog.NewTextHandler(&logBuf, nil))}.withDefaults(), nil, nil)
 			st := &selfTest{report: filepath.Join(t.TempDir(), "selftest.json"), firewall: func() error { return tc.firewall }}
 			if err := selftest.ResetReport(st.report); err != nil {
 				t.Fatal(err)

@@ -421,13 +421,12 @@ func (s *starter) prepare(c *plan.Container) error {
 			}
 		}
 	}
-	if err := e.ctr.Create(ctx, cs); err != nil {
-		return err
-	}
 	if s.prev == nil {
+		// Pushed before Create: an interrupt can cancel the call after containerd made
+		// the container, and Delete tolerates one that is not there.
 		s.undo.push("delete container "+c.Name, func(ctx context.Context) error { return e.ctr.Delete(ctx, c.Name) })
 	}
-	return nil
+	return e.ctr.Create(ctx, cs)
 }
 
 // banner is the line that tells the user the bottle runs, and how it filters.

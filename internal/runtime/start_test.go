@@ -46,6 +46,9 @@ type fakeHost struct {
 	images map[string]string
 	built  map[string]bool
 	env    map[string][]string // by SetProcessEnv
+	// madeDespiteError: roles whose failing Create still makes the container, as a call
+	// cancelled after containerd did the work does.
+	madeDespiteError map[string]bool
 }
 
 func newFakeHost(stateDir string) *fakeHost {
@@ -106,11 +109,15 @@ func (f *fakeHost) EnsureSidecarImage(context.Context, string, string) (string, 
 	return "bottle.local/sidecar:test", f.do("sidecar image")
 }
 func (f *fakeHost) Create(_ context.Context, cs ctr.ContainerSpec) error {
-	if err := f.do("create " + role(cs.Name)); err != nil {
-		return err
-	}
+	err := f.do("create " + role(cs.Name))
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err != nil {
+		if f.madeDespiteError[role(cs.Name)] {
+			f.exists[cs.Name] = true
+		}
+		return err
+	}
 	f.exists[cs.Name] = true
 	f.images[cs.Name] = cs.Image
 	return nil
@@ -382,9 +389,11 @@ func (st *startTest) checkTakenBack() {
 			tail = append(slices.Clone(step.undo), tail...)
 		}
 	}
+	// A container's delete is pushed before its Create is tried (a failed call may still
+	// have made it), so it follows from its netns.
 	for _, step := range []struct{ made, undo string }{
-		{"setup filter", "teardown filter"}, {"create filter", "delete filter"},
-		{"setup agent", "teardown agent"}, {"create agent", "delete agent"},
+		{"setup filter", "teardown filter"}, {"setup filter", "delete filter"},
+		{"setup agent", "teardown agent"}, {"setup agent", "delete agent"},
 	} {
 		if slices.Contains(made, step.made) {
 			want = append(want, step.undo)
@@ -475,6 +484,21 @@ func TestStartCancelledTakesBackWhatWasMade(t *testing.T) {
 			}
 			st.checkTakenBack()
 		})
+	}
+}
+
+// TestInterruptedCreateIsTakenBack: a Create cancelled by the interrupt after containerd
+// made the container (the CI failure of session 5: a filter container left) is deleted.
+func TestInterruptedCreateIsTakenBack(t *testing.T) {
+	st := newStartTest(t)
+	st.host.madeDespiteError = map[string]bool{"filter": true}
+	st.host.fail["create filter"] = context.Canceled
+	if _, err := st.e.Start(context.Background(), st.so); !errors.Is(err, context.Canceled) {
+		t.Errorf("start: %v", err)
+	}
+	st.checkTakenBack()
+	for name := range st.host.exists {
+		t.Errorf("container %s left", name)
 	}
 }
 
