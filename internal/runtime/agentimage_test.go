@@ -5,11 +5,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/bottle-dev/bottle/internal/imagebuild"
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/state"
+	"github.com/bottle-dev/bottle/internal/supervise"
 )
 
 // TestResumeRunsTheBottlesOwnImage: a recorded own image wins over the manifest's: resume
@@ -94,5 +97,13 @@ func TestApplyAgentDockerfileRefusesBeforeAnything(t *testing.T) {
 	}
 	if after, err := st.e.store.Load(id); err != nil || after.AgentImage != m.AgentImage || after.AgentImageSeq != 1 || after.Phase != state.PhaseRunning {
 		t.Errorf("record after a refusal: %+v, %v", after, err)
+	}
+}
+
+// TestApplyingOutlastsABuild: the sidecar waits past a proposal's deadline for an
+// approval being applied longer than a build may take, plus the agent's restart.
+func TestApplyingOutlastsABuild(t *testing.T) {
+	if supervise.MaxApplying < imagebuild.DefaultTimeout+time.Minute {
+		t.Errorf("supervise.MaxApplying %v does not outlast a build (%v) and a restart", supervise.MaxApplying, imagebuild.DefaultTimeout)
 	}
 }

@@ -246,13 +246,21 @@ func Approve(ctx context.Context, opts Options, id names.Identity, n int, ao App
 	if err != nil {
 		return nil, fmt.Errorf("bottle %s: %w", id, err)
 	}
-	now := time.Now().UTC()
 	switch {
 	case en.Proposal == nil:
 		return nil, fmt.Errorf("proposal %d of %s is not valid and cannot be approved: %s", n, id, en.Refused)
 	case en.Decision != nil:
 		return nil, fmt.Errorf("proposal %d of %s is already %s", n, id, en.Decision.Decision)
-	case !en.Pending(now):
+	}
+	// The marker comes before the deadline check: a sidecar that reaches the deadline
+	// after the check sees it and waits for this approval instead of denying.
+	applied, err := dirs.MarkApplying(n)
+	if err != nil {
+		return nil, err
+	}
+	defer applied()
+	now := time.Now().UTC()
+	if !en.Pending(now) {
 		return nil, fmt.Errorf("proposal %d of %s timed out (the agent was told it is denied); ask the agent to propose again", n, id)
 	}
 	p := en.Proposal

@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -102,9 +103,16 @@ const (
 	ProposalsSubdir = "proposals"
 	HostSubdir      = "host"
 	ChangesSubdir   = "changes"
-	// CapabilitiesFile and DecisionsSubdir are in HostSubdir.
+	// CapabilitiesFile, DecisionsSubdir and PinnedSubdir are in HostSubdir.
 	CapabilitiesFile = "capabilities.json"
 	DecisionsSubdir  = "decisions"
+	// PinnedSubdir holds each proposal as the host first read it: the sidecar owns the
+	// proposals dir and could rewrite a proposal after a person saw it.
+	PinnedSubdir = "pinned"
+	// ApplyingSuffix names the marker (decisions/N.applying) the host keeps while it
+	// applies an approval (an image build takes minutes): the sidecar waits past the
+	// deadline for it, so the agent is not told "denied" of a change that then applies.
+	ApplyingSuffix = ".applying"
 	// FilterChangesFile (the builtin filter's ChangesFile) and GitRulesFile (git-gate's
 	// RulesFile) are in ChangesSubdir.
 	FilterChangesFile = "allowlist.json"
@@ -117,11 +125,27 @@ func (d Dirs) Changes() string   { return filepath.Join(d.Root, ChangesSubdir) }
 func (d Dirs) decision(n int) string {
 	return filepath.Join(d.Host(), DecisionsSubdir, strconv.Itoa(n)+".json")
 }
+func (d Dirs) applying(n int) string {
+	return filepath.Join(d.Host(), DecisionsSubdir, strconv.Itoa(n)+ApplyingSuffix)
+}
+func (d Dirs) pinned(n int) string {
+	return filepath.Join(d.Host(), PinnedSubdir, strconv.Itoa(n)+".json")
+}
+
+// MarkApplying tells the sidecar that proposal n is being applied (see ApplyingSuffix);
+// done removes the marker.
+func (d Dirs) MarkApplying(n int) (done func(), err error) {
+	path := d.applying(n)
+	if err := state.WriteFile(path, nil, 0o644); err != nil {
+		return nil, fmt.Errorf("proposal %d: %w", n, err)
+	}
+	return func() { _ = os.Remove(path) }, nil
+}
 
 // Prepare makes the directories; proposals belongs to the sidecar's user (uid), the
 // rest to the host.
 func (d Dirs) Prepare(uid int) error {
-	for _, dir := range []string{d.Root, d.Host(), filepath.Join(d.Host(), DecisionsSubdir), d.Changes()} {
+	for _, dir := range []string{d.Root, d.Host(), filepath.Join(d.Host(), DecisionsSubdir), filepath.Join(d.Host(), PinnedSubdir), d.Changes()} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("supervise dir %s: %w", dir, err)
 		}
@@ -215,6 +239,8 @@ func (d Dirs) Entries() ([]Entry, error) {
 			e.Refused = Clean(err.Error())
 		} else if p.N != n {
 			e.Refused = fmt.Sprintf("file %d.json holds proposal %d", n, p.N)
+		} else if err := d.pin(p); err != nil {
+			e.Refused = Clean(err.Error())
 		} else {
 			e.Proposal = p
 		}
@@ -225,6 +251,29 @@ func (d Dirs) Entries() ([]Entry, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].N < out[j].N })
 	return out, nil
+}
+
+// pin keeps p as the host first read it, or refuses it when it differs from that: a
+// person approves what they were shown, never what a sidecar wrote afterwards.
+func (d Dirs) pin(p *Proposal) error {
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	path := d.pinned(p.N)
+	switch pinned, err := os.ReadFile(path); {
+	case err == nil:
+		if !bytes.Equal(pinned, data) {
+			return fmt.Errorf("proposal %d changed after bottle first read it (only a misbehaving supervise sidecar rewrites a proposal): deny it", p.N)
+		}
+		return nil
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("proposal %d: %w", p.N, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("proposal %d: %w", p.N, err)
+	}
+	return state.WriteFile(path, data, 0o644)
 }
 
 // Entry reads proposal n.

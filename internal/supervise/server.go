@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -38,6 +39,10 @@ type Config struct {
 
 // DefaultTimeout is how long a proposal waits for a decision by default.
 const DefaultTimeout = 10 * time.Minute
+
+// MaxApplying is how long past its deadline a proposal waits while the host applies an
+// approval: more than an image build's default timeout and the agent's restart.
+const MaxApplying = 30 * time.Minute
 
 // decisionPoll is how often a waiting proposal looks for its decision.
 const decisionPoll = 200 * time.Millisecond
@@ -165,6 +170,7 @@ func (s *Server) wait(ctx context.Context, n int, deadline time.Time) Answer {
 	t := time.NewTicker(decisionPoll)
 	defer t.Stop()
 	path := filepath.Join(s.cfg.HostDir, DecisionsSubdir, fmt.Sprintf("%d.json", n))
+	applying := filepath.Join(s.cfg.HostDir, DecisionsSubdir, strconv.Itoa(n)+ApplyingSuffix)
 	for {
 		if data, err := os.ReadFile(path); err == nil {
 			var d Decision
@@ -176,7 +182,7 @@ func (s *Server) wait(ctx context.Context, n int, deadline time.Time) Answer {
 				return a
 			}
 		}
-		if !s.now().Before(deadline) {
+		if !s.now().Before(deadline) && !s.applying(applying, deadline) {
 			return Answer{N: n, Decision: DecisionDenied, Reason: fmt.Sprintf("no decision within %v: denied by default", s.timeout)}
 		}
 		select {
@@ -185,6 +191,13 @@ func (s *Server) wait(ctx context.Context, n int, deadline time.Time) Answer {
 		case <-t.C:
 		}
 	}
+}
+
+// applying reports whether the host is applying an approval of the proposal past its
+// deadline, bounded by MaxApplying (a host killed while applying leaves the marker).
+func (s *Server) applying(marker string, deadline time.Time) bool {
+	_, err := os.Stat(marker)
+	return err == nil && s.now().Before(deadline.Add(MaxApplying))
 }
 
 // Capabilities returns what the agent may use now (no secrets: see Capabilities).

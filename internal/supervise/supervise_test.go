@@ -340,3 +340,87 @@ func TestProposalsRecorded(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitsWhileTheHostApplies: a proposal whose approval is being applied when its
+// deadline passes (an image build) gets the approval, not a default denial; a marker
+// left by a killed host is waited for at most MaxApplying.
+func TestWaitsWhileTheHostApplies(t *testing.T) {
+	dirs, _ := testServer(t, time.Second)
+	s, err := NewServer(Config{ProposalsDir: dirs.Proposals(), HostDir: dirs.Host(), Timeout: egress.Duration(300 * time.Millisecond)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer := make(chan Answer, 1)
+	go func() {
+		a, err := s.Propose(t.Context(), Request{Kind: "allowlist", Justification: "docs", Allowlist: &AllowlistChange{Add: []string{"docs.test"}}})
+		if err != nil {
+			t.Error(err)
+		}
+		answer <- a
+	}()
+	waitEntry(t, dirs, 1)
+	done, err := dirs.MarkApplying(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case a := <-answer:
+		t.Fatalf("answered while the host applies: %+v", a)
+	case <-time.After(800 * time.Millisecond): // well past the deadline
+	}
+	if err := dirs.Decide(Decision{N: 1, Decision: DecisionApproved}); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if a := <-answer; a.Decision != DecisionApproved {
+		t.Errorf("answer %+v, want approved", a)
+	}
+	if _, err := os.Stat(dirs.applying(1)); !os.IsNotExist(err) {
+		t.Errorf("the marker is left: %v", err)
+	}
+
+	// A left marker: waited for until the deadline plus MaxApplying, not longer.
+	if _, err := dirs.MarkApplying(2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now()
+	if !s.applying(dirs.applying(2), deadline) {
+		t.Error("a fresh marker is not waited for")
+	}
+	s.now = func() time.Time { return deadline.Add(MaxApplying) }
+	if s.applying(dirs.applying(2), deadline) {
+		t.Error("a marker is waited for past MaxApplying")
+	}
+}
+
+// TestProposalPinned: once the host has read a proposal, a rewrite by the sidecar makes
+// it a refused entry (a person approves what they were shown).
+func TestProposalPinned(t *testing.T) {
+	dirs := Dirs{Root: t.TempDir()}
+	if err := dirs.Prepare(os.Getuid()); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dirs.Proposals(), "1.json")
+	if err := os.WriteFile(file, []byte(encode(t, validProposal())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := dirs.Entry(1); err != nil || e.Proposal == nil {
+		t.Fatalf("entry %+v %v", e, err)
+	}
+	m := validProposal()
+	m["justification"] = "something else"
+	if err := os.WriteFile(file, []byte(encode(t, m)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := dirs.Entry(1)
+	if err != nil || e.Proposal != nil || !strings.Contains(e.Refused, "changed after bottle first read it") {
+		t.Errorf("rewritten proposal: %+v %v", e, err)
+	}
+	// The same bytes again are fine.
+	if err := os.WriteFile(file, []byte(encode(t, validProposal())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := dirs.Entry(1); err != nil || e.Proposal == nil {
+		t.Errorf("restored proposal: %+v %v", e, err)
+	}
+}
