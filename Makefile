@@ -14,8 +14,10 @@ STATICCHECK := $(GOBIN_DIR)/staticcheck
 
 all: build
 
+# bottle and, next to it, the sidecars' own binary (each sidecar's sandbox runs it).
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/bottle ./cmd/bottle
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/bottle-sidecar ./cmd/bottle-sidecar
 
 # The main job: Claude Code in a bottle on this directory (`sudo -E make run`, with
 # CLAUDE_CODE_OAUTH_TOKEN exported; CMD="..." runs a command instead of claude). The

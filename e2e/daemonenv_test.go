@@ -29,10 +29,36 @@ func environHolders(marker string, skip map[int]bool) []string {
 		}
 		if data, err := os.ReadFile(p); err == nil && bytes.Contains(data, []byte(marker)) {
 			cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+			if preExecChild(pid, cmdline, skip) {
+				continue
+			}
 			out = append(out, fmt.Sprintf("%d %s", pid, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
 		}
 	}
 	return out
+}
+
+// preExecChild reports whether pid is a child of a skipped process caught between its
+// clone and its execve: Go forks with CLONE_VM, so until the exec the child's environ
+// and cmdline are its parent's memory (CI caught one); after the exec they are its own.
+func preExecChild(pid int, cmdline []byte, skip map[int]bool) bool {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	var ppid int
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "PPid:"); ok {
+			ppid, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	if !skip[ppid] {
+		return false
+	}
+	parentCmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ppid))
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	parentExe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", ppid))
+	return bytes.Equal(cmdline, parentCmdline) && exe != "" && exe == parentExe
 }
 
 // TestCredentialNotInDaemonEnvironments starts a private containerd from an environment

@@ -45,19 +45,16 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	bottleBin = filepath.Join(dir, "bottle")
-	// Static, like `make build`: the binary becomes the sidecar image's executable.
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bottleBin, "../cmd/bottle")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build bottle: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	probeBin = filepath.Join(dir, "probe")
-	build = exec.Command("go", "build", "-trimpath", "-o", probeBin, "./probe")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build probe: %v\n%s", err, out)
-		os.Exit(1)
+	// Static, like `make build`: bottle-sidecar, next to bottle, becomes the sidecar
+	// image's executable, and bottle the agent's self-test wrapper.
+	for out, pkg := range map[string]string{bottleBin: "../cmd/bottle", filepath.Join(dir, "bottle-sidecar"): "../cmd/bottle-sidecar", probeBin: "./probe"} {
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			os.Exit(1)
+		}
 	}
 	data, err := os.ReadFile(probeBin)
 	if err != nil {

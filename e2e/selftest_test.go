@@ -105,7 +105,11 @@ func TestSelfTest(t *testing.T) {
 				if list := e.ps(); len(list) != 0 {
 					t.Errorf("bottles left after a failed self-test: %+v", list)
 				}
+				failed := e.t.Failed()
 				e.assertNothingLeft(m[1])
+				if !failed && e.t.Failed() {
+					t.Logf("what the start printed:\n%s", errOut)
+				}
 				// The failed self-test stays in the audit trail until pruned.
 				trail := e.must("audit", m[1], "--json")
 				if !strings.Contains(trail, `"kind":"selftest"`) || !strings.Contains(trail, `"failed":"`+tc.check+`"`) {

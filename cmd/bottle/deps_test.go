@@ -6,9 +6,9 @@ import (
 	"testing"
 )
 
-// Every sidecar runs this binary, so whatever it links every sandbox maps and every
-// sidecar initialises at start. client-go's typed clientset (every Kubernetes API group)
-// was about half of it (issue 13): `bottle k8s` uses the dynamic client instead.
+// client-go's typed clientset (every Kubernetes API group) was about half of bottle's
+// binary (issue 13), which every start hashes and mounts into the agent as its self-test
+// wrapper: `bottle k8s` uses the dynamic client instead.
 func TestBinaryLinksNoTypedClientset(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").Output()
 	if err != nil {

@@ -95,7 +95,6 @@ func newApp() *cli.App {
 			cpCommand(),
 			doctorCommand(),
 			auditCommand(),
-			sidecarCommand(),
 			selftestCommand(),
 		),
 	}

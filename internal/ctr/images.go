@@ -213,17 +213,13 @@ func sidecarImageRef(version string, executableDigest string) string {
 	return SidecarRepository + ":" + v + "-" + executableDigest[:12]
 }
 
-// EnsureSidecarImage makes sure bottle's own sidecar image exists for the running
-// executable (which must be static: it runs in a rootfs without libc) and returns its
-// name. The image holds the executable at /bottle and the host CA bundle.
+// EnsureSidecarImage makes sure bottle's own sidecar image exists for the sidecar
+// executable exe (which must be static: it runs in a rootfs without libc) and returns
+// its name. The image holds the executable at /bottle and the host CA bundle.
 //
 // hashCache, when not empty, is a file remembering the executable's digest by its inode,
-// size and modification time, so a start need not hash 20 MB again.
-func (c *Client) EnsureSidecarImage(ctx context.Context, version, hashCache string) (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", fmt.Errorf("sidecar image: locate own executable: %w", err)
-	}
+// size and modification time, so a start need not hash it again.
+func (c *Client) EnsureSidecarImage(ctx context.Context, version, exe, hashCache string) (string, error) {
 	return c.ensureSidecarImage(ctx, version, exe, ociarchive.HostCABundle, hashCache)
 }
 

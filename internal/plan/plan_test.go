@@ -390,7 +390,7 @@ func TestSidecarReadiness(t *testing.T) {
 			continue
 		}
 		dir := "/var/lib/bottle/bottles/coder-abc123/stage/run/" + c.Role + "/"
-		if r := c.Ready; r == nil || *r != (Readiness{File: dir + SidecarReadyFile, ErrorFile: dir + SidecarErrorFile}) {
+		if r := c.Ready; r == nil || *r != (Readiness{File: dir + names.SidecarReadyFile, ErrorFile: dir + names.SidecarErrorFile}) {
 			t.Errorf("%s readiness %+v", c.Role, r)
 		}
 	}

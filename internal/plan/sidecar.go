@@ -45,13 +45,6 @@ type Readiness struct {
 // the runtime creates it owned by SidecarUID.
 func SidecarRunDir(role string) string { return path.Join("run", role) }
 
-// SidecarReadyFile is created in /run/bottle by a sidecar once it serves; a sidecar that
-// fails writes its error to SidecarErrorFile there instead.
-const (
-	SidecarReadyFile = "ready"
-	SidecarErrorFile = "error"
-)
-
 // SidecarUID is the unprivileged user every sidecar runs as.
 const SidecarUID = 65534
 
@@ -61,7 +54,7 @@ const extraCAPath = "/etc/bottle/extra-ca.pem"
 // readyFiles is the readiness of bottle's own sidecars: files in their run dir.
 func (b *builder) readyFiles(role string) *Readiness {
 	dir := path.Join(b.p.StageDir, SidecarRunDir(role))
-	return &Readiness{File: path.Join(dir, SidecarReadyFile), ErrorFile: path.Join(dir, SidecarErrorFile)}
+	return &Readiness{File: path.Join(dir, names.SidecarReadyFile), ErrorFile: path.Join(dir, names.SidecarErrorFile)}
 }
 
 // stageJSON renders v as the stage file name and returns the mount of it at target.

@@ -151,9 +151,14 @@ func Blocking(checks []Check) bool {
 	return false
 }
 
-// sandboxCheck runs `/bottle version` from the sidecar image under the runtime.
+// sandboxCheck runs `/bottle version` (the sidecar binary) from the sidecar image under
+// the runtime.
 func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version string) error {
-	ref, err := c.EnsureSidecarImage(ctx, version, "")
+	exe, err := SidecarExecutable()
+	if err != nil {
+		return err
+	}
+	ref, err := c.EnsureSidecarImage(ctx, version, exe, "")
 	if err != nil {
 		return err
 	}
@@ -177,7 +182,7 @@ func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version st
 	if err != nil {
 		return err
 	}
-	if code != 0 || !strings.HasPrefix(out.String(), "bottle ") {
+	if code != 0 || !strings.HasPrefix(out.String(), SidecarExecutableName+" ") {
 		return fmt.Errorf("exit %d, output %q", code, out.String())
 	}
 	return nil

@@ -168,7 +168,7 @@ func envValue(env []string, name string) (string, bool) {
 // readyFiles, for a running bottle whose plan is not at hand).
 func sidecarReadyFiles(stateDir string, id names.Identity, role string) *plan.Readiness {
 	dir := filepath.Join(plan.StageDir(stateDir, id), plan.SidecarRunDir(role))
-	return &plan.Readiness{File: filepath.Join(dir, plan.SidecarReadyFile), ErrorFile: filepath.Join(dir, plan.SidecarErrorFile)}
+	return &plan.Readiness{File: filepath.Join(dir, names.SidecarReadyFile), ErrorFile: filepath.Join(dir, names.SidecarErrorFile)}
 }
 
 // refusePipelockFor is why a grant --for cannot be approved with the pipelock filter.

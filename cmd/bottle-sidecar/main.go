@@ -4,22 +4,22 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
-
-	"github.com/urfave/cli/v2"
 
 	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/gitgate"
 	"github.com/bottle-dev/bottle/internal/names"
-	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/supervise"
 )
 
@@ -99,54 +99,91 @@ var sidecarServers = []sidecarServer{
 	}},
 }
 
-// sidecarCommand runs bottle's own sidecars inside their containers (hidden: users never
-// call it). Each serves until SIGTERM and reports readiness by creating --ready-file once
-// its listener is bound.
-func sidecarCommand() *cli.Command {
-	flags := []cli.Flag{
-		&cli.StringFlag{Name: "config", Required: true, Usage: "JSON config file"},
-		&cli.StringFlag{Name: "ready-file", Value: "/run/bottle/ready", Usage: "created once the sidecar serves"},
-		&cli.StringFlag{Name: "audit", Usage: "file the sidecar appends its audit records to"},
+// main runs one sidecar, as the plan calls it: `/bottle sidecar ROLE --config FILE
+// [--ready-file F] [--audit F]`. It is a binary of its own, apart from bottle's CLI:
+// each sidecar runs in its own gVisor sandbox, where every page of the program it
+// touches is private memory, and this one carries only the sidecars' code (about a
+// third of bottle's resident size).
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "bottle-sidecar:", err)
+		os.Exit(1)
 	}
-	cmd := &cli.Command{
-		Name:   "sidecar",
-		Hidden: true,
-		Usage:  "run one of bottle's sidecars (inside its container)",
-	}
-	for _, s := range sidecarServers {
-		cmd.Subcommands = append(cmd.Subcommands, &cli.Command{
-			Name:  s.role,
-			Usage: s.usage,
-			Flags: flags,
-			Action: reportingFailure(func(c *cli.Context) error {
-				var rec audit.Recorder
-				if path := c.String("audit"); path != "" {
-					w := audit.NewWriter(path, s.role, func(err error) { sidecarLogger().Warn("audit record not written", "error", err.Error()) })
-					defer w.Close()
-					rec = w
-				}
-				listen, serve, err := s.start(c.Context, c.String("config"), rec)
-				if err != nil {
-					return err
-				}
-				return serveSidecar(c, listen, serve)
-			}),
-		})
-	}
-	return cmd
 }
 
-// reportingFailure makes a sidecar that fails leave its error next to its ready file,
-// where the start that waits for it reads the reason (the task's log may not have it
-// yet when the exit is reported). Sidecar errors never hold secret values.
-func reportingFailure(action cli.ActionFunc) cli.ActionFunc {
-	return func(c *cli.Context) error {
-		err := action(c)
-		if ready := c.String("ready-file"); err != nil && ready != "" {
-			_ = os.WriteFile(filepath.Join(filepath.Dir(ready), plan.SidecarErrorFile), []byte(err.Error()), 0o644)
-		}
+// version is stamped by the Makefile (-X main.version=...); `bottle doctor` runs
+// `/bottle version` in the sidecar image under the runtime.
+var version = "dev"
+
+func run(args []string) error {
+	if len(args) == 1 && args[0] == "version" {
+		fmt.Println("bottle-sidecar " + version)
+		return nil
+	}
+	if len(args) < 2 || args[0] != "sidecar" {
+		return fmt.Errorf("usage: bottle-sidecar sidecar ROLE --config FILE [--ready-file FILE] [--audit FILE] (ROLE: %s)", roles())
+	}
+	i := slices.IndexFunc(sidecarServers, func(s sidecarServer) bool { return s.role == args[1] })
+	if i < 0 {
+		return fmt.Errorf("unknown sidecar %q (known: %s)", args[1], roles())
+	}
+	s := sidecarServers[i]
+	fs := flag.NewFlagSet(s.role, flag.ContinueOnError)
+	config := fs.String("config", "", "JSON config file")
+	ready := fs.String("ready-file", "/run/bottle/ready", "created once the sidecar serves")
+	auditFile := fs.String("audit", "", "file the sidecar appends its audit records to")
+	if err := fs.Parse(args[2:]); err != nil {
 		return err
 	}
+	if *config == "" || fs.NArg() != 0 {
+		return fmt.Errorf("sidecar %s: --config FILE is required and nothing else may follow", s.role)
+	}
+	err := serveRole(s, *config, *ready, *auditFile)
+	// The start that waits for the sidecar reads the reason next to the ready file (the
+	// task's log may not have it yet when the exit is reported). Sidecar errors never
+	// hold secret values.
+	if err != nil && *ready != "" {
+		_ = os.WriteFile(filepath.Join(filepath.Dir(*ready), names.SidecarErrorFile), []byte(err.Error()), 0o644)
+	}
+	return err
+}
+
+func roles() string {
+	var out []string
+	for _, s := range sidecarServers {
+		out = append(out, s.role)
+	}
+	return strings.Join(out, ", ")
+}
+
+// serveRole serves sidecar s until SIGTERM, creating ready once its listener is bound.
+func serveRole(s sidecarServer, config, ready, auditFile string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	var rec audit.Recorder
+	if auditFile != "" {
+		w := audit.NewWriter(auditFile, s.role, func(err error) { sidecarLogger().Warn("audit record not written", "error", err.Error()) })
+		defer w.Close()
+		rec = w
+	}
+	addr, serve, err := s.start(ctx, config, rec)
+	if err != nil {
+		return err
+	}
+	if addr == "" {
+		return fmt.Errorf("config %s has no listen address", config)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w; check that the address is free and belongs to this host", addr, err)
+	}
+	if ready != "" {
+		if err := os.WriteFile(ready, nil, 0o644); err != nil {
+			ln.Close()
+			return fmt.Errorf("report readiness in %s: %w", filepath.Dir(ready), err)
+		}
+	}
+	return serve(ctx, ln)
 }
 
 func sidecarLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(os.Stdout, nil)) }
@@ -162,23 +199,4 @@ func readStrictJSON(path string, v any) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	return nil
-}
-
-func serveSidecar(c *cli.Context, addr string, serve func(context.Context, net.Listener) error) error {
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	if addr == "" {
-		return fmt.Errorf("config %s has no listen address", c.String("config"))
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w; check that the address is free and belongs to this host", addr, err)
-	}
-	if ready := c.String("ready-file"); ready != "" {
-		if err := os.WriteFile(ready, nil, 0o644); err != nil {
-			ln.Close()
-			return fmt.Errorf("report readiness in %s: %w", filepath.Dir(ready), err)
-		}
-	}
-	return serve(ctx, ln)
 }
