@@ -7,44 +7,9 @@ import (
 )
 
 // UnifiedDiff renders the line diff of a and b as a unified diff with 3 lines of
-// context (an LCS diff: proposals are small, MaxDockerfileBytes bounds the work).
+// context.
 func UnifiedDiff(nameA, nameB, a, b string) string {
-	x, y := splitLines(a), splitLines(b)
-	// lcs[i][j] is the longest common subsequence of x[i:] and y[j:].
-	lcs := make([][]int, len(x)+1)
-	for i := range lcs {
-		lcs[i] = make([]int, len(y)+1)
-	}
-	for i := len(x) - 1; i >= 0; i-- {
-		for j := len(y) - 1; j >= 0; j-- {
-			if x[i] == y[j] {
-				lcs[i][j] = lcs[i+1][j+1] + 1
-			} else {
-				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
-			}
-		}
-	}
-	type op struct {
-		kind byte // ' ', '-', '+'
-		line string
-		ai   int // lines of a before this one
-		bi   int
-	}
-	var ops []op
-	i, j := 0, 0
-	for i < len(x) || j < len(y) {
-		switch {
-		case i < len(x) && j < len(y) && x[i] == y[j]:
-			ops = append(ops, op{' ', x[i], i, j})
-			i, j = i+1, j+1
-		case i < len(x) && (j == len(y) || lcs[i+1][j] >= lcs[i][j+1]):
-			ops = append(ops, op{'-', x[i], i, j})
-			i++
-		default:
-			ops = append(ops, op{'+', y[j], i, j})
-			j++
-		}
-	}
+	ops := lineDiff(splitLines(a), splitLines(b))
 	const context = 3
 	var out strings.Builder
 	fmt.Fprintf(&out, "--- %s\n+++ %s\n", nameA, nameB)
@@ -89,6 +54,69 @@ func UnifiedDiff(nameA, nameB, a, b string) string {
 		k = end
 	}
 	return out.String()
+}
+
+// diffOp is one line of a diff: kept (' '), removed ('-') or added ('+'), with the
+// numbers of lines of a and b before it.
+type diffOp struct {
+	kind   byte
+	line   string
+	ai, bi int
+}
+
+// maxDiffCells bounds the LCS table (ints): a proposal is at most MaxDockerfileBytes, but
+// 64 KiB of empty lines against another would need 34 GB. Beyond it the lines between
+// the common prefix and suffix are shown as replaced whole.
+const maxDiffCells = 1 << 22
+
+// lineDiff is an LCS line diff of x and y, after their common prefix and suffix.
+func lineDiff(x, y []string) []diffOp {
+	var ops []diffOp
+	p := 0
+	for p < len(x) && p < len(y) && x[p] == y[p] {
+		ops = append(ops, diffOp{' ', x[p], p, p})
+		p++
+	}
+	q := 0
+	for q < len(x)-p && q < len(y)-p && x[len(x)-1-q] == y[len(y)-1-q] {
+		q++
+	}
+	mx, my := x[p:len(x)-q], y[p:len(y)-q]
+	// lcs[i][j] is the longest common subsequence of mx[i:] and my[j:].
+	var lcs [][]int
+	if (len(mx)+1)*(len(my)+1) <= maxDiffCells {
+		lcs = make([][]int, len(mx)+1)
+		for i := range lcs {
+			lcs[i] = make([]int, len(my)+1)
+		}
+		for i := len(mx) - 1; i >= 0; i-- {
+			for j := len(my) - 1; j >= 0; j-- {
+				if mx[i] == my[j] {
+					lcs[i][j] = lcs[i+1][j+1] + 1
+				} else {
+					lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+				}
+			}
+		}
+	}
+	i, j := 0, 0
+	for i < len(mx) || j < len(my) {
+		switch {
+		case lcs != nil && i < len(mx) && j < len(my) && mx[i] == my[j]:
+			ops = append(ops, diffOp{' ', mx[i], p + i, p + j})
+			i, j = i+1, j+1
+		case i < len(mx) && (j == len(my) || lcs == nil || lcs[i+1][j] >= lcs[i][j+1]):
+			ops = append(ops, diffOp{'-', mx[i], p + i, p + j})
+			i++
+		default:
+			ops = append(ops, diffOp{'+', my[j], p + i, p + j})
+			j++
+		}
+	}
+	for k := 0; k < q; k++ {
+		ops = append(ops, diffOp{' ', x[len(x)-q+k], len(x) - q + k, len(y) - q + k})
+	}
+	return ops
 }
 
 func hunkRange(before, n int) string {

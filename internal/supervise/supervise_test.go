@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -121,8 +122,33 @@ func TestUnifiedDiff(t *testing.T) {
 	if got := UnifiedDiff("a", "b", "X\nZ\n", "Y\nZ\n"); got != want {
 		t.Errorf("diff:\n%s\nwant:\n%s", got, want)
 	}
+	// A change in the middle, between a common prefix and suffix.
+	want = "--- a\n+++ b\n@@ -1,5 +1,5 @@\n A\n B\n-C\n+X\n D\n E\n"
+	if got := UnifiedDiff("a", "b", "A\nB\nC\nD\nE\n", "A\nB\nX\nD\nE\n"); got != want {
+		t.Errorf("diff:\n%s\nwant:\n%s", got, want)
+	}
 	if got := ListDiff("allowlist", []string{"a.com"}, []string{"a.com", "b.com"}); !strings.Contains(got, "before: a.com\n") || !strings.Contains(got, "after:  a.com, b.com\n") || !strings.Contains(got, "  + b.com\n") {
 		t.Errorf("list diff:\n%s", got)
+	}
+}
+
+// TestUnifiedDiffBounded: two hostile Dockerfiles of MaxDockerfileBytes of short lines
+// (an LCS table of 34 GB) are diffed within a bounded allocation, every line shown.
+func TestUnifiedDiffBounded(t *testing.T) {
+	a := strings.Repeat("\n", MaxDockerfileBytes-1)
+	b := strings.Repeat("x\n", MaxDockerfileBytes/2-1)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	got := UnifiedDiff("a", "b", "FROM x\n"+a+"END\n", "FROM x\n"+b+"END\n")
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 256<<20 {
+		t.Errorf("the diff allocated %d MB", alloc>>20)
+	}
+	if n := strings.Count(got, "\n-"); n != MaxDockerfileBytes-1 {
+		t.Errorf("%d removed lines, want %d", n, MaxDockerfileBytes-1)
+	}
+	if n := strings.Count(got, "\n+x"); n != MaxDockerfileBytes/2-1 {
+		t.Errorf("%d added lines, want %d", n, MaxDockerfileBytes/2-1)
 	}
 }
 
