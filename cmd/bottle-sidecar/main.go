@@ -26,16 +26,16 @@ import (
 // sidecarServer is one of bottle's own sidecars: its subcommand (its role), and how its
 // config file turns into a server listening on the config's address.
 type sidecarServer struct {
-	role, usage string
+	role string
 	// start decodes the config file and builds the server, which hands its audit records
 	// to rec (nil: none); the credentials come from this container's own process env only.
 	start func(ctx context.Context, config string, rec audit.Recorder) (listen string, serve func(context.Context, net.Listener) error, err error)
 }
 
-// sidecarServers are the sidecars the bottle binary runs; plan runs each as
+// sidecarServers are the sidecars this binary runs; plan runs each as
 // `/bottle sidecar ROLE --config FILE`.
 var sidecarServers = []sidecarServer{
-	{names.RoleFilter, "the builtin allowlist filter (HTTP forward proxy)", func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
+	{names.RoleFilter, func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
 		var cfg egress.FilterConfig
 		if err := readStrictJSON(config, &cfg); err != nil {
 			return "", nil, err
@@ -47,7 +47,7 @@ var sidecarServers = []sidecarServer{
 		}
 		return cfg.Listen, f.Serve, nil
 	}},
-	{names.RoleGitGate, "git-gate: the agent's only way to the declared git remotes", func(ctx context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
+	{names.RoleGitGate, func(ctx context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
 		var cfg gitgate.Config
 		if err := readStrictJSON(config, &cfg); err != nil {
 			return "", nil, err
@@ -73,7 +73,7 @@ var sidecarServers = []sidecarServer{
 		}
 		return cfg.Listen, g.Serve, nil
 	}},
-	{names.RoleEgressProxy, "the credential-injecting egress-proxy", func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
+	{names.RoleEgressProxy, func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
 		var cfg egress.ProxyConfig
 		if err := readStrictJSON(config, &cfg); err != nil {
 			return "", nil, err
@@ -85,7 +85,7 @@ var sidecarServers = []sidecarServer{
 		}
 		return cfg.Listen, p.Serve, nil
 	}},
-	{names.RoleSupervise, "supervise: the agent's proposals to change its capabilities", func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
+	{names.RoleSupervise, func(_ context.Context, config string, rec audit.Recorder) (string, func(context.Context, net.Listener) error, error) {
 		var cfg supervise.Config
 		if err := readStrictJSON(config, &cfg); err != nil {
 			return "", nil, err
@@ -102,8 +102,8 @@ var sidecarServers = []sidecarServer{
 // main runs one sidecar, as the plan calls it: `/bottle sidecar ROLE --config FILE
 // [--ready-file F] [--audit F]`. It is a binary of its own, apart from bottle's CLI:
 // each sidecar runs in its own gVisor sandbox, where every page of the program it
-// touches is private memory, and this one carries only the sidecars' code (about a
-// third of bottle's resident size).
+// touches is private memory, and this one carries only the sidecars' code (less than
+// half of bottle's resident size).
 func main() {
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "bottle-sidecar:", err)
