@@ -30,7 +30,6 @@ const k8sBinDir = "/var/cache/bottle/k8s/v1.34.4/bin"
 // on its own containerd with gVisor, kube-proxy and kube-network-policies) started by
 // scripts/k8s-cluster.sh for one test, and a client of its API server.
 type apiServer struct {
-	t          *testing.T
 	kubeconfig string
 	server     string
 	token      string
@@ -90,7 +89,7 @@ func startAPIServer(t *testing.T) *apiServer {
 		script("stop")
 	})
 	script("start")
-	a := &apiServer{t: t, kubeconfig: filepath.Join(dir, "kubeconfig"), containerd: filepath.Join(dir, "containerd.sock")}
+	a := &apiServer{kubeconfig: filepath.Join(dir, "kubeconfig"), containerd: filepath.Join(dir, "containerd.sock")}
 	var caFile string
 	f, err := os.Open(a.kubeconfig)
 	if err != nil {
@@ -121,23 +120,24 @@ func startAPIServer(t *testing.T) *apiServer {
 	return a
 }
 
-// do sends a request with a JSON body to the API server and returns the status and body.
+// do sends a request with a JSON body to the API server and returns the status and body;
+// a request that gets no answer is status 0 with the error as its body (subtests call it:
+// it must not end the parent test).
 func (a *apiServer) do(method, path string, body []byte) (int, []byte) {
-	a.t.Helper()
 	req, err := http.NewRequestWithContext(context.Background(), method, a.server+path, bytes.NewReader(body))
 	if err != nil {
-		a.t.Fatal(err)
+		return 0, []byte(err.Error())
 	}
 	req.Header.Set("Authorization", "Bearer "+a.token)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := a.client.Do(req)
 	if err != nil {
-		a.t.Fatal(err)
+		return 0, []byte(err.Error())
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
-		a.t.Fatal(err)
+		return 0, []byte(err.Error())
 	}
 	return resp.StatusCode, data
 }
@@ -266,8 +266,8 @@ func testK8sApplyPsRm(t *testing.T, a *apiServer) {
 	dir := t.TempDir()
 	manifest := filepath.Join(dir, "bottle.toml")
 	// Only images the node has: it pulls from no registry.
-	a.importNodeImage()
-	a.importSidecarImage()
+	a.importNodeImage(t)
+	a.importSidecarImage(t)
 	if err := os.WriteFile(manifest, []byte(`[agents.coder]
 bottle = "b"
 image = "`+testImage+`"
@@ -401,18 +401,18 @@ token_ref = "GIT_TOKEN"
 
 // importNodeImage puts the busybox test image into the node containerd's k8s.io
 // namespace, where the kubelet's CRI finds it (there is no registry).
-func (a *apiServer) importNodeImage() {
-	a.t.Helper()
+func (a *apiServer) importNodeImage(t *testing.T) {
+	t.Helper()
 	ctx := context.Background()
 	c, err := ctr.Connect(ctx, a.containerd, "k8s.io")
 	if err != nil {
-		a.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer c.Close()
 	img := ociarchive.BusyboxImage(testImage, "/bin/busybox")
 	img.Entries = append(img.Entries, ociarchive.Entry{Path: "/usr/local/bin/probe", Type: ociarchive.File, Mode: 0o755, Source: probeBin})
 	if err := c.ImportImage(ctx, img, nil); err != nil {
-		a.t.Fatalf("import the test image into the node: %v", err)
+		t.Fatalf("import the test image into the node: %v", err)
 	}
 }
 
@@ -430,15 +430,15 @@ type podStatus struct {
 
 // waitPod waits (90 s) until Pod name in ns is in one of phases, or Ready when phases
 // holds "Ready".
-func (a *apiServer) waitPod(ns, name string, phases ...string) podStatus {
-	a.t.Helper()
+func (a *apiServer) waitPod(t *testing.T, ns, name string, phases ...string) podStatus {
+	t.Helper()
 	var p podStatus
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		code, body := a.do("GET", collection("Pod", ns)+"/"+name, nil)
 		if code == http.StatusOK {
 			if err := json.Unmarshal(body, &p); err != nil {
-				a.t.Fatal(err)
+				t.Fatal(err)
 			}
 			for _, ph := range phases {
 				if p.Status.Phase == ph {
@@ -453,18 +453,18 @@ func (a *apiServer) waitPod(ns, name string, phases ...string) podStatus {
 		}
 		if time.Now().After(deadline) {
 			_, events := a.do("GET", "/api/v1/namespaces/"+ns+"/events", nil)
-			a.t.Fatalf("Pod %s not %v within 90 s: %d %s\nevents: %s", name, phases, code, body, events)
+			t.Fatalf("Pod %s not %v within 90 s: %d %s\nevents: %s", name, phases, code, body, events)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
 }
 
 // podLog is a Pod's log, through the API server and the kubelet.
-func (a *apiServer) podLog(ns, name string) string {
-	a.t.Helper()
+func (a *apiServer) podLog(t *testing.T, ns, name string) string {
+	t.Helper()
 	code, body := a.do("GET", collection("Pod", ns)+"/"+name+"/log", nil)
 	if code != http.StatusOK {
-		a.t.Fatalf("log of %s: %d %s", name, code, body)
+		t.Fatalf("log of %s: %d %s", name, code, body)
 	}
 	return string(body)
 }
@@ -472,7 +472,7 @@ func (a *apiServer) podLog(ns, name string) string {
 // testK8sGVisorPod: the node runs a Pod of RuntimeClass gvisor under gVisor (its kernel
 // log is gVisor's) and a Pod without it under runc (the host's).
 func testK8sGVisorPod(t *testing.T, a *apiServer) {
-	a.importNodeImage()
+	a.importNodeImage(t)
 	for _, c := range []struct {
 		name, class string
 		gvisor      bool
@@ -482,8 +482,8 @@ func testK8sGVisorPod(t *testing.T, a *apiServer) {
 		if code, body := a.do("POST", collection("Pod", "default"), []byte(pod)); code != http.StatusCreated {
 			t.Fatalf("create Pod %s: %d %s", c.name, code, body)
 		}
-		a.waitPod("default", c.name, "Succeeded", "Failed")
-		log := a.podLog("default", c.name)
+		a.waitPod(t, "default", c.name, "Succeeded", "Failed")
+		log := a.podLog(t, "default", c.name)
 		if strings.Contains(log, "gVisor") != c.gvisor {
 			t.Errorf("Pod %s (gVisor: %t) logged:\n%s", c.name, c.gvisor, log)
 		}
@@ -496,14 +496,14 @@ const k8sSidecarImage = "bottle.test/sidecar:e2e"
 
 // importSidecarImage writes bottle's sidecar image with `bottle image export` (the OCI
 // archive a user pushes to a registry) and imports it into the node's containerd.
-func (a *apiServer) importSidecarImage() {
-	a.t.Helper()
-	file := filepath.Join(a.t.TempDir(), "sidecar.tar")
+func (a *apiServer) importSidecarImage(t *testing.T) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "sidecar.tar")
 	if out, err := exec.Command(bottleBin, "image", "export", "--ref", k8sSidecarImage, file).CombinedOutput(); err != nil {
-		a.t.Fatalf("bottle image export: %v: %s", err, out)
+		t.Fatalf("bottle image export: %v: %s", err, out)
 	}
 	if out, err := exec.Command("ctr", "--address", a.containerd, "-n", "k8s.io", "images", "import", file).CombinedOutput(); err != nil {
-		a.t.Fatalf("import the sidecar image into the node: %v: %s", err, out)
+		t.Fatalf("import the sidecar image into the node: %v: %s", err, out)
 	}
 }
 
@@ -513,8 +513,8 @@ func (a *apiServer) importSidecarImage() {
 // injects the real token, which is in no field of the agent Pod and in no exported text.
 func testK8sAgentThroughFilter(t *testing.T, a *apiServer) {
 	up := newK8sUpstream(t, "api.allowed.test", "api.route.test", "api.denied.test")
-	a.importNodeImage()
-	a.importSidecarImage()
+	a.importNodeImage(t)
+	a.importSidecarImage(t)
 	dir := t.TempDir()
 	upIP := upstreamAddr.Addr().String()
 	// The agent waits for kube-network-policies to learn its IP (it has no NRI hook on
@@ -572,7 +572,7 @@ token_ref = "K8S_ROUTE_TOKEN"
 	id := strings.TrimSpace(bottle(append([]string{"k8s", "--kubeconfig", a.kubeconfig, "apply"}, append(flags, "k8s")...)...))
 	t.Cleanup(func() { bottle("k8s", "--kubeconfig", a.kubeconfig, "rm", id) })
 	agent := "bottle-" + id + "-agent"
-	a.waitPod("default", agent, "Running", "Succeeded", "Failed")
+	a.waitPod(t, "default", agent, "Running", "Succeeded", "Failed")
 	var log string
 	for deadline := time.Now().Add(60 * time.Second); ; {
 		log = bottle("k8s", "--kubeconfig", a.kubeconfig, "logs", id)
@@ -591,6 +591,21 @@ token_ref = "K8S_ROUTE_TOKEN"
 	expect("ROUTE", "STATUS 200 UPSTREAM-OK", "the route through the egress-proxy")
 	expect("DIRECT80", "BLOCKED", "a direct connection to the upstream (80)")
 	expect("DIRECT443", "BLOCKED", "a direct connection to the upstream (443)")
+	// Control: a Pod no policy selects reaches the upstream the same way, so the agent's
+	// BLOCKED is its NetworkPolicy, not the route.
+	control := fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"upstream-control"},"spec":{"runtimeClassName":"gvisor","restartPolicy":"Never","automountServiceAccountToken":false,
+"containers":[{"name":"c","image":%q,"command":["/bin/sh","-c","echo DIRECT80 $(/usr/local/bin/probe tcp %s:80); sleep 3600"]}]}}`, testImage, upIP)
+	if code, body := a.do("POST", collection("Pod", "default"), []byte(control)); code != http.StatusCreated {
+		t.Fatalf("create the control Pod: %d %s", code, body)
+	}
+	t.Cleanup(func() { a.do("DELETE", collection("Pod", "default")+"/upstream-control?gracePeriodSeconds=0", nil) })
+	a.waitPod(t, "default", "upstream-control", "Running")
+	var controlLog string
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(controlLog, "DIRECT80") && time.Now().Before(deadline); time.Sleep(time.Second) {
+		controlLog = a.podLog(t, "default", "upstream-control")
+	}
+	expectPrefix(t, lineOf(controlLog, "DIRECT80"), "REACHED", "a Pod without policies to the upstream (control)")
+
 	var auth []string
 	for _, h := range up.headers() {
 		if v := h.Get("Authorization"); v != "" {
@@ -619,7 +634,7 @@ token_ref = "K8S_ROUTE_TOKEN"
 // RuntimeClass, and on NetworkPolicy once the node's enforcer is stopped (so its
 // policy check is live, not a formality). It stops kube-network-policies: run it last.
 func testK8sDoctor(t *testing.T, a *apiServer) {
-	a.importSidecarImage()
+	a.importSidecarImage(t)
 	doctor := func(args ...string) (string, int) {
 		t.Helper()
 		cmd := exec.Command(bottleBin, append([]string{"k8s", "--kubeconfig", a.kubeconfig, "doctor", "--sidecar-image", k8sSidecarImage, "--timeout", "90s"}, args...)...)

@@ -14,10 +14,13 @@
 #     `kube-network-policies` table: NetworkPolicy enforcement);
 #   - a pause image made locally (scripts/mkimage; no registry is used) pinned as the
 #     sandbox image.
-# TEST ONLY: the kubelet gives the pause container oom_score_adj -998, which some kernels
-# (the CI VMs') refuse; runsc is called through DIR/runsc-test-wrapper, which sets a
-# negative process.oomScoreAdj to 0 in the bundle's config.json before it execs runsc.
-# bottle never ships or installs that wrapper.
+# TEST ONLY: the `runsc` handler calls DIR/runsc-test-wrapper (the default `runc` one
+# DIR/runc-test-wrapper, for (2)), which (1) runs each Pod's
+# sandbox (pause) container under runc and each app container as its own gVisor sandbox
+# in the Pod's network namespace: the runc shim (the runsc shim does not run on the CI
+# VMs) cannot follow a container that joins a gVisor sandbox; (2) sets a negative
+# process.oomScoreAdj to 0 (the kubelet's -998 for the pause container; this kernel
+# refuses it). bottle never ships or installs that wrapper.
 #   start DIR  pick free loopback ports, start it all, wait until the API server is ready
 #              and the node is Ready (each 90 s); a failed start stops what it started
 #   stop DIR   delete the cluster's Pods (the kubelet tears their networks down), stop
@@ -167,10 +170,11 @@ KC
 	chmod 600 "$dir/kubeconfig"
 	log "API server ready at $server"
 
-	# Only what the tests need: EndpointSlices (kube-proxy routes Services by them) and
-	# each namespace's default ServiceAccount (admission looks it up).
+	# Only what the tests need: EndpointSlices (kube-proxy routes Services by them), each
+	# namespace's default ServiceAccount (admission looks it up) and the node lifecycle
+	# (it lifts the not-ready taint the kubelet registers with).
 	launch kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" \
-		--controllers endpointslice,serviceaccount --leader-elect=false \
+		--controllers endpointslice,serviceaccount,nodelifecycle --leader-elect=false \
 		--bind-address 127.0.0.1 --secure-port 0 --use-service-account-credentials=false
 	launch kube-scheduler "$bin/kube-scheduler" --kubeconfig "$dir/kubeconfig" --leader-elect=false \
 		--bind-address 127.0.0.1 --secure-port 0
@@ -186,21 +190,15 @@ start_node() {
 	local bridge
 	bridge=bk8s-$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')
 	echo "$bridge" >"$dir/bridge"
-	# TEST ONLY (see the header): zero a negative oom_score_adj in the bundle, then runsc.
-	cat >"$dir/runsc-test-wrapper" <<'SH'
-#!/bin/sh
-# TEST ONLY, written by bottle's scripts/k8s-cluster.sh; never shipped: this kernel
-# refuses a negative oom_score_adj, which the kubelet asks for the pause container.
-prev=
-for a in "$@"; do
-	if [ "$prev" = --bundle ] || [ "$prev" = -b ]; then
-		[ -f "$a/config.json" ] && perl -pi -e 's/"oomScoreAdj":\s*-\d+/"oomScoreAdj":0/' "$a/config.json"
-	fi
-	prev=$a
-done
-exec runsc "$@"
-SH
-	chmod 755 "$dir/runsc-test-wrapper"
+	# TEST ONLY (see the header). The runc shim cannot follow a container that joins a
+	# gVisor sandbox (it waits on the sandbox's pid: the container's exit and output never
+	# reach it); production nodes run the runsc shim, which this VM cannot. So the Pod's
+	# sandbox (pause) container runs under runc, holding the Pod's network namespace, and
+	# each app container is a gVisor sandbox of its own in that namespace. And a negative
+	# oom_score_adj (the kubelet's -998 for the pause) is set to 0: this kernel refuses it.
+	mkdir -p "$dir/pause-ids"
+	write_wrapper runc-test-wrapper runc
+	write_wrapper runsc-test-wrapper runsc
 	cat >"$dir/cni/net.d/10-$CNI_NETWORK.conflist" <<JSON
 {
   "cniVersion": "1.0.0",
@@ -266,6 +264,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+    BinaryName = "$dir/runc-test-wrapper"
     Root = "$dir/runc"
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runsc]
@@ -347,7 +346,7 @@ EOF
 		--hostname-override "$NODE_NAME" --disable-nri --netfilter-bug-1766-fix=false \
 		--metrics-bind-address "127.0.0.1:$(free_port)" --v 2
 
-	wait_for "the node to be Ready" node_ready "$server" "$token"
+	wait_for "the node to be Ready and schedulable" node_ready "$server" "$token"
 	# The gVisor RuntimeClass the agent Pods name.
 	curl -fsS --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $token" -H "Content-Type: application/json" \
 		-X POST "$server/apis/node.k8s.io/v1/runtimeclasses" \
@@ -356,9 +355,45 @@ EOF
 	log "node $NODE_NAME Ready (containerd $sock, bridge $bridge, pods $POD_CIDR)"
 }
 
+# write_wrapper NAME RUNTIME writes the TEST ONLY runtime wrapper DIR/NAME (see the
+# header and start_node): it zeroes a negative oom_score_adj, runs Pod sandbox (pause)
+# containers under runc, and the others under RUNTIME (each its own sandbox), whose
+# "sandbox is not running" on a kill it reports as runc's "container not running" (what
+# the runc shim takes for an already exited container).
+write_wrapper() {
+	cat >"$dir/$1" <<SH
+#!/bin/sh
+# TEST ONLY, written by bottle's scripts/k8s-cluster.sh; never shipped (see there).
+prev=
+for a in "\$@"; do
+	if [ "\$prev" = --bundle ] || [ "\$prev" = -b ]; then
+		perl -pi -e 's/"oomScoreAdj":\s*-\d+/"oomScoreAdj":0/; s/"io\.kubernetes\.cri\.container-type"/"bottle.test\/cri-container-type"/' "\$a/config.json"
+		if grep -q '"bottle.test/cri-container-type":\s*"sandbox"' "\$a/config.json"; then
+			: >"$dir/pause-ids/\$(basename "\$a")"
+		fi
+	fi
+	prev=\$a
+done
+for a in "\$@"; do
+	[ -n "\$a" ] && [ -e "$dir/pause-ids/\$a" ] && exec runc "\$@"
+done
+# The shim knows a kill of an exited container by runc's words, not runsc's.
+for a in "\$@"; do
+	if [ "\$a" = kill ]; then
+		out=\$($2 "\$@" 2>&1) && exit 0
+		case "\$out" in *"is not running"*) echo "container not running" >&2 ;; *) echo "\$out" >&2 ;; esac
+		exit 1
+	fi
+done
+exec $2 "\$@"
+SH
+	chmod 755 "$dir/$1"
+}
+
 node_ready() {
-	curl -fsS --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $2" "$1/api/v1/nodes/$NODE_NAME" 2>/dev/null |
-		tr -d ' \n' | grep -q '"type":"Ready","status":"True"'
+	local node
+	node=$(curl -fsS --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $2" "$1/api/v1/nodes/$NODE_NAME" 2>/dev/null | tr -d ' \n')
+	[[ $node == *'"type":"Ready","status":"True"'* && $node != *'"taints"'* ]]
 }
 
 # launch NAME CMD... starts CMD in the background, its output in DIR/NAME.log, its pid in

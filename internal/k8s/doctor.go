@@ -17,6 +17,7 @@ import (
 	nodev1 "k8s.io/api/node/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/bottle-dev/bottle/internal/ociarchive"
@@ -70,6 +71,10 @@ func (c *Client) Doctor(ctx context.Context, o DoctorOptions) ([]Check, error) {
 	rand.Read(b)
 	run := hex.EncodeToString(b)
 	defer c.removeDoctor(run)
+	if !checks[0].OK {
+		// The probes run without it: admission refuses a Pod naming a missing class.
+		o.RuntimeClass = ""
+	}
 	image, policy, err := c.probePolicy(ctx, o, run)
 	if err != nil {
 		return nil, err
@@ -78,16 +83,17 @@ func (c *Client) Doctor(ctx context.Context, o DoctorOptions) ([]Check, error) {
 }
 
 // removeDoctor deletes the objects of doctor run (on its own context: the run's may be
-// cancelled); Services have no collection delete.
+// cancelled).
 func (c *Client) removeDoctor(run string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sel := LabelDoctor + "=" + run
-	_ = c.dyn.Resource(pods).Namespace(c.ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}, metav1.ListOptions{LabelSelector: sel})
-	_ = c.dyn.Resource(networkPolicies).Namespace(c.ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: sel})
-	if items, err := c.list(ctx, services, sel); err == nil {
+	for _, r := range []schema.GroupVersionResource{pods, networkPolicies, services} {
+		items, err := c.list(ctx, r, LabelDoctor+"="+run)
+		if err != nil {
+			continue
+		}
 		for _, n := range itemNames(items) {
-			_ = c.dyn.Resource(services).Namespace(c.ns).Delete(ctx, n, metav1.DeleteOptions{})
+			_ = c.dyn.Resource(r).Namespace(c.ns).Delete(ctx, n, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))})
 		}
 	}
 }
