@@ -700,8 +700,8 @@ func testK8sDoctor(t *testing.T, a *apiServer) {
 	for deadline := time.Now().Add(15 * time.Second); proc.Signal(syscall.Signal(0)) == nil && time.Now().Before(deadline); {
 		time.Sleep(200 * time.Millisecond)
 	}
-	if out, code := doctor(); code != 1 || !strings.Contains(out, "FAIL networkpolicy") {
-		t.Errorf("doctor without a NetworkPolicy enforcer: exit %d, want 1 and a FAIL of networkpolicy", code)
+	if out, code := doctor(); code != 1 || !strings.Contains(out, "FAIL networkpolicy") || !strings.Contains(out, "NOT enforced") {
+		t.Errorf("doctor without a NetworkPolicy enforcer: exit %d, want 1 and networkpolicy NOT enforced", code)
 	}
 	leftovers()
 }

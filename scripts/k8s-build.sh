@@ -87,31 +87,28 @@ k8s_wrapper() {
 	(cd "$d" && go mod tidy)
 }
 
-build_apiserver() {
-	[ -x "$bin/kube-apiserver" ] && { log "kube-apiserver cached"; return; }
-	local d="$root/src/kube-apiserver"
-	k8s_wrapper "$d" kube-apiserver '"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kube-apiserver/app"' '	os.Exit(cli.Run(app.NewAPIServerCommand()))'
-	build kube-apiserver "$d" "$k8s_ldflags"
+# build_k8s NAME CALL [IMPORT]: NAME from k8s.io/kubernetes/cmd/NAME/app, main running
+# app.CALL (IMPORT: a standard package CALL needs).
+build_k8s() {
+	local name=$1 call=$2 imports
+	[ -x "$bin/$name" ] && { log "$name cached"; return; }
+	imports='"k8s.io/component-base/cli"
+	"k8s.io/kubernetes/cmd/'"$name"'/app"'
+	if [ -n "${3:-}" ]; then
+		imports="\"$3\"
+
+	$imports"
+	fi
+	local d="$root/src/$name"
+	k8s_wrapper "$d" "$name" "$imports" "	os.Exit(cli.Run(app.$call))"
+	build "$name" "$d" "$k8s_ldflags"
 }
 
-build_kubelet() {
-	[ -x "$bin/kubelet" ] && { log "kubelet cached"; return; }
-	local d="$root/src/kubelet"
-	k8s_wrapper "$d" kubelet '"context"
-
-	"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kubelet/app"' '	os.Exit(cli.Run(app.NewKubeletCommand(context.Background())))'
-	build kubelet "$d" "$k8s_ldflags"
-}
-
-build_proxy() {
-	[ -x "$bin/kube-proxy" ] && { log "kube-proxy cached"; return; }
-	local d="$root/src/kube-proxy"
-	k8s_wrapper "$d" kube-proxy '"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kube-proxy/app"' '	os.Exit(cli.Run(app.NewProxyCommand()))'
-	build kube-proxy "$d" "$k8s_ldflags"
-}
+build_apiserver() { build_k8s kube-apiserver 'NewAPIServerCommand()'; }
+build_controllers() { build_k8s kube-controller-manager 'NewControllerManagerCommand()'; }
+build_scheduler() { build_k8s kube-scheduler 'NewSchedulerCommand()'; }
+build_kubelet() { build_k8s kubelet 'NewKubeletCommand(context.Background())' context; }
+build_proxy() { build_k8s kube-proxy 'NewProxyCommand()'; }
 
 # kube-network-policies queues a connection's first packet to userspace with nftables'
 # native `queue` statement, which needs CONFIG_NFT_QUEUE; kernels without it (the CI VMs)
@@ -120,22 +117,6 @@ build_proxy() {
 # patched binary has its own name so a cached unpatched one is never used. A second patch
 # lets it read $KUBECONFIG (upstream only runs in-cluster, with a service-account token at
 # a fixed host path); without it, it still falls back to in-cluster.
-build_scheduler() {
-	[ -x "$bin/kube-scheduler" ] && { log "kube-scheduler cached"; return; }
-	local d="$root/src/kube-scheduler"
-	k8s_wrapper "$d" kube-scheduler '"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kube-scheduler/app"' '	os.Exit(cli.Run(app.NewSchedulerCommand()))'
-	build kube-scheduler "$d" "$k8s_ldflags"
-}
-
-build_controllers() {
-	[ -x "$bin/kube-controller-manager" ] && { log "kube-controller-manager cached"; return; }
-	local d="$root/src/kube-controller-manager"
-	k8s_wrapper "$d" kube-controller-manager '"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kube-controller-manager/app"' '	os.Exit(cli.Run(app.NewControllerManagerCommand()))'
-	build kube-controller-manager "$d" "$k8s_ldflags"
-}
-
 build_knp() {
 	local name=kube-network-policies-xtq
 	[ -x "$bin/$name" ] && { log "$name cached"; return; }
