@@ -5,22 +5,22 @@
 # with every file (data, certs, token file, service-account keys, kubeconfig, logs, pid
 # files, the node's containerd, CNI state and pod netns) under DIR:
 #   - control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager (only the
-#     endpointslice and serviceaccount controllers), kube-scheduler;
-#   - the node "127.0.0.1": a private containerd with CRI (its own socket, root, state;
-#     runtime handler `runsc` = gVisor through the runc shim with BinaryName, as bottle
-#     runs it; RuntimeClass `gvisor`), a CNI bridge of its own (name in DIR/bridge, pod
+#     endpointslice, serviceaccount and nodelifecycle controllers), kube-scheduler;
+#   - the node "127.0.0.1" (the API server reaches its kubelet by that name): a private
+#     containerd with CRI (its own socket, root, state; handler `runsc` = gVisor through
+#     the runc shim with BinaryName, as bottle runs it; RuntimeClass `gvisor`; every
+#     registry a closed loopback port), a CNI bridge of its own (name in DIR/bridge, pod
 #     subnet POD_CIDR), the kubelet, kube-proxy in nftables mode (its own `kube-proxy`
-#     tables: Services' cluster IPs) and kube-network-policies (its own
+#     tables: the Services' cluster IPs) and kube-network-policies (its own
 #     `kube-network-policies` table: NetworkPolicy enforcement);
 #   - a pause image made locally (scripts/mkimage; no registry is used) pinned as the
 #     sandbox image.
-# TEST ONLY: the `runsc` handler calls DIR/runsc-test-wrapper (the default `runc` one
-# DIR/runc-test-wrapper, for (2)), which (1) runs each Pod's
-# sandbox (pause) container under runc and each app container as its own gVisor sandbox
-# in the Pod's network namespace: the runc shim (the runsc shim does not run on the CI
-# VMs) cannot follow a container that joins a gVisor sandbox; (2) sets a negative
-# process.oomScoreAdj to 0 (the kubelet's -998 for the pause container; this kernel
-# refuses it). bottle never ships or installs that wrapper.
+# TEST ONLY, never shipped: both runtime handlers call a wrapper in DIR that (1) sets a
+# negative process.oomScoreAdj to 0 (the kubelet's -998 for the pause container; this
+# kernel refuses it), (2) runs each Pod's sandbox (pause) container under runc and each
+# app container as its own sandbox in the Pod's network namespace: the runc shim (the
+# runsc shim does not run on the CI VMs) cannot follow a container that joins a gVisor
+# sandbox.
 #   start DIR  pick free loopback ports, start it all, wait until the API server is ready
 #              and the node is Ready (each 90 s); a failed start stops what it started
 #   stop DIR   delete the cluster's Pods (the kubelet tears their networks down), stop
