@@ -517,10 +517,12 @@ func testK8sAgentThroughFilter(t *testing.T, a *apiServer) {
 	a.importSidecarImage(t)
 	dir := t.TempDir()
 	upIP := upstreamAddr.Addr().String()
-	// The agent waits for kube-network-policies to learn its IP (it has no NRI hook on
-	// this node: a new Pod's first packets can pass before), then prints what it sees.
+	// The agent waits (up to 30 s) for kube-network-policies to learn its IP (it has no
+	// NRI hook on this node: a new Pod's first packets can pass before), then prints what
+	// it sees.
 	script := strings.Join([]string{
-		"sleep 5",
+		"i=0; while [ $i -lt 30 ] && /usr/local/bin/probe tcp " + upIP + ":80 | grep -q REACHED; do i=$((i+1)); sleep 1; done",
+		"echo WAITED $i",
 		"echo DMESG $(/bin/busybox dmesg | grep -c gVisor)",
 		"echo ALLOWED $(/usr/local/bin/probe get http://filter:8888 http://api.allowed.test/hello)",
 		"echo DENIED $(/usr/local/bin/probe get http://filter:8888 http://api.denied.test/hello)",
