@@ -8,7 +8,7 @@
 # dir (never in the repo tree): it requires k8s.io/kubernetes and replaces each staging
 # module with its published v0.X version.
 #
-# Usage: scripts/k8s-build.sh [all|etcd|apiserver|kubelet|knp]...   (prints the bin dir)
+# Usage: scripts/k8s-build.sh [all|etcd|apiserver|controllers|scheduler|kubelet|proxy|knp]...   (prints the bin dir)
 # Env:   BOTTLE_K8S_CACHE (default /var/cache/bottle/k8s)
 set -euo pipefail
 
@@ -87,31 +87,81 @@ k8s_wrapper() {
 	(cd "$d" && go mod tidy)
 }
 
-build_apiserver() {
-	[ -x "$bin/kube-apiserver" ] && { log "kube-apiserver cached"; return; }
-	local d="$root/src/kube-apiserver"
-	k8s_wrapper "$d" kube-apiserver '"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kube-apiserver/app"' '	os.Exit(cli.Run(app.NewAPIServerCommand()))'
-	build kube-apiserver "$d" "$k8s_ldflags"
+# build_k8s NAME CALL [IMPORT]: NAME from k8s.io/kubernetes/cmd/NAME/app, main running
+# app.CALL (IMPORT: a standard package CALL needs).
+build_k8s() {
+	local name=$1 call=$2 imports
+	[ -x "$bin/$name" ] && { log "$name cached"; return; }
+	imports='"k8s.io/component-base/cli"
+	"k8s.io/kubernetes/cmd/'"$name"'/app"'
+	if [ -n "${3:-}" ]; then
+		imports="\"$3\"
+
+	$imports"
+	fi
+	local d="$root/src/$name"
+	k8s_wrapper "$d" "$name" "$imports" "	os.Exit(cli.Run(app.$call))"
+	build "$name" "$d" "$k8s_ldflags"
 }
 
-build_kubelet() {
-	[ -x "$bin/kubelet" ] && { log "kubelet cached"; return; }
-	local d="$root/src/kubelet"
-	k8s_wrapper "$d" kubelet '"context"
+build_apiserver() { build_k8s kube-apiserver 'NewAPIServerCommand()'; }
+build_controllers() { build_k8s kube-controller-manager 'NewControllerManagerCommand()'; }
+build_scheduler() { build_k8s kube-scheduler 'NewSchedulerCommand()'; }
+build_kubelet() { build_k8s kubelet 'NewKubeletCommand(context.Background())' context; }
+build_proxy() { build_k8s kube-proxy 'NewProxyCommand()'; }
 
-	"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kubelet/app"' '	os.Exit(cli.Run(app.NewKubeletCommand(context.Background())))'
-	build kubelet "$d" "$k8s_ldflags"
-}
-
+# kube-network-policies queues a connection's first packet to userspace with nftables'
+# native `queue` statement, which needs CONFIG_NFT_QUEUE; kernels without it (the CI VMs)
+# refuse the whole ruleset. The build patches it to the xtables NFQUEUE target through
+# nft_compat (CONFIG_NETFILTER_XT_TARGET_NFQUEUE): the same queue, the same verdicts. The
+# patched binary has its own name so a cached unpatched one is never used. A second patch
+# lets it read $KUBECONFIG (upstream only runs in-cluster, with a service-account token at
+# a fixed host path); without it, it still falls back to in-cluster.
 build_knp() {
-	[ -x "$bin/kube-network-policies" ] && { log "kube-network-policies cached"; return; }
-	log "building kube-network-policies"
+	local name=kube-network-policies-xtq
+	[ -x "$bin/$name" ] && { log "$name cached"; return; }
+	local d="$root/src/knp" mod
+	mod=$(go mod download -json "sigs.k8s.io/kube-network-policies@$KNP_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+	rm -rf "$d"
+	cp -r "$mod" "$d"
+	chmod -R u+w "$d"
+	local pkg="$d/pkg/networkpolicy"
+	perl -0pi -e 's/queue := &expr\.Queue\{Num: uint16\(c\.config\.QueueID\)\}\n\tif c\.config\.FailOpen \{\n\t\tqueue\.Flag = expr\.QueueFlagBypass\n\t\}/queue := xtQueue(uint16(c.config.QueueID), c.config.FailOpen)/g' "$pkg/controller.go"
+	perl -pi -e 's/&expr\.Queue\{Num: uint16\(n\.nfQueueID\), Flag: expr\.QueueFlagBypass\}/xtQueue(uint16(n.nfQueueID), true)/' "$pkg/dnsagent.go"
+	perl -pi -e 's#rest\.InClusterConfig\(\)#clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))#; s#"k8s.io/client-go/rest"#"k8s.io/client-go/tools/clientcmd"#' "$d/cmd/main.go"
+	if grep -q 'expr\.Queue' "$pkg/controller.go" "$pkg/dnsagent.go" || ! grep -q clientcmd.BuildConfigFromFlags "$d/cmd/main.go"; then
+		echo "k8s-build: kube-network-policies $KNP_VERSION: the queue patch did not apply" >&2
+		exit 1
+	fi
+	cat >"$pkg/xtqueue.go" <<'GO'
+// Added by bottle's scripts/k8s-build.sh (see there): the NFQUEUE xtables target.
+package networkpolicy
+
+import (
+	"encoding/binary"
+
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+)
+
+// xtQueue is struct xt_NFQ_info_v3 {queuenum, queues_total, flags} in host byte order;
+// flag 1 is NFQ_FLAG_BYPASS (accept when no program listens).
+func xtQueue(num uint16, bypass bool) expr.Any {
+	info := make([]byte, 6)
+	binary.NativeEndian.PutUint16(info[0:], num)
+	binary.NativeEndian.PutUint16(info[2:], 1)
+	if bypass {
+		binary.NativeEndian.PutUint16(info[4:], 1)
+	}
+	u := xt.Unknown(info)
+	return &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &u}
+}
+GO
+	log "building $name"
 	local start=$SECONDS
-	GOBIN="$bin" go install -trimpath -ldflags "$ldflags" "sigs.k8s.io/kube-network-policies/cmd@$KNP_VERSION"
-	mv "$bin/cmd" "$bin/kube-network-policies"
-	log "built kube-network-policies in $((SECONDS - start))s"
+	(cd "$d" && go mod tidy && go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" ./cmd)
+	mv "$bin/$name.tmp" "$bin/$name"
+	log "built $name in $((SECONDS - start))s"
 }
 
 # Targets: all (default), or any of etcd apiserver kubelet knp.
@@ -119,10 +169,10 @@ targets=("$@")
 ((${#targets[@]})) || targets=(all)
 for t in "${targets[@]}"; do
 	case $t in
-	all) build_etcd && build_apiserver && build_kubelet && build_knp ;;
-	etcd | apiserver | kubelet | knp) "build_$t" ;;
+	all) build_etcd && build_apiserver && build_controllers && build_scheduler && build_kubelet && build_proxy && build_knp ;;
+	etcd | apiserver | controllers | scheduler | kubelet | proxy | knp) "build_$t" ;;
 	*)
-		echo "usage: $0 [all|etcd|apiserver|kubelet|knp]..." >&2
+		echo "usage: $0 [all|etcd|apiserver|controllers|scheduler|kubelet|proxy|knp]..." >&2
 		exit 2
 		;;
 	esac

@@ -43,6 +43,7 @@ readonly APT_PACKAGES=(
 	gpg          # mmdebstrap: keyring handling (only recommended by it)
 	openssl      # the test control plane's service-account keys (scripts/k8s-cluster.sh)
 	curl         # its readiness check
+	nftables     # nft: the test cluster's kube-proxy (nftables mode, its own table)
 )
 
 BIN_DIR=${BOTTLE_BIN_DIR:-/usr/local/bin}

@@ -34,12 +34,13 @@ make --no-print-directory tools
 # nerdctl, for the test of bottle's nerdctl interop (e2e/nerdctl_test.go).
 scripts/install-nerdctl.sh "$NERDCTL_DIR"
 export BOTTLE_TEST_NERDCTL="$NERDCTL_DIR/nerdctl"
-# etcd and kube-apiserver for e2e/k8s_test.go, which starts its own control plane on
-# loopback (scripts/k8s-cluster.sh) and stops it: built from the Go module proxy once,
-# then cached in /var/cache/bottle/k8s.
-log "Kubernetes control plane binaries"
+# The one-node cluster of e2e/k8s_test.go (etcd, kube-apiserver, kubelet, kube-proxy,
+# kube-network-policies), which scripts/k8s-cluster.sh starts on loopback and a private
+# containerd, and stops: built from the Go module proxy once, then cached in
+# /var/cache/bottle/k8s.
+log "Kubernetes binaries"
 k8s_start=$SECONDS
-BOTTLE_TEST_K8S_BIN=$(scripts/k8s-build.sh etcd apiserver)
+BOTTLE_TEST_K8S_BIN=$(scripts/k8s-build.sh all)
 export BOTTLE_TEST_K8S_BIN
 log "Kubernetes binaries ready in $((SECONDS - k8s_start)) s"
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -166,6 +167,53 @@ func k8sCommand() *cli.Command {
 				}
 				return cl.Logs(c.Context, id, c.String("role"), c.Bool("follow"), c.App.Writer)
 			},
+		}, {
+			Name:  "doctor",
+			Usage: "check the cluster runs bottles safely: the RuntimeClass, the sidecar image, and NetworkPolicy enforced (live: a canary Service, an allowed and a denied probe Pod, all removed after)",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "runtime-class", Value: k8s.DefaultRuntimeClass, Usage: "RuntimeClass of the agent Pods"},
+				&cli.StringFlag{Name: "sidecar-image", Value: runtime.PlannedSidecarImage(version), Usage: "registry ref of bottle's sidecar image (the canary runs it)"},
+				&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "how long each doctor Pod may take"},
+			},
+			Action: func(c *cli.Context) error {
+				cl, err := k8sClient(c)
+				if err != nil {
+					return err
+				}
+				checks, err := cl.Doctor(c.Context, k8s.DoctorOptions{RuntimeClass: c.String("runtime-class"), SidecarImage: c.String("sidecar-image"), Timeout: c.Duration("timeout")})
+				if err != nil {
+					return err
+				}
+				failed := false
+				for _, ch := range checks {
+					mark := "ok  "
+					if !ch.OK {
+						mark, failed = "FAIL", true
+					}
+					fmt.Fprintf(c.App.Writer, "%s %-14s %s\n", mark, ch.Name, ch.Detail)
+				}
+				if failed {
+					return cli.Exit("a check above failed: bottles on this cluster would not be contained", 1)
+				}
+				return nil
+			},
+		}, {
+			// The doctor's Pods run these from the sidecar image.
+			Name:   "canary",
+			Hidden: true,
+			Subcommands: []*cli.Command{{
+				Name: "serve", ArgsUsage: "PORT",
+				Action: func(c *cli.Context) error { return k8s.CanaryServe(c.Args().First()) },
+			}, {
+				Name: "dial", ArgsUsage: "ADDR TRIES",
+				Action: func(c *cli.Context) error {
+					tries, err := strconv.Atoi(c.Args().Get(1))
+					if err != nil {
+						return usageError{fmt.Errorf("tries: %w", err)}
+					}
+					return k8s.CanaryDial(c.Args().First(), tries)
+				},
+			}},
 		}, {
 			Name:         "rm",
 			Usage:        "remove every object of a bottle",
