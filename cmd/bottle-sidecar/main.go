@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/audit"
 	"github.com/bottle-dev/bottle/internal/egress"
 	"github.com/bottle-dev/bottle/internal/gitgate"
+	"github.com/bottle-dev/bottle/internal/k8s/canary"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/supervise"
 )
@@ -120,6 +122,9 @@ func run(args []string) error {
 		fmt.Println("bottle-sidecar " + version)
 		return nil
 	}
+	if len(args) > 0 && args[0] == "canary" {
+		return runCanary(args[1:])
+	}
 	if len(args) < 2 || args[0] != "sidecar" {
 		return fmt.Errorf("usage: bottle-sidecar sidecar ROLE --config FILE [--ready-file FILE] [--audit FILE] (ROLE: %s)", roles())
 	}
@@ -146,6 +151,22 @@ func run(args []string) error {
 		_ = os.WriteFile(filepath.Join(filepath.Dir(*ready), names.SidecarErrorFile), []byte(err.Error()), 0o644)
 	}
 	return err
+}
+
+// runCanary runs what `bottle k8s doctor`'s Pods run from the sidecar image: `canary
+// serve PORT` or `canary dial ADDR TRIES`.
+func runCanary(args []string) error {
+	switch {
+	case len(args) == 2 && args[0] == "serve":
+		return canary.Serve(args[1])
+	case len(args) == 3 && args[0] == "dial":
+		tries, err := strconv.Atoi(args[2])
+		if err != nil || tries < 1 {
+			return fmt.Errorf("canary dial: tries %q is not a positive number", args[2])
+		}
+		return canary.Dial(args[1], tries)
+	}
+	return fmt.Errorf("usage: bottle-sidecar canary serve PORT | canary dial ADDR TRIES")
 }
 
 func roles() string {

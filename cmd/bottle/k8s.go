@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -197,23 +196,6 @@ func k8sCommand() *cli.Command {
 				}
 				return nil
 			},
-		}, {
-			// The doctor's Pods run these from the sidecar image.
-			Name:   "canary",
-			Hidden: true,
-			Subcommands: []*cli.Command{{
-				Name: "serve", ArgsUsage: "PORT",
-				Action: func(c *cli.Context) error { return k8s.CanaryServe(c.Args().First()) },
-			}, {
-				Name: "dial", ArgsUsage: "ADDR TRIES",
-				Action: func(c *cli.Context) error {
-					tries, err := strconv.Atoi(c.Args().Get(1))
-					if err != nil {
-						return usageError{fmt.Errorf("tries: %w", err)}
-					}
-					return k8s.CanaryDial(c.Args().First(), tries)
-				},
-			}},
 		}, {
 			Name:         "rm",
 			Usage:        "remove every object of a bottle",

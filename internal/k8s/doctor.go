@@ -1,11 +1,9 @@
 package k8s
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -20,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/bottle-dev/bottle/internal/k8s/canary"
 	"github.com/bottle-dev/bottle/internal/ociarchive"
 )
 
@@ -28,12 +27,6 @@ var runtimeClasses = nodev1.SchemeGroupVersion.WithResource("runtimeclasses")
 // LabelDoctor marks the objects of one `bottle k8s doctor` run (its value is the run's
 // id): they are removed by it when the run ends.
 const LabelDoctor = "bottle.doctor"
-
-// CanaryPort is where the doctor's canary Pod listens; CanaryBanner what it says.
-const (
-	CanaryPort   = 8080
-	CanaryBanner = "BOTTLE-CANARY"
-)
 
 // Check is one result of the doctor.
 type Check struct {
@@ -134,7 +127,7 @@ func doctorPod(o DoctorOptions, run, name string, labels map[string]string, args
 func (c *Client) probePolicy(ctx context.Context, o DoctorOptions, run string) (image, policy Check, err error) {
 	image, policy = Check{Name: "sidecar-image"}, Check{Name: "networkpolicy"}
 	canaryLabels := map[string]string{LabelDoctor + "-role": "canary"}
-	port := intstr.FromInt32(CanaryPort)
+	port := intstr.FromInt32(canary.Port)
 	np := &networkingv1.NetworkPolicy{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy"},
 		ObjectMeta: metav1.ObjectMeta{Name: "bottle-doctor-" + run, Labels: map[string]string{LabelDoctor: run}},
@@ -155,25 +148,25 @@ func (c *Client) probePolicy(ctx context.Context, o DoctorOptions, run string) (
 		ObjectMeta: metav1.ObjectMeta{Name: "bottle-doctor-" + run, Labels: map[string]string{LabelDoctor: run}},
 		Spec: corev1.ServiceSpec{
 			Selector: map[string]string{LabelDoctor: run, LabelDoctor + "-role": "canary"},
-			Ports:    []corev1.ServicePort{{Port: CanaryPort, TargetPort: port, Protocol: corev1.ProtocolTCP}},
+			Ports:    []corev1.ServicePort{{Port: canary.Port, TargetPort: port, Protocol: corev1.ProtocolTCP}},
 		},
 	}
 	var created corev1.Service
 	if err := c.create(ctx, services, svc, &created); err != nil {
 		return image, policy, fmt.Errorf("create Service %s: %w", svc.Name, err)
 	}
-	canary := doctorPod(o, run, "canary", canaryLabels, "k8s", "canary", "serve", strconv.Itoa(CanaryPort))
-	canary.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: port}}, PeriodSeconds: 1}
-	if err := c.create(ctx, pods, canary, nil); err != nil {
-		return image, policy, fmt.Errorf("create Pod %s: %w", canary.Name, err)
+	server := doctorPod(o, run, "canary", canaryLabels, "canary", "serve", strconv.Itoa(canary.Port))
+	server.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: port}}, PeriodSeconds: 1}
+	if err := c.create(ctx, pods, server, nil); err != nil {
+		return image, policy, fmt.Errorf("create Pod %s: %w", server.Name, err)
 	}
-	if why := c.waitPod(ctx, canary.Name, o.Timeout, podReady); why != "" {
+	if why := c.waitPod(ctx, server.Name, o.Timeout, podReady); why != "" {
 		image.Detail = fmt.Sprintf("the canary Pod on image %s did not become ready: %s", o.SidecarImage, why)
 		policy.Detail = "not checked: no canary"
 		return image, policy, nil
 	}
 	image.OK, image.Detail = true, "a node ran "+o.SidecarImage
-	target := net.JoinHostPort(created.Spec.ClusterIP, strconv.Itoa(CanaryPort))
+	target := net.JoinHostPort(created.Spec.ClusterIP, strconv.Itoa(canary.Port))
 	// The allowed probe retries (a node's enforcer may learn a new Pod late); the denied
 	// one must fail every try.
 	finished := func(p *corev1.Pod) bool {
@@ -183,7 +176,7 @@ func (c *Client) probePolicy(ctx context.Context, o DoctorOptions, run string) (
 		role  string
 		tries string
 	}{{"allowed", "20"}, {"denied", "5"}} {
-		p := doctorPod(o, run, pr.role, map[string]string{LabelDoctor + "-role": pr.role}, "k8s", "canary", "dial", target, pr.tries)
+		p := doctorPod(o, run, pr.role, map[string]string{LabelDoctor + "-role": pr.role}, "canary", "dial", target, pr.tries)
 		if o.RuntimeClass != "" {
 			p.Spec.RuntimeClassName = new(o.RuntimeClass)
 		}
@@ -241,44 +234,4 @@ func podWhy(p *corev1.Pod) string {
 		}
 	}
 	return strings.TrimSpace(strings.Join(why, " "))
-}
-
-// CanaryServe is the doctor's canary: it answers each connection on port with
-// CanaryBanner.
-func CanaryServe(port string) error {
-	ln, err := net.Listen("tcp", ":"+port)
-	if err != nil {
-		return fmt.Errorf("canary: %w", err)
-	}
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			return fmt.Errorf("canary: %w", err)
-		}
-		conn.Write([]byte(CanaryBanner + "\n"))
-		conn.Close()
-	}
-}
-
-// ErrCanaryUnreached is CanaryDial's error when no try reached the canary.
-var ErrCanaryUnreached = errors.New("the canary was not reached")
-
-// CanaryDial tries (tries times, a second apart) to read the canary's banner at addr.
-func CanaryDial(addr string, tries int) error {
-	for i := 0; i < tries; i++ {
-		if i > 0 {
-			time.Sleep(time.Second)
-		}
-		conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
-		if err != nil {
-			continue
-		}
-		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-		line, _ := bufio.NewReader(conn).ReadString('\n')
-		conn.Close()
-		if strings.TrimSpace(line) == CanaryBanner {
-			return nil
-		}
-	}
-	return fmt.Errorf("%w at %s after %d tries", ErrCanaryUnreached, addr, tries)
 }

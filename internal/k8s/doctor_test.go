@@ -3,8 +3,6 @@ package k8s
 import (
 	"context"
 	"errors"
-	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -98,29 +96,5 @@ func TestDoctor(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestCanary(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	go CanaryServe(strconv.Itoa(port))
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	if err := CanaryDial(addr, 20); err != nil {
-		t.Errorf("dial the canary: %v", err)
-	}
-	// A closed port is not the canary.
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedAddr := closed.Addr().String()
-	closed.Close()
-	if err := CanaryDial(closedAddr, 1); !errors.Is(err, ErrCanaryUnreached) {
-		t.Errorf("dial a closed port: %v, want ErrCanaryUnreached", err)
 	}
 }
