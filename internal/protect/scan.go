@@ -12,11 +12,14 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 )
 
 // Scan bounds: a hostile tree must not make a scan endless.
 const (
 	maxScanEntries = 200_000
+	maxScanDepth   = 64
+	maxScanTime    = 30 * time.Second
 	maxConfigSize  = 1 << 20
 )
 
@@ -34,10 +37,12 @@ type Finding struct {
 func (f Finding) String() string { return f.Path + ": " + f.What }
 
 // Scan lists the findings beneath rel ("." for all) of root, following no link and
-// skipping object stores. It stops with an error after maxScanEntries entries.
+// skipping object stores. It stops with an error after maxScanEntries entries, below
+// maxScanDepth, or after maxScanTime.
 func Scan(root *os.Root, rel string) ([]Finding, error) {
 	var out []Finding
 	n := 0
+	t0 := time.Now()
 	err := fs.WalkDir(root.FS(), rel, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) && p == rel {
@@ -47,6 +52,12 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 		}
 		if n++; n > maxScanEntries {
 			return fmt.Errorf("more than %d entries: scan stopped", maxScanEntries)
+		}
+		if n%1024 == 0 && time.Since(t0) > maxScanTime {
+			return fmt.Errorf("longer than %s: scan stopped at %s", maxScanTime, p)
+		}
+		if strings.Count(p, "/") > maxScanDepth {
+			return fmt.Errorf("deeper than %d: scan stopped at %s", maxScanDepth, p)
 		}
 		name := d.Name()
 		if d.IsDir() {
@@ -59,16 +70,30 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 		case name == ".git":
 			out = append(out, Finding{Path: p, What: "git link (" + firstLine(root, p) + ")", Digest: digest(root, p, d)})
 		case (name == "commondir" || name == "gitdir") && inGitDir(p):
-			// git takes config and hooks from where these point.
-			out = append(out, Finding{Path: p, What: "git dir link (" + firstLine(root, p) + ")", Digest: digest(root, p, d)})
+			// git takes config and hooks from where these point (bottle's own commondir,
+			// ".", points at the git dir itself).
+			if line := firstLine(root, p); line != "." || name != "commondir" {
+				out = append(out, Finding{Path: p, What: "git dir link (" + line + ")", Digest: digest(root, p, d)})
+			}
 		case name == "HEAD" && !inGitDir(p) && isBareLayout(root, path.Dir(p)):
 			// A dir that looks like a bare repository: git uses it, and its config, when
-			// the .git above it is missing or broken.
-			out = append(out, Finding{Path: p, What: "bare repository layout (HEAD, objects, refs)", Digest: digest(root, p, d)})
+			// the .git above it is missing or broken, or when git runs in it.
+			out = append(out, Finding{Path: p, What: "bare repository layout (HEAD, objects, refs): with safe.bareRepository=explicit in your git config git ignores it", Digest: digest(root, p, d)})
+			if conf := path.Join(path.Dir(p), "config"); isRegular(root, conf) {
+				keys, err := scanConfig(root, conf)
+				if err != nil {
+					return err
+				}
+				out = append(out, keys...)
+			}
 		case inHooks(p):
 			if !strings.HasSuffix(name, ".sample") {
 				out = append(out, Finding{Path: p, What: "hook", Digest: digest(root, p, d)})
 			}
+		case name == "index" && inGitDir(p) && d.Type().IsRegular():
+			// A gitlink makes the host's git status go into that dir as a submodule, and
+			// run what its git dir configures.
+			out = append(out, scanIndex(root, p)...)
 		case isConfig(p) && d.Type().IsRegular():
 			keys, err := scanConfig(root, p)
 			if err != nil {
@@ -105,6 +130,11 @@ func isBareLayout(root *os.Root, dir string) bool {
 		}
 	}
 	return true
+}
+
+func isRegular(root *os.Root, p string) bool {
+	fi, err := root.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // inGitDir reports whether p lies inside a .git dir.
@@ -156,6 +186,34 @@ func scanConfig(root *os.Root, p string) ([]Finding, error) {
 		}
 	}
 	return out, nil
+}
+
+// scanIndex lists the gitlinks of index file p.
+func scanIndex(root *os.Root, p string) []Finding {
+	f, err := root.Open(p)
+	if err != nil {
+		return []Finding{{Path: p, What: "index bottle cannot read (" + err.Error() + ")"}}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxIndexSize+1))
+	if err == nil && len(data) > maxIndexSize {
+		err = fmt.Errorf("larger than %d bytes", maxIndexSize)
+	}
+	var links []string
+	if err == nil {
+		links, err = Gitlinks(data)
+	}
+	if errors.Is(err, errNotIndex) {
+		return nil
+	}
+	if err != nil {
+		return []Finding{{Path: p, What: "index bottle cannot scan for submodules (" + err.Error() + ")"}}
+	}
+	out := make([]Finding, 0, len(links))
+	for _, l := range links {
+		out = append(out, Finding{Path: p, What: fmt.Sprintf("gitlink %q (git goes into it as a submodule)", l)})
+	}
+	return out
 }
 
 func digest(root *os.Root, p string, d fs.DirEntry) string {

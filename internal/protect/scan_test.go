@@ -185,12 +185,73 @@ func TestScanGitDirRedirects(t *testing.T) {
 		got = append(got, f.String())
 	}
 	all := strings.Join(got, "\n")
-	for _, want := range []string{".git/commondir: git dir link (../evil)", "evil/HEAD: bare repository layout"} {
+	for _, want := range []string{".git/commondir: git dir link (../evil)", "evil/HEAD: bare repository layout", `evil/config: config core.fsmonitor = "x"`} {
 		if !strings.Contains(all, want) {
 			t.Errorf("scan lacks %q:\n%s", want, all)
 		}
 	}
 	if strings.Contains(all, "nested/HEAD") {
 		t.Errorf("a HEAD without refs/ is reported:\n%s", all)
+	}
+}
+
+// TestScanGitlinksAndBounds: a gitlink the agent adds to the index is new (its config
+// too), the ones the repository had are not, bottle's own commondir is no finding, and
+// a tree deeper than the bound stops the scan with an error instead of going on.
+func TestScanGitlinksAndBounds(t *testing.T) {
+	orig := t.TempDir()
+	write(t, orig, ".git/HEAD", "ref: refs/heads/main\n")
+	write(t, orig, ".git/commondir", ".\n")
+	if err := os.WriteFile(filepath.Join(orig, ".git/index"), gitIndex(t, "sha1", 2, "vendor/known"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cp := t.TempDir()
+	copyTree(t, orig, cp)
+	if err := os.WriteFile(filepath.Join(cp, ".git/index"), gitIndex(t, "sha1", 4, "vendor/known", "sub"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write(t, cp, "sub/.git/config", "[core]\n\tfsmonitor = evil\n")
+	write(t, cp, "notes/index", "DIRC but not in a git dir")
+	scan := func(dir string) []Finding {
+		root, err := os.OpenRoot(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer root.Close()
+		f, err := Scan(root, ".")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	var got []string
+	for _, f := range Appeared(scan(orig), scan(cp)) {
+		got = append(got, f.String())
+	}
+	want := []string{`.git/index: gitlink "sub" (git goes into it as a submodule)`, `sub/.git/config: config core.fsmonitor = "evil"`}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("appeared:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, f := range scan(orig) {
+		if f.Path == ".git/commondir" {
+			t.Errorf("bottle's own commondir is a finding: %v", f)
+		}
+	}
+	write(t, cp, ".git/index", "DIRC\x00\x00\x00\x02\xff\xff\xff\xff")
+	if f := Appeared(scan(orig), scan(cp)); len(f) == 0 || !strings.Contains(f[0].What, "cannot scan") {
+		t.Errorf("a broken index: %v, want a finding that it cannot be scanned", f)
+	}
+
+	deep := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(deep, strings.Repeat("d/", maxScanDepth+2)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(deep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if _, err := Scan(root, "."); err == nil || !strings.Contains(err.Error(), "deeper than") {
+		t.Errorf("a tree deeper than %d: err %v", maxScanDepth, err)
 	}
 }

@@ -1,12 +1,18 @@
 package runtime
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/protect"
+	"github.com/bottle-dev/bottle/internal/state"
 )
 
 // gitFindings lists the hooks and dangerous git config beneath rel of dir that the
@@ -48,4 +54,123 @@ func warnFindings(log *slog.Logger, what string, found []protect.Finding, err er
 func (e *Engine) warnCopyFindings(id names.Identity, copyDir, original string) {
 	found, err := gitFindings(copyDir, ".", original)
 	warnFindings(e.log, fmt.Sprintf("the workspace copy of bottle %s holds new git hook or config", id), found, err)
+}
+
+// auditWorkspace is a host record: hooks and dangerous git config that appeared in a
+// bottle's (direct) workspace while its agent ran.
+const auditWorkspace = "workspace"
+
+// protectRecordName is the file in a bottle's dir that keeps, for a direct workspace,
+// what protect made there and what the workspace held before the agent first ran.
+const protectRecordName = "protect.json"
+
+// protectRecord is what a bottle keeps about the protection of its direct workspace.
+type protectRecord struct {
+	// Commondir: the workspace's .git/commondir is bottle's ("."), removed with the
+	// bottle (when no other bottle on the checkout has it).
+	Commondir bool `json:"commondir,omitempty"`
+	// Scanned: Baseline is the scan of the workspace before the agent first ran.
+	Scanned  bool              `json:"scanned,omitempty"`
+	Baseline []protect.Finding `json:"baseline,omitempty"`
+}
+
+func (e *Engine) protectRecordPath(id names.Identity) string {
+	return filepath.Join(e.store.BottleDir(id), protectRecordName)
+}
+
+// loadProtectRecord reads a bottle's protect record (written by bottle, in the state
+// dir; missing for a --cwd bottle or one from before the record existed).
+func (e *Engine) loadProtectRecord(id names.Identity) (protectRecord, error) {
+	var r protectRecord
+	b, err := os.ReadFile(e.protectRecordPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return r, nil
+	}
+	if err != nil {
+		return r, err
+	}
+	return r, json.Unmarshal(b, &r)
+}
+
+// prepareProtect makes what the workspace protection mounts (protect.Prepare) and, for a
+// direct workspace, scans it in the background for what already runs code there (a
+// resumed bottle keeps its first scan); the returned wait must return before the agent
+// starts. A new start taken back removes bottle's commondir again.
+func (s *starter) prepareProtect() (wait func() error, err error) {
+	e, p := s.e, s.p
+	if err := protect.Prepare(p.Workspace.Source, p.Workspace.Protect); err != nil {
+		return nil, fmt.Errorf("workspace protection of %s: %w", s.id, err)
+	}
+	if p.Workspace.Copy {
+		return func() error { return nil }, nil // the copy goes with the bottle's dir
+	}
+	if p.Workspace.Protect.Commondir && s.prev == nil {
+		s.undo.push("remove bottle's commondir", func(context.Context) error {
+			e.removeOwnCommondir(s.id, p.Workspace.Source)
+			return nil
+		})
+	}
+	return async(func() error {
+		rec, err := e.loadProtectRecord(s.id)
+		if err != nil {
+			return fmt.Errorf("protect record of %s: %w", s.id, err)
+		}
+		rec.Commondir = rec.Commondir || p.Workspace.Protect.Commondir
+		if !rec.Scanned {
+			found, err := gitFindings(p.Workspace.Source, ".", "")
+			if err != nil {
+				e.log.Warn(fmt.Sprintf("bottle %s: the workspace could not be scanned for git hooks and config that run code, so what the agent adds there is not warned about", s.id), "error", err)
+			}
+			rec.Scanned, rec.Baseline = err == nil, found
+		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(e.protectRecordPath(s.id), b, 0o600)
+	}), nil
+}
+
+// removeOwnCommondir removes bottle's commondir from a direct workspace unless another
+// recorded bottle binds the same checkout (it is then that bottle's to remove).
+func (e *Engine) removeOwnCommondir(id names.Identity, workspace string) {
+	metas, _, err := e.store.List()
+	if err != nil {
+		e.log.Warn("bottle's .git/commondir is left in the workspace", "workspace", workspace, "error", err)
+		return
+	}
+	for _, m := range metas {
+		if m.Identity != id && !m.CopyCwd && m.Workspace == workspace {
+			return
+		}
+	}
+	if err := protect.RemoveCommondir(workspace); err != nil {
+		e.log.Warn("bottle's .git/commondir is left in the workspace", "workspace", workspace, "error", err)
+	}
+}
+
+// checkWorkspace warns about the hooks and dangerous git config that appeared in a
+// bottle's direct workspace since its first start, and records them in its trail.
+// event names the moment (stop, rm).
+func (e *Engine) checkWorkspace(m *state.Meta, rec protectRecord, event string) {
+	if m.CopyCwd || !rec.Scanned {
+		return
+	}
+	root, err := os.OpenRoot(m.Workspace)
+	if err != nil {
+		e.log.Warn(fmt.Sprintf("bottle %s: its workspace could not be scanned for git hooks and config that run code", m.Identity), "error", err)
+		return
+	}
+	defer root.Close()
+	after, err := protect.Scan(root, ".")
+	found := protect.Appeared(rec.Baseline, after)
+	warnFindings(e.log, fmt.Sprintf("bottle %s left git hook or config in its workspace %s", m.Identity, m.Workspace), found, err)
+	if len(found) > 0 {
+		e.log.Warn("git ignores a bare repository layout once you set `git config --global safe.bareRepository explicit`; remove or fix each path above before you run git in that workspace")
+		lines := make([]string, len(found))
+		for i, f := range found {
+			lines[i] = f.String()
+		}
+		_ = e.recordHost(m.Identity, auditWorkspace, map[string]any{"event": event, "findings": lines})
+	}
 }

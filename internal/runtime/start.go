@@ -21,7 +21,6 @@ import (
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
-	"github.com/bottle-dev/bottle/internal/protect"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
@@ -97,6 +96,7 @@ type starter struct {
 	internal, egress netns.Network
 	p                *plan.Plan
 	st               *selfTest // nil: --no-self-test
+	protectScan      func() error // the workspace's scan before the agent runs (prepareProtect)
 	committed        bool
 }
 
@@ -152,9 +152,10 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	if err := e.writeStage(s.p); err != nil {
 		return 0, err
 	}
-	if err := protect.Create(s.p.Workspace.Source, s.p.Workspace.Protect.Create); err != nil {
-		return 0, fmt.Errorf("workspace protection of %s: %w", id, err)
+	if s.protectScan, err = s.prepareProtect(); err != nil {
+		return 0, err
 	}
+	defer s.protectScan()
 	if s.st, err = s.prepareSelfTest(); err != nil {
 		return 0, err
 	}
@@ -442,7 +443,7 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 	if err := errors.Join(waitSidecars(), s.ctx.Err()); err != nil {
 		return err
 	}
-	if err := s.st.beforeStart(e, s.id); err != nil {
+	if err := errors.Join(s.protectScan(), s.st.beforeStart(e, s.id)); err != nil {
 		return err
 	}
 	e.log.Info(s.banner())
@@ -483,7 +484,7 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		if err := s.ctx.Err(); err != nil { // interrupted at the last moment
 			return err
 		}
-		if err := s.st.beforeStart(e, s.id); err != nil {
+		if err := errors.Join(s.protectScan(), s.st.beforeStart(e, s.id)); err != nil {
 			return err
 		}
 		if s.st != nil {
@@ -551,6 +552,9 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		stopErr, down = e.stopMeta(stopCtx, meta), downStopped
 	}
 	reason := watch.reason()
+	if rec, err := e.loadProtectRecord(s.id); err == nil {
+		e.checkWorkspace(meta, rec, endEvent(so.Remove))
+	}
 	if stopErr == nil {
 		meta.Phase, meta.Pid, meta.PidStart, meta.Reason = state.PhaseStopped, 0, 0, reason
 		if err := e.store.Save(meta); err != nil {
