@@ -95,7 +95,7 @@ type starter struct {
 	meta             *state.Meta
 	internal, egress netns.Network
 	p                *plan.Plan
-	st               *selfTest // nil: --no-self-test
+	st               *selfTest    // nil: --no-self-test
 	protectScan      func() error // the workspace's scan before the agent runs (prepareProtect)
 	committed        bool
 }
