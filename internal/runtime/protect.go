@@ -8,7 +8,10 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/protect"
@@ -173,4 +176,50 @@ func (e *Engine) checkWorkspace(m *state.Meta, rec protectRecord, event string) 
 		}
 		_ = e.recordHost(m.Identity, auditWorkspace, map[string]any{"event": event, "findings": lines})
 	}
+}
+
+// FaultSwapHooks (tests only, Options.Fault) replaces the workspace's .git/hooks, once
+// bottle has pinned it, by a link to the workspace's decoy-hooks: what another agent on
+// the same checkout could do between bottle's check and the runtime's mount.
+const FaultSwapHooks = "swap-git-hooks"
+
+// pinProtect opens the workspace's protected paths (protect.Pin) and makes the agent's
+// spec mount those objects through their /proc paths, so that the runtime mounts what
+// bottle checked even when a path is swapped before the mount. The files stay open until
+// the start returns (unpin): the agent's task has been created by then.
+func (s *starter) pinProtect(spec *specs.Spec) error {
+	l := s.p.Workspace.Protect
+	files, err := protect.Pin(s.p.Workspace.Source, l)
+	s.pins = append(s.pins, files...)
+	if err != nil {
+		return fmt.Errorf("workspace protection of %s: %w", s.id, err)
+	}
+	for i, m := range l.Mounts {
+		src, dst := filepath.Join(s.p.Workspace.Source, m.Path), path.Join("/workspace", m.Path)
+		found := false
+		for j := range spec.Mounts {
+			if spec.Mounts[j].Destination == dst && spec.Mounts[j].Source == src {
+				spec.Mounts[j].Source, found = protect.PinPath(files[i]), true
+			}
+		}
+		if !found {
+			return fmt.Errorf("workspace protection of %s: the agent's spec has no mount of %s", s.id, m.Path)
+		}
+	}
+	if s.e.opts.Fault == FaultSwapHooks {
+		hooks := filepath.Join(s.p.Workspace.Source, ".git/hooks")
+		if err := os.Rename(hooks, hooks+".swapped"); err != nil {
+			return err
+		}
+		return os.Symlink("../decoy-hooks", hooks)
+	}
+	return nil
+}
+
+// unpin closes what pinProtect opened.
+func (s *starter) unpin() {
+	for _, f := range s.pins {
+		f.Close()
+	}
+	s.pins = nil
 }

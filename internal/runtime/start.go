@@ -97,6 +97,7 @@ type starter struct {
 	p                *plan.Plan
 	st               *selfTest    // nil: --no-self-test
 	protectScan      func() error // the workspace's scan before the agent runs (prepareProtect)
+	pins             []*os.File   // the protected paths the agent's mounts use (pinProtect)
 	committed        bool
 }
 
@@ -156,6 +157,7 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 		return 0, err
 	}
 	defer s.protectScan()
+	defer s.unpin()
 	if s.st, err = s.prepareSelfTest(); err != nil {
 		return 0, err
 	}
@@ -398,6 +400,11 @@ func (s *starter) prepare(c *plan.Container) error {
 	}
 	if c.Role == names.RoleAgent && s.st != nil {
 		if err := s.st.wrap(spec); err != nil {
+			return err
+		}
+	}
+	if c.Role == names.RoleAgent {
+		if err := s.pinProtect(spec); err != nil {
 			return err
 		}
 	}
