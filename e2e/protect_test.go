@@ -175,12 +175,12 @@ func TestProtectWorkspace(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("stop: exit %d\n%s", code, stopErr)
 		}
-		for _, want := range []string{`.git/index: gitlink \"sub\"`, `sub/.git/config: config core.fsmonitor`, "HEAD: bare repository layout", `config: config core.pager`, "safe.bareRepository explicit"} {
+		for _, want := range []string{`.git/index: gitlink "sub"`, `sub/.git/config: config core.fsmonitor`, "HEAD: bare repository layout", `config: config core.pager`, "safe.bareRepository explicit"} {
 			if !strings.Contains(stopErr, want) {
 				t.Errorf("stop does not warn about %s:\n%s", want, stopErr)
 			}
 		}
-		for _, old := range []string{".git/hooks", ".git/config:", "commondir"} {
+		for _, old := range []string{": .git/hooks", ": .git/config:", "commondir"} {
 			if strings.Contains(stopErr, old) {
 				t.Errorf("stop warns about %s, which the agent did not add:\n%s", old, stopErr)
 			}

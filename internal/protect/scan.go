@@ -78,7 +78,7 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 		case name == "HEAD" && !inGitDir(p) && isBareLayout(root, path.Dir(p)):
 			// A dir that looks like a bare repository: git uses it, and its config, when
 			// the .git above it is missing or broken, or when git runs in it.
-			out = append(out, Finding{Path: p, What: "bare repository layout (HEAD, objects, refs): with safe.bareRepository=explicit in your git config git ignores it", Digest: digest(root, p, d)})
+			out = append(out, Finding{Path: p, What: BareLayout, Digest: digest(root, p, d)})
 			if conf := path.Join(path.Dir(p), "config"); isRegular(root, conf) {
 				keys, err := scanConfig(root, conf)
 				if err != nil {
@@ -105,6 +105,9 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 	})
 	return out, err
 }
+
+// BareLayout is the finding of a bare repository layout.
+const BareLayout = "bare repository layout (HEAD, objects, refs)"
 
 // Appeared lists the findings of after that before does not have (new or changed).
 func Appeared(before, after []Finding) []Finding {

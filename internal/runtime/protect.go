@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -168,8 +169,10 @@ func (e *Engine) checkWorkspace(m *state.Meta, rec protectRecord, event string) 
 	after, err := protect.Scan(root, ".")
 	found := protect.Appeared(rec.Baseline, after)
 	warnFindings(e.log, fmt.Sprintf("bottle %s left git hook or config in its workspace %s", m.Identity, m.Workspace), found, err)
+	if slices.ContainsFunc(found, func(f protect.Finding) bool { return f.What == protect.BareLayout }) {
+		e.log.Warn("git uses a bare repository layout, with its config, when run in it or when the .git above it is broken; `" + protect.BareRecommendation + "` (git >= 2.38) makes your git ignore it")
+	}
 	if len(found) > 0 {
-		e.log.Warn("git ignores a bare repository layout once you set `git config --global safe.bareRepository explicit`; remove or fix each path above before you run git in that workspace")
 		lines := make([]string, len(found))
 		for i, f := range found {
 			lines[i] = f.String()
