@@ -55,10 +55,10 @@ func TestProtectWorkspace(t *testing.T) {
 			t.Fatalf("chown: %v: %s", err, out)
 		}
 	}
-	// hostGit runs the host's git in dir, as a person would after the agent; it must
-	// never be run where the agent planted what runs code.
+	// hostGit runs the host's git in dir, as the person who owns the checkout would
+	// after the agent; it must never be run where the agent planted what runs code.
 	hostGit := func(dir string, args ...string) (string, error) {
-		cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+		cmd := exec.Command("git", append([]string{"-c", "safe.directory=*", "-C", dir}, args...)...)
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "GIT_CONFIG_NOSYSTEM=1"}
 		out, err := cmd.CombinedOutput()
 		return strings.TrimSpace(string(out)), err
@@ -68,7 +68,9 @@ func TestProtectWorkspace(t *testing.T) {
 		ws := checkout()
 		// A linked worktree gives the checkout a .git/worktrees admin dir.
 		wt2 := filepath.Join(filepath.Dir(ws), "wt2")
-		forge.run(ws, "worktree", "add", "-q", "-b", "side", wt2)
+		if out, err := hostGit(ws, "worktree", "add", "-q", "-b", "side", wt2); err != nil {
+			t.Fatalf("git worktree add: %v\n%s", err, out)
+		}
 		chown(ws, wt2)
 		configBefore, err := os.ReadFile(filepath.Join(ws, ".git/config"))
 		if err != nil {

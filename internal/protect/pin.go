@@ -11,7 +11,7 @@ import (
 
 // Pin opens each mount of a layout in the workspace dir as an O_PATH descriptor, in the
 // layout's order, after Prepare. The runtime mounts the descriptor (its /proc magic
-// link), not the path: whatever replaces a path after Pin (another bottle's agent on the
+// link, PinPath), not the path: whatever replaces a path after Pin (another bottle's agent on the
 // same checkout swapping .git/hooks for a link) is not what the agent gets. Each object
 // is opened beneath the workspace without following a link at its end, checked to be
 // what Plan saw (a dir or a regular file), and checked once more by path after the open:
@@ -63,6 +63,6 @@ func Pin(dir string, l Layout) (files []*os.File, err error) {
 
 var errChanged = errors.New("replaced while bottle opened it (is another bottle's agent on this checkout changing it?)")
 
-// PinPath is the path under /proc by which another process opens pinned file f of this
-// process: the runtime's mount follows the magic link to the object itself.
-func PinPath(f *os.File) string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd()) }
+// PinPath is the path under /proc by which this process reaches pinned file f: a bind
+// mount of it follows the magic link to the object itself.
+func PinPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }

@@ -75,18 +75,7 @@ func TestScanAppeared(t *testing.T) {
 	write(t, cp, "sub/.git", "gitdir: ../vendor/lib/.git\n")
 	write(t, cp, ".git/objects/ab/hooks/x", "not a hook: object store")
 
-	scan := func(dir string) []Finding {
-		root, err := os.OpenRoot(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer root.Close()
-		f, err := Scan(root, ".")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	scan := func(dir string) []Finding { return scanDir(t, dir) }
 	var got []string
 	for _, f := range Appeared(scan(orig), scan(cp)) {
 		got = append(got, f.Path+" "+strings.Fields(f.What)[0])
@@ -212,18 +201,7 @@ func TestScanGitlinksAndBounds(t *testing.T) {
 	}
 	write(t, cp, "sub/.git/config", "[core]\n\tfsmonitor = evil\n")
 	write(t, cp, "notes/index", "DIRC but not in a git dir")
-	scan := func(dir string) []Finding {
-		root, err := os.OpenRoot(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer root.Close()
-		f, err := Scan(root, ".")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	scan := func(dir string) []Finding { return scanDir(t, dir) }
 	var got []string
 	for _, f := range Appeared(scan(orig), scan(cp)) {
 		got = append(got, f.String())
@@ -254,4 +232,19 @@ func TestScanGitlinksAndBounds(t *testing.T) {
 	if _, err := Scan(root, "."); err == nil || !strings.Contains(err.Error(), "deeper than") {
 		t.Errorf("a tree deeper than %d: err %v", maxScanDepth, err)
 	}
+}
+
+// scanDir is Scan of all of dir.
+func scanDir(t *testing.T, dir string) []Finding {
+	t.Helper()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	f, err := Scan(root, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

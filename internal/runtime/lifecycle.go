@@ -259,6 +259,7 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) err
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)
 	}
+	e.unmountPins(m.Identity) // a killed start's
 	// Its agent is gone: bottle's commondir goes too.
 	if rec, err := e.loadProtectRecord(m.Identity); err == nil && rec.Commondir && !m.CopyCwd {
 		e.removeOwnCommondir(m.Identity, m.Workspace)

@@ -11,8 +11,10 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/protect"
@@ -186,23 +188,39 @@ func (e *Engine) checkWorkspace(m *state.Meta, rec protectRecord, event string) 
 // the same checkout could do between bottle's check and the runtime's mount.
 const FaultSwapHooks = "swap-git-hooks"
 
-// pinProtect opens the workspace's protected paths (protect.Pin) and makes the agent's
-// spec mount those objects through their /proc paths, so that the runtime mounts what
-// bottle checked even when a path is swapped before the mount. The files stay open until
-// the start returns (unpin): the agent's task has been created by then.
+// pinProtect opens the workspace's protected paths (protect.Pin) and bind-mounts each
+// opened object, through its descriptor, on a pin point in bottle's state dir (pinDir);
+// the agent's spec mounts the pin points. So the runtime mounts what bottle checked even
+// when a workspace path is swapped before the mount. (The runtime cannot take the
+// /proc/PID/fd path itself: runsc's gofer mounts its own /proc before it binds the
+// sources.) unpin takes the pin points down once the agent's task exists: its mounts
+// stay.
 func (s *starter) pinProtect(spec *specs.Spec) error {
 	l := s.p.Workspace.Protect
+	if len(l.Mounts) == 0 {
+		return nil
+	}
 	files, err := protect.Pin(s.p.Workspace.Source, l)
 	s.pins = append(s.pins, files...)
 	if err != nil {
 		return fmt.Errorf("workspace protection of %s: %w", s.id, err)
 	}
+	dir := s.e.pinDir(s.id)
+	s.e.unmountPins(s.id) // a killed start's
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
 	for i, m := range l.Mounts {
+		point := filepath.Join(dir, strconv.Itoa(i))
+		if err := pinMount(files[i], point); err != nil {
+			return fmt.Errorf("workspace protection of %s: pin %s: %w", s.id, m.Path, err)
+		}
+		s.pinPoints = append(s.pinPoints, point)
 		src, dst := filepath.Join(s.p.Workspace.Source, m.Path), path.Join("/workspace", m.Path)
 		found := false
 		for j := range spec.Mounts {
 			if spec.Mounts[j].Destination == dst && spec.Mounts[j].Source == src {
-				spec.Mounts[j].Source, found = protect.PinPath(files[i]), true
+				spec.Mounts[j].Source, found = point, true
 			}
 		}
 		if !found {
@@ -219,8 +237,68 @@ func (s *starter) pinProtect(spec *specs.Spec) error {
 	return nil
 }
 
-// unpin closes what pinProtect opened.
+// pinMount bind-mounts pinned file f on point (made like f: a dir or an empty file), and
+// checks that the mount is f's object.
+func pinMount(f *os.File, point string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		if err := os.Mkdir(point, 0o700); err != nil {
+			return err
+		}
+	} else if err := os.WriteFile(point, nil, 0o600); err != nil {
+		return err
+	}
+	if err := unix.Mount(protect.PinPath(f), point, "", unix.MS_BIND, ""); err != nil {
+		return err
+	}
+	var got unix.Stat_t
+	if err := unix.Stat(point, &got); err != nil || got.Dev != st.Dev || got.Ino != st.Ino {
+		return fmt.Errorf("the pin point is not the opened object (%v)", err)
+	}
+	return nil
+}
+
+// pinDir holds a bottle's pin points: outside its bottle dir, so that no removal of that
+// dir ever recurses through a pinned workspace dir.
+func (e *Engine) pinDir(id names.Identity) string {
+	return filepath.Join(e.opts.StateDir, "pins", id.String())
+}
+
+// unmountPins takes down what is left of a bottle's pin points (a killed start's),
+// never removing anything recursively.
+func (e *Engine) unmountPins(id names.Identity) {
+	dir := e.pinDir(id)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, ent := range entries {
+		point := filepath.Join(dir, ent.Name())
+		_ = unix.Unmount(point, unix.MNT_DETACH)
+		if err := os.Remove(point); err != nil {
+			e.log.Warn("a pin point of the workspace protection is left", "path", point, "error", err)
+		}
+	}
+	_ = os.Remove(dir)
+}
+
+// unpin closes what pinProtect opened and takes its pin points down (the agent's task,
+// once created, has its own mounts of them).
 func (s *starter) unpin() {
+	for _, point := range s.pinPoints {
+		if err := unix.Unmount(point, unix.MNT_DETACH); err != nil {
+			s.e.log.Warn("a pin point of the workspace protection is left mounted", "path", point, "error", err)
+			continue
+		}
+		_ = os.Remove(point)
+	}
+	if s.pinPoints != nil {
+		_ = os.Remove(s.e.pinDir(s.id))
+	}
+	s.pinPoints = nil
 	for _, f := range s.pins {
 		f.Close()
 	}

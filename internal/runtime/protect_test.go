@@ -15,8 +15,8 @@ import (
 )
 
 // TestStartProtectsWorkspace: a start on a git checkout makes bottle's .git/commondir,
-// gives the agent's spec the protected paths as pinned /proc descriptors that reach the
-// checked objects while the container is made, scans the workspace before the agent
+// gives the agent's spec the protected paths as pin points that are the checked objects
+// while the container is made (and are gone once it started), scans the workspace before the agent
 // runs; rm warns about (and records) what appeared since, with its path, not about what
 // was there before, and removes bottle's commondir; a start taken back removes it too.
 func TestStartProtectsWorkspace(t *testing.T) {
@@ -42,8 +42,8 @@ func TestStartProtectsWorkspace(t *testing.T) {
 			if !ok {
 				continue
 			}
-			if !strings.HasPrefix(m.Source, "/proc/") {
-				t.Errorf("mount %s: source %s, want a pinned /proc descriptor", m.Destination, m.Source)
+			if !strings.HasPrefix(m.Source, filepath.Join(st.host.stateDir, "pins")+"/") {
+				t.Errorf("mount %s: source %s, want a pin point in the state dir", m.Destination, m.Source)
 				continue
 			}
 			var pinned, path syscall.Stat_t
@@ -62,6 +62,11 @@ func TestStartProtectsWorkspace(t *testing.T) {
 	}
 	if checked < 6 { // .git, objects, refs, hooks, config, commondir
 		t.Errorf("%d pinned workspace mounts checked, want 6", checked)
+	}
+	if _, err := os.Stat(filepath.Join(st.host.stateDir, "pins")); err == nil {
+		if left, _ := os.ReadDir(filepath.Join(st.host.stateDir, "pins")); len(left) != 0 {
+			t.Errorf("pin points left after the start: %v", left)
+		}
 	}
 	if b, err := os.ReadFile(filepath.Join(ws, ".git/commondir")); err != nil || string(b) != ".\n" {
 		t.Errorf("commondir %q, %v", b, err)

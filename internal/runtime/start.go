@@ -98,6 +98,7 @@ type starter struct {
 	st               *selfTest    // nil: --no-self-test
 	protectScan      func() error // the workspace's scan before the agent runs (prepareProtect)
 	pins             []*os.File   // the protected paths the agent's mounts use (pinProtect)
+	pinPoints        []string     // their mounts in bottle's state dir (pinProtect)
 	committed        bool
 }
 
@@ -457,6 +458,7 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 	if _, err := e.ctr.Start(s.ctx, s.id.Container(names.RoleAgent), e.logPath(s.id, names.RoleAgent)); err != nil {
 		return err
 	}
+	s.unpin() // the task has its mounts
 	// Committed only once the self-test passed: a failure takes the bottle back.
 	if s.st != nil {
 		if err := s.st.await(s.ctx, e, s.id); err != nil {
@@ -494,6 +496,7 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		if err := errors.Join(s.protectScan(), s.st.beforeStart(e, s.id)); err != nil {
 			return err
 		}
+		s.unpin() // the task exists, with its mounts
 		if s.st != nil {
 			waitSelfTest = async(func() error {
 				err := s.st.await(awaitCtx, e, s.id)
