@@ -75,6 +75,10 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 			if line := firstLine(root, p); line != "." || name != "commondir" {
 				out = append(out, Finding{Path: p, What: "git dir link (" + line + ")", Digest: digest(root, p, d)})
 			}
+		case name == "HEAD" && path.Base(path.Dir(p)) == ".git" && !validHead(firstLine(root, p)):
+			// git then takes this .git for no repository and looks further: at a bare
+			// layout beside it, or a repository above.
+			out = append(out, Finding{Path: p, What: "invalid HEAD: git ignores this .git and looks for a repository further up", Digest: digest(root, p, d)})
 		case name == "HEAD" && !inGitDir(p) && isBareLayout(root, path.Dir(p)):
 			// A dir that looks like a bare repository: git uses it, and its config, when
 			// the .git above it is missing or broken, or when git runs in it.
@@ -129,6 +133,23 @@ func isBareLayout(root *os.Root, dir string) bool {
 	for _, sub := range []string{"objects", "refs"} {
 		fi, err := root.Lstat(path.Join(dir, sub))
 		if err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	return true
+}
+
+// validHead reports whether line (a HEAD's first line) is what git takes: a symbolic
+// ref into refs/, or an object name.
+func validHead(line string) bool {
+	if ref, ok := strings.CutPrefix(line, "ref:"); ok {
+		return strings.HasPrefix(strings.TrimSpace(ref), "refs/")
+	}
+	if len(line) != 40 && len(line) != 64 {
+		return false
+	}
+	for _, c := range line {
+		if !strings.ContainsRune("0123456789abcdef", c) {
 			return false
 		}
 	}

@@ -215,6 +215,16 @@ func TestScanGitlinksAndBounds(t *testing.T) {
 			t.Errorf("bottle's own commondir is a finding: %v", f)
 		}
 	}
+	write(t, cp, ".git/HEAD", "garbage\n")
+	if f := Appeared(scanDir(t, orig), scanDir(t, cp)); len(f) != 3 || f[0].Path != ".git/HEAD" || !strings.Contains(f[0].What, "invalid HEAD") {
+		t.Errorf("a broken .git/HEAD: %v, want it found besides the gitlink and its config", f)
+	}
+	for _, ok := range []string{"ref: refs/heads/main", strings.Repeat("a1", 20), strings.Repeat("0f", 32)} {
+		if !validHead(ok) {
+			t.Errorf("validHead(%q) = false", ok)
+		}
+	}
+	write(t, cp, ".git/HEAD", "ref: refs/heads/main\n")
 	write(t, cp, ".git/index", "DIRC\x00\x00\x00\x02\xff\xff\xff\xff")
 	if f := Appeared(scan(orig), scan(cp)); len(f) == 0 || !strings.Contains(f[0].What, "cannot scan") {
 		t.Errorf("a broken index: %v, want a finding that it cannot be scanned", f)
