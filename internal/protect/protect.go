@@ -288,7 +288,7 @@ func ownCommondir(root *os.Root) (bool, error) {
 	if k != 0 {
 		return false, nil // Plan refuses what is not a regular file
 	}
-	f, err := root.OpenFile(commondir, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := root.OpenFile(commondir, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return false, err
 	}

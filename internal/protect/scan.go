@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -186,7 +187,7 @@ func isConfig(p string) bool {
 
 // scanConfig lists the dangerous keys of git config file p.
 func scanConfig(root *os.Root, p string) ([]Finding, error) {
-	f, err := root.Open(p)
+	f, err := openRegular(root, p)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +215,7 @@ func scanConfig(root *os.Root, p string) ([]Finding, error) {
 
 // scanIndex lists the gitlinks of index file p.
 func scanIndex(root *os.Root, p string) []Finding {
-	f, err := root.Open(p)
+	f, err := openRegular(root, p)
 	if err != nil {
 		return []Finding{{Path: p, What: "index bottle cannot read (" + err.Error() + ")"}}
 	}
@@ -240,12 +241,26 @@ func scanIndex(root *os.Root, p string) []Finding {
 	return out
 }
 
+// openRegular opens p for reading only when it is a regular file, not following a link
+// at its end, and without blocking: a FIFO the agent left would hang the scan.
+func openRegular(root *os.Root, p string) (*os.File, error) {
+	f, err := root.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	return f, nil
+}
+
 func digest(root *os.Root, p string, d fs.DirEntry) string {
 	h := sha256.New()
 	if d.Type()&fs.ModeSymlink != 0 {
 		target, _ := root.Readlink(p)
 		h.Write([]byte("link:" + target))
-	} else if f, err := root.Open(p); err == nil {
+	} else if f, err := openRegular(root, p); err == nil {
 		_, _ = io.Copy(h, io.LimitReader(f, 16<<20))
 		f.Close()
 	}
@@ -253,7 +268,7 @@ func digest(root *os.Root, p string, d fs.DirEntry) string {
 }
 
 func firstLine(root *os.Root, p string) string {
-	f, err := root.Open(p)
+	f, err := openRegular(root, p)
 	if err != nil {
 		return err.Error()
 	}

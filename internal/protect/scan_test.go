@@ -6,6 +6,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseConfigAndDangerous(t *testing.T) {
@@ -257,4 +260,37 @@ func scanDir(t *testing.T, dir string) []Finding {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// TestScanDoesNotBlock: FIFOs where the scan reads (a nested repository's hook, config,
+// .git link, HEAD, index, commondir) neither hang it nor count as harmless.
+func TestScanDoesNotBlock(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"a/.git/hooks", "b", "c/.git"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"a/.git/hooks/post-checkout", "a/.git/config", "b/.git", "c/.git/HEAD", "c/.git/index", "c/.git/commondir"} {
+		if err := unix.Mkfifo(filepath.Join(dir, f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan []Finding, 1)
+	go func() { done <- scanDir(t, dir) }()
+	select {
+	case found := <-done:
+		var got []string
+		for _, f := range found {
+			got = append(got, f.Path)
+		}
+		all := strings.Join(got, " ")
+		for _, want := range []string{"a/.git/hooks/post-checkout", "b/.git", "c/.git/HEAD", "c/.git/commondir"} {
+			if !strings.Contains(all, want) {
+				t.Errorf("findings %v lack the FIFO %s", got, want)
+			}
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the scan blocked on a FIFO")
+	}
 }
