@@ -11,9 +11,11 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 )
 
 // Scan bounds: a hostile tree must not make a scan endless.
@@ -35,7 +37,17 @@ type Finding struct {
 	Digest string `json:"digest,omitempty"`
 }
 
-func (f Finding) String() string { return f.Path + ": " + f.What }
+// String is the finding for a terminal: the path and what the agent wrote are the
+// agent's, so anything not printable is escaped.
+func (f Finding) String() string { return printable(f.Path) + ": " + printable(f.What) }
+
+func printable(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0 {
+		return s
+	}
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
+}
 
 // Scan lists the findings beneath rel ("." for all) of root, following no link and
 // skipping object stores. It stops with an error after maxScanEntries entries, below

@@ -294,3 +294,16 @@ func TestScanDoesNotBlock(t *testing.T) {
 		t.Fatal("the scan blocked on a FIFO")
 	}
 }
+
+// TestFindingPrintable: a path or value the agent chose reaches the person's terminal
+// with its control characters escaped.
+func TestFindingPrintable(t *testing.T) {
+	f := Finding{Path: "sub\x1b[2J/.git/config", What: "config core.pager = \"x\x07\""}
+	got := f.String()
+	if strings.ContainsAny(got, "\x1b\x07") || !strings.Contains(got, `sub\x1b[2J/.git/config`) {
+		t.Errorf("String() = %q", got)
+	}
+	if plain := (Finding{Path: "a/.git/hooks/x", What: "hook"}).String(); plain != "a/.git/hooks/x: hook" {
+		t.Errorf("a plain finding: %q", plain)
+	}
+}

@@ -174,12 +174,16 @@ func (e *Engine) checkWorkspace(m *state.Meta, rec protectRecord, event string) 
 	if slices.ContainsFunc(found, func(f protect.Finding) bool { return f.What == protect.BareLayout }) {
 		e.log.Warn("git uses a bare repository layout, with its config, when run in it or when the .git above it is broken; `" + protect.BareRecommendation + "` (git >= 2.38) makes your git ignore it")
 	}
-	if len(found) > 0 {
+	if len(found) > 0 || err != nil {
 		lines := make([]string, len(found))
 		for i, f := range found {
 			lines[i] = f.String()
 		}
-		_ = e.recordHost(m.Identity, auditWorkspace, map[string]any{"event": event, "findings": lines})
+		fields := map[string]any{"event": event, "findings": lines}
+		if err != nil { // a scan cut short (an agent can fill the workspace past the bounds)
+			fields["error"] = err.Error()
+		}
+		_ = e.recordHost(m.Identity, auditWorkspace, fields)
 	}
 }
 
