@@ -119,3 +119,21 @@ func TestStartProtectsWorkspace(t *testing.T) {
 		t.Errorf("a failed start left bottle's commondir: %v", err)
 	}
 }
+
+// TestBareRepositoryCheck: doctor warns, with the command that fixes it, until the
+// invoking user's git config sets safe.bareRepository = explicit.
+func TestBareRepositoryCheck(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("SUDO_USER", "")
+	t.Setenv("XDG_CONFIG_HOME", "")
+	if c := bareRepositoryCheck(context.Background()); c.Status != CheckWarn || !strings.Contains(c.Fix, "safe.bareRepository explicit") {
+		t.Errorf("without the setting: %+v, want a warning with the fix", c)
+	}
+	if err := os.WriteFile(filepath.Join(home, ".gitconfig"), []byte("[safe]\n\tbareRepository = explicit\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c := bareRepositoryCheck(context.Background()); c.Status != CheckOK {
+		t.Errorf("with safe.bareRepository = explicit: %+v, want ok", c)
+	}
+}
