@@ -339,3 +339,33 @@ func RemoveCommondir(dir string) error {
 	}
 	return root.Remove(commondir)
 }
+
+// RemoveEmptyDirs removes the dirs of paths (a layout's Create, which Prepare made) from
+// the workspace dir while they are still empty dirs: what is in them now is the
+// person's to look at.
+func RemoveEmptyDirs(dir string, paths []string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	var errs []error
+	for _, p := range slices.Backward(paths) {
+		k, exists, err := kind(root, p)
+		if err != nil || !exists || k != fs.ModeDir {
+			errs = append(errs, err)
+			continue
+		}
+		f, err := root.Open(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		names, _ := f.Readdirnames(1)
+		f.Close()
+		if len(names) == 0 {
+			errs = append(errs, root.Remove(p))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -234,3 +234,36 @@ func TestCommondir(t *testing.T) {
 		t.Errorf("RemoveCommondir followed or removed a link")
 	}
 }
+
+// TestRemoveEmptyDirs: the dirs Prepare made go again while empty; one that got a file
+// stays, and a link there is neither followed nor removed.
+func TestRemoveEmptyDirs(t *testing.T) {
+	dir := mkTree(t, ".git/config", ".git/modules/a/HEAD", ".git/modules/a/config")
+	l, err := Plan(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Prepare(dir, l); err != nil {
+		t.Fatal(err)
+	}
+	write(t, dir, ".git/modules/a/hooks/post-checkout", "kept")
+	if err := RemoveEmptyDirs(dir, l.Create); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, ".git/hooks")); !os.IsNotExist(err) {
+		t.Errorf("the empty .git/hooks stays: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".git/modules/a/hooks/post-checkout")); err != nil {
+		t.Errorf("a made dir with a file in it was removed: %v", err)
+	}
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(dir, ".git/hooks")); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveEmptyDirs(dir, []string{".git/hooks"}); err == nil {
+		t.Error("a link was not refused")
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Errorf("the link's target is gone: %v", err)
+	}
+}

@@ -260,9 +260,9 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) err
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)
 	}
 	e.unmountPins(m.Identity) // a killed start's
-	// Its agent is gone: bottle's commondir goes too.
-	if rec, err := e.loadProtectRecord(m.Identity); err == nil && rec.Commondir && !m.CopyCwd {
-		e.removeOwnCommondir(m.Identity, m.Workspace)
+	// Its agent is gone: what protect made in the workspace goes too.
+	if rec, err := e.loadProtectRecord(m.Identity); err == nil && !m.CopyCwd {
+		e.removeMade(m.Identity, m.Workspace, rec)
 	}
 	return e.store.Remove(m.Identity)
 }

@@ -75,6 +75,9 @@ type protectRecord struct {
 	// Commondir: the workspace's .git/commondir is bottle's ("."), removed with the
 	// bottle (when no other bottle on the checkout has it).
 	Commondir bool `json:"commondir,omitempty"`
+	// Created are the empty dirs bottle made to mount them (a missing .git/hooks),
+	// removed with the bottle while still empty (when no other bottle binds the checkout).
+	Created []string `json:"created,omitempty"`
 	// Scanned: Baseline is the scan of the workspace before the agent first ran.
 	Scanned  bool              `json:"scanned,omitempty"`
 	Baseline []protect.Finding `json:"baseline,omitempty"`
@@ -110,9 +113,10 @@ func (s *starter) prepareProtect() (wait func() error, err error) {
 	if p.Workspace.Copy {
 		return func() error { return nil }, nil // the copy goes with the bottle's dir
 	}
-	if p.Workspace.Protect.Commondir && s.prev == nil {
-		s.undo.push("remove bottle's commondir", func(context.Context) error {
-			e.removeOwnCommondir(s.id, p.Workspace.Source)
+	made := protectRecord{Commondir: p.Workspace.Protect.Commondir, Created: p.Workspace.Protect.Create}
+	if s.prev == nil && (made.Commondir || len(made.Created) > 0) {
+		s.undo.push("remove what protect made", func(context.Context) error {
+			e.removeMade(s.id, p.Workspace.Source, made)
 			return nil
 		})
 	}
@@ -121,7 +125,12 @@ func (s *starter) prepareProtect() (wait func() error, err error) {
 		if err != nil {
 			return fmt.Errorf("protect record of %s: %w", s.id, err)
 		}
-		rec.Commondir = rec.Commondir || p.Workspace.Protect.Commondir
+		rec.Commondir = rec.Commondir || made.Commondir
+		for _, c := range made.Created {
+			if !slices.Contains(rec.Created, c) {
+				rec.Created = append(rec.Created, c)
+			}
+		}
 		if !rec.Scanned {
 			found, err := gitFindings(p.Workspace.Source, ".", "")
 			if err != nil {
@@ -137,21 +146,27 @@ func (s *starter) prepareProtect() (wait func() error, err error) {
 	}), nil
 }
 
-// removeOwnCommondir removes bottle's commondir from a direct workspace unless another
-// recorded bottle binds the same checkout (it is then that bottle's to remove).
-func (e *Engine) removeOwnCommondir(id names.Identity, workspace string) {
-	metas, _, err := e.store.List()
-	if err != nil {
-		e.log.Warn("bottle's .git/commondir is left in the workspace", "workspace", workspace, "error", err)
+// removeMade removes what protect made in a direct workspace (rec: bottle's commondir,
+// the empty dirs), unless another recorded bottle binds the same checkout (it is then
+// that bottle's to remove).
+func (e *Engine) removeMade(id names.Identity, workspace string, rec protectRecord) {
+	if !rec.Commondir && len(rec.Created) == 0 {
 		return
 	}
-	for _, m := range metas {
-		if m.Identity != id && !m.CopyCwd && m.Workspace == workspace {
-			return
+	metas, _, err := e.store.List()
+	if err == nil {
+		for _, m := range metas {
+			if m.Identity != id && !m.CopyCwd && m.Workspace == workspace {
+				return
+			}
 		}
+		if rec.Commondir {
+			err = protect.RemoveCommondir(workspace)
+		}
+		err = errors.Join(err, protect.RemoveEmptyDirs(workspace, rec.Created))
 	}
-	if err := protect.RemoveCommondir(workspace); err != nil {
-		e.log.Warn("bottle's .git/commondir is left in the workspace", "workspace", workspace, "error", err)
+	if err != nil {
+		e.log.Warn("what bottle made in the workspace to protect it is left there (its .git/commondir, or an empty .git/hooks)", "workspace", workspace, "error", err)
 	}
 }
 

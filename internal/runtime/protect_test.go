@@ -108,7 +108,11 @@ func TestStartProtectsWorkspace(t *testing.T) {
 		t.Errorf("no workspace record in the trail:\n%s", rec.String())
 	}
 
-	// A start taken back takes bottle's commondir back with it.
+	// A start taken back takes bottle's commondir, and the empty .git/hooks it made,
+	// back with it.
+	if err := os.RemoveAll(filepath.Join(ws, ".git/hooks")); err != nil {
+		t.Fatal(err)
+	}
 	st = newStartTest(t)
 	st.so.Workspace = ws
 	st.host.fail["start filter"] = os.ErrPermission
@@ -117,6 +121,9 @@ func TestStartProtectsWorkspace(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(ws, ".git/commondir")); !os.IsNotExist(err) {
 		t.Errorf("a failed start left bottle's commondir: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(ws, ".git/hooks")); !os.IsNotExist(err) {
+		t.Errorf("a failed start left the empty .git/hooks it made: %v", err)
 	}
 }
 
