@@ -157,12 +157,16 @@ func TestProtectWorkspace(t *testing.T) {
 
 	t.Run("what the agent leaves is warned about at stop and recorded", func(t *testing.T) {
 		ws := checkout()
+		// Without .git/hooks bottle makes it (empty, to mount it read-only).
+		if err := os.RemoveAll(filepath.Join(ws, ".git/hooks")); err != nil {
+			t.Fatal(err)
+		}
 		out, stderr, code := start(ws, manifest)
 		if code != 0 {
 			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
 		}
 		id := e.identityOf("gitgate")
-		defer e.must("rm", "-f", id)
+		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
 		// What the host's git would run: a gitlink in the index whose git dir sets
 		// core.fsmonitor (git status goes into it), and a bare layout at the workspace
 		// root with core.pager (git falls back to it once .git is broken, or runs it
@@ -193,6 +197,19 @@ func TestProtectWorkspace(t *testing.T) {
 		}
 		if _, errOut, code := e.bottle(nil, "audit", id, "--verify"); code != 0 {
 			t.Errorf("audit --verify: exit %d\n%s", code, errOut)
+		}
+		_, rmErr, code := e.bottle(nil, "rm", id)
+		if code != 0 || !strings.Contains(rmErr, "sub/.git/config: config core.fsmonitor") {
+			t.Errorf("rm: exit %d, want it to warn again:\n%s", code, rmErr)
+		}
+		// What bottle made is gone; what the agent left stays for the person.
+		for _, made := range []string{".git/hooks", ".git/commondir"} {
+			if _, err := os.Lstat(filepath.Join(ws, made)); !os.IsNotExist(err) {
+				t.Errorf("%s that bottle made is left after rm: %v", made, err)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(ws, "sub/.git/config")); err != nil {
+			t.Errorf("rm removed what the agent left: %v", err)
 		}
 	})
 
