@@ -33,12 +33,12 @@ func TestProtectWorkspace(t *testing.T) {
 		}
 		return dir
 	}
-	start := func(workspace, manifest string) (string, string, int) {
+	start := func(workspace, manifest string, env ...string) (string, string, int) {
 		t.Helper()
 		if err := os.WriteFile(e.manifest, []byte(manifest), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cmd := e.command([]string{"GIT_E2E_TOKEN=" + forge.token}, "start", "--detach",
+		cmd := e.command(append([]string{"GIT_E2E_TOKEN=" + forge.token}, env...), "start", "--detach",
 			"--ca-file", forge.caFile, "--resolv-conf", resolv, "--add-host", gitHost+":"+upstreamAddr.Addr().String(), "gitgate")
 		cmd.Dir = workspace
 		return runCmd(t, cmd)
@@ -49,8 +49,29 @@ func TestProtectWorkspace(t *testing.T) {
 	}
 	manifest := gitManifest(forge.keyFile, forge.knownHosts, gitHTTPSURL)
 
+	chown := func(dirs ...string) {
+		t.Helper()
+		if out, err := exec.Command("chown", append([]string{"-R", "1000:1000"}, dirs...)...).CombinedOutput(); err != nil {
+			t.Fatalf("chown: %v: %s", err, out)
+		}
+	}
+	// hostGit runs the host's git in dir, as the person who owns the checkout would
+	// after the agent; it must never be run where the agent planted what runs code.
+	hostGit := func(dir string, args ...string) (string, error) {
+		cmd := exec.Command("git", append([]string{"-c", "safe.directory=*", "-C", dir}, args...)...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "GIT_CONFIG_NOSYSTEM=1"}
+		out, err := cmd.CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+
 	t.Run("protected", func(t *testing.T) {
 		ws := checkout()
+		// A linked worktree gives the checkout a .git/worktrees admin dir.
+		wt2 := filepath.Join(filepath.Dir(ws), "wt2")
+		if out, err := hostGit(ws, "worktree", "add", "-q", "-b", "side", wt2); err != nil {
+			t.Fatalf("git worktree add: %v\n%s", err, out)
+		}
+		chown(ws, wt2)
 		configBefore, err := os.ReadFile(filepath.Join(ws, ".git/config"))
 		if err != nil {
 			t.Fatal(err)
@@ -60,7 +81,7 @@ func TestProtectWorkspace(t *testing.T) {
 			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
 		}
 		id := e.identityOf("gitgate")
-		defer e.must("rm", "-f", id)
+		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
 		for _, attack := range []struct{ what, script string }{
 			{"write a hook", "echo 'touch /tmp/pwned' > .git/hooks/post-checkout"},
 			{"write a hook by another name", "printf '#!/bin/sh\\n' > .git/hooks/x"},
@@ -70,12 +91,40 @@ func TestProtectWorkspace(t *testing.T) {
 			{"rename .git/hooks", "mv .git/hooks .git/hooks-old"},
 			{"rename .git", "mv .git .git-old"},
 			{"remove .git", "rmdir .git"},
+			// git takes config and hooks from where commondir points.
+			{"write .git/commondir", "printf '../evil\\n' > .git/commondir"},
+			{"remove .git/commondir", "rm -f .git/commondir"},
+			{"write a worktree's commondir", "printf '../../../evil\\n' > .git/worktrees/wt2/commondir"},
+			{"add a worktree admin dir", "mkdir .git/worktrees/evil"},
+			// Without objects or refs .git is no repository, and git falls back to a bare
+			// layout at the workspace root.
+			{"rename .git/objects", "mv .git/objects .git/objects-old"},
+			{"rename .git/refs", "mv .git/refs .git/refs-old"},
 		} {
 			if out, err := agent(id, attack.script); err == nil {
 				t.Errorf("%s: worked from inside the agent:\n%s", attack.what, out)
 			} else {
 				t.Logf("%s: refused: %s", attack.what, out)
 			}
+		}
+		// bottle's commondir is "." (the git dir itself), and the host's git works with it.
+		if b, err := os.ReadFile(filepath.Join(ws, ".git/commondir")); err != nil || string(b) != ".\n" {
+			t.Errorf("the host's .git/commondir while the bottle runs: %q, %v; want \".\\n\"", b, err)
+		}
+		if out, err := hostGit(ws, "rev-parse", "--git-common-dir"); err != nil || out != filepath.Join(ws, ".git") {
+			t.Errorf("host git rev-parse --git-common-dir: %q, %v; want %s", out, err, filepath.Join(ws, ".git"))
+		}
+		if out, err := hostGit(ws, "status", "--short"); err != nil {
+			t.Errorf("host git status with bottle's commondir: %v\n%s", err, out)
+		}
+		// The agent's git reads the worktrees; pruning them fails without harm.
+		if out, err := agent(id, "git worktree list"); err != nil || !strings.Contains(out, "wt2") {
+			t.Errorf("git worktree list in the agent: %v\n%s", err, out)
+		}
+		pruned, perr := agent(id, "git worktree prune; echo rc=$?")
+		t.Logf("git worktree prune in the agent: %v: %s", perr, pruned)
+		if _, err := os.Stat(filepath.Join(ws, ".git/worktrees/wt2")); err != nil {
+			t.Errorf("the agent removed the host's worktree admin dir: %v", err)
 		}
 		// The agent still commits (identity by -c: its .git/config is read-only) and
 		// pushes through git-gate.
@@ -96,6 +145,102 @@ func TestProtectWorkspace(t *testing.T) {
 			if !strings.HasSuffix(h.Name(), ".sample") {
 				t.Errorf("hook %s appeared on the host", h.Name())
 			}
+		}
+		if out, err := hostGit(wt2, "status", "--short"); err != nil {
+			t.Errorf("host git status in the linked worktree: %v\n%s", err, out)
+		}
+		e.must("rm", "-f", id)
+		if _, err := os.Lstat(filepath.Join(ws, ".git/commondir")); !os.IsNotExist(err) {
+			t.Errorf("bottle's .git/commondir is left after rm: %v", err)
+		}
+	})
+
+	t.Run("what the agent leaves is warned about at stop and recorded", func(t *testing.T) {
+		ws := checkout()
+		// Without .git/hooks bottle makes it (empty, to mount it read-only).
+		if err := os.RemoveAll(filepath.Join(ws, ".git/hooks")); err != nil {
+			t.Fatal(err)
+		}
+		out, stderr, code := start(ws, manifest)
+		if code != 0 {
+			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
+		}
+		id := e.identityOf("gitgate")
+		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
+		// What the host's git would run: a gitlink in the index whose git dir sets
+		// core.fsmonitor (git status goes into it), and a bare layout at the workspace
+		// root with core.pager (git falls back to it once .git is broken, or runs it
+		// when git is run from there).
+		plant := "git update-index --add --cacheinfo 160000,$(git rev-parse HEAD),sub && mkdir -p sub/.git && " +
+			"printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > sub/.git/config && " +
+			"printf 'ref: refs/heads/main\\n' > HEAD && mkdir -p objects refs && printf '[core]\\n\\tpager = touch /tmp/pwned\\n' > config && echo planted"
+		if out, err := agent(id, plant); err != nil || !strings.HasSuffix(out, "planted") {
+			t.Fatalf("plant: %v\n%s", err, out)
+		}
+		_, stopErr, code := e.bottle(nil, "stop", id)
+		if code != 0 {
+			t.Fatalf("stop: exit %d\n%s", code, stopErr)
+		}
+		for _, want := range []string{`.git/index: gitlink "sub"`, `sub/.git/config: config core.fsmonitor`, "HEAD: bare repository layout", `config: config core.pager`, "safe.bareRepository explicit"} {
+			if !strings.Contains(stopErr, want) {
+				t.Errorf("stop does not warn about %s:\n%s", want, stopErr)
+			}
+		}
+		for _, old := range []string{": .git/hooks", ": .git/config:", "commondir"} {
+			if strings.Contains(stopErr, old) {
+				t.Errorf("stop warns about %s, which the agent did not add:\n%s", old, stopErr)
+			}
+		}
+		trail := e.must("audit", id, "--json")
+		if !strings.Contains(trail, `"kind":"workspace"`) || !strings.Contains(trail, "core.fsmonitor") {
+			t.Errorf("the trail has no workspace record:\n%s", trail)
+		}
+		if _, errOut, code := e.bottle(nil, "audit", id, "--verify"); code != 0 {
+			t.Errorf("audit --verify: exit %d\n%s", code, errOut)
+		}
+		_, rmErr, code := e.bottle(nil, "rm", id)
+		if code != 0 || !strings.Contains(rmErr, "sub/.git/config: config core.fsmonitor") {
+			t.Errorf("rm: exit %d, want it to warn again:\n%s", code, rmErr)
+		}
+		// What bottle made is gone; what the agent left stays for the person.
+		for _, made := range []string{".git/hooks", ".git/commondir"} {
+			if _, err := os.Lstat(filepath.Join(ws, made)); !os.IsNotExist(err) {
+				t.Errorf("%s that bottle made is left after rm: %v", made, err)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(ws, "sub/.git/config")); err != nil {
+			t.Errorf("rm removed what the agent left: %v", err)
+		}
+	})
+
+	t.Run("a protected path swapped after bottle's check", func(t *testing.T) {
+		// Another agent on the same checkout could swap .git/hooks for a link between
+		// bottle's check and the runtime's mount; the fault hook does that swap right
+		// after bottle opened the paths: the agent still gets what bottle checked.
+		ws := checkout()
+		for p, content := range map[string]string{".git/hooks/marker": "original\n", "decoy-hooks/marker": "decoy\n"} {
+			if err := os.MkdirAll(filepath.Join(ws, filepath.Dir(p)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(ws, p), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		chown(ws)
+		out, stderr, code := start(ws, manifest, "BOTTLE_TEST_FAULT=swap-git-hooks")
+		if code != 0 {
+			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
+		}
+		id := e.identityOf("gitgate")
+		defer e.must("rm", "-f", id)
+		if target, err := os.Readlink(filepath.Join(ws, ".git/hooks")); err != nil || target != "../decoy-hooks" {
+			t.Fatalf("the fault did not swap .git/hooks: %q, %v", target, err)
+		}
+		if out, err := agent(id, "cat .git/hooks/marker"); err != nil || out != "original" {
+			t.Errorf("the agent's .git/hooks after the swap: %q, %v; want the original", out, err)
+		}
+		if out, err := agent(id, "echo x > .git/hooks/y"); err == nil {
+			t.Errorf("writing a hook worked after the swap: %s", out)
 		}
 	})
 

@@ -8,6 +8,7 @@ package protect
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -41,6 +42,11 @@ type Layout struct {
 	// Create are missing directories to create empty (on the host, before the agent
 	// starts) so they can be mounted read-only: a missing .git/hooks.
 	Create []string `json:"create,omitempty"`
+	// Commondir: bottle gives .git a commondir of "." (the repository itself, which is
+	// what git assumes without one), made before the agent starts when it is missing and
+	// removed again by `bottle rm`, so that it can be mounted read-only: a commondir the
+	// agent writes would point the host's git at a config and hooks of its making.
+	Commondir bool `json:"commondir,omitempty"`
 	// Warnings for the person starting the bottle.
 	Warnings []string `json:"warnings,omitempty"`
 }
@@ -67,14 +73,30 @@ func Plan(dir string, paths *[]string) (Layout, error) {
 		return l, fmt.Errorf("workspace %s: %w", dir, err)
 	case exists && git == fs.ModeDir:
 		l.Mounts = append(l.Mounts, Mount{Path: ".git"})
+		// objects and refs are mount points too: renamed away they would make .git
+		// invalid, and git would then take a bare layout the agent made at the workspace
+		// root (its config included) for the repository.
+		for _, point := range []string{".git/objects", ".git/refs"} {
+			if k, ok, err := kind(root, point); err != nil {
+				return l, fmt.Errorf("workspace %s: %w", dir, err)
+			} else if ok && k == fs.ModeDir {
+				l.Mounts = append(l.Mounts, Mount{Path: point})
+			}
+		}
 		want = append(want, Default...)
-		for _, extra := range []string{".git/config.worktree"} {
+		for _, extra := range []string{".git/config.worktree", ".git/worktrees"} {
 			if _, ok, err := kind(root, extra); err != nil {
 				return l, fmt.Errorf("workspace %s: %w", dir, err)
 			} else if ok {
 				want = append(want, extra)
 			}
 		}
+		own, err := ownCommondir(root)
+		if err != nil {
+			return l, fmt.Errorf("workspace %s: %w", dir, err)
+		}
+		l.Commondir = own
+		want = append(want, commondir)
 		modules, err := submodules(root)
 		if err != nil {
 			return l, fmt.Errorf("workspace %s: %w", dir, err)
@@ -98,6 +120,8 @@ func Plan(dir string, paths *[]string) (Layout, error) {
 		switch {
 		case err != nil:
 			return l, fmt.Errorf("workspace %s: protect %s: %w", dir, p, err)
+		case !exists && p == commondir && l.Commondir:
+			// made by Prepare
 		case !exists && (p == ".git/hooks" || (strings.HasPrefix(p, ".git/modules/") && strings.HasSuffix(p, "/hooks"))):
 			l.Create = append(l.Create, p)
 		case !exists:
@@ -209,10 +233,11 @@ func CheckPath(p string) error {
 	return nil
 }
 
-// Create makes the missing dirs of a layout (Layout.Create) in the workspace dir, empty,
-// owned like their parent (not following links: a link on the way is an error).
-func Create(dir string, paths []string) error {
-	if len(paths) == 0 {
+// Prepare makes what a layout mounts but the workspace dir lacks (not following links:
+// a link on the way is an error): the missing dirs (Layout.Create), empty and owned like
+// their parent, and bottle's commondir (Layout.Commondir).
+func Prepare(dir string, l Layout) error {
+	if len(l.Create) == 0 && !l.Commondir {
 		return nil
 	}
 	root, err := os.OpenRoot(dir)
@@ -220,7 +245,12 @@ func Create(dir string, paths []string) error {
 		return err
 	}
 	defer root.Close()
-	for _, p := range paths {
+	if l.Commondir {
+		if err := writeCommondir(root); err != nil {
+			return err
+		}
+	}
+	for _, p := range l.Create {
 		if _, _, err := kind(root, p); err != nil {
 			return err
 		}
@@ -238,4 +268,104 @@ func Create(dir string, paths []string) error {
 		}
 	}
 	return nil
+}
+
+// commondir is where a git dir names the dir it shares config, hooks, objects and refs
+// with (a linked worktree's gitdir has one).
+const commondir = ".git/commondir"
+
+// ownCommondirContent is the commondir bottle makes: the git dir itself, which is what
+// git assumes when there is none (git dies on an empty one, so none cannot be mounted).
+const ownCommondirContent = ".\n"
+
+// ownCommondir reports whether .git/commondir is missing or bottle's own (so bottle
+// makes it and removes it again); a repository's own commondir is kept, read-only.
+func ownCommondir(root *os.Root) (bool, error) {
+	k, exists, err := kind(root, commondir)
+	if err != nil || !exists {
+		return !exists, err
+	}
+	if k != 0 {
+		return false, nil // Plan refuses what is not a regular file
+	}
+	f, err := root.OpenFile(commondir, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, int64(len(ownCommondirContent))+1))
+	return string(b) == ownCommondirContent, err
+}
+
+func writeCommondir(root *os.Root) error {
+	if own, err := ownCommondir(root); err != nil || !own {
+		return err
+	}
+	parent, err := root.Lstat(".git")
+	if err != nil {
+		return err
+	}
+	f, err := root.OpenFile(commondir, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		return nil // bottle's own, or another bottle's on the same checkout
+	}
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(ownCommondirContent)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if st, ok := parent.Sys().(*syscall.Stat_t); ok && err == nil {
+		err = root.Lchown(commondir, int(st.Uid), int(st.Gid))
+	}
+	return err
+}
+
+// RemoveCommondir removes bottle's commondir from the workspace dir when it is still
+// bottle's (content "."): what else is there now is the person's, or the agent's, and
+// stays for the person to look at.
+func RemoveCommondir(dir string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	if k, exists, err := kind(root, commondir); err != nil || !exists || k != 0 {
+		return err
+	}
+	if own, err := ownCommondir(root); err != nil || !own {
+		return err
+	}
+	return root.Remove(commondir)
+}
+
+// RemoveEmptyDirs removes the dirs of paths (a layout's Create, which Prepare made) from
+// the workspace dir while they are still empty dirs: what is in them now is the
+// person's to look at.
+func RemoveEmptyDirs(dir string, paths []string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	var errs []error
+	for _, p := range slices.Backward(paths) {
+		k, exists, err := kind(root, p)
+		if err != nil || !exists || k != fs.ModeDir {
+			errs = append(errs, err)
+			continue
+		}
+		f, err := root.Open(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		names, _ := f.Readdirnames(1)
+		f.Close()
+		if len(names) == 0 {
+			errs = append(errs, root.Remove(p))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -43,18 +43,21 @@ func paths(l Layout) []string {
 }
 
 func TestPlanDefault(t *testing.T) {
-	dir := mkTree(t, ".git/hooks/", ".git/config", ".git/config.worktree", ".git/modules/sub/hooks/", ".git/modules/sub/config", ".git/modules/sub/HEAD", "src/a.go")
+	dir := mkTree(t, ".git/hooks/", ".git/config", ".git/config.worktree", ".git/objects/", ".git/refs/", ".git/worktrees/wt/gitdir",
+		".git/modules/sub/hooks/", ".git/modules/sub/config", ".git/modules/sub/HEAD", "src/a.go")
 	l, err := Plan(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// .git first (a mount point: it cannot be renamed or removed), then what is beneath.
-	want := []string{".git:rw", ".git/hooks:ro", ".git/config:ro", ".git/config.worktree:ro", ".git/modules/sub/hooks:ro", ".git/modules/sub/config:ro"}
+	// .git, objects and refs first (mount points: they cannot be renamed or removed),
+	// then what is beneath, read-only.
+	want := []string{".git:rw", ".git/objects:rw", ".git/refs:rw", ".git/hooks:ro", ".git/config:ro", ".git/config.worktree:ro", ".git/worktrees:ro",
+		".git/commondir:ro", ".git/modules/sub/hooks:ro", ".git/modules/sub/config:ro"}
 	if got := paths(l); !reflect.DeepEqual(got, want) {
 		t.Errorf("mounts %v, want %v", got, want)
 	}
-	if len(l.Create) != 0 || len(l.Warnings) != 0 {
-		t.Errorf("create %v, warnings %v, want none", l.Create, l.Warnings)
+	if len(l.Create) != 0 || len(l.Warnings) != 0 || !l.Commondir {
+		t.Errorf("create %v, warnings %v, commondir %v: want none, none, bottle's own", l.Create, l.Warnings, l.Commondir)
 	}
 }
 
@@ -65,7 +68,7 @@ func TestPlanMissingHooksAndExtras(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{".git:rw", ".git/hooks:ro", ".git/config:ro", ".github/workflows:ro", "Makefile:ro"}
+	want := []string{".git:rw", ".git/hooks:ro", ".git/config:ro", ".git/commondir:ro", ".github/workflows:ro", "Makefile:ro"}
 	if got := paths(l); !reflect.DeepEqual(got, want) {
 		t.Errorf("mounts %v, want %v", got, want)
 	}
@@ -75,11 +78,11 @@ func TestPlanMissingHooksAndExtras(t *testing.T) {
 	if len(l.Warnings) != 1 || !strings.Contains(l.Warnings[0], "no/such/file") {
 		t.Errorf("warnings %v, want one about no/such/file", l.Warnings)
 	}
-	if err := Create(dir, l.Create); err != nil {
+	if err := Prepare(dir, l); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Lstat(filepath.Join(dir, ".git/hooks")); err != nil || !fi.IsDir() {
-		t.Errorf("Create did not make .git/hooks: %v", err)
+		t.Errorf("Prepare did not make .git/hooks: %v", err)
 	}
 }
 
@@ -115,6 +118,7 @@ func TestPlanRefusesLinks(t *testing.T) {
 	outside := t.TempDir()
 	for _, tc := range []struct{ link string }{
 		{".git"}, {".git/hooks"}, {".git/config"}, {".git/config.worktree"}, {".git/modules/sub/hooks"}, {"docs"},
+		{".git/objects"}, {".git/refs"}, {".git/worktrees"},
 	} {
 		dir := mkTree(t, ".git/hooks/", ".git/config", ".git/modules/sub/config", ".git/modules/sub/HEAD")
 		full := filepath.Join(dir, tc.link)
@@ -166,5 +170,100 @@ func TestPlanNestedSubmodules(t *testing.T) {
 	}
 	if c := strings.Join(l.Create, " "); !strings.Contains(c, ".git/modules/vendor/lib/hooks") || !strings.Contains(c, ".git/modules/a/modules/b/hooks") {
 		t.Errorf("create %v: the missing submodule hooks dirs are not made", l.Create)
+	}
+}
+
+// TestCommondir: a repository without .git/commondir gets bottle's "." (so it can be
+// mounted read-only), made once, kept by a second plan (another bottle on the checkout,
+// or a resume), and removed only while it is still bottle's; a repository's own
+// commondir is mounted read-only as it is and never removed.
+func TestCommondir(t *testing.T) {
+	dir := mkTree(t, ".git/hooks/", ".git/config")
+	cd := filepath.Join(dir, ".git/commondir")
+	l, err := Plan(dir, nil)
+	if err != nil || !l.Commondir {
+		t.Fatalf("plan: commondir %v, err %v; want bottle's own", l.Commondir, err)
+	}
+	if err := Prepare(dir, l); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(cd); err != nil || string(b) != ".\n" {
+		t.Fatalf("commondir %q, %v; want \".\\n\"", b, err)
+	}
+	again, err := Plan(dir, nil)
+	if err != nil || !again.Commondir || !reflect.DeepEqual(paths(again), paths(l)) {
+		t.Errorf("second plan: %v commondir %v err %v; want the same, bottle's own", paths(again), again.Commondir, err)
+	}
+	if err := Prepare(dir, again); err != nil {
+		t.Errorf("second prepare: %v", err)
+	}
+	if err := RemoveCommondir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(cd); !os.IsNotExist(err) {
+		t.Errorf("bottle's commondir left: %v", err)
+	}
+	// Changed meanwhile (by the agent through another path, or by the person): kept.
+	if err := os.WriteFile(cd, []byte("../elsewhere\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err = Plan(dir, nil)
+	if err != nil || l.Commondir || !strings.Contains(strings.Join(paths(l), " "), ".git/commondir:ro") {
+		t.Errorf("a repository's own commondir: %v commondir %v err %v; want it read-only and not bottle's", paths(l), l.Commondir, err)
+	}
+	if err := Prepare(dir, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveCommondir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(cd); string(b) != "../elsewhere\n" {
+		t.Errorf("a commondir that is not bottle's was changed: %q", b)
+	}
+	// A link there is refused like any protected path.
+	if err := os.Remove(cd); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(t.TempDir(), cd); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Plan(dir, nil); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("commondir linked out: err %v, want a refusal", err)
+	}
+	if err := RemoveCommondir(dir); err == nil {
+		t.Errorf("RemoveCommondir followed or removed a link")
+	}
+}
+
+// TestRemoveEmptyDirs: the dirs Prepare made go again while empty; one that got a file
+// stays, and a link there is neither followed nor removed.
+func TestRemoveEmptyDirs(t *testing.T) {
+	dir := mkTree(t, ".git/config", ".git/modules/a/HEAD", ".git/modules/a/config")
+	l, err := Plan(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Prepare(dir, l); err != nil {
+		t.Fatal(err)
+	}
+	write(t, dir, ".git/modules/a/hooks/post-checkout", "kept")
+	if err := RemoveEmptyDirs(dir, l.Create); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, ".git/hooks")); !os.IsNotExist(err) {
+		t.Errorf("the empty .git/hooks stays: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".git/modules/a/hooks/post-checkout")); err != nil {
+		t.Errorf("a made dir with a file in it was removed: %v", err)
+	}
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(dir, ".git/hooks")); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveEmptyDirs(dir, []string{".git/hooks"}); err == nil {
+		t.Error("a link was not refused")
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Errorf("the link's target is gone: %v", err)
 	}
 }

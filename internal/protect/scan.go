@@ -11,12 +11,18 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strconv"
 	"strings"
+	"syscall"
+	"time"
+	"unicode"
 )
 
 // Scan bounds: a hostile tree must not make a scan endless.
 const (
 	maxScanEntries = 200_000
+	maxScanDepth   = 64
+	maxScanTime    = 30 * time.Second
 	maxConfigSize  = 1 << 20
 )
 
@@ -31,13 +37,25 @@ type Finding struct {
 	Digest string `json:"digest,omitempty"`
 }
 
-func (f Finding) String() string { return f.Path + ": " + f.What }
+// String is the finding for a terminal: the path and what the agent wrote are the
+// agent's, so anything not printable is escaped.
+func (f Finding) String() string { return printable(f.Path) + ": " + printable(f.What) }
+
+func printable(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0 {
+		return s
+	}
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
+}
 
 // Scan lists the findings beneath rel ("." for all) of root, following no link and
-// skipping object stores. It stops with an error after maxScanEntries entries.
+// skipping object stores. It stops with an error after maxScanEntries entries, below
+// maxScanDepth, or after maxScanTime.
 func Scan(root *os.Root, rel string) ([]Finding, error) {
 	var out []Finding
 	n := 0
+	t0 := time.Now()
 	err := fs.WalkDir(root.FS(), rel, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) && p == rel {
@@ -47,6 +65,12 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 		}
 		if n++; n > maxScanEntries {
 			return fmt.Errorf("more than %d entries: scan stopped", maxScanEntries)
+		}
+		if n%1024 == 0 && time.Since(t0) > maxScanTime {
+			return fmt.Errorf("longer than %s: scan stopped at %s", maxScanTime, p)
+		}
+		if strings.Count(p, "/") > maxScanDepth {
+			return fmt.Errorf("deeper than %d: scan stopped at %s", maxScanDepth, p)
 		}
 		name := d.Name()
 		if d.IsDir() {
@@ -59,16 +83,34 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 		case name == ".git":
 			out = append(out, Finding{Path: p, What: "git link (" + firstLine(root, p) + ")", Digest: digest(root, p, d)})
 		case (name == "commondir" || name == "gitdir") && inGitDir(p):
-			// git takes config and hooks from where these point.
-			out = append(out, Finding{Path: p, What: "git dir link (" + firstLine(root, p) + ")", Digest: digest(root, p, d)})
+			// git takes config and hooks from where these point (bottle's own commondir,
+			// ".", points at the git dir itself).
+			if line := firstLine(root, p); line != "." || name != "commondir" {
+				out = append(out, Finding{Path: p, What: "git dir link (" + line + ")", Digest: digest(root, p, d)})
+			}
+		case name == "HEAD" && path.Base(path.Dir(p)) == ".git" && !validHead(firstLine(root, p)):
+			// git then takes this .git for no repository and looks further: at a bare
+			// layout beside it, or a repository above.
+			out = append(out, Finding{Path: p, What: "invalid HEAD: git ignores this .git and looks for a repository further up", Digest: digest(root, p, d)})
 		case name == "HEAD" && !inGitDir(p) && isBareLayout(root, path.Dir(p)):
 			// A dir that looks like a bare repository: git uses it, and its config, when
-			// the .git above it is missing or broken.
-			out = append(out, Finding{Path: p, What: "bare repository layout (HEAD, objects, refs)", Digest: digest(root, p, d)})
+			// the .git above it is missing or broken, or when git runs in it.
+			out = append(out, Finding{Path: p, What: BareLayout, Digest: digest(root, p, d)})
+			if conf := path.Join(path.Dir(p), "config"); isRegular(root, conf) {
+				keys, err := scanConfig(root, conf)
+				if err != nil {
+					return err
+				}
+				out = append(out, keys...)
+			}
 		case inHooks(p):
 			if !strings.HasSuffix(name, ".sample") {
 				out = append(out, Finding{Path: p, What: "hook", Digest: digest(root, p, d)})
 			}
+		case name == "index" && inGitDir(p) && d.Type().IsRegular():
+			// A gitlink makes the host's git status go into that dir as a submodule, and
+			// run what its git dir configures.
+			out = append(out, scanIndex(root, p)...)
 		case isConfig(p) && d.Type().IsRegular():
 			keys, err := scanConfig(root, p)
 			if err != nil {
@@ -80,6 +122,9 @@ func Scan(root *os.Root, rel string) ([]Finding, error) {
 	})
 	return out, err
 }
+
+// BareLayout is the finding of a bare repository layout.
+const BareLayout = "bare repository layout (HEAD, objects, refs)"
 
 // Appeared lists the findings of after that before does not have (new or changed).
 func Appeared(before, after []Finding) []Finding {
@@ -107,6 +152,28 @@ func isBareLayout(root *os.Root, dir string) bool {
 	return true
 }
 
+// validHead reports whether line (a HEAD's first line) is what git takes: a symbolic
+// ref into refs/, or an object name.
+func validHead(line string) bool {
+	if ref, ok := strings.CutPrefix(line, "ref:"); ok {
+		return strings.HasPrefix(strings.TrimSpace(ref), "refs/")
+	}
+	if len(line) != 40 && len(line) != 64 {
+		return false
+	}
+	for _, c := range line {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return false
+		}
+	}
+	return true
+}
+
+func isRegular(root *os.Root, p string) bool {
+	fi, err := root.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
 // inGitDir reports whether p lies inside a .git dir.
 func inGitDir(p string) bool {
 	return strings.HasPrefix(p, ".git/") || strings.Contains(p, "/.git/")
@@ -132,7 +199,7 @@ func isConfig(p string) bool {
 
 // scanConfig lists the dangerous keys of git config file p.
 func scanConfig(root *os.Root, p string) ([]Finding, error) {
-	f, err := root.Open(p)
+	f, err := openRegular(root, p)
 	if err != nil {
 		return nil, err
 	}
@@ -158,12 +225,54 @@ func scanConfig(root *os.Root, p string) ([]Finding, error) {
 	return out, nil
 }
 
+// scanIndex lists the gitlinks of index file p.
+func scanIndex(root *os.Root, p string) []Finding {
+	f, err := openRegular(root, p)
+	if err != nil {
+		return []Finding{{Path: p, What: "index bottle cannot read (" + err.Error() + ")"}}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxIndexSize+1))
+	if err == nil && len(data) > maxIndexSize {
+		err = fmt.Errorf("larger than %d bytes", maxIndexSize)
+	}
+	var links []string
+	if err == nil {
+		links, err = Gitlinks(data)
+	}
+	if errors.Is(err, errNotIndex) {
+		return nil
+	}
+	if err != nil {
+		return []Finding{{Path: p, What: "index bottle cannot scan for submodules (" + err.Error() + ")"}}
+	}
+	out := make([]Finding, 0, len(links))
+	for _, l := range links {
+		out = append(out, Finding{Path: p, What: fmt.Sprintf("gitlink %q (git goes into it as a submodule)", l)})
+	}
+	return out
+}
+
+// openRegular opens p for reading only when it is a regular file, not following a link
+// at its end, and without blocking: a FIFO the agent left would hang the scan.
+func openRegular(root *os.Root, p string) (*os.File, error) {
+	f, err := root.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	return f, nil
+}
+
 func digest(root *os.Root, p string, d fs.DirEntry) string {
 	h := sha256.New()
 	if d.Type()&fs.ModeSymlink != 0 {
 		target, _ := root.Readlink(p)
 		h.Write([]byte("link:" + target))
-	} else if f, err := root.Open(p); err == nil {
+	} else if f, err := openRegular(root, p); err == nil {
 		_, _ = io.Copy(h, io.LimitReader(f, 16<<20))
 		f.Close()
 	}
@@ -171,7 +280,7 @@ func digest(root *os.Root, p string, d fs.DirEntry) string {
 }
 
 func firstLine(root *os.Root, p string) string {
-	f, err := root.Open(p)
+	f, err := openRegular(root, p)
 	if err != nil {
 		return err.Error()
 	}

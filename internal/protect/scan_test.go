@@ -6,6 +6,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseConfigAndDangerous(t *testing.T) {
@@ -75,18 +78,7 @@ func TestScanAppeared(t *testing.T) {
 	write(t, cp, "sub/.git", "gitdir: ../vendor/lib/.git\n")
 	write(t, cp, ".git/objects/ab/hooks/x", "not a hook: object store")
 
-	scan := func(dir string) []Finding {
-		root, err := os.OpenRoot(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer root.Close()
-		f, err := Scan(root, ".")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	scan := func(dir string) []Finding { return scanDir(t, dir) }
 	var got []string
 	for _, f := range Appeared(scan(orig), scan(cp)) {
 		got = append(got, f.Path+" "+strings.Fields(f.What)[0])
@@ -185,12 +177,133 @@ func TestScanGitDirRedirects(t *testing.T) {
 		got = append(got, f.String())
 	}
 	all := strings.Join(got, "\n")
-	for _, want := range []string{".git/commondir: git dir link (../evil)", "evil/HEAD: bare repository layout"} {
+	for _, want := range []string{".git/commondir: git dir link (../evil)", "evil/HEAD: bare repository layout", `evil/config: config core.fsmonitor = "x"`} {
 		if !strings.Contains(all, want) {
 			t.Errorf("scan lacks %q:\n%s", want, all)
 		}
 	}
 	if strings.Contains(all, "nested/HEAD") {
 		t.Errorf("a HEAD without refs/ is reported:\n%s", all)
+	}
+}
+
+// TestScanGitlinksAndBounds: a gitlink the agent adds to the index is new (its config
+// too), the ones the repository had are not, bottle's own commondir is no finding, and
+// a tree deeper than the bound stops the scan with an error instead of going on.
+func TestScanGitlinksAndBounds(t *testing.T) {
+	orig := t.TempDir()
+	write(t, orig, ".git/HEAD", "ref: refs/heads/main\n")
+	write(t, orig, ".git/commondir", ".\n")
+	if err := os.WriteFile(filepath.Join(orig, ".git/index"), gitIndex(t, "sha1", 2, "vendor/known"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cp := t.TempDir()
+	copyTree(t, orig, cp)
+	if err := os.WriteFile(filepath.Join(cp, ".git/index"), gitIndex(t, "sha1", 4, "vendor/known", "sub"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write(t, cp, "sub/.git/config", "[core]\n\tfsmonitor = evil\n")
+	write(t, cp, "notes/index", "DIRC but not in a git dir")
+	scan := func(dir string) []Finding { return scanDir(t, dir) }
+	var got []string
+	for _, f := range Appeared(scan(orig), scan(cp)) {
+		got = append(got, f.String())
+	}
+	want := []string{`.git/index: gitlink "sub" (git goes into it as a submodule)`, `sub/.git/config: config core.fsmonitor = "evil"`}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("appeared:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, f := range scan(orig) {
+		if f.Path == ".git/commondir" {
+			t.Errorf("bottle's own commondir is a finding: %v", f)
+		}
+	}
+	write(t, cp, ".git/HEAD", "garbage\n")
+	if f := Appeared(scanDir(t, orig), scanDir(t, cp)); len(f) != 3 || f[0].Path != ".git/HEAD" || !strings.Contains(f[0].What, "invalid HEAD") {
+		t.Errorf("a broken .git/HEAD: %v, want it found besides the gitlink and its config", f)
+	}
+	for _, ok := range []string{"ref: refs/heads/main", strings.Repeat("a1", 20), strings.Repeat("0f", 32)} {
+		if !validHead(ok) {
+			t.Errorf("validHead(%q) = false", ok)
+		}
+	}
+	write(t, cp, ".git/HEAD", "ref: refs/heads/main\n")
+	write(t, cp, ".git/index", "DIRC\x00\x00\x00\x02\xff\xff\xff\xff")
+	if f := Appeared(scan(orig), scan(cp)); len(f) == 0 || !strings.Contains(f[0].What, "cannot scan") {
+		t.Errorf("a broken index: %v, want a finding that it cannot be scanned", f)
+	}
+
+	deep := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(deep, strings.Repeat("d/", maxScanDepth+2)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(deep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if _, err := Scan(root, "."); err == nil || !strings.Contains(err.Error(), "deeper than") {
+		t.Errorf("a tree deeper than %d: err %v", maxScanDepth, err)
+	}
+}
+
+// scanDir is Scan of all of dir.
+func scanDir(t *testing.T, dir string) []Finding {
+	t.Helper()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	f, err := Scan(root, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestScanDoesNotBlock: FIFOs where the scan reads (a nested repository's hook, config,
+// .git link, HEAD, index, commondir) neither hang it nor count as harmless.
+func TestScanDoesNotBlock(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"a/.git/hooks", "b", "c/.git"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"a/.git/hooks/post-checkout", "a/.git/config", "b/.git", "c/.git/HEAD", "c/.git/index", "c/.git/commondir"} {
+		if err := unix.Mkfifo(filepath.Join(dir, f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan []Finding, 1)
+	go func() { done <- scanDir(t, dir) }()
+	select {
+	case found := <-done:
+		var got []string
+		for _, f := range found {
+			got = append(got, f.Path)
+		}
+		all := strings.Join(got, " ")
+		for _, want := range []string{"a/.git/hooks/post-checkout", "b/.git", "c/.git/HEAD", "c/.git/commondir"} {
+			if !strings.Contains(all, want) {
+				t.Errorf("findings %v lack the FIFO %s", got, want)
+			}
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the scan blocked on a FIFO")
+	}
+}
+
+// TestFindingPrintable: a path or value the agent chose reaches the person's terminal
+// with its control characters escaped.
+func TestFindingPrintable(t *testing.T) {
+	f := Finding{Path: "sub\x1b[2J/.git/config", What: "config core.pager = \"x\x07\""}
+	got := f.String()
+	if strings.ContainsAny(got, "\x1b\x07") || !strings.Contains(got, `sub\x1b[2J/.git/config`) {
+		t.Errorf("String() = %q", got)
+	}
+	if plain := (Finding{Path: "a/.git/hooks/x", What: "hook"}).String(); plain != "a/.git/hooks/x: hook" {
+		t.Errorf("a plain finding: %q", plain)
 	}
 }

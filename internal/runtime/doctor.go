@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
+	"github.com/bottle-dev/bottle/internal/protect"
 	"github.com/bottle-dev/bottle/internal/slots"
 	"github.com/bottle-dev/bottle/internal/state"
 )
@@ -123,10 +126,42 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 		internal, egress, _ := slots.Subnets(slot, o.Pool)
 		add("subnet", CheckOK, fmt.Sprintf("next bottle gets %s and %s from pool %s", internal, egress, o.Pool), "")
 	}
+	checks = append(checks, bareRepositoryCheck(ctx))
 	if c != nil && o.Manifest != nil {
 		checks = append(checks, planChecks(ctx, c, o)...)
 	}
 	return checks
+}
+
+// bareRepositoryCheck tells whether the invoking user's git ignores a bare repository
+// layout an agent can leave in a workspace (safe.bareRepository=explicit). It reads the
+// user's config and changes nothing.
+func bareRepositoryCheck(ctx context.Context) Check {
+	const name = "git bare repos"
+	home, _ := os.UserHomeDir()
+	xdg := os.Getenv("XDG_CONFIG_HOME")
+	if sudoUser := os.Getenv("SUDO_USER"); sudoUser != "" {
+		if u, err := user.Lookup(sudoUser); err == nil {
+			home, xdg = u.HomeDir, ""
+		}
+	}
+	value, from := protect.BareRepositoryPolicy(protect.UserGitConfigs(home, xdg))
+	cmd := exec.CommandContext(ctx, "git", "--version")
+	cmd.Dir = "/" // never inside a repository
+	out, err := cmd.Output()
+	if err != nil {
+		return Check{Name: name, Status: CheckWarn, Detail: "git not found: " + oneLine(err)}
+	}
+	honours, err := protect.GitHonoursBare(string(out))
+	switch {
+	case err != nil:
+		return Check{Name: name, Status: CheckWarn, Detail: oneLine(err)}
+	case !honours:
+		return Check{Name: name, Status: CheckWarn, Detail: strings.TrimSpace(string(out)) + " uses a bare repository layout an agent leaves in a workspace, with its config (which can run programs)", Fix: "git 2.38 or newer, then " + protect.BareRecommendation}
+	case strings.EqualFold(value, "explicit"):
+		return Check{Name: name, Status: CheckOK, Detail: "safe.bareRepository = explicit (" + from + "): git ignores a bare repository layout an agent leaves in a workspace"}
+	}
+	return Check{Name: name, Status: CheckWarn, Detail: "safe.bareRepository is not explicit: git on this host uses a bare repository layout an agent leaves in a workspace, with its config (which can run programs)", Fix: protect.BareRecommendation}
 }
 
 // iptablesCheck judges firewall.Check's result. Without root iptables cannot read the

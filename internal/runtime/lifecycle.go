@@ -42,6 +42,9 @@ func (e *Engine) Stop(ctx context.Context, identity names.Identity) error {
 	if m.Phase == state.PhaseStopped {
 		return nil
 	}
+	if rec, err := e.loadProtectRecord(identity); err == nil {
+		e.checkWorkspace(m, rec, auditStop)
+	}
 	e.recordLifecycle(identity, auditStop)
 	m.Phase, m.Pid, m.PidStart, m.Reason = state.PhaseStopped, 0, 0, ""
 	if err := e.store.Save(m); err != nil {
@@ -185,8 +188,12 @@ func (e *Engine) Remove(ctx context.Context, identity names.Identity, force bool
 	if m.CopyCwd {
 		e.log.Info("removing the bottle's workspace copy with it", "identity", identity, "path", e.workspaceDir(m))
 	}
+	rec, recErr := e.loadProtectRecord(identity)
 	if err := e.removeMeta(ctx, m, down); err != nil {
 		return err
+	}
+	if recErr == nil {
+		e.checkWorkspace(m, rec, auditRemove)
 	}
 	e.recordLifecycle(identity, auditRemove)
 	return nil
@@ -251,6 +258,11 @@ func (e *Engine) removeMeta(ctx context.Context, m *state.Meta, down downTo) err
 	errs = append(errs, e.removeAgentImages(ctx, m.Identity), e.net.RemoveFirewall(ctx, m.Identity.String()), e.net.ReleaseSlot(m.Identity.String()))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove bottle %s (state kept; retry or run `bottle cleanup`): %w", m.Identity, err)
+	}
+	e.unmountPins(m.Identity) // a killed start's
+	// Its agent is gone: what protect made in the workspace goes too.
+	if rec, err := e.loadProtectRecord(m.Identity); err == nil && !m.CopyCwd {
+		e.removeMade(m.Identity, m.Workspace, rec)
 	}
 	return e.store.Remove(m.Identity)
 }

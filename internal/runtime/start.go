@@ -21,7 +21,6 @@ import (
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
 	"github.com/bottle-dev/bottle/internal/plan"
-	"github.com/bottle-dev/bottle/internal/protect"
 	"github.com/bottle-dev/bottle/internal/state"
 )
 
@@ -96,7 +95,10 @@ type starter struct {
 	meta             *state.Meta
 	internal, egress netns.Network
 	p                *plan.Plan
-	st               *selfTest // nil: --no-self-test
+	st               *selfTest    // nil: --no-self-test
+	protectScan      func() error // the workspace's scan before the agent runs (prepareProtect)
+	pins             []*os.File   // the protected paths the agent's mounts use (pinProtect)
+	pinPoints        []string     // their mounts in bottle's state dir (pinProtect)
 	committed        bool
 }
 
@@ -156,9 +158,11 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	if err := e.writeStage(s.p); err != nil {
 		return 0, err
 	}
-	if err := protect.Create(s.p.Workspace.Source, s.p.Workspace.Protect.Create); err != nil {
-		return 0, fmt.Errorf("workspace protection of %s: %w", id, err)
+	if s.protectScan, err = s.prepareProtect(); err != nil {
+		return 0, err
 	}
+	defer s.protectScan()
+	defer s.unpin()
 	if s.st, err = s.prepareSelfTest(); err != nil {
 		return 0, err
 	}
@@ -404,6 +408,11 @@ func (s *starter) prepare(c *plan.Container) error {
 			return err
 		}
 	}
+	if c.Role == names.RoleAgent {
+		if err := s.pinProtect(spec); err != nil {
+			return err
+		}
+	}
 	cs := ctr.ContainerSpec{Name: c.Name, Image: c.Image, Labels: c.Labels, Spec: spec, Runtime: s.rt}
 	if s.prev != nil {
 		exists, err := e.ctr.Exists(ctx, c.Name)
@@ -446,13 +455,14 @@ func (s *starter) runDetached(waitSidecars func() error) error {
 	if err := errors.Join(waitSidecars(), s.ctx.Err()); err != nil {
 		return err
 	}
-	if err := s.st.beforeStart(e, s.id); err != nil {
+	if err := errors.Join(s.protectScan(), s.st.beforeStart(e, s.id)); err != nil {
 		return err
 	}
 	e.log.Info(s.banner())
 	if _, err := e.ctr.Start(s.ctx, s.id.Container(names.RoleAgent), e.logPath(s.id, names.RoleAgent)); err != nil {
 		return err
 	}
+	s.unpin() // the task has its mounts
 	// Committed only once the self-test passed: a failure takes the bottle back.
 	if s.st != nil {
 		if err := s.st.await(s.ctx, e, s.id); err != nil {
@@ -487,9 +497,10 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		if err := s.ctx.Err(); err != nil { // interrupted at the last moment
 			return err
 		}
-		if err := s.st.beforeStart(e, s.id); err != nil {
+		if err := errors.Join(s.protectScan(), s.st.beforeStart(e, s.id)); err != nil {
 			return err
 		}
+		s.unpin() // the task exists, with its mounts
 		if s.st != nil {
 			waitSelfTest = async(func() error {
 				err := s.st.await(awaitCtx, e, s.id)
@@ -555,6 +566,9 @@ func (s *starter) runAttached(ctx context.Context, stopSignals func(), waitSidec
 		stopErr, down = e.stopMeta(stopCtx, meta), downStopped
 	}
 	reason := watch.reason()
+	if rec, err := e.loadProtectRecord(s.id); err == nil {
+		e.checkWorkspace(meta, rec, endEvent(so.Remove))
+	}
 	if stopErr == nil {
 		meta.Phase, meta.Pid, meta.PidStart, meta.Reason = state.PhaseStopped, 0, 0, reason
 		if err := e.store.Save(meta); err != nil {

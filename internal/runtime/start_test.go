@@ -49,10 +49,11 @@ type fakeHost struct {
 	// madeDespiteError: roles whose failing Create still makes the container, as a call
 	// cancelled after containerd did the work does.
 	madeDespiteError map[string]bool
+	specs            map[string]*specs.Spec // by role, set by Create before its hook runs
 }
 
 func newFakeHost(stateDir string) *fakeHost {
-	return &fakeHost{stateDir: stateDir, fail: map[string]error{}, hook: map[string]func(){}, started: map[string]bool{}, exists: map[string]bool{}, images: map[string]string{}, built: map[string]bool{}}
+	return &fakeHost{stateDir: stateDir, fail: map[string]error{}, hook: map[string]func(){}, started: map[string]bool{}, exists: map[string]bool{}, images: map[string]string{}, built: map[string]bool{}, specs: map[string]*specs.Spec{}}
 }
 
 // role is the role part of a container name.
@@ -109,6 +110,9 @@ func (f *fakeHost) EnsureSidecarImage(context.Context, string, string, string) (
 	return "bottle.local/sidecar:test", f.do("sidecar image")
 }
 func (f *fakeHost) Create(_ context.Context, cs ctr.ContainerSpec) error {
+	f.mu.Lock()
+	f.specs[role(cs.Name)] = cs.Spec
+	f.mu.Unlock()
 	err := f.do("create " + role(cs.Name))
 	f.mu.Lock()
 	defer f.mu.Unlock()
