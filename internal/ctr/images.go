@@ -214,12 +214,17 @@ func sidecarImageRef(version string, executableDigest string) string {
 }
 
 // EnsureSidecarImage makes sure bottle's own sidecar image exists for the sidecar
-// executable exe (which must be static: it runs in a rootfs without libc) and returns
-// its name. The image holds the executable at /bottle and the host CA bundle.
+// executable next to the running one (ociarchive.SidecarExecutable; it must be static:
+// it runs in a rootfs without libc) and returns its name. The image holds the
+// executable at /bottle and the host CA bundle.
 //
 // hashCache, when not empty, is a file remembering the executable's digest by its inode,
 // size and modification time, so a start need not hash it again.
-func (c *Client) EnsureSidecarImage(ctx context.Context, version, exe, hashCache string) (string, error) {
+func (c *Client) EnsureSidecarImage(ctx context.Context, version, hashCache string) (string, error) {
+	exe, err := ociarchive.SidecarExecutable()
+	if err != nil {
+		return "", err
+	}
 	return c.ensureSidecarImage(ctx, version, exe, ociarchive.HostCABundle, hashCache)
 }
 

@@ -1,14 +1,35 @@
 package ociarchive
 
-import "os"
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
 
 // HostCABundle is where Debian-like hosts keep the CA bundle the sidecar image carries.
 const HostCABundle = "/etc/ssl/certs/ca-certificates.crt"
 
-// SidecarExecutablePath is where bottle's own executable lives in the sidecar image.
+// SidecarExecutablePath is where the sidecars' executable lives in the sidecar image.
 const SidecarExecutablePath = "/bottle"
 
-// SidecarImage describes bottle's sidecar image: the (static) bottle executable at
+// SidecarExecutableName is the sidecars' own binary (cmd/bottle-sidecar), installed next
+// to bottle's: each sidecar's sandbox then holds only the sidecars' code, not the CLI's.
+const SidecarExecutableName = "bottle-sidecar"
+
+// SidecarExecutable is the sidecar binary next to the running executable.
+func SidecarExecutable() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("sidecar binary: locate own executable: %w", err)
+	}
+	path := filepath.Join(filepath.Dir(exe), SidecarExecutableName)
+	if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("sidecar binary %s is missing; install it next to bottle (`make build` builds both into bin/; `go build -o %s ./cmd/bottle-sidecar`)", path, path)
+	}
+	return path, nil
+}
+
+// SidecarImage describes bottle's sidecar image: the (static) sidecar executable at
 // /bottle, the host's CA bundle at the same path inside, an empty sticky /tmp and
 // minimal passwd/group files.
 func SidecarImage(ref, executable, caBundle string) Image {

@@ -21,6 +21,7 @@ import (
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/netns"
+	"github.com/bottle-dev/bottle/internal/ociarchive"
 	"github.com/bottle-dev/bottle/internal/plan"
 	"github.com/bottle-dev/bottle/internal/protect"
 	"github.com/bottle-dev/bottle/internal/slots"
@@ -189,11 +190,7 @@ func Blocking(checks []Check) bool {
 // sandboxCheck runs `/bottle version` (the sidecar binary) from the sidecar image under
 // the runtime.
 func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version string) error {
-	exe, err := SidecarExecutable()
-	if err != nil {
-		return err
-	}
-	ref, err := c.EnsureSidecarImage(ctx, version, exe, "")
+	ref, err := c.EnsureSidecarImage(ctx, version, "")
 	if err != nil {
 		return err
 	}
@@ -217,7 +214,7 @@ func sandboxCheck(ctx context.Context, c *ctr.Client, rt ctr.Runtime, version st
 	if err != nil {
 		return err
 	}
-	if code != 0 || !strings.HasPrefix(out.String(), SidecarExecutableName+" ") {
+	if code != 0 || !strings.HasPrefix(out.String(), ociarchive.SidecarExecutableName+" ") {
 		return fmt.Errorf("exit %d, output %q", code, out.String())
 	}
 	return nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/bottle-dev/bottle/internal/ociarchive"
@@ -31,7 +30,7 @@ func ExportPlan(ctx context.Context, opts Options, po PlanOptions) (*plan.Plan, 
 // be static, and the host's CA bundle) as an OCI archive at path, named ref, for a
 // registry that Kubernetes nodes pull from.
 func ExportSidecarImage(path, ref string) error {
-	exe, err := SidecarExecutable()
+	exe, err := ociarchive.SidecarExecutable()
 	if err != nil {
 		return err
 	}
@@ -42,23 +41,6 @@ func ExportSidecarImage(path, ref string) error {
 		return fmt.Errorf("sidecar image %s: %w", ref, err)
 	}
 	return nil
-}
-
-// SidecarExecutableName is the sidecars' own binary (cmd/bottle-sidecar), installed next
-// to bottle's: each sidecar's sandbox then holds only the sidecars' code, not the CLI's.
-const SidecarExecutableName = "bottle-sidecar"
-
-// SidecarExecutable is the sidecar binary next to this executable.
-func SidecarExecutable() (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", fmt.Errorf("sidecar binary: locate own executable: %w", err)
-	}
-	path := filepath.Join(filepath.Dir(exe), SidecarExecutableName)
-	if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("sidecar binary %s is missing; install it next to bottle (`make build` builds both into bin/; `go build -o %s ./cmd/bottle-sidecar`)", path, path)
-	}
-	return path, nil
 }
 
 // ApplyPlan is the plan `bottle k8s apply` runs: a start's, with the host's secret

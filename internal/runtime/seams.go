@@ -21,7 +21,7 @@ type containers interface {
 	Ping(ctx context.Context, wait time.Duration) error
 	ImageExists(ctx context.Context, ref string) (bool, error)
 	ImageConfig(ctx context.Context, ref string) (ocispec.ImageConfig, error)
-	EnsureSidecarImage(ctx context.Context, version, exe, hashCache string) (string, error)
+	EnsureSidecarImage(ctx context.Context, version, hashCache string) (string, error)
 	Exists(ctx context.Context, name string) (bool, error)
 	Create(ctx context.Context, cs ctr.ContainerSpec) error
 	Update(ctx context.Context, cs ctr.ContainerSpec) error

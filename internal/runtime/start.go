@@ -127,12 +127,8 @@ func (e *Engine) run(ctx context.Context, id names.Identity, so StartOptions, pr
 	e.log.Debug("setting up", "identity", id, "runtime", s.rt.String())
 	// The sidecar image is checked while the address slot and the firewall are made.
 	var sidecarImage string
-	waitImage := async(func() error {
-		exe, err := SidecarExecutable()
-		if err != nil {
-			return err
-		}
-		sidecarImage, err = e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version, exe, filepath.Join(e.opts.StateDir, "sidecar-image.hash"))
+	waitImage := async(func() (err error) {
+		sidecarImage, err = e.ctr.EnsureSidecarImage(setupCtx, e.opts.Version, filepath.Join(e.opts.StateDir, "sidecar-image.hash"))
 		return err
 	})
 	defer waitImage()

@@ -106,7 +106,7 @@ func (f *fakeHost) ImageExists(_ context.Context, ref string) (bool, error) {
 func (f *fakeHost) ImageConfig(context.Context, string) (ocispec.ImageConfig, error) {
 	return ocispec.ImageConfig{Env: []string{"PATH=/bin"}, Cmd: []string{"/bin/sh"}}, nil
 }
-func (f *fakeHost) EnsureSidecarImage(context.Context, string, string, string) (string, error) {
+func (f *fakeHost) EnsureSidecarImage(context.Context, string, string) (string, error) {
 	return "bottle.local/sidecar:test", f.do("sidecar image")
 }
 func (f *fakeHost) Create(_ context.Context, cs ctr.ContainerSpec) error {
