@@ -261,19 +261,32 @@ func (d Dirs) pin(p *Proposal) error {
 		return err
 	}
 	path := d.pinned(p.N)
-	switch pinned, err := os.ReadFile(path); {
-	case err == nil:
-		if !bytes.Equal(pinned, data) {
-			return fmt.Errorf("proposal %d changed after bottle first read it (only a misbehaving supervise sidecar rewrites a proposal): deny it", p.N)
-		}
-		return nil
-	case !errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("proposal %d: %w", p.N, err)
-	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("proposal %d: %w", p.N, err)
 	}
-	return state.WriteFile(path, data, 0o644)
+	// The pin is made whole beside its name and linked to it: a link never replaces, so
+	// when two host readers race, the first pin stands and the other compares with it.
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new-*")
+	if err != nil {
+		return fmt.Errorf("proposal %d: %w", p.N, err)
+	}
+	_, err = f.Write(data)
+	err = errors.Join(err, f.Sync(), f.Chmod(0o644), f.Close())
+	if err == nil {
+		err = os.Link(f.Name(), path)
+	}
+	_ = os.Remove(f.Name())
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("proposal %d: %w", p.N, err)
+	}
+	pinned, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("proposal %d: %w", p.N, err)
+	}
+	if !bytes.Equal(pinned, data) {
+		return fmt.Errorf("proposal %d changed after bottle first read it (only a misbehaving supervise sidecar rewrites a proposal): deny it", p.N)
+	}
+	return nil
 }
 
 // Entry reads proposal n.

@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -448,5 +450,38 @@ func TestProposalPinned(t *testing.T) {
 	}
 	if e, err := dirs.Entry(1); err != nil || e.Proposal == nil {
 		t.Errorf("restored proposal: %+v %v", e, err)
+	}
+}
+
+// TestPinRace: two host readers pinning different versions of one proposal at once:
+// the first pin stands, and the other is refused (never replaces it).
+func TestPinRace(t *testing.T) {
+	for i := range 50 {
+		dirs := Dirs{Root: t.TempDir()}
+		if err := dirs.Prepare(os.Getuid()); err != nil {
+			t.Fatal(err)
+		}
+		versions := []*Proposal{{N: 1, Kind: "allowlist", Justification: "a"}, {N: 1, Kind: "allowlist", Justification: "b"}}
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for k, p := range versions {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[k] = dirs.pin(p)
+			}()
+		}
+		wg.Wait()
+		if (errs[0] == nil) == (errs[1] == nil) {
+			t.Fatalf("round %d: errors %v, want exactly one pin to stand", i, errs)
+		}
+		won := versions[0]
+		if errs[0] != nil {
+			won = versions[1]
+		}
+		want, _ := json.Marshal(won)
+		if got, err := os.ReadFile(dirs.pinned(1)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("round %d: pinned %s, %v; want the version that stood", i, got, err)
+		}
 	}
 }
