@@ -504,14 +504,24 @@ func (s *scanner) scanConfig(p string) ([]Finding, error) {
 	} else if entries, err := ParseConfig(bytes.NewReader(data)); err != nil {
 		out = []Finding{{Path: p, What: "config that bottle cannot parse (" + err.Error() + ")"}}
 	} else {
+		more := 0
 		for _, e := range entries {
-			if Dangerous(e) {
+			switch {
+			case !Dangerous(e):
+			case len(out) < maxFileFindings:
 				out = append(out, Finding{Path: p, What: fmt.Sprintf("config %s = %q", e.Key(), e.Value)})
+			default:
+				more++
 			}
 		}
+		if more > 0 {
+			out = append(out, Finding{Path: p, What: fmt.Sprintf("...and %d more", more)})
+		}
+		s.files[key] = scannedFile{path: p, findings: len(out) + more - min(more, 1)}
+		return out, nil
 	}
 	s.files[key] = scannedFile{path: p, findings: len(out)}
-	return capped(p, out), nil
+	return out, nil
 }
 
 // scanIndex lists the gitlinks of index file p.
