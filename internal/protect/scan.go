@@ -162,8 +162,7 @@ func (s *scanner) visit(p string, d fs.DirEntry) error {
 		case name == ".git":
 			// git takes a .git without a valid HEAD for no repository and looks further:
 			// at a bare layout beside it, or a repository above. (A HEAD file with
-			// invalid content is found at the file.)
-			// A HEAD that is no regular file is found at the HEAD.
+			// invalid content, or that is no regular file, is found at the file.)
 			if fi, err := s.root.Lstat(path.Join(p, "HEAD")); err != nil || fi.IsDir() {
 				if err := s.add(Finding{Path: path.Join(p, "HEAD"), What: "missing or a dir: " + invalidHead}); err != nil {
 					return err
@@ -231,8 +230,13 @@ func (s *scanner) visit(p string, d fs.DirEntry) error {
 			return err
 		}
 		found = keys
-	case isTodo(p) && d.Type().IsRegular():
+	case isConfig(p):
+		// git follows a link: what it leads to is not scanned.
+		found = []Finding{{Path: p, What: "config that is no regular file (a link git follows?)", Digest: s.digest(p, d)}}
+	case isTodo(p):
 		found = s.scanTodo(p)
+	case d.Type()&fs.ModeSymlink != 0 && isSequencerState(s.root, p, name):
+		found = []Finding{{Path: p, What: "rebase, cherry-pick or revert in progress, through a link", Digest: s.digest(p, d)}}
 	}
 	if s.stop != nil {
 		return s.stop
@@ -286,17 +290,23 @@ func (s *scanner) present(p string) bool {
 	return lerr == nil && li.Mode()&fs.ModeSymlink != 0 && !errors.Is(err, fs.ErrNotExist)
 }
 
-// headLine is what git reads of HEAD file p: its first line, or for a link "ref: " and
-// where it points.
+// headLine is what git reads of HEAD file p: its first line as it is, or for a link
+// "ref:" and where it points (git takes a link only into refs/).
 func (s *scanner) headLine(p string, d fs.DirEntry) string {
 	if d.Type()&fs.ModeSymlink != 0 {
 		target, err := s.root.Readlink(p)
 		if err != nil {
 			return ""
 		}
-		return "ref: " + target
+		return "ref:" + target
 	}
-	return s.firstLine(p)
+	f, err := openRegular(s.root, p)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	line, _ := bufio.NewReader(io.LimitReader(f, 255)).ReadString('\n')
+	return line
 }
 
 // ownCommondir reports whether commondir file p, holding line, leads back to a git dir
@@ -335,16 +345,22 @@ func (s *scanner) inRoot(dir, target string) (string, bool) {
 // file in dir leads to (line), when it is in the root and not a git dir the walk scans.
 func (s *scanner) scanCommon(dir, line string) []Finding {
 	common, ok := s.inRoot(dir, line)
-	if !ok || s.commons[common] || inGitDir(path.Join(common, "config")) {
+	if !ok || s.commons[common] {
 		return nil
 	}
 	s.commons[common] = true
+	// The walk scans the config and hooks of a .git dir (not in an object store, which it
+	// skips): a config read twice gives its findings once (scanConfig).
+	walked := inGitDir(common+"/") && !strings.Contains("/"+common+"/", "/objects/")
 	var out []Finding
 	if conf := path.Join(common, "config"); isRegular(s.root, conf) {
 		keys, _ := s.scanConfig(conf) // a budget spent stops the scan in visit
 		out = append(out, keys...)
 	}
 	hooks := path.Join(common, "hooks")
+	if walked {
+		return out
+	}
 	f, err := s.root.OpenFile(hooks, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
 	if err != nil {
 		return out
@@ -378,17 +394,18 @@ func isTodo(p string) bool {
 	return inGitDir(p) && (parent == "rebase-merge" && path.Base(p) == "git-rebase-todo" || parent == "sequencer" && path.Base(p) == "todo")
 }
 
-// validHead reports whether line (a HEAD's first line) is what git takes: a symbolic
-// ref into refs/, or an object name.
+// validHead reports whether line (a HEAD's first line) is what git takes (setup.c
+// validate_headref): "ref:", spaces and a ref in refs/, or a line that starts with an
+// object name in hex (git reads the first 40 digits, of either case, and no further).
 func validHead(line string) bool {
 	if ref, ok := strings.CutPrefix(line, "ref:"); ok {
-		return strings.HasPrefix(strings.TrimSpace(ref), "refs/")
+		return strings.HasPrefix(strings.TrimLeft(ref, " \t\n\v\f\r"), "refs/")
 	}
-	if len(line) != 40 && len(line) != 64 {
+	if len(line) < 40 {
 		return false
 	}
-	for _, c := range line {
-		if !strings.ContainsRune("0123456789abcdef", c) {
+	for _, c := range line[:40] {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", c) {
 			return false
 		}
 	}

@@ -152,6 +152,39 @@ func TestScanBareLayoutsGitUses(t *testing.T) {
 			write(t, ws, "x/config", pager)
 		},
 		want: []string{".git/commondir: git dir link (../x)", "x/config: config core.pager"},
+	}, {
+		// git reads only the first 40 hex digits of a HEAD, of either case.
+		name: "hex HEAD", in: "s", gitDir: ".",
+		make: func(t *testing.T, ws string) {
+			mkdirs(t, ws, "s")
+			write(t, ws, "s/HEAD", strings.ToUpper(git(t, ws, "rev-parse", "HEAD"))+" junk\n")
+			symlink(t, "../.git/objects", filepath.Join(ws, "s/objects"))
+			symlink(t, "../.git/refs", filepath.Join(ws, "s/refs"))
+			write(t, ws, "s/config", pager)
+		},
+		want: []string{"s/HEAD: " + BareLayout, "s/config: config core.pager"},
+	}, {
+		// The scan skips object stores, but not a common dir there.
+		name: "commondir into objects", in: ".", gitDir: ".git",
+		make: func(t *testing.T, ws string) {
+			mkdirs(t, ws, ".git/objects/evil/objects", ".git/objects/evil/refs")
+			write(t, ws, ".git/commondir", "objects/evil\n")
+			write(t, ws, ".git/objects/evil/config", pager)
+			write(t, ws, ".git/objects/evil/hooks/pre-commit", "evil")
+		},
+		want: []string{".git/commondir: git dir link (objects/evil)", ".git/objects/evil/config: config core.pager", ".git/objects/evil/hooks/pre-commit: hook"},
+	}, {
+		// git follows a link at a repository's config.
+		name: "config link", in: "sub", gitDir: ".git",
+		make: func(t *testing.T, ws string) {
+			git(t, ws, "init", "-q", "sub")
+			if err := os.Remove(filepath.Join(ws, "sub/.git/config")); err != nil {
+				t.Fatal(err)
+			}
+			write(t, ws, "evil.conf", pager)
+			symlink(t, "../../evil.conf", filepath.Join(ws, "sub/.git/config"))
+		},
+		want: []string{"sub/.git/config: config that is no regular file"},
 	}}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -161,10 +194,8 @@ func TestScanBareLayoutsGitUses(t *testing.T) {
 			if got := git(t, filepath.Join(ws, c.in), "rev-parse", "--git-dir"); got != c.gitDir {
 				t.Fatalf("git takes %s for its git dir, want %s: the layout is not the one git uses", got, c.gitDir)
 			}
-			if c.name == "git dir commondir" {
-				if got := git(t, ws, "config", "core.pager"); !strings.Contains(got, "PWNED") {
-					t.Fatalf("git does not read x/config: core.pager = %q", got)
-				}
+			if got := git(t, filepath.Join(ws, c.in), "config", "core.pager"); !strings.Contains(got, "PWNED") {
+				t.Fatalf("git there does not read the agent's config: core.pager = %q", got)
 			}
 			all := findingsText(Appeared(before, scanDir(t, ws)))
 			for _, w := range c.want {
