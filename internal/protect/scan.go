@@ -209,13 +209,7 @@ func (s *scanner) visit(p string, d fs.DirEntry) error {
 				}
 			}
 		}
-		if conf := path.Join(dir, "config"); isRegular(s.root, conf) {
-			keys, err := s.scanConfig(conf)
-			if err != nil {
-				return err
-			}
-			found = append(found, keys...)
-		}
+		found = append(found, s.scanRepoDir(dir)...)
 	case inHooks(p):
 		if !strings.HasSuffix(name, ".sample") {
 			found = []Finding{{Path: p, What: "hook", Digest: s.digest(p, d)}}
@@ -342,27 +336,40 @@ func (s *scanner) inRoot(dir, target string) (string, bool) {
 }
 
 // scanCommon lists the dangerous config keys and hooks of the common dir a commondir
-// file in dir leads to (line), when it is in the root and not a git dir the walk scans.
+// file in dir leads to (line), when it is in the root.
 func (s *scanner) scanCommon(dir, line string) []Finding {
 	common, ok := s.inRoot(dir, line)
-	if !ok || s.commons[common] {
+	if !ok {
 		return nil
 	}
-	s.commons[common] = true
-	// The walk scans the config and hooks of a .git dir (not in an object store, which it
-	// skips): a config read twice gives its findings once (scanConfig).
-	walked := inGitDir(common+"/") && !strings.Contains("/"+common+"/", "/objects/")
+	return s.scanRepoDir(common)
+}
+
+// scanRepoDir lists the dangerous config keys and the hooks of git dir dir (once a
+// scan), those the walk does not find: it finds them in a .git dir, not in an object
+// store (which it skips) nor outside a .git dir. A config read twice gives its findings
+// once (scanConfig).
+func (s *scanner) scanRepoDir(dir string) []Finding {
+	if s.commons[dir] {
+		return nil
+	}
+	s.commons[dir] = true
+	walked := inGitDir(dir+"/") && !strings.Contains("/"+dir+"/", "/objects/")
 	var out []Finding
-	if conf := path.Join(common, "config"); isRegular(s.root, conf) {
+	if conf := path.Join(dir, "config"); isRegular(s.root, conf) {
 		keys, _ := s.scanConfig(conf) // a budget spent stops the scan in visit
 		out = append(out, keys...)
 	}
-	hooks := path.Join(common, "hooks")
+	hooks := path.Join(dir, "hooks")
 	if walked {
 		return out
 	}
-	f, err := s.root.OpenFile(hooks, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
+	f, err := s.root.Open(hooks) // git follows a link here: so does os.Root, within the root
 	if err != nil {
+		if fi, lerr := s.root.Lstat(hooks); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			target, _ := s.root.Readlink(hooks)
+			out = append(out, Finding{Path: hooks, What: "hooks dir that is a link bottle cannot follow (" + target + ")"})
+		}
 		return out
 	}
 	defer f.Close()

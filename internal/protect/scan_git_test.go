@@ -119,8 +119,9 @@ func TestScanBareLayoutsGitUses(t *testing.T) {
 			symlink(t, ".git/objects", filepath.Join(ws, "objects"))
 			symlink(t, ".git/refs", filepath.Join(ws, "refs"))
 			write(t, ws, "config", pager)
+			write(t, ws, "hooks/post-checkout", "#!/bin/sh\nevil\n")
 		},
-		want: []string{".git/HEAD: missing or a dir", "HEAD: " + BareLayout, `config: config core.pager = "touch /tmp/PWNED; cat"`},
+		want: []string{".git/HEAD: missing or a dir", "HEAD: " + BareLayout, `config: config core.pager = "touch /tmp/PWNED; cat"`, "hooks/post-checkout: hook"},
 	}, {
 		name: "commondir", in: ".", gitDir: ".",
 		make: func(t *testing.T, ws string) {
