@@ -66,6 +66,52 @@ func TestScanHardLinkFlood(t *testing.T) {
 	}
 }
 
+// TestScanHardLinksReadOnce: a hook and an index hard-linked into many repositories are
+// read once (the bytes the scan reads say so); each link is still found.
+func TestScanHardLinksReadOnce(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "r0/.git/HEAD", "ref: refs/heads/main\n")
+	write(t, dir, "r0/.git/hooks/pre-commit", "#!/bin/sh\n"+strings.Repeat("#\n", 1<<19))
+	index := gitIndex(t, "sha1", 2, "sub")
+	if err := os.WriteFile(filepath.Join(dir, "r0/.git/index"), index, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const links = 20
+	for i := 1; i < links; i++ {
+		write(t, dir, fmt.Sprintf("r%d/.git/HEAD", i), "ref: refs/heads/main\n")
+		mkdirs(t, dir, fmt.Sprintf("r%d/.git/hooks", i))
+		for _, f := range []string{".git/hooks/pre-commit", ".git/index"} {
+			if err := os.Link(filepath.Join(dir, "r0", f), filepath.Join(dir, fmt.Sprintf("r%d", i), f)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	s := newScanner(root)
+	found, err := s.scan(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if once := int64(1<<20 + 10 + len(index)); s.bytes != once {
+		t.Errorf("the scan read %d bytes, want %d (each file once)", s.bytes, once)
+	}
+	hooks, digests := 0, map[string]bool{}
+	for _, f := range found {
+		if f.What == "hook" {
+			hooks++
+			digests[f.Digest] = true
+		}
+	}
+	text := findingsText(found)
+	if hooks != links || len(digests) != 1 || !strings.Contains(text, "r7/.git/index: hard link to r0/.git/index (1 findings there)") {
+		t.Errorf("%d hooks with %d digests, want %d with one:\n%s", hooks, len(digests), links, text)
+	}
+}
+
 // TestScanCaps: a scan stops, with what it found so far, past its findings, its bytes
 // and its time, and checks its time at every entry, not every 1024.
 func TestScanCaps(t *testing.T) {
