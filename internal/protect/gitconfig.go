@@ -195,7 +195,12 @@ func Dangerous(e ConfigEntry) bool {
 	case "difftool", "mergetool":
 		return in("cmd")
 	case "remote":
-		return in("uploadpack", "receivepack", "proxy")
+		// remote.<name>.vcs runs git-remote-<vcs>, a program of that name on the PATH.
+		return in("uploadpack", "receivepack", "proxy", "vcs")
+	case "imap":
+		return in("tunnel")
+	case "guitool":
+		return e.Subsection != "" && in("cmd")
 	case "uploadpack":
 		return in("packobjectshook")
 	case "extensions":

@@ -75,6 +75,7 @@ func TestScanAppeared(t *testing.T) {
 	write(t, cp, ".git/hooks/pre-push", "changed")
 	write(t, cp, ".git/config", "[core]\n\tbare = false\n\tfsmonitor = evil\n[remote \"origin\"]\n\turl = https://example.invalid/r.git\n")
 	write(t, cp, "vendor/lib/.git/hooks/post-merge", "evil")
+	write(t, cp, "vendor/lib/.git/HEAD", "ref: refs/heads/main\n")
 	write(t, cp, "sub/.git", "gitdir: ../vendor/lib/.git\n")
 	write(t, cp, ".git/objects/ab/hooks/x", "not a hook: object store")
 
@@ -143,7 +144,7 @@ func TestScannerNotFooled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	found, err := scanConfig(root, "config")
+	found, err := newScanner(root).scanConfig("config")
 	if err != nil || len(found) != 1 || !strings.Contains(found[0].What, "too large to scan") {
 		t.Errorf("a padded config: %+v %v", found, err)
 	}
@@ -203,6 +204,7 @@ func TestScanGitlinksAndBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	write(t, cp, "sub/.git/config", "[core]\n\tfsmonitor = evil\n")
+	write(t, cp, "sub/.git/HEAD", "ref: refs/heads/main\n")
 	write(t, cp, "notes/index", "DIRC but not in a git dir")
 	scan := func(dir string) []Finding { return scanDir(t, dir) }
 	var got []string

@@ -45,14 +45,34 @@ func gitFindings(dir, rel, original string) ([]protect.Finding, error) {
 	return protect.Appeared(before, after), nil
 }
 
-// warnFindings tells the person what could run on the host at their next git command.
+// What a scan's findings may add to the log and to the trail: a workspace the agent
+// filled with findings must not flood either.
+const (
+	maxLoggedFindings  = 50
+	maxAuditedFindings = 200
+)
+
+// warnFindings tells the person what could run on the host at their next git command
+// (the first maxLoggedFindings findings, and how many more).
 func warnFindings(log *slog.Logger, what string, found []protect.Finding, err error) {
 	if err != nil {
 		log.Warn(what+": could not look for git hooks and config that run code", "error", err)
 	}
-	for _, f := range found {
-		log.Warn(fmt.Sprintf("%s: %s; it can run code at the next git command where it lands: inspect it before you run git there", what, f))
+	lines, more := findingLines(found, maxLoggedFindings)
+	for _, l := range lines {
+		log.Warn(fmt.Sprintf("%s: %s; it can run code at the next git command where it lands: inspect it before you run git there", what, l))
 	}
+	if more > 0 {
+		log.Warn(fmt.Sprintf("%s: %d more git hooks or config that run code, not listed", what, more))
+	}
+}
+
+// findingLines are the first n findings as text, and how many more there are.
+func findingLines(found []protect.Finding, n int) (lines []string, more int) {
+	for _, f := range found[:min(n, len(found))] {
+		lines = append(lines, f.String())
+	}
+	return lines, len(found) - len(lines)
 }
 
 // warnCopyFindings warns, once the agent of a --cwd copy has exited, about the hooks and
@@ -190,11 +210,11 @@ func (e *Engine) checkWorkspace(m *state.Meta, rec protectRecord, event string) 
 		e.log.Warn("git uses a bare repository layout, with its config, when run in it or when the .git above it is broken; `" + protect.BareRecommendation + "` (git >= 2.38) makes your git ignore it")
 	}
 	if len(found) > 0 || err != nil {
-		lines := make([]string, len(found))
-		for i, f := range found {
-			lines[i] = f.String()
-		}
+		lines, more := findingLines(found, maxAuditedFindings)
 		fields := map[string]any{"event": event, "findings": lines}
+		if more > 0 {
+			fields["more"] = more
+		}
 		if err != nil { // a scan cut short (an agent can fill the workspace past the bounds)
 			fields["error"] = err.Error()
 		}
