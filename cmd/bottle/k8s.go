@@ -135,7 +135,7 @@ func k8sCommand() *cli.Command {
 			},
 		}, {
 			Name:  "ps",
-			Usage: "list the bottles' Pods",
+			Usage: "list the bottles' Pods (and each agent Sandbox its controller has made no Pod for)",
 			Action: func(c *cli.Context) error {
 				cl, err := k8sClient(c)
 				if err != nil {
