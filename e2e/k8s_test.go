@@ -171,6 +171,7 @@ func TestK8s(t *testing.T) {
 	t.Run("PodRunsUnderGVisor", func(t *testing.T) { testK8sGVisorPod(t, a) })
 	t.Run("ExportPassesStrictValidation", func(t *testing.T) { testK8sExportStrict(t, a) })
 	t.Run("ApplyPsRm", func(t *testing.T) { testK8sApplyPsRm(t, a) })
+	t.Run("AgentSandbox", func(t *testing.T) { testK8sAgentSandbox(t, a) })
 	t.Run("AgentThroughFilter", func(t *testing.T) { testK8sAgentThroughFilter(t, a) })
 	t.Run("Doctor", func(t *testing.T) { testK8sDoctor(t, a) })
 }
