@@ -14,11 +14,6 @@ import (
 	"time"
 )
 
-// sandboxCollection is the API path of agent-sandbox's Sandboxes in namespace ns.
-func sandboxCollection(ns string) string {
-	return "/apis/agents.x-k8s.io/v1alpha1/namespaces/" + ns + "/sandboxes"
-}
-
 // crdSchemaDepth bounds the inlining of $refs: PodSpec nests about a dozen deep; a
 // recursive type would otherwise never end.
 const crdSchemaDepth = 40
@@ -214,11 +209,7 @@ allowlist = ["upstream.test"]
 	apply := []string{"k8s", "--kubeconfig", a.kubeconfig, "apply", "--manifest", manifest, "--sidecar-image", k8sSidecarImage, "--wait", "0", "--format", "agent-sandbox", "coder"}
 	left := func(kind string) int {
 		t.Helper()
-		path := collection(kind, ns)
-		if kind == "Sandbox" {
-			path = sandboxCollection(ns)
-		}
-		code, body := a.do("GET", path+"?labelSelector=bottle.identity", nil)
+		code, body := a.do("GET", collection(kind, ns)+"?labelSelector=bottle.identity", nil)
 		var list struct {
 			Items []json.RawMessage `json:"items"`
 		}
@@ -267,11 +258,11 @@ allowlist = ["upstream.test"]
 		}
 	}
 	// Established is the API's; its handler may take a moment more.
-	dryRun := func(item []byte) (int, []byte) {
+	dryRun := func(kind string, item []byte) (int, []byte) {
 		var code int
 		var body []byte
 		for range 50 {
-			if code, body = a.do("POST", sandboxCollection(ns)+"?dryRun=All&fieldValidation=Strict", item); code != http.StatusNotFound {
+			if code, body = a.do("POST", collection(kind, ns)+"?dryRun=All&fieldValidation=Strict", item); code != http.StatusNotFound {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
@@ -283,37 +274,16 @@ allowlist = ["upstream.test"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	var list struct {
-		Items []json.RawMessage `json:"items"`
-	}
-	if err := json.Unmarshal([]byte(out), &list); err != nil {
-		t.Fatalf("export is not JSON: %v", err)
-	}
+	objs, kinds := exportObjects(t, []byte(out))
 	var sandbox map[string]any
-	kinds := map[string]int{}
-	for _, item := range list.Items {
-		var meta struct {
-			Kind     string `json:"kind"`
-			Metadata struct {
-				Name string `json:"name"`
-			} `json:"metadata"`
+	for _, o := range objs {
+		if code, body := dryRun(o.Kind, o.JSON); code != http.StatusCreated && code != http.StatusOK {
+			t.Errorf("%s %s refused: %d %s", o.Kind, o.Name, code, body)
 		}
-		if err := json.Unmarshal(item, &meta); err != nil {
-			t.Fatal(err)
-		}
-		kinds[meta.Kind]++
-		var code int
-		var body []byte
-		if meta.Kind == "Sandbox" {
-			code, body = dryRun(item)
-			if err := json.Unmarshal(item, &sandbox); err != nil {
+		if o.Kind == "Sandbox" {
+			if err := json.Unmarshal(o.JSON, &sandbox); err != nil {
 				t.Fatal(err)
 			}
-		} else {
-			code, body = a.do("POST", collection(meta.Kind, ns)+"?dryRun=All&fieldValidation=Strict", item)
-		}
-		if code != http.StatusCreated && code != http.StatusOK {
-			t.Errorf("%s %s refused: %d %s", meta.Kind, meta.Metadata.Name, code, body)
 		}
 	}
 	if kinds["Sandbox"] != 1 || kinds["Pod"] != 1 { // the filter: no route, no git
@@ -330,11 +300,11 @@ allowlist = ["upstream.test"]
 			t.Fatal(err)
 		}
 		delete(target, "bottleUnknownField")
-		if code, body := dryRun(bad); code < 400 || !strings.Contains(string(body), "bottleUnknownField") {
+		if code, body := dryRun("Sandbox", bad); code < 400 || !strings.Contains(string(body), "bottleUnknownField") {
 			t.Errorf("a Sandbox with an unknown field: %d %s, want it refused", code, body)
 		}
 	}
-	if code, body := a.do("GET", sandboxCollection(ns), nil); code != http.StatusOK || strings.Contains(string(body), "bottle-coder") {
+	if code, body := a.do("GET", collection("Sandbox", ns), nil); code != http.StatusOK || strings.Contains(string(body), "bottle-coder") {
 		t.Errorf("Sandboxes after the dry runs: %d %s", code, body)
 	}
 
@@ -345,7 +315,7 @@ allowlist = ["upstream.test"]
 	}
 	id := strings.TrimSpace(out)
 	name := "bottle-" + id + "-agent"
-	code, body := a.do("GET", sandboxCollection(ns)+"/"+name, nil)
+	code, body := a.do("GET", collection("Sandbox", ns)+"/"+name, nil)
 	var got struct {
 		Metadata struct {
 			Labels map[string]string `json:"labels"`
