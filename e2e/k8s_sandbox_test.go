@@ -26,7 +26,7 @@ var crdFormats = []string{"int32", "int64", "float", "double", "byte", "date-tim
 // structural CRD schema: $refs inlined, a value of several types (IntOrString, Quantity)
 // as x-kubernetes-int-or-string, only the keywords and extensions a CRD accepts (no
 // descriptions: they would make the CRD too large for etcd), scalar defaults kept (a
-// list map's keys need them), and a list map whose keys are neither required nor
+// list map's keys need them) where their enum allows them, and a list map whose keys are neither required nor
 // defaulted made a plain list. stack holds the names being inlined (recursion guard).
 func crdSchema(schemas map[string]map[string]any, node map[string]any, stack []string) (map[string]any, error) {
 	if len(stack) > crdSchemaDepth {
@@ -63,7 +63,11 @@ func crdSchema(schemas map[string]map[string]any, node map[string]any, stack []s
 	}
 	switch d := node["default"].(type) {
 	case string, float64, bool:
-		out["default"] = d
+		// A CRD refuses a default outside its enum (the API server's "" of an enum: Go's
+		// zero value, which its own types take as unset).
+		if enum, ok := node["enum"].([]any); !ok || slices.Contains(enum, any(d)) {
+			out["default"] = d
+		}
 	}
 	if props, ok := node["properties"].(map[string]any); ok {
 		conv := map[string]any{}
