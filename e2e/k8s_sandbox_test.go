@@ -274,7 +274,13 @@ allowlist = ["upstream.test"]
 		return code, body
 	}
 
-	out, err := bottle("export", "--manifest", manifest, "-o", "json", "--k8s-namespace", ns, "--format", "agent-sandbox")
+	// The export of the unit tests' manifest (routes, git, forwarded and optional env:
+	// secretKeyRefs in the Sandbox's Pod), every object of it.
+	full, err := filepath.Abs("../internal/k8s/testdata/bottle.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := bottle("export", "--manifest", full, "-o", "json", "--k8s-namespace", ns, "--sidecar-image", "registry.test/bottle/sidecar:1", "--format", "agent-sandbox")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,8 +296,11 @@ allowlist = ["upstream.test"]
 			}
 		}
 	}
-	if kinds["Sandbox"] != 1 || kinds["Pod"] != 1 { // the filter: no route, no git
-		t.Fatalf("export --format agent-sandbox kinds %v, want one Sandbox and the filter's Pod", kinds)
+	if kinds["Sandbox"] != 1 || kinds["Pod"] != 3 { // the agent's Pod is the Sandbox's
+		t.Fatalf("export --format agent-sandbox kinds %v, want one Sandbox and three sidecar Pods", kinds)
+	}
+	if !strings.Contains(out, `"secretKeyRef"`) {
+		t.Error("the export holds no secretKeyRef: the test manifest changed")
 	}
 	// The validation is real: an unknown field in the Pod spec, or deep in its container,
 	// is refused.
