@@ -149,8 +149,43 @@ func collection(kind, ns string) string {
 		return "/apis/networking.k8s.io/v1/namespaces/" + ns + "/networkpolicies"
 	case "RuntimeClass":
 		return "/apis/node.k8s.io/v1/runtimeclasses"
+	case "Sandbox":
+		return "/apis/agents.x-k8s.io/v1alpha1/namespaces/" + ns + "/sandboxes"
 	}
 	return "/api/v1/namespaces/" + ns + "/" + strings.ToLower(kind) + "s"
+}
+
+// exportObject is one object of an `export -o json` List.
+type exportObject struct {
+	Kind, Name string
+	JSON       []byte
+}
+
+// exportObjects are the objects of an `export -o json` List, by kind.
+func exportObjects(t *testing.T, out []byte) ([]exportObject, map[string]int) {
+	t.Helper()
+	var list struct {
+		Items []json.RawMessage `json:"items"`
+	}
+	if err := json.Unmarshal(out, &list); err != nil {
+		t.Fatalf("export is not JSON: %v", err)
+	}
+	var objs []exportObject
+	kinds := map[string]int{}
+	for _, item := range list.Items {
+		var meta struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+		}
+		if err := json.Unmarshal(item, &meta); err != nil {
+			t.Fatal(err)
+		}
+		kinds[meta.Kind]++
+		objs = append(objs, exportObject{meta.Kind, meta.Metadata.Name, item})
+	}
+	return objs, kinds
 }
 
 // TestK8s runs bottle's Kubernetes commands against a real API server (no node: Pods
@@ -171,6 +206,7 @@ func TestK8s(t *testing.T) {
 	t.Run("PodRunsUnderGVisor", func(t *testing.T) { testK8sGVisorPod(t, a) })
 	t.Run("ExportPassesStrictValidation", func(t *testing.T) { testK8sExportStrict(t, a) })
 	t.Run("ApplyPsRm", func(t *testing.T) { testK8sApplyPsRm(t, a) })
+	t.Run("AgentSandbox", func(t *testing.T) { testK8sAgentSandbox(t, a) })
 	t.Run("AgentThroughFilter", func(t *testing.T) { testK8sAgentThroughFilter(t, a) })
 	t.Run("Doctor", func(t *testing.T) { testK8sDoctor(t, a) })
 }
@@ -204,32 +240,16 @@ func testK8sExportStrict(t *testing.T, a *apiServer) {
 			t.Errorf("the export holds the value of %s", k)
 		}
 	}
-	var list struct {
-		Items []json.RawMessage `json:"items"`
-	}
-	if err := json.Unmarshal(out, &list); err != nil {
-		t.Fatalf("export is not JSON: %v", err)
-	}
-	kinds := map[string]int{}
+	objs, kinds := exportObjects(t, out)
 	var agentPod []byte
-	for _, item := range list.Items {
-		var meta struct {
-			Kind     string `json:"kind"`
-			Metadata struct {
-				Name string `json:"name"`
-			} `json:"metadata"`
-		}
-		if err := json.Unmarshal(item, &meta); err != nil {
-			t.Fatal(err)
-		}
-		kinds[meta.Kind]++
-		code, body := a.do("POST", collection(meta.Kind, ns)+"?dryRun=All&fieldValidation=Strict", item)
+	for _, o := range objs {
+		code, body := a.do("POST", collection(o.Kind, ns)+"?dryRun=All&fieldValidation=Strict", o.JSON)
 		if code != http.StatusCreated && code != http.StatusOK {
-			t.Errorf("%s %s refused: %d %s", meta.Kind, meta.Metadata.Name, code, body)
+			t.Errorf("%s %s refused: %d %s", o.Kind, o.Name, code, body)
 		}
-		if meta.Kind == "Pod" && strings.HasSuffix(meta.Metadata.Name, "-agent") {
+		if o.Kind == "Pod" && strings.HasSuffix(o.Name, "-agent") {
 			var compact bytes.Buffer
-			if err := json.Compact(&compact, item); err != nil {
+			if err := json.Compact(&compact, o.JSON); err != nil {
 				t.Fatal(err)
 			}
 			agentPod = compact.Bytes()
@@ -256,7 +276,7 @@ func testK8sExportStrict(t *testing.T, a *apiServer) {
 	if code, body := a.do("GET", collection("Pod", ns), nil); code != http.StatusOK || strings.Contains(string(body), "bottle-coder") {
 		t.Errorf("pods after the dry run: %d %s", code, body)
 	}
-	fmt.Fprintf(os.Stderr, "k8s: %d objects passed strict validation: %v\n", len(list.Items), kinds)
+	fmt.Fprintf(os.Stderr, "k8s: %d objects passed strict validation: %v\n", len(objs), kinds)
 }
 
 // testK8sApplyPsRm: `bottle k8s apply` creates the bottle's objects with the host's

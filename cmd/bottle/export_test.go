@@ -113,6 +113,36 @@ token_ref = "GIT_TOKEN"
 	if _, errOut, code := run(t, dir, nil, append(noContainerd, "export", "--manifest", manifest, "-o", "toml")...); code != 2 || !strings.Contains(errOut, "toml") {
 		t.Errorf("export -o toml: exit %d: %s", code, errOut)
 	}
+	// --format agent-sandbox: the agent Pod becomes a Sandbox, the rest stays; the Sandbox
+	// holds no secret value either.
+	out, errOut, code = run(t, dir, env, append(noContainerd, "export", "--manifest", manifest, "-o", "json", "--format", "agent-sandbox")...)
+	if code != 0 {
+		t.Fatalf("export --format agent-sandbox: exit %d: %s", code, errOut)
+	}
+	for k, v := range secrets {
+		if strings.Contains(out+errOut, v) {
+			t.Errorf("export --format agent-sandbox prints the value of %s", k)
+		}
+	}
+	var list struct {
+		Items []struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("export --format agent-sandbox is not JSON: %v", err)
+	}
+	kinds := map[string]int{}
+	for _, it := range list.Items {
+		kinds[it.APIVersion+" "+it.Kind]++
+	}
+	if kinds["agents.x-k8s.io/v1alpha1 Sandbox"] != 1 || kinds["v1 Pod"] != 3 || kinds["v1 Service"] != 3 || kinds["networking.k8s.io/v1 NetworkPolicy"] != 5 {
+		t.Errorf("export --format agent-sandbox kinds %v", kinds)
+	}
+	if _, errOut, code := run(t, dir, nil, append(noContainerd, "export", "--manifest", manifest, "--format", "deployment")...); code != 2 || !strings.Contains(errOut, "deployment") {
+		t.Errorf("export --format deployment: exit %d: %s", code, errOut)
+	}
 }
 
 // TestImageExportWritesSidecarArchive: the archive is an OCI layout holding this

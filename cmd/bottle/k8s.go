@@ -23,6 +23,7 @@ func exportFlags() []cli.Flag {
 		manifestFlag(),
 		&cli.StringFlag{Name: "sidecar-image", Usage: "registry ref of bottle's sidecar image (see 'bottle image export')"},
 		&cli.StringFlag{Name: "runtime-class", Value: k8s.DefaultRuntimeClass, Usage: "RuntimeClass of the agent Pod"},
+		&cli.StringFlag{Name: "format", Value: k8s.FormatPod, Usage: "the agent as: " + k8s.FormatPod + " (its own Pod) or " + k8s.FormatAgentSandbox + " (a kubernetes-sigs/agent-sandbox Sandbox whose controller makes that Pod)"},
 		&cli.StringFlag{Name: "filter", Usage: "override the allowlist filter: " + strings.Join(manifest.FilterChoices, ", ")},
 		&cli.StringSliceFlag{Name: "add-host", Usage: "extra hosts entry NAME:IP for the sidecars that leave the bottle (repeatable)"},
 		&cli.StringFlag{Name: "ca-file", Usage: "PEM file of extra CAs the egress-proxy trusts for upstreams (a private CA)"},
@@ -35,6 +36,7 @@ func exportOptions(c *cli.Context, m *manifest.Manifest, agent string) k8s.Optio
 	return k8s.Options{
 		Namespace: lineageString(c, "k8s-namespace"), SidecarImage: c.String("sidecar-image"),
 		RuntimeClass: c.String("runtime-class"), OptionalEnv: m.Agents[agent].OptionalEnv,
+		AgentFormat: c.String("format"),
 	}
 }
 
@@ -78,6 +80,10 @@ func k8sPlan(c *cli.Context, cmd string,
 	options func(*cli.Context, string) (runtime.PlanOptions, error),
 	build func(context.Context, runtime.Options, runtime.PlanOptions) (*plan.Plan, error),
 ) (*plan.Plan, runtime.PlanOptions, error) {
+	// Both commands take exportFlags: a bad --format is refused before any plan.
+	if f := c.String("format"); !slices.Contains(k8s.AgentFormats, f) {
+		return nil, runtime.PlanOptions{}, usageError{fmt.Errorf("--format %q: use one of %s", f, strings.Join(k8s.AgentFormats, ", "))}
+	}
 	po, err := options(c, cmd)
 	if err != nil {
 		return nil, po, err
@@ -129,7 +135,7 @@ func k8sCommand() *cli.Command {
 			},
 		}, {
 			Name:  "ps",
-			Usage: "list the bottles' Pods",
+			Usage: "list the bottles' Pods (and each agent Sandbox its controller has made no Pod for)",
 			Action: func(c *cli.Context) error {
 				cl, err := k8sClient(c)
 				if err != nil {

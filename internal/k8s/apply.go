@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -133,12 +134,24 @@ func SecretData(p *plan.Plan) map[string]map[string]string {
 // Apply creates a bottle from plan p (which holds the host's secret values): its Secrets
 // with those values, ConfigMaps, Services, NetworkPolicies, the sidecars, and once they
 // are ready (within ready; 0: no wait) the agent, whose hostAliases name the Services'
-// cluster IPs. A failure removes what was created.
+// cluster IPs. With FormatAgentSandbox the agent is a Sandbox (the cluster must serve
+// agent-sandbox's API; its controller makes the agent Pod). A failure removes what was
+// created.
 func (c *Client) Apply(ctx context.Context, p *plan.Plan, opts Options, ready time.Duration) (err error) {
 	opts.Namespace = c.ns
 	objs, err := Export(p, opts)
 	if err != nil {
 		return err
+	}
+	if objs.Sandbox != nil {
+		// Before anything is created: a cluster without agent-sandbox would get a
+		// bottle without its agent.
+		if _, err := c.dyn.Resource(sandboxes).Namespace(c.ns).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+			if apierrors.IsNotFound(err) {
+				return fmt.Errorf("the cluster serves no %s Sandbox: install kubernetes-sigs/agent-sandbox, or apply with --format %s", sandboxes.GroupVersion(), FormatPod)
+			}
+			return fmt.Errorf("list Sandboxes in %s: %w", c.ns, err)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -191,6 +204,12 @@ func (c *Client) Apply(ctx context.Context, p *plan.Plan, opts Options, ready ti
 			return err
 		}
 	}
+	if objs.Sandbox != nil {
+		if err := c.create(ctx, sandboxes, objs.Sandbox, nil); err != nil {
+			return fmt.Errorf("create Sandbox %s: %w", objs.Sandbox.Name, err)
+		}
+		return nil
+	}
 	if err := c.create(ctx, pods, objs.Agent, nil); err != nil {
 		return fmt.Errorf("create Pod %s: %w", objs.Agent.Name, err)
 	}
@@ -238,15 +257,19 @@ func selector(id names.Identity) string {
 	return names.LabelIdentity + "=" + id.String()
 }
 
-// Remove deletes every object labelled with the bottle's identity: the Pods first (the
-// agent before its sidecars: it must not outlive its policies), then the rest.
+// Remove deletes every object labelled with the bottle's identity: a Sandbox first (its
+// controller would make its Pod again), the Pods (the agent before its sidecars: it must
+// not outlive its policies), then the rest.
 func (c *Client) Remove(ctx context.Context, id names.Identity) error {
 	var errs []error
 	for _, k := range []struct {
 		kind string
 		r    schema.GroupVersionResource
-	}{{"Pod", pods}, {"NetworkPolicy", networkPolicies}, {"Service", services}, {"ConfigMap", configMaps}, {"Secret", secrets}} {
+	}{{"Sandbox", sandboxes}, {"Pod", pods}, {"NetworkPolicy", networkPolicies}, {"Service", services}, {"ConfigMap", configMaps}, {"Secret", secrets}} {
 		items, err := c.list(ctx, k.r, selector(id))
+		if k.r == sandboxes && apierrors.IsNotFound(err) {
+			continue // a cluster without agent-sandbox holds no Sandbox
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list %ss: %w", k.kind, err))
 			continue
@@ -282,13 +305,28 @@ type PodStatus struct {
 	Ready    bool
 }
 
-// List lists the Pods of every bottle in the namespace, by identity then role.
+// PhaseNoPod is the phase List gives a Sandbox whose controller has made no Pod (yet).
+const PhaseNoPod = "Sandbox, no Pod"
+
+// List lists the Pods of every bottle in the namespace, by identity then role, and each
+// Sandbox whose Pod does not exist.
 func (c *Client) List(ctx context.Context) ([]PodStatus, error) {
 	items, err := c.list(ctx, pods, selector(""))
 	if err != nil {
 		return nil, fmt.Errorf("list bottle Pods in %s: %w", c.ns, err)
 	}
+	boxes, err := c.list(ctx, sandboxes, selector(""))
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("list bottle Sandboxes in %s: %w", c.ns, err)
+	}
 	var out []PodStatus
+	podNames := itemNames(items)
+	for _, u := range boxes {
+		if !slices.Contains(podNames, u.GetName()) {
+			l := u.GetLabels()
+			out = append(out, PodStatus{Identity: names.Identity(l[names.LabelIdentity]), Role: l[names.LabelRole], Name: u.GetName(), Phase: PhaseNoPod})
+		}
+	}
 	for _, u := range items {
 		var p corev1.Pod
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p); err != nil {

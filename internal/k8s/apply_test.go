@@ -2,7 +2,6 @@ package k8s
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,7 +13,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -29,11 +28,13 @@ import (
 // as the API server does, and records the order of creations.
 func fakeClient(t *testing.T) (*Client, *dynamicfake.FakeDynamicClient, *[]string) {
 	t.Helper()
-	scheme := runtime.NewScheme()
-	if err := errors.Join(corev1.AddToScheme(scheme), networkingv1.AddToScheme(scheme)); err != nil {
-		t.Fatal(err)
+	// Objects stay unstructured, as with a real API server; Sandboxes are served, as by a
+	// cluster with agent-sandbox installed.
+	listKinds := map[schema.GroupVersionResource]string{sandboxes: "SandboxList"}
+	for r, kind := range map[schema.GroupVersionResource]string{secrets: "Secret", configMaps: "ConfigMap", services: "Service", pods: "Pod", networkPolicies: "NetworkPolicy"} {
+		listKinds[r] = kind + "List"
 	}
-	dyn := dynamicfake.NewSimpleDynamicClient(scheme)
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), listKinds)
 	var created []string
 	n := 0
 	dyn.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -147,6 +148,76 @@ func TestApplyListRemove(t *testing.T) {
 	}
 	var kept corev1.ConfigMap
 	get(t, dyn, configMaps, "other", &kept)
+}
+
+// TestApplySandbox: with FormatAgentSandbox apply creates, last, a Sandbox in place of
+// the agent Pod, with the Services' cluster IPs in its Pod's hostAliases; List shows it
+// while its controller has made no Pod, and Remove deletes it.
+func TestApplySandbox(t *testing.T) {
+	ctx := context.Background()
+	c, dyn, created := fakeClient(t)
+	if err := c.Apply(ctx, testPlan(t), Options{AgentFormat: FormatAgentSandbox}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := (*created)[len(*created)-1]; got != "sandboxes/bottle-coder-abc123-agent" {
+		t.Errorf("last created %s, want the agent's Sandbox", got)
+	}
+	if slices.Contains(*created, "pods/bottle-coder-abc123-agent") {
+		t.Error("apply created the agent Pod as well as its Sandbox")
+	}
+	var sb Sandbox
+	get(t, dyn, sandboxes, "bottle-coder-abc123-agent", &sb)
+	aliases := map[string]string{}
+	for _, a := range sb.Spec.PodTemplate.Spec.HostAliases {
+		aliases[a.Hostnames[0]] = a.IP
+	}
+	var svc corev1.Service
+	get(t, dyn, services, "bottle-coder-abc123-filter", &svc)
+	if svc.Spec.ClusterIP == "" || aliases[names.RoleFilter] != svc.Spec.ClusterIP {
+		t.Errorf("the Sandbox's Pod resolves filter to %q, its Service has %q", aliases[names.RoleFilter], svc.Spec.ClusterIP)
+	}
+	listed, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(listed, PodStatus{Identity: "coder-abc123", Role: names.RoleAgent, Name: "bottle-coder-abc123-agent", Phase: PhaseNoPod}) {
+		t.Errorf("List does not show the Sandbox without a Pod: %+v", listed)
+	}
+	if err := c.Remove(ctx, "coder-abc123"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, dyn, sandboxes, ""); n != 0 {
+		t.Errorf("%d Sandboxes left after Remove", n)
+	}
+}
+
+// TestApplySandboxWithoutAgentSandbox: on a cluster that does not serve Sandboxes, apply
+// with FormatAgentSandbox says so and creates nothing; ps and rm work there as before.
+func TestApplySandboxWithoutAgentSandbox(t *testing.T) {
+	ctx := context.Background()
+	c, dyn, created := fakeClient(t)
+	dyn.PrependReactor("list", "sandboxes", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewNotFound(sandboxes.GroupResource(), "")
+	})
+	err := c.Apply(ctx, testPlan(t), Options{AgentFormat: FormatAgentSandbox}, 0)
+	if err == nil || !strings.Contains(err.Error(), "agent-sandbox") || !strings.Contains(err.Error(), "--format pod") {
+		t.Fatalf("Apply = %v, want a refusal naming agent-sandbox and --format pod", err)
+	}
+	if len(*created) != 0 {
+		t.Errorf("apply created %v on a cluster without agent-sandbox", *created)
+	}
+	if err := c.Apply(ctx, testPlan(t), Options{}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if listed, err := c.List(ctx); err != nil || len(listed) != 4 {
+		t.Errorf("List = %d Pods, %v; want 4", len(listed), err)
+	}
+	if err := c.Remove(ctx, "coder-abc123"); err != nil {
+		t.Fatalf("Remove on a cluster without agent-sandbox: %v", err)
+	}
+	if n := count(t, dyn, pods, ""); n != 0 {
+		t.Errorf("%d Pods left after Remove", n)
+	}
 }
 
 // TestApplyUndoesOnFailure: a creation that fails removes what apply made before it.

@@ -57,6 +57,9 @@ type Options struct {
 	// OptionalEnv are the agent's forwarded names that may be unset (their secretKeyRef is
 	// optional).
 	OptionalEnv []string
+	// AgentFormat is what the agent is exported as: FormatPod (the default) or
+	// FormatAgentSandbox.
+	AgentFormat string
 }
 
 // Objects are one bottle's Kubernetes objects, in the order apply creates them.
@@ -67,7 +70,10 @@ type Objects struct {
 	NetworkPolicies []*networkingv1.NetworkPolicy
 	// Sidecars are created before the agent, which starts once they are ready.
 	Sidecars []*corev1.Pod
-	Agent    *corev1.Pod
+	// Agent is the agent's Pod: the object itself, or (with FormatAgentSandbox) what the
+	// Sandbox's controller makes of Sandbox.
+	Agent   *corev1.Pod
+	Sandbox *Sandbox
 }
 
 // All is every object in creation order (policies before any Pod runs).
@@ -88,6 +94,9 @@ func (o *Objects) All() []any {
 	for _, p := range o.Sidecars {
 		all = append(all, p)
 	}
+	if o.Sandbox != nil {
+		return append(all, o.Sandbox)
+	}
 	return append(all, o.Agent)
 }
 
@@ -95,6 +104,12 @@ func (o *Objects) All() []any {
 func Export(p *plan.Plan, opts Options) (*Objects, error) {
 	if opts.RuntimeClass == "" {
 		opts.RuntimeClass = DefaultRuntimeClass
+	}
+	if opts.AgentFormat == "" {
+		opts.AgentFormat = FormatPod
+	}
+	if !slices.Contains(AgentFormats, opts.AgentFormat) {
+		return nil, fmt.Errorf("export %s: agent format %q: use one of %s", p.Identity, opts.AgentFormat, strings.Join(AgentFormats, ", "))
 	}
 	if p.Container(names.RoleSupervise) != nil {
 		// Proposals and decisions travel through the host's state dir, which a cluster
@@ -122,6 +137,9 @@ func Export(p *plan.Plan, opts Options) (*Objects, error) {
 		return nil, fmt.Errorf("export %s: %w", agent.Name, err)
 	}
 	x.o.Agent = pod
+	if opts.AgentFormat == FormatAgentSandbox {
+		x.o.Sandbox = sandboxOf(pod)
+	}
 	x.policies()
 	return x.o, nil
 }

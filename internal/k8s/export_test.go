@@ -11,6 +11,9 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/bottle-dev/bottle/internal/manifest"
 	"github.com/bottle-dev/bottle/internal/names"
@@ -82,6 +85,7 @@ func TestExportGolden(t *testing.T) {
 		{"export.json", "json", testOptions},
 		// A plain export: the Services' cluster IPs are not known yet.
 		{"export-plain.yaml", "yaml", Options{}},
+		{"export-sandbox.yaml", "yaml", sandboxOptions},
 	} {
 		objs, err := Export(p, tc.opts)
 		if err != nil {
@@ -366,5 +370,78 @@ func TestExportPipelock(t *testing.T) {
 		if p.Labels[names.LabelRole] == names.RoleFilter && p.Spec.Containers[0].Image != plan.DefaultPipelockImage {
 			t.Errorf("pipelock runs %s", p.Spec.Containers[0].Image)
 		}
+	}
+}
+
+var sandboxOptions = func() Options {
+	o := testOptions
+	o.AgentFormat = FormatAgentSandbox
+	return o
+}()
+
+// TestExportSandbox: with FormatAgentSandbox the agent Pod is replaced by a Sandbox named
+// and labelled as the Pod, whose template is the Pod: the labels the NetworkPolicies
+// select the agent by and its whole spec (gVisor, no token, no DNS). The other objects
+// are those of the Pod format.
+func TestExportSandbox(t *testing.T) {
+	p := testPlan(t)
+	pods, err := Export(p, testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := Export(p, sandboxOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := objs.Sandbox
+	if sb == nil {
+		t.Fatal("no Sandbox")
+	}
+	if sb.APIVersion != "agents.x-k8s.io/v1alpha1" || sb.Kind != "Sandbox" || sb.Name != "bottle-coder-abc123-agent" || sb.Namespace != "agents" {
+		t.Errorf("Sandbox %s %s %s/%s", sb.APIVersion, sb.Kind, sb.Namespace, sb.Name)
+	}
+	all := objs.All()
+	if all[len(all)-1] != any(sb) || slices.Contains(all, any(objs.Agent)) {
+		t.Error("the Sandbox does not replace the agent Pod among the objects")
+	}
+	if len(all) != len(pods.All()) {
+		t.Errorf("%d objects, the Pod format has %d", len(all), len(pods.All()))
+	}
+	tmpl := sb.Spec.PodTemplate
+	if !equality.Semantic.DeepEqual(tmpl.Spec, pods.Agent.Spec) {
+		t.Errorf("the Sandbox's Pod spec differs from the agent Pod's:\n%+v\n%+v", tmpl.Spec, pods.Agent.Spec)
+	}
+	if tmpl.Spec.RuntimeClassName == nil || *tmpl.Spec.RuntimeClassName != DefaultRuntimeClass || tmpl.Spec.AutomountServiceAccountToken == nil || *tmpl.Spec.AutomountServiceAccountToken {
+		t.Errorf("the Sandbox's Pod: runtimeClassName %v, automountServiceAccountToken %v", tmpl.Spec.RuntimeClassName, tmpl.Spec.AutomountServiceAccountToken)
+	}
+	if !mapsEqual(tmpl.Metadata.Labels, pods.Agent.Labels) || !mapsEqual(sb.Labels, pods.Agent.Labels) {
+		t.Errorf("Sandbox labels %v, template labels %v, want the agent Pod's %v", sb.Labels, tmpl.Metadata.Labels, pods.Agent.Labels)
+	}
+	// Every policy that selects the agent Pod selects the Sandbox's Pod.
+	selected := 0
+	for _, np := range objs.NetworkPolicies {
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sel.Matches(labels.Set(pods.Agent.Labels)) {
+			selected++
+			if !sel.Matches(labels.Set(tmpl.Metadata.Labels)) {
+				t.Errorf("policy %s does not select the Sandbox's Pod", np.Name)
+			}
+		}
+	}
+	if selected != 2 { // the bottle's deny-all and the agent's own
+		t.Errorf("%d policies select the agent, want 2", selected)
+	}
+	out, err := objs.Render("yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(out, []byte("SECRET-VALUE")) || bytes.Contains(out, []byte("SECRET-SSH-KEY")) {
+		t.Error("the Sandbox export holds a secret value")
+	}
+	if _, err := Export(p, Options{AgentFormat: "deployment"}); err == nil || !strings.Contains(err.Error(), "deployment") {
+		t.Errorf("Export with agent format deployment: %v", err)
 	}
 }
