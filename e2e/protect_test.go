@@ -71,6 +71,8 @@ func TestProtectWorkspace(t *testing.T) {
 		if out, err := hostGit(ws, "worktree", "add", "-q", "-b", "side", wt2); err != nil {
 			t.Fatalf("git worktree add: %v\n%s", err, out)
 		}
+		// The probe runs from the workspace: the agent image has none of its own.
+		copyFile(t, probeBin, filepath.Join(ws, "probe-bin"), 0o755)
 		chown(ws, wt2)
 		configBefore, err := os.ReadFile(filepath.Join(ws, ".git/config"))
 		if err != nil {
@@ -106,6 +108,25 @@ func TestProtectWorkspace(t *testing.T) {
 			} else {
 				t.Logf("%s: refused: %s", attack.what, out)
 			}
+		}
+		// Root in a user namespace of its own, with a mount namespace, the agent could
+		// otherwise unmount the read-only mounts, or bind the workspace without them.
+		userns, err := agent(id, "/workspace/probe-bin userns /workspace")
+		t.Logf("probe userns in the agent: %v\n%s", err, userns)
+		for _, line := range strings.Split(userns, "\n") {
+			what, result, _ := strings.Cut(line, " ")
+			switch {
+			case what == "CLONE" && strings.HasPrefix(result, "REFUSED"):
+			case what == "INNER" || what == "ERROR" || what == "probe:":
+				t.Errorf("probe userns: %s", line)
+			case strings.HasPrefix(what, "umount") || strings.HasPrefix(what, "bind-") || strings.HasPrefix(what, "remount"):
+				if !strings.HasPrefix(result, "REFUSED") {
+					t.Errorf("in a user namespace the agent could %s", what)
+				}
+			}
+		}
+		if !strings.Contains(userns, "CLONE REFUSED") && !strings.Contains(userns, "umount-hooks") {
+			t.Errorf("probe userns tried nothing:\n%s", userns)
 		}
 		// bottle's commondir is "." (the git dir itself), and the host's git works with it.
 		if b, err := os.ReadFile(filepath.Join(ws, ".git/commondir")); err != nil || string(b) != ".\n" {
@@ -210,6 +231,53 @@ func TestProtectWorkspace(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(ws, "sub/.git/config")); err != nil {
 			t.Errorf("rm removed what the agent left: %v", err)
+		}
+	})
+
+	t.Run("core.hooksPath and config.worktree", func(t *testing.T) {
+		// husky's layout: core.hooksPath in the workspace, which git runs hooks from
+		// instead of .git/hooks; and a per-worktree config git reads once
+		// extensions.worktreeConfig is on. bottle makes both (missing here) and mounts
+		// them read-only, and removes them again at rm while empty.
+		ws := checkout()
+		for _, kv := range [][2]string{{"core.hooksPath", ".husky"}, {"extensions.worktreeConfig", "true"}} {
+			if out, err := hostGit(ws, "config", kv[0], kv[1]); err != nil {
+				t.Fatalf("git config %s: %v\n%s", kv[0], err, out)
+			}
+		}
+		chown(ws)
+		out, stderr, code := start(ws, manifest)
+		if code != 0 {
+			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
+		}
+		id := e.identityOf("gitgate")
+		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
+		for _, attack := range []struct{ what, script string }{
+			{"write a hook in core.hooksPath", "printf '#!/bin/sh\\ntouch /tmp/pwned\\n' > .husky/pre-commit"},
+			{"rename core.hooksPath", "mv .husky/ .husky-old"},
+			{"write .git/config.worktree", "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config.worktree"},
+			{"git config --worktree", "git config --worktree core.fsmonitor 'touch /tmp/pwned'"},
+		} {
+			if out, err := agent(id, attack.script); err == nil {
+				t.Errorf("%s: worked from inside the agent:\n%s", attack.what, out)
+			} else {
+				t.Logf("%s: refused: %s", attack.what, out)
+			}
+		}
+		if entries, err := os.ReadDir(filepath.Join(ws, ".husky")); err != nil || len(entries) != 0 {
+			t.Errorf("the host's .husky: %v, %v; want the empty dir bottle made", entries, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(ws, ".git/config.worktree")); err != nil || len(b) != 0 {
+			t.Errorf("the host's .git/config.worktree: %q, %v; want the empty file bottle made", b, err)
+		}
+		if out, err := hostGit(ws, "status", "--short"); err != nil {
+			t.Errorf("host git status with bottle's config.worktree: %v\n%s", err, out)
+		}
+		e.must("rm", "-f", id)
+		for _, made := range []string{".husky", ".git/config.worktree"} {
+			if _, err := os.Lstat(filepath.Join(ws, made)); !os.IsNotExist(err) {
+				t.Errorf("%s that bottle made is left after rm: %v", made, err)
+			}
 		}
 	})
 
@@ -334,4 +402,16 @@ func TestCopyWarnsAboutGitHooks(t *testing.T) {
 		t.Errorf("cp of vendor: exit %d, want a warning about its hook:\n%s", code, cpErr)
 	}
 	e.must("rm", id)
+}
+
+// copyFile copies the host file from to to, with mode.
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, mode); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -22,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: probe get|connect|post|mcp|postjson|sse|tcp|udp|dns|scan|setid|portscan|bench ...")
+		fail("usage: probe get|connect|post|mcp|postjson|sse|tcp|udp|dns|scan|setid|userns|portscan|bench ...")
 	}
 	args := os.Args[2:]
 	switch os.Args[1] {
@@ -114,6 +114,12 @@ func main() {
 			fail("portscan: want HOST FIRST LAST, ports 1-65535")
 		}
 		portScan(args[0], first, last)
+	case "userns": // userns DIR: in a new user and mount namespace, tries to undo DIR's read-only .git mounts
+		need(args, 1)
+		userns(args[0])
+	case "userns-inner": // (userns, inside the namespaces)
+		need(args, 1)
+		usernsInner(args[0])
 	case "bench": // bench BASE PROXY|- DIAL|-: the data-path measurements of bench-proxy
 		need(args, 3)
 		bench(args[0], args[1], args[2])
