@@ -43,11 +43,31 @@ func TestProtectWorkspace(t *testing.T) {
 		cmd.Dir = workspace
 		return runCmd(t, cmd)
 	}
+	// started starts the bottle and returns its identity and start's stderr.
+	started := func(t *testing.T, workspace, manifest string, env ...string) (string, string) {
+		t.Helper()
+		out, stderr, code := start(workspace, manifest, env...)
+		if code != 0 {
+			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
+		}
+		return e.identityOf("gitgate"), stderr
+	}
 	agent := func(id, script string) (string, error) {
 		out, err := e.command(nil, "exec", id, "--", "bash", "-c", "cd /workspace && "+script).CombinedOutput()
 		return strings.TrimSpace(string(out)), err
 	}
 	manifest := gitManifest(forge.keyFile, forge.knownHosts, gitHTTPSURL)
+	// refused checks that each attack fails from inside the agent of bottle id.
+	refused := func(t *testing.T, id string, attacks []attack) {
+		t.Helper()
+		for _, a := range attacks {
+			if out, err := agent(id, a.script); err == nil {
+				t.Errorf("%s: worked from inside the agent:\n%s", a.what, out)
+			} else {
+				t.Logf("%s: refused: %s", a.what, out)
+			}
+		}
+	}
 
 	chown := func(dirs ...string) {
 		t.Helper()
@@ -78,13 +98,9 @@ func TestProtectWorkspace(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, stderr, code := start(ws, manifest)
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, _ := started(t, ws, manifest)
 		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
-		for _, attack := range []struct{ what, script string }{
+		refused(t, id, []attack{
 			{"write a hook", "echo 'touch /tmp/pwned' > .git/hooks/post-checkout"},
 			{"write a hook by another name", "printf '#!/bin/sh\\n' > .git/hooks/x"},
 			{"set core.fsmonitor", "git config core.fsmonitor 'touch /tmp/pwned'"},
@@ -102,13 +118,7 @@ func TestProtectWorkspace(t *testing.T) {
 			// layout at the workspace root.
 			{"rename .git/objects", "mv .git/objects .git/objects-old"},
 			{"rename .git/refs", "mv .git/refs .git/refs-old"},
-		} {
-			if out, err := agent(id, attack.script); err == nil {
-				t.Errorf("%s: worked from inside the agent:\n%s", attack.what, out)
-			} else {
-				t.Logf("%s: refused: %s", attack.what, out)
-			}
-		}
+		})
 		// Root in a user namespace of its own, with a mount namespace, the agent could
 		// otherwise unmount the read-only mounts, or bind the workspace without them.
 		userns, err := agent(id, "/workspace/probe-bin userns /workspace")
@@ -182,11 +192,7 @@ func TestProtectWorkspace(t *testing.T) {
 		if err := os.RemoveAll(filepath.Join(ws, ".git/hooks")); err != nil {
 			t.Fatal(err)
 		}
-		out, stderr, code := start(ws, manifest)
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, _ := started(t, ws, manifest)
 		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
 		// What the host's git would run: a gitlink in the index whose git dir sets
 		// core.fsmonitor (git status goes into it), and a bare layout at the workspace
@@ -246,24 +252,14 @@ func TestProtectWorkspace(t *testing.T) {
 			}
 		}
 		chown(ws)
-		out, stderr, code := start(ws, manifest)
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, _ := started(t, ws, manifest)
 		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
-		for _, attack := range []struct{ what, script string }{
+		refused(t, id, []attack{
 			{"write a hook in core.hooksPath", "printf '#!/bin/sh\\ntouch /tmp/pwned\\n' > .husky/pre-commit"},
 			{"rename core.hooksPath", "mv .husky/ .husky-old"},
 			{"write .git/config.worktree", "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config.worktree"},
 			{"git config --worktree", "git config --worktree core.fsmonitor 'touch /tmp/pwned'"},
-		} {
-			if out, err := agent(id, attack.script); err == nil {
-				t.Errorf("%s: worked from inside the agent:\n%s", attack.what, out)
-			} else {
-				t.Logf("%s: refused: %s", attack.what, out)
-			}
-		}
+		})
 		if entries, err := os.ReadDir(filepath.Join(ws, ".husky")); err != nil || len(entries) != 0 {
 			t.Errorf("the host's .husky: %v, %v; want the empty dir bottle made", entries, err)
 		}
@@ -295,11 +291,7 @@ func TestProtectWorkspace(t *testing.T) {
 			}
 		}
 		chown(ws)
-		out, stderr, code := start(ws, manifest, "BOTTLE_TEST_FAULT=swap-git-hooks")
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, _ := started(t, ws, manifest, "BOTTLE_TEST_FAULT=swap-git-hooks")
 		defer e.must("rm", "-f", id)
 		if target, err := os.Readlink(filepath.Join(ws, ".git/hooks")); err != nil || target != "../decoy-hooks" {
 			t.Fatalf("the fault did not swap .git/hooks: %q, %v", target, err)
@@ -315,11 +307,7 @@ func TestProtectWorkspace(t *testing.T) {
 	t.Run("protect = [] warns and turns it off", func(t *testing.T) {
 		ws := checkout()
 		off := strings.Replace(manifest, "filter = \"builtin\"\n", "filter = \"builtin\"\nprotect = []\n", 1)
-		out, stderr, code := start(ws, off)
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, stderr := started(t, ws, off)
 		defer e.must("rm", "-f", id)
 		if !strings.Contains(stderr, "protect = [] turns off the workspace protection") {
 			t.Errorf("no warning about protect = []:\n%s", stderr)
@@ -403,6 +391,9 @@ func TestCopyWarnsAboutGitHooks(t *testing.T) {
 	}
 	e.must("rm", id)
 }
+
+// attack is a script the agent runs to plant what runs on the host.
+type attack struct{ what, script string }
 
 // copyFile copies the host file from to to, with mode.
 func copyFile(t *testing.T, from, to string, mode os.FileMode) {

@@ -236,17 +236,19 @@ func fail(msg string) {
 	os.Exit(2)
 }
 
+// report prints one try's result: DONE, or REFUSED and the error.
+func report(what string, err error) {
+	if err != nil {
+		fmt.Println(what, "REFUSED", err)
+	} else {
+		fmt.Println(what, "DONE")
+	}
+}
+
 // setID tries every way a program gives a file the set-ID bits (chmod, fchmod, creating
 // a file or directory with them) and prints one line per try: DONE or REFUSED errno. The
 // first try, a plain chmod, is the control that must work.
 func setID(dir string) {
-	report := func(what string, err error) {
-		if err != nil {
-			fmt.Println(what, "REFUSED", err)
-		} else {
-			fmt.Println(what, "DONE")
-		}
-	}
 	file := filepath.Join(dir, "setid-chmod")
 	if err := os.WriteFile(file, []byte("#!/bin/sh\n"), 0o644); err != nil {
 		fmt.Println("ERROR", err)

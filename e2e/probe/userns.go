@@ -39,13 +39,6 @@ func userns(dir string) {
 // usernsInner runs in the new namespaces: each try prints DONE or REFUSED errno. A write
 // that works after an unmount or a mount reaches the host's file.
 func usernsInner(dir string) {
-	report := func(what string, err error) {
-		if err != nil {
-			fmt.Println(what, "REFUSED", err)
-		} else {
-			fmt.Println(what, "DONE")
-		}
-	}
 	hooks, config := filepath.Join(dir, ".git/hooks"), filepath.Join(dir, ".git/config")
 	write := func(what, file string) {
 		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o755)
