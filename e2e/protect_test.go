@@ -255,7 +255,7 @@ func TestProtectWorkspace(t *testing.T) {
 		id, _ := started(t, ws, manifest)
 		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
 		refused(t, id, []attack{
-			{"write a hook in core.hooksPath", "printf '#!/bin/sh\\ntouch /tmp/pwned\\n' > .husky/pre-commit"},
+			{"write a hook in core.hooksPath", "mkdir -p .husky && printf '#!/bin/sh\\ntouch /tmp/pwned\\n' > .husky/pre-commit"},
 			{"rename core.hooksPath", "mv .husky/ .husky-old"},
 			{"write .git/config.worktree", "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config.worktree"},
 			{"git config --worktree", "git config --worktree core.fsmonitor 'touch /tmp/pwned'"},
