@@ -34,7 +34,9 @@ type repoConfig struct {
 
 // readRepoConfig reads the user's config files, then the workspace's .git/config and,
 // when that turns extensions.worktreeConfig on, .git/config.worktree (never following a
-// link in the workspace).
+// link in the workspace). For a linked worktree (.git a file) it reads the repository's
+// config and the worktree's config.worktree where .git and commondir point, outside the
+// workspace.
 func readRepoConfig(root *os.Root, u User) (repoConfig, error) {
 	var c repoConfig
 	apply := func(entries []ConfigEntry, repo bool) {
@@ -55,6 +57,9 @@ func readRepoConfig(root *os.Root, u User) (repoConfig, error) {
 		entries, _ := ParseConfig(bytes.NewReader(data)) // what parses before an error counts, as for git's warnings
 		apply(entries, false)
 	}
+	if k, _, err := kind(root, ".git"); err == nil && k == 0 {
+		return c, readLinkedConfig(root, &c, apply)
+	}
 	for _, file := range []string{".git/config", configWorktree} {
 		if file == configWorktree && !c.worktreeConfig {
 			break
@@ -67,6 +72,45 @@ func readRepoConfig(root *os.Root, u User) (repoConfig, error) {
 		apply(entries, file == ".git/config")
 	}
 	return c, nil
+}
+
+// readLinkedConfig reads the config of a linked worktree's repository: .git holds
+// "gitdir: DIR" (the worktree's admin dir), DIR/commondir names the repository's git
+// dir (relative to DIR). Those are the person's, outside the workspace.
+func readLinkedConfig(root *os.Root, c *repoConfig, apply func([]ConfigEntry, bool)) error {
+	link, err := readWorkspaceConfig(root, ".git")
+	if err != nil {
+		return fmt.Errorf(".git: %w", err)
+	}
+	gitdir, ok := strings.CutPrefix(strings.TrimSpace(string(link)), "gitdir:")
+	if !ok {
+		return nil // not a git link: git finds no repository here
+	}
+	gitdir = strings.TrimSpace(gitdir)
+	if !filepath.IsAbs(gitdir) {
+		gitdir = filepath.Join(root.Name(), gitdir)
+	}
+	common := gitdir
+	if b, err := readUserConfig(filepath.Join(gitdir, "commondir")); err != nil {
+		return fmt.Errorf("%s: %w", filepath.Join(gitdir, "commondir"), err)
+	} else if cd := strings.TrimSpace(string(b)); cd != "" {
+		common = cd
+		if !filepath.IsAbs(cd) {
+			common = filepath.Join(gitdir, cd)
+		}
+	}
+	for _, file := range []string{filepath.Join(common, "config"), filepath.Join(gitdir, "config.worktree")} {
+		if strings.HasSuffix(file, "config.worktree") && !c.worktreeConfig {
+			break
+		}
+		data, err := readUserConfig(file)
+		if err != nil {
+			return fmt.Errorf("git config %s: %w", file, err)
+		}
+		entries, _ := ParseConfig(bytes.NewReader(data))
+		apply(entries, !strings.HasSuffix(file, "config.worktree"))
+	}
+	return nil
 }
 
 // isTrue is git's boolean truth for a config value.

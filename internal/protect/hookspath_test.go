@@ -190,3 +190,36 @@ func TestPlanConfigWorktree(t *testing.T) {
 		t.Errorf("without extensions.worktreeConfig: create files %v, %v; want none", l.CreateFiles, err)
 	}
 }
+
+// TestPlanHooksPathLinkedWorktree: in a linked worktree (.git a link file) core.hooksPath
+// comes from the repository's config where .git and its commondir point, and the
+// worktree's config.worktree with extensions.worktreeConfig; a relative one lands in the
+// worktree, the workspace.
+func TestPlanHooksPathLinkedWorktree(t *testing.T) {
+	repo := t.TempDir()
+	admin := filepath.Join(repo, ".git/worktrees/wt")
+	writeFile(t, filepath.Join(admin, "commondir"), "../..\n")
+	for _, c := range []struct{ name, config, worktree, want string }{
+		{"repository config", "[core]\n\thooksPath = .husky/_\n", "", ".husky/_"},
+		{"config.worktree", "[extensions]\n\tworktreeConfig = true\n", "[core]\n\thooksPath = wt-hooks\n", "wt-hooks"},
+		{"none", "[core]\n\tbare = false\n", "[core]\n\thooksPath = wt-hooks\n", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			writeFile(t, filepath.Join(repo, ".git/config"), c.config)
+			writeFile(t, filepath.Join(admin, "config.worktree"), c.worktree)
+			ws := t.TempDir()
+			writeFile(t, filepath.Join(ws, ".git"), "gitdir: "+admin+"\n")
+			l, err := Plan(ws, nil, User{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{".git:ro"}
+			if c.want != "" {
+				want = append(want, c.want+":ro")
+			}
+			if got := paths(l); !slices.Equal(got, want) {
+				t.Errorf("mounts %v, want %v", got, want)
+			}
+		})
+	}
+}
