@@ -43,11 +43,31 @@ func TestProtectWorkspace(t *testing.T) {
 		cmd.Dir = workspace
 		return runCmd(t, cmd)
 	}
+	// started starts the bottle and returns its identity and start's stderr.
+	started := func(t *testing.T, workspace, manifest string, env ...string) (string, string) {
+		t.Helper()
+		out, stderr, code := start(workspace, manifest, env...)
+		if code != 0 {
+			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
+		}
+		return e.identityOf("gitgate"), stderr
+	}
 	agent := func(id, script string) (string, error) {
 		out, err := e.command(nil, "exec", id, "--", "bash", "-c", "cd /workspace && "+script).CombinedOutput()
 		return strings.TrimSpace(string(out)), err
 	}
 	manifest := gitManifest(forge.keyFile, forge.knownHosts, gitHTTPSURL)
+	// refused checks that each attack fails from inside the agent of bottle id.
+	refused := func(t *testing.T, id string, attacks []attack) {
+		t.Helper()
+		for _, a := range attacks {
+			if out, err := agent(id, a.script); err == nil {
+				t.Errorf("%s: worked from inside the agent:\n%s", a.what, out)
+			} else {
+				t.Logf("%s: refused: %s", a.what, out)
+			}
+		}
+	}
 
 	chown := func(dirs ...string) {
 		t.Helper()
@@ -71,18 +91,16 @@ func TestProtectWorkspace(t *testing.T) {
 		if out, err := hostGit(ws, "worktree", "add", "-q", "-b", "side", wt2); err != nil {
 			t.Fatalf("git worktree add: %v\n%s", err, out)
 		}
+		// The probe runs from the workspace: the agent image has none of its own.
+		copyFile(t, probeBin, filepath.Join(ws, "probe-bin"), 0o755)
 		chown(ws, wt2)
 		configBefore, err := os.ReadFile(filepath.Join(ws, ".git/config"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, stderr, code := start(ws, manifest)
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, _ := started(t, ws, manifest)
 		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
-		for _, attack := range []struct{ what, script string }{
+		refused(t, id, []attack{
 			{"write a hook", "echo 'touch /tmp/pwned' > .git/hooks/post-checkout"},
 			{"write a hook by another name", "printf '#!/bin/sh\\n' > .git/hooks/x"},
 			{"set core.fsmonitor", "git config core.fsmonitor 'touch /tmp/pwned'"},
@@ -100,12 +118,25 @@ func TestProtectWorkspace(t *testing.T) {
 			// layout at the workspace root.
 			{"rename .git/objects", "mv .git/objects .git/objects-old"},
 			{"rename .git/refs", "mv .git/refs .git/refs-old"},
-		} {
-			if out, err := agent(id, attack.script); err == nil {
-				t.Errorf("%s: worked from inside the agent:\n%s", attack.what, out)
-			} else {
-				t.Logf("%s: refused: %s", attack.what, out)
+		})
+		// Root in a user namespace of its own, with a mount namespace, the agent could
+		// otherwise unmount the read-only mounts, or bind the workspace without them.
+		userns, err := agent(id, "/workspace/probe-bin userns /workspace")
+		t.Logf("probe userns in the agent: %v\n%s", err, userns)
+		for _, line := range strings.Split(userns, "\n") {
+			what, result, _ := strings.Cut(line, " ")
+			switch {
+			case what == "CLONE" && strings.HasPrefix(result, "REFUSED"):
+			case what == "INNER" || what == "ERROR" || what == "probe:":
+				t.Errorf("probe userns: %s", line)
+			case strings.HasPrefix(what, "umount") || strings.HasPrefix(what, "bind-") || strings.HasPrefix(what, "remount"):
+				if !strings.HasPrefix(result, "REFUSED") {
+					t.Errorf("in a user namespace the agent could %s", what)
+				}
 			}
+		}
+		if !strings.Contains(userns, "CLONE REFUSED") && !strings.Contains(userns, "umount-hooks") {
+			t.Errorf("probe userns tried nothing:\n%s", userns)
 		}
 		// bottle's commondir is "." (the git dir itself), and the host's git works with it.
 		if b, err := os.ReadFile(filepath.Join(ws, ".git/commondir")); err != nil || string(b) != ".\n" {
@@ -161,11 +192,7 @@ func TestProtectWorkspace(t *testing.T) {
 		if err := os.RemoveAll(filepath.Join(ws, ".git/hooks")); err != nil {
 			t.Fatal(err)
 		}
-		out, stderr, code := start(ws, manifest)
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, _ := started(t, ws, manifest)
 		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
 		// What the host's git would run: a gitlink in the index whose git dir sets
 		// core.fsmonitor (git status goes into it), and a bare layout at the workspace
@@ -213,6 +240,43 @@ func TestProtectWorkspace(t *testing.T) {
 		}
 	})
 
+	t.Run("core.hooksPath and config.worktree", func(t *testing.T) {
+		// husky's layout: core.hooksPath in the workspace, which git runs hooks from
+		// instead of .git/hooks; and a per-worktree config git reads once
+		// extensions.worktreeConfig is on. bottle makes both (missing here) and mounts
+		// them read-only, and removes them again at rm while empty.
+		ws := checkout()
+		for _, kv := range [][2]string{{"core.hooksPath", ".husky"}, {"extensions.worktreeConfig", "true"}} {
+			if out, err := hostGit(ws, "config", kv[0], kv[1]); err != nil {
+				t.Fatalf("git config %s: %v\n%s", kv[0], err, out)
+			}
+		}
+		chown(ws)
+		id, _ := started(t, ws, manifest)
+		defer e.bottle(nil, "rm", "-f", id) // (removed below; this is for a failure)
+		refused(t, id, []attack{
+			{"write a hook in core.hooksPath", "mkdir -p .husky && printf '#!/bin/sh\\ntouch /tmp/pwned\\n' > .husky/pre-commit"},
+			{"rename core.hooksPath", "mv .husky/ .husky-old"},
+			{"write .git/config.worktree", "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config.worktree"},
+			{"git config --worktree", "git config --worktree core.fsmonitor 'touch /tmp/pwned'"},
+		})
+		if entries, err := os.ReadDir(filepath.Join(ws, ".husky")); err != nil || len(entries) != 0 {
+			t.Errorf("the host's .husky: %v, %v; want the empty dir bottle made", entries, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(ws, ".git/config.worktree")); err != nil || len(b) != 0 {
+			t.Errorf("the host's .git/config.worktree: %q, %v; want the empty file bottle made", b, err)
+		}
+		if out, err := hostGit(ws, "status", "--short"); err != nil {
+			t.Errorf("host git status with bottle's config.worktree: %v\n%s", err, out)
+		}
+		e.must("rm", "-f", id)
+		for _, made := range []string{".husky", ".git/config.worktree"} {
+			if _, err := os.Lstat(filepath.Join(ws, made)); !os.IsNotExist(err) {
+				t.Errorf("%s that bottle made is left after rm: %v", made, err)
+			}
+		}
+	})
+
 	t.Run("a protected path swapped after bottle's check", func(t *testing.T) {
 		// Another agent on the same checkout could swap .git/hooks for a link between
 		// bottle's check and the runtime's mount; the fault hook does that swap right
@@ -227,11 +291,7 @@ func TestProtectWorkspace(t *testing.T) {
 			}
 		}
 		chown(ws)
-		out, stderr, code := start(ws, manifest, "BOTTLE_TEST_FAULT=swap-git-hooks")
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, _ := started(t, ws, manifest, "BOTTLE_TEST_FAULT=swap-git-hooks")
 		defer e.must("rm", "-f", id)
 		if target, err := os.Readlink(filepath.Join(ws, ".git/hooks")); err != nil || target != "../decoy-hooks" {
 			t.Fatalf("the fault did not swap .git/hooks: %q, %v", target, err)
@@ -247,11 +307,7 @@ func TestProtectWorkspace(t *testing.T) {
 	t.Run("protect = [] warns and turns it off", func(t *testing.T) {
 		ws := checkout()
 		off := strings.Replace(manifest, "filter = \"builtin\"\n", "filter = \"builtin\"\nprotect = []\n", 1)
-		out, stderr, code := start(ws, off)
-		if code != 0 {
-			t.Fatalf("start: exit %d\nstdout: %s\nstderr: %s", code, out, stderr)
-		}
-		id := e.identityOf("gitgate")
+		id, stderr := started(t, ws, off)
 		defer e.must("rm", "-f", id)
 		if !strings.Contains(stderr, "protect = [] turns off the workspace protection") {
 			t.Errorf("no warning about protect = []:\n%s", stderr)
@@ -334,4 +390,19 @@ func TestCopyWarnsAboutGitHooks(t *testing.T) {
 		t.Errorf("cp of vendor: exit %d, want a warning about its hook:\n%s", code, cpErr)
 	}
 	e.must("rm", id)
+}
+
+// attack is a script the agent runs to plant what runs on the host.
+type attack struct{ what, script string }
+
+// copyFile copies the host file from to to, with mode.
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, mode); err != nil {
+		t.Fatal(err)
+	}
 }

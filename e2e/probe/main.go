@@ -22,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: probe get|connect|post|mcp|postjson|sse|tcp|udp|dns|scan|setid|portscan|bench ...")
+		fail("usage: probe get|connect|post|mcp|postjson|sse|tcp|udp|dns|scan|setid|userns|portscan|bench ...")
 	}
 	args := os.Args[2:]
 	switch os.Args[1] {
@@ -114,6 +114,12 @@ func main() {
 			fail("portscan: want HOST FIRST LAST, ports 1-65535")
 		}
 		portScan(args[0], first, last)
+	case "userns": // userns DIR: in a new user and mount namespace, tries to undo DIR's read-only .git mounts
+		need(args, 1)
+		userns(args[0])
+	case "userns-inner": // (userns, inside the namespaces)
+		need(args, 1)
+		usernsInner(args[0])
 	case "bench": // bench BASE PROXY|- DIAL|-: the data-path measurements of bench-proxy
 		need(args, 3)
 		bench(args[0], args[1], args[2])
@@ -230,17 +236,19 @@ func fail(msg string) {
 	os.Exit(2)
 }
 
+// report prints one try's result: DONE, or REFUSED and the error.
+func report(what string, err error) {
+	if err != nil {
+		fmt.Println(what, "REFUSED", err)
+	} else {
+		fmt.Println(what, "DONE")
+	}
+}
+
 // setID tries every way a program gives a file the set-ID bits (chmod, fchmod, creating
 // a file or directory with them) and prints one line per try: DONE or REFUSED errno. The
 // first try, a plain chmod, is the control that must work.
 func setID(dir string) {
-	report := func(what string, err error) {
-		if err != nil {
-			fmt.Println(what, "REFUSED", err)
-		} else {
-			fmt.Println(what, "DONE")
-		}
-	}
 	file := filepath.Join(dir, "setid-chmod")
 	if err := os.WriteFile(file, []byte("#!/bin/sh\n"), 0o644); err != nil {
 		fmt.Println("ERROR", err)

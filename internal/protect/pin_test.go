@@ -17,7 +17,7 @@ func TestPinHoldsTheObject(t *testing.T) {
 	write(t, dir, ".git/hooks/marker", "original")
 	outside := t.TempDir()
 	write(t, outside, "marker", "outside")
-	l, err := Plan(dir, nil)
+	l, err := Plan(dir, nil, User{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,8 +40,12 @@ type Layout struct {
 	// Mounts in the order they must be mounted (a parent before what is beneath it).
 	Mounts []Mount `json:"mounts,omitempty"`
 	// Create are missing directories to create empty (on the host, before the agent
-	// starts) so they can be mounted read-only: a missing .git/hooks.
+	// starts) so they can be mounted read-only: a missing .git/hooks, or core.hooksPath
+	// in the workspace (with its missing parents, in order).
 	Create []string `json:"create,omitempty"`
+	// CreateFiles are missing files to create empty, to mount them read-only: a
+	// .git/config.worktree that git would read (extensions.worktreeConfig).
+	CreateFiles []string `json:"create_files,omitempty"`
 	// Commondir: bottle gives .git a commondir of "." (the repository itself, which is
 	// what git assumes without one), made before the agent starts when it is missing and
 	// removed again by `bottle rm`, so that it can be mounted read-only: a commondir the
@@ -53,9 +57,10 @@ type Layout struct {
 
 // Plan inspects the workspace dir on the host and decides its protection. paths is the
 // manifest's protect: nil is the default, empty turns protection off, others add to the
-// default. A link anywhere on a protected path is an error: a hostile workspace must not
-// make bottle mount a host path outside it.
-func Plan(dir string, paths *[]string) (Layout, error) {
+// default. u is the person's git config outside the repository (for core.hooksPath). A
+// link anywhere on a protected path is an error: a hostile workspace must not make
+// bottle mount a host path outside it.
+func Plan(dir string, paths *[]string, u User) (Layout, error) {
 	var l Layout
 	if paths != nil && len(*paths) == 0 {
 		l.Warnings = append(l.Warnings, "protect = [] turns off the workspace protection: the agent can write .git/hooks and .git/config, which run code on the host at the next git command there")
@@ -67,10 +72,18 @@ func Plan(dir string, paths *[]string) (Layout, error) {
 	}
 	defer root.Close()
 	want := []string{}
+	createDirs := map[string]bool{}
 	git, exists, err := kind(root, ".git")
-	switch {
-	case err != nil:
+	if err != nil {
 		return l, fmt.Errorf("workspace %s: %w", dir, err)
+	}
+	var cfg repoConfig
+	if exists {
+		if cfg, err = readRepoConfig(root, u); err != nil {
+			return l, fmt.Errorf("workspace %s: %w", dir, err)
+		}
+	}
+	switch {
 	case exists && git == fs.ModeDir:
 		l.Mounts = append(l.Mounts, Mount{Path: ".git"})
 		// objects and refs are mount points too: renamed away they would make .git
@@ -84,10 +97,14 @@ func Plan(dir string, paths *[]string) (Layout, error) {
 			}
 		}
 		want = append(want, Default...)
-		for _, extra := range []string{".git/config.worktree", ".git/worktrees"} {
+		for _, extra := range []string{configWorktree, ".git/worktrees"} {
 			if _, ok, err := kind(root, extra); err != nil {
 				return l, fmt.Errorf("workspace %s: %w", dir, err)
 			} else if ok {
+				want = append(want, extra)
+			} else if extra == configWorktree && cfg.worktreeConfig {
+				// git would read one the agent makes: bottle makes it, empty, to mount it.
+				l.CreateFiles = append(l.CreateFiles, extra)
 				want = append(want, extra)
 			}
 		}
@@ -107,6 +124,28 @@ func Plan(dir string, paths *[]string) (Layout, error) {
 		// workspace, out of the agent's reach; the link itself must not be redirected.
 		want = append(want, ".git")
 	}
+	// Hooks where core.hooksPath points (husky's .husky/_): in the workspace they are
+	// protected like .git/hooks, made when missing.
+	if hp := hooksPathIn(dir, cfg.hooksPath, u.Home); exists && hp == "." {
+		l.Warnings = append(l.Warnings, "core.hooksPath is the workspace itself: the agent can write the hooks your next git command there runs")
+	} else if exists && hp != "" {
+		if err := CheckPath(hp); err != nil {
+			return l, fmt.Errorf("workspace %s: core.hooksPath: %w", dir, err)
+		}
+		parts := strings.Split(hp, "/")
+		for i := range parts {
+			sub := strings.Join(parts[:i+1], "/")
+			if _, ok, err := kind(root, sub); err != nil {
+				return l, fmt.Errorf("workspace %s: core.hooksPath %s: %w", dir, hp, err)
+			} else if !ok {
+				createDirs[sub] = true
+				if i < len(parts)-1 {
+					l.Create = append(l.Create, sub) // a parent, made but not mounted
+				}
+			}
+		}
+		want = append(want, hp)
+	}
 	if paths != nil {
 		want = append(want, *paths...)
 	}
@@ -120,9 +159,9 @@ func Plan(dir string, paths *[]string) (Layout, error) {
 		switch {
 		case err != nil:
 			return l, fmt.Errorf("workspace %s: protect %s: %w", dir, p, err)
-		case !exists && p == commondir && l.Commondir:
+		case !exists && (p == commondir && l.Commondir || slices.Contains(l.CreateFiles, p)):
 			// made by Prepare
-		case !exists && (p == ".git/hooks" || (strings.HasPrefix(p, ".git/modules/") && strings.HasSuffix(p, "/hooks"))):
+		case !exists && (createDirs[p] || p == ".git/hooks" || (strings.HasPrefix(p, ".git/modules/") && strings.HasSuffix(p, "/hooks"))):
 			l.Create = append(l.Create, p)
 		case !exists:
 			if !slices.Contains(Default, p) {
@@ -234,10 +273,11 @@ func CheckPath(p string) error {
 }
 
 // Prepare makes what a layout mounts but the workspace dir lacks (not following links:
-// a link on the way is an error): the missing dirs (Layout.Create), empty and owned like
-// their parent, and bottle's commondir (Layout.Commondir).
+// a link on the way is an error): the missing dirs (Layout.Create) and files
+// (Layout.CreateFiles), empty and owned like their parent, and bottle's commondir
+// (Layout.Commondir).
 func Prepare(dir string, l Layout) error {
-	if len(l.Create) == 0 && !l.Commondir {
+	if len(l.Create) == 0 && len(l.CreateFiles) == 0 && !l.Commondir {
 		return nil
 	}
 	root, err := os.OpenRoot(dir)
@@ -267,7 +307,61 @@ func Prepare(dir string, l Layout) error {
 			}
 		}
 	}
+	for _, p := range l.CreateFiles {
+		if err := createEmpty(root, p); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// createEmpty makes the empty file p owned like its parent, unless it exists.
+func createEmpty(root *os.Root, p string) error {
+	if _, _, err := kind(root, p); err != nil {
+		return err
+	}
+	parent, err := root.Lstat(path.Dir(p))
+	if err != nil {
+		return err
+	}
+	f, err := root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		return nil // the person's, or another bottle's on the same checkout
+	}
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if st, ok := parent.Sys().(*syscall.Stat_t); ok {
+		return root.Lchown(p, int(st.Uid), int(st.Gid))
+	}
+	return nil
+}
+
+// RemoveEmptyFiles removes the files of paths (a layout's CreateFiles, which Prepare
+// made) from the workspace dir while they are still empty regular files.
+func RemoveEmptyFiles(dir string, paths []string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	var errs []error
+	for _, p := range paths {
+		k, exists, err := kind(root, p)
+		if err != nil || !exists || k != 0 {
+			errs = append(errs, err)
+			continue
+		}
+		if fi, err := root.Lstat(p); err != nil {
+			errs = append(errs, err)
+		} else if fi.Size() == 0 {
+			errs = append(errs, root.Remove(p))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // commondir is where a git dir names the dir it shares config, hooks, objects and refs

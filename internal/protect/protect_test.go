@@ -45,7 +45,7 @@ func paths(l Layout) []string {
 func TestPlanDefault(t *testing.T) {
 	dir := mkTree(t, ".git/hooks/", ".git/config", ".git/config.worktree", ".git/objects/", ".git/refs/", ".git/worktrees/wt/gitdir",
 		".git/modules/sub/hooks/", ".git/modules/sub/config", ".git/modules/sub/HEAD", "src/a.go")
-	l, err := Plan(dir, nil)
+	l, err := Plan(dir, nil, User{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestPlanDefault(t *testing.T) {
 func TestPlanMissingHooksAndExtras(t *testing.T) {
 	dir := mkTree(t, ".git/config", ".github/workflows/ci.yml", "Makefile")
 	extra := []string{".github/workflows", "Makefile", "no/such/file"}
-	l, err := Plan(dir, &extra)
+	l, err := Plan(dir, &extra, User{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestPlanMissingHooksAndExtras(t *testing.T) {
 
 func TestPlanOff(t *testing.T) {
 	dir := mkTree(t, ".git/hooks/", ".git/config")
-	l, err := Plan(dir, &[]string{})
+	l, err := Plan(dir, &[]string{}, User{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,14 +99,14 @@ func TestPlanOff(t *testing.T) {
 
 func TestPlanWorktreeLinkAndNoRepo(t *testing.T) {
 	dir := mkTree(t, ".git")
-	l, err := Plan(dir, nil)
+	l, err := Plan(dir, nil, User{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := paths(l); !reflect.DeepEqual(got, []string{".git:ro"}) {
 		t.Errorf("a .git link file: mounts %v, want it read-only", got)
 	}
-	l, err = Plan(t.TempDir(), nil)
+	l, err = Plan(t.TempDir(), nil, User{})
 	if err != nil || len(l.Mounts) != 0 {
 		t.Errorf("no repository: mounts %v, err %v; want none", l.Mounts, err)
 	}
@@ -132,7 +132,7 @@ func TestPlanRefusesLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 		extra := []string{"docs/x"}
-		if _, err := Plan(dir, &extra); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		if _, err := Plan(dir, &extra, User{}); err == nil || !strings.Contains(err.Error(), "symbolic link") {
 			t.Errorf("%s linked out: err %v, want a refusal naming the link", tc.link, err)
 		}
 	}
@@ -157,7 +157,7 @@ func TestCheckPath(t *testing.T) {
 func TestPlanNestedSubmodules(t *testing.T) {
 	dir := mkTree(t, ".git/hooks/", ".git/config", ".git/modules/vendor/lib/HEAD", ".git/modules/vendor/lib/config",
 		".git/modules/a/HEAD", ".git/modules/a/config", ".git/modules/a/hooks/", ".git/modules/a/modules/b/HEAD", ".git/modules/a/modules/b/config")
-	l, err := Plan(dir, nil)
+	l, err := Plan(dir, nil, User{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestPlanNestedSubmodules(t *testing.T) {
 func TestCommondir(t *testing.T) {
 	dir := mkTree(t, ".git/hooks/", ".git/config")
 	cd := filepath.Join(dir, ".git/commondir")
-	l, err := Plan(dir, nil)
+	l, err := Plan(dir, nil, User{})
 	if err != nil || !l.Commondir {
 		t.Fatalf("plan: commondir %v, err %v; want bottle's own", l.Commondir, err)
 	}
@@ -190,7 +190,7 @@ func TestCommondir(t *testing.T) {
 	if b, err := os.ReadFile(cd); err != nil || string(b) != ".\n" {
 		t.Fatalf("commondir %q, %v; want \".\\n\"", b, err)
 	}
-	again, err := Plan(dir, nil)
+	again, err := Plan(dir, nil, User{})
 	if err != nil || !again.Commondir || !reflect.DeepEqual(paths(again), paths(l)) {
 		t.Errorf("second plan: %v commondir %v err %v; want the same, bottle's own", paths(again), again.Commondir, err)
 	}
@@ -207,7 +207,7 @@ func TestCommondir(t *testing.T) {
 	if err := os.WriteFile(cd, []byte("../elsewhere\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err = Plan(dir, nil)
+	l, err = Plan(dir, nil, User{})
 	if err != nil || l.Commondir || !strings.Contains(strings.Join(paths(l), " "), ".git/commondir:ro") {
 		t.Errorf("a repository's own commondir: %v commondir %v err %v; want it read-only and not bottle's", paths(l), l.Commondir, err)
 	}
@@ -227,7 +227,7 @@ func TestCommondir(t *testing.T) {
 	if err := os.Symlink(t.TempDir(), cd); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Plan(dir, nil); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+	if _, err := Plan(dir, nil, User{}); err == nil || !strings.Contains(err.Error(), "symbolic link") {
 		t.Errorf("commondir linked out: err %v, want a refusal", err)
 	}
 	if err := RemoveCommondir(dir); err == nil {
@@ -239,7 +239,7 @@ func TestCommondir(t *testing.T) {
 // stays, and a link there is neither followed nor removed.
 func TestRemoveEmptyDirs(t *testing.T) {
 	dir := mkTree(t, ".git/config", ".git/modules/a/HEAD", ".git/modules/a/config")
-	l, err := Plan(dir, nil)
+	l, err := Plan(dir, nil, User{})
 	if err != nil {
 		t.Fatal(err)
 	}

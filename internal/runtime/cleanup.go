@@ -22,6 +22,7 @@ type CleanupReport struct {
 	Tasks      []string
 	Snapshots  []string
 	Network    []string // netns files, bridges, firewall chains, CNI state, slots
+	Pins       []string // pin dirs of the workspace protection whose bottle has no record
 	// Orphaned are other owners' host objects nobody else can remove (their state dir is
 	// gone, or they predate owners), each with the command that removes them: never
 	// removed silently.
@@ -30,7 +31,7 @@ type CleanupReport struct {
 
 // Empty reports whether nothing was removed.
 func (r CleanupReport) Empty() bool {
-	return len(r.Bottles)+len(r.Stopped)+len(r.Containers)+len(r.Tasks)+len(r.Snapshots)+len(r.Network) == 0
+	return len(r.Bottles)+len(r.Stopped)+len(r.Containers)+len(r.Tasks)+len(r.Snapshots)+len(r.Network)+len(r.Pins) == 0
 }
 
 func (r CleanupReport) String() string {
@@ -41,7 +42,7 @@ func (r CleanupReport) String() string {
 	for _, s := range []struct {
 		what  string
 		items []string
-	}{{"bottles", r.Bottles}, {"containers", r.Containers}, {"tasks", r.Tasks}, {"snapshots", r.Snapshots}, {"network objects", r.Network}} {
+	}{{"bottles", r.Bottles}, {"containers", r.Containers}, {"tasks", r.Tasks}, {"snapshots", r.Snapshots}, {"network objects", r.Network}, {"workspace pins", r.Pins}} {
 		if len(s.items) > 0 {
 			fmt.Fprintf(&b, "removed %d %s: %s\n", len(s.items), s.what, strings.Join(s.items, ", "))
 		}
@@ -104,6 +105,16 @@ func (e *Engine) Cleanup(ctx context.Context, all bool) (CleanupReport, error) {
 			continue
 		}
 		rep.Bottles = append(rep.Bottles, id)
+	}
+	// A start killed by SIGKILL leaves the person's protected paths mounted under pins/.
+	if left, _, err := e.store.List(); err != nil {
+		errs = append(errs, err)
+	} else {
+		recorded := map[string]bool{}
+		for _, m := range left {
+			recorded[m.Identity.String()] = true
+		}
+		rep.Pins = e.sweepPins(recorded)
 	}
 
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"time"
@@ -139,14 +138,7 @@ func Doctor(ctx context.Context, o DoctorOptions) []Check {
 // user's config and changes nothing.
 func bareRepositoryCheck(ctx context.Context) Check {
 	const name = "git bare repos"
-	home, _ := os.UserHomeDir()
-	xdg := os.Getenv("XDG_CONFIG_HOME")
-	if sudoUser := os.Getenv("SUDO_USER"); sudoUser != "" {
-		if u, err := user.Lookup(sudoUser); err == nil {
-			home, xdg = u.HomeDir, ""
-		}
-	}
-	value, from := protect.BareRepositoryPolicy(protect.UserGitConfigs(home, xdg))
+	value, from := protect.BareRepositoryPolicy(invokingGitUser().Configs)
 	cmd := exec.CommandContext(ctx, "git", "--version")
 	cmd.Dir = "/" // never inside a repository
 	out, err := cmd.Output()

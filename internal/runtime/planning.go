@@ -76,7 +76,7 @@ func (e *Engine) buildPlan(po PlanOptions, f planFacts) (*plan.Plan, error) {
 	if bottle != nil {
 		paths = bottle.Protect
 	}
-	layout, err := protect.Plan(protectDir, paths)
+	layout, err := protect.Plan(protectDir, paths, invokingGitUser())
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/user"
 	"path"
 	"path/filepath"
 	"slices"
@@ -20,6 +21,19 @@ import (
 	"github.com/bottle-dev/bottle/internal/protect"
 	"github.com/bottle-dev/bottle/internal/state"
 )
+
+// invokingGitUser is the git config, outside any repository, of the person who runs
+// bottle (the one behind sudo): who runs git on the workspace afterwards.
+func invokingGitUser() protect.User {
+	home, _ := os.UserHomeDir()
+	xdg := os.Getenv("XDG_CONFIG_HOME")
+	if sudoUser := os.Getenv("SUDO_USER"); sudoUser != "" {
+		if u, err := user.Lookup(sudoUser); err == nil {
+			home, xdg = u.HomeDir, ""
+		}
+	}
+	return protect.User{Home: home, Configs: protect.UserGitConfigs(home, xdg)}
+}
 
 // gitFindings lists the hooks and dangerous git config beneath rel of dir that the
 // original (when not "") does not have at the same place.
@@ -98,9 +112,17 @@ type protectRecord struct {
 	// Created are the empty dirs bottle made to mount them (a missing .git/hooks),
 	// removed with the bottle while still empty (when no other bottle binds the checkout).
 	Created []string `json:"created,omitempty"`
+	// CreatedFiles are the empty files bottle made to mount them (a .git/config.worktree
+	// git would read), removed like Created while still empty.
+	CreatedFiles []string `json:"created_files,omitempty"`
 	// Scanned: Baseline is the scan of the workspace before the agent first ran.
 	Scanned  bool              `json:"scanned,omitempty"`
 	Baseline []protect.Finding `json:"baseline,omitempty"`
+}
+
+// made reports whether bottle made anything in the workspace to protect it.
+func (r protectRecord) made() bool {
+	return r.Commondir || len(r.Created) > 0 || len(r.CreatedFiles) > 0
 }
 
 func (e *Engine) protectRecordPath(id names.Identity) string {
@@ -133,8 +155,8 @@ func (s *starter) prepareProtect() (wait func() error, err error) {
 	if p.Workspace.Copy {
 		return func() error { return nil }, nil // the copy goes with the bottle's dir
 	}
-	made := protectRecord{Commondir: p.Workspace.Protect.Commondir, Created: p.Workspace.Protect.Create}
-	if s.prev == nil && (made.Commondir || len(made.Created) > 0) {
+	made := protectRecord{Commondir: p.Workspace.Protect.Commondir, Created: p.Workspace.Protect.Create, CreatedFiles: p.Workspace.Protect.CreateFiles}
+	if s.prev == nil && made.made() {
 		s.undo.push("remove what protect made", func(context.Context) error {
 			e.removeMade(s.id, p.Workspace.Source, made)
 			return nil
@@ -149,6 +171,11 @@ func (s *starter) prepareProtect() (wait func() error, err error) {
 		for _, c := range made.Created {
 			if !slices.Contains(rec.Created, c) {
 				rec.Created = append(rec.Created, c)
+			}
+		}
+		for _, c := range made.CreatedFiles {
+			if !slices.Contains(rec.CreatedFiles, c) {
+				rec.CreatedFiles = append(rec.CreatedFiles, c)
 			}
 		}
 		if !rec.Scanned {
@@ -170,7 +197,7 @@ func (s *starter) prepareProtect() (wait func() error, err error) {
 // the empty dirs), unless another recorded bottle binds the same checkout (it is then
 // that bottle's to remove).
 func (e *Engine) removeMade(id names.Identity, workspace string, rec protectRecord) {
-	if !rec.Commondir && len(rec.Created) == 0 {
+	if !rec.made() {
 		return
 	}
 	metas, _, err := e.store.List()
@@ -183,10 +210,10 @@ func (e *Engine) removeMade(id names.Identity, workspace string, rec protectReco
 		if rec.Commondir {
 			err = protect.RemoveCommondir(workspace)
 		}
-		err = errors.Join(err, protect.RemoveEmptyDirs(workspace, rec.Created))
+		err = errors.Join(err, protect.RemoveEmptyDirs(workspace, rec.Created), protect.RemoveEmptyFiles(workspace, rec.CreatedFiles))
 	}
 	if err != nil {
-		e.log.Warn("what bottle made in the workspace to protect it is left there (its .git/commondir, or an empty .git/hooks)", "workspace", workspace, "error", err)
+		e.log.Warn("what bottle made in the workspace to protect it is left there (its .git/commondir, an empty .git/hooks or hooks dir, or an empty .git/config.worktree)", "workspace", workspace, "error", err)
 	}
 }
 
@@ -249,6 +276,9 @@ func (s *starter) pinProtect(spec *specs.Spec) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	if err := privateMount(dir); err != nil {
+		return fmt.Errorf("workspace protection of %s: %w", s.id, err)
+	}
 	for i, m := range l.Mounts {
 		point := filepath.Join(dir, strconv.Itoa(i))
 		if err := pinMount(files[i], point); err != nil {
@@ -293,11 +323,51 @@ func pinMount(f *os.File, point string) error {
 	if err := unix.Mount(protect.PinPath(f), point, "", unix.MS_BIND, ""); err != nil {
 		return err
 	}
+	// Out of the workspace mount's peer group: no mount event beneath the pin reaches
+	// the person's mount, nor one from there the pin.
+	if err := unix.Mount("", point, "", unix.MS_PRIVATE, ""); err != nil {
+		return err
+	}
 	var got unix.Stat_t
 	if err := unix.Stat(point, &got); err != nil || got.Dev != st.Dev || got.Ino != st.Ino {
 		return fmt.Errorf("the pin point is not the opened object (%v)", err)
 	}
 	return nil
+}
+
+// privateMount makes a bottle's pin dir a mount of its own (bound on itself) with
+// private propagation: a pin mounted beneath it is then never copied into another mount
+// namespace (the peers and slaves of a shared /), where no unmount of bottle's would
+// reach it and the person's .git would stay mounted there. (The copies those namespaces
+// get of the empty dir's own bind go when the dir is removed.)
+func privateMount(dir string) error {
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s on itself: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make %s private: %w", dir, err)
+	}
+	return nil
+}
+
+// sweepPins takes down the pin dirs under this state dir's pins/ whose bottle has no
+// record (a start killed by SIGKILL before its undo ran, then its record removed):
+// only dirs named like a bottle, never anything else. It returns those it took down.
+func (e *Engine) sweepPins(recorded map[string]bool) []string {
+	entries, err := os.ReadDir(filepath.Join(e.opts.StateDir, "pins"))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, ent := range entries {
+		id, err := names.ParseIdentity(ent.Name())
+		if err != nil || !ent.IsDir() || recorded[id.String()] {
+			continue
+		}
+		e.unmountPins(id)
+		out = append(out, "pins/"+id.String())
+	}
+	return out
 }
 
 // pinDir holds a bottle's pin points: outside its bottle dir, so that no removal of that
@@ -321,6 +391,12 @@ func (e *Engine) unmountPins(id names.Identity) {
 			e.log.Warn("a pin point of the workspace protection is left", "path", point, "error", err)
 		}
 	}
+	removePinDir(dir)
+}
+
+// removePinDir takes down a pin dir's bind on itself (privateMount) and removes the dir.
+func removePinDir(dir string) {
+	_ = unix.Unmount(dir, unix.MNT_DETACH)
 	_ = os.Remove(dir)
 }
 
@@ -334,8 +410,8 @@ func (s *starter) unpin() {
 		}
 		_ = os.Remove(point)
 	}
-	if s.pinPoints != nil {
-		_ = os.Remove(s.e.pinDir(s.id))
+	if s.pinPoints != nil || s.pins != nil { // pinProtect may have failed after it bound the dir
+		removePinDir(s.e.pinDir(s.id))
 	}
 	s.pinPoints = nil
 	for _, f := range s.pins {

@@ -144,3 +144,67 @@ func TestBareRepositoryCheck(t *testing.T) {
 		t.Errorf("with safe.bareRepository = explicit: %+v, want ok", c)
 	}
 }
+
+// TestCleanupSweepsOrphanedPins: a pin dir under the state dir whose bottle has no
+// record (a start killed by SIGKILL) is unmounted and removed by cleanup, with the
+// person's dir it pinned left as it was; a recorded bottle's pin dir and what is not
+// named like a bottle stay.
+func TestCleanupSweepsOrphanedPins(t *testing.T) {
+	st := newStartTest(t)
+	ws := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(ws, ".git/hooks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ws, ".git/hooks/keep"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st.so.Workspace = ws
+	if code, err := st.e.Start(context.Background(), st.so); code != 0 || err != nil {
+		t.Fatalf("start: %d, %v", code, err)
+	}
+	recorded := names.Identity(st.bottles()[0])
+	orphan := names.Identity("a-000001")
+	pins := filepath.Join(st.host.stateDir, "pins")
+	for _, d := range []string{string(recorded), "not-a-bottle"} {
+		if err := os.MkdirAll(filepath.Join(pins, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What a killed start leaves: its dir bound on itself, a pin mounted beneath.
+	dir := st.e.pinDir(orphan)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := privateMount(dir); err != nil {
+		t.Fatal(err)
+	}
+	point := filepath.Join(dir, "0")
+	if err := os.Mkdir(point, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(filepath.Join(ws, ".git/hooks"), point, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(point, syscall.MNT_DETACH); _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	rep, err := st.e.Cleanup(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "pins/" + orphan.String(); len(rep.Pins) != 1 || rep.Pins[0] != want {
+		t.Errorf("cleanup took down pins %v, want [%s]", rep.Pins, want)
+	}
+	if !strings.Contains(rep.String(), "workspace pins: "+"pins/"+orphan.String()) {
+		t.Errorf("the report does not name the pin:\n%s", rep)
+	}
+	if _, err := os.Lstat(dir); !os.IsNotExist(err) {
+		t.Errorf("the orphaned pin dir is left: %v", err)
+	}
+	for _, d := range []string{string(recorded), "not-a-bottle"} {
+		if _, err := os.Stat(filepath.Join(pins, d)); err != nil {
+			t.Errorf("cleanup removed pins/%s: %v", d, err)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(ws, ".git/hooks/keep")); err != nil || string(b) != "x" {
+		t.Errorf("the pinned dir changed: %q, %v", b, err)
+	}
+}
