@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // User is what git reads outside the repository for the person who runs git on the
@@ -140,10 +142,20 @@ func readWorkspaceConfig(root *os.Root, p string) ([]byte, error) {
 // exist). Links are followed: they are the user's own (dotfile managers link them), out
 // of the agent's reach; it must be a regular file, so that no fifo or device blocks.
 func readUserConfig(file string) ([]byte, error) {
-	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	// Opened O_PATH and checked before it is opened for reading: opening a device can
+	// act by itself (a watchdog arms, a tape rewinds).
+	pf, err := os.OpenFile(file, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	defer pf.Close()
+	if fi, err := pf.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", pf.Fd()), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

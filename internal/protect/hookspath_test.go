@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -221,5 +222,23 @@ func TestPlanHooksPathLinkedWorktree(t *testing.T) {
 				t.Errorf("mounts %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// TestReadUserConfigOnlyRegular: a config path that is a FIFO or a device is refused
+// without being opened for reading (a device can act on open; a FIFO would block).
+func TestReadUserConfigOnlyRegular(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "config")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fifo, "/dev/null"} {
+		if _, err := readUserConfig(p); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("%s: %v, want refused as not a regular file", p, err)
+		}
+	}
+	missing, err := readUserConfig(filepath.Join(t.TempDir(), "nosuch"))
+	if err != nil || missing != nil {
+		t.Errorf("a missing config: %q, %v; want nothing, no error", missing, err)
 	}
 }
