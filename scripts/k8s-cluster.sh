@@ -126,7 +126,9 @@ start() {
 	peer_port=$(free_port)
 	api_port=$(free_port)
 	token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-	printf '%s,bottle-test-admin,bottle-test-admin,system:masters\n' "$token" >"$dir/tokens.csv"
+	# curl reads the header from a file: the token stays off every command line.
+	(umask 077 && printf '%s,bottle-test-admin,bottle-test-admin,system:masters\n' "$token" >"$dir/tokens.csv" &&
+		printf 'Authorization: Bearer %s\n' "$token" >"$dir/auth-header")
 	openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
 	openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
 
@@ -147,7 +149,7 @@ start() {
 		--kubelet-preferred-address-types Hostname,InternalIP
 
 	local server="https://127.0.0.1:$api_port"
-	wait_for "the API server" curl -fsS --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $token" "$server/readyz"
+	wait_for "the API server" curl -fsS --cacert "$dir/certs/apiserver.crt" -H @"$dir/auth-header" "$server/readyz"
 	cat >"$dir/kubeconfig" <<KC
 apiVersion: v1
 kind: Config
@@ -179,14 +181,14 @@ KC
 	launch kube-scheduler "$bin/kube-scheduler" --kubeconfig "$dir/kubeconfig" --leader-elect=false \
 		--bind-address 127.0.0.1 --secure-port 0
 
-	start_node "$bin" "$server" "$token"
+	start_node "$bin" "$server"
 	trap - EXIT
 }
 
-# start_node BIN SERVER TOKEN starts the node's containerd, kubelet, kube-proxy and
+# start_node BIN SERVER starts the node's containerd, kubelet, kube-proxy and
 # kube-network-policies and waits until the node is Ready.
 start_node() {
-	local bin=$1 server=$2 token=$3 sock=$dir/containerd.sock
+	local bin=$1 server=$2 sock=$dir/containerd.sock
 	local bridge
 	bridge=bk8s-$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')
 	echo "$bridge" >"$dir/bridge"
@@ -346,9 +348,9 @@ EOF
 		--hostname-override "$NODE_NAME" --disable-nri --netfilter-bug-1766-fix=false \
 		--metrics-bind-address "127.0.0.1:$(free_port)" --v 2
 
-	wait_for "the node to be Ready and schedulable" node_ready "$server" "$token"
+	wait_for "the node to be Ready and schedulable" node_ready "$server"
 	# The gVisor RuntimeClass the agent Pods name.
-	curl -fsS --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $token" -H "Content-Type: application/json" \
+	curl -fsS --cacert "$dir/certs/apiserver.crt" -H @"$dir/auth-header" -H "Content-Type: application/json" \
 		-X POST "$server/apis/node.k8s.io/v1/runtimeclasses" \
 		-d '{"apiVersion":"node.k8s.io/v1","kind":"RuntimeClass","metadata":{"name":"gvisor"},"handler":"runsc"}' >/dev/null ||
 		die "creating the RuntimeClass gvisor failed"
@@ -392,7 +394,7 @@ SH
 
 node_ready() {
 	local node
-	node=$(curl -fsS --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $2" "$1/api/v1/nodes/$NODE_NAME" 2>/dev/null | tr -d ' \n')
+	node=$(curl -fsS --cacert "$dir/certs/apiserver.crt" -H @"$dir/auth-header" "$1/api/v1/nodes/$NODE_NAME" 2>/dev/null | tr -d ' \n')
 	[[ $node == *'"type":"Ready","status":"True"'* && $node != *'"taints"'* ]]
 }
 
@@ -429,10 +431,9 @@ wait_for() {
 
 # api METHOD PATH calls the API server with the cluster's admin token.
 api() {
-	local server token
+	local server
 	server=$(sed -n 's/^ *server: //p' "$dir/kubeconfig")
-	token=$(sed -n 's/^ *token: //p' "$dir/kubeconfig")
-	curl -fsS --max-time 10 --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $token" -X "$1" "$server$2"
+	curl -fsS --max-time 10 --cacert "$dir/certs/apiserver.crt" -H @"$dir/auth-header" -X "$1" "$server$2"
 }
 
 # drain_pods deletes every Pod at once and waits (30 s) until the kubelet has stopped

@@ -132,7 +132,21 @@ var failpoint = func(step, path string) error { return nil }
 // WriteFile writes data to path atomically: a temporary file next to it is written,
 // synced and renamed over path, so path holds the old or the new content, never a part.
 // On failure the temporary file is removed and path is unchanged.
-func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	return writeFile(path, data, perm, os.Rename)
+}
+
+// CreateFile is WriteFile that never replaces: the whole file is linked to path, and an
+// existing path is an error satisfying errors.Is(err, fs.ErrExist).
+func CreateFile(path string, data []byte, perm os.FileMode) error {
+	return writeFile(path, data, perm, func(tmp, path string) error {
+		err := os.Link(tmp, path)
+		return errors.Join(err, os.Remove(tmp))
+	})
+}
+
+// writeFile writes data to a temporary file next to path and puts it in place.
+func writeFile(path string, data []byte, perm os.FileMode, place func(tmp, path string) error) (err error) {
 	if err := failpoint("create", path); err != nil {
 		return err
 	}
@@ -154,7 +168,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 		{"sync", tmp.Sync},
 		{"chmod", func() error { return tmp.Chmod(perm) }},
 		{"close", tmp.Close},
-		{"rename", func() error { return os.Rename(tmp.Name(), path) }},
+		{"rename", func() error { return place(tmp.Name(), path) }},
 	} {
 		if err := failpoint(step.name, path); err != nil {
 			return err

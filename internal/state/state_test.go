@@ -223,3 +223,22 @@ func TestWriteFileMode(t *testing.T) {
 		t.Errorf("mode %v, %v; want 0644", st.Mode(), err)
 	}
 }
+
+// TestCreateFileNeverReplaces: CreateFile makes a missing file whole and refuses an
+// existing one, which keeps its content; no temporary file is left.
+func TestCreateFileNeverReplaces(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pin")
+	if err := CreateFile(path, []byte("first"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateFile(path, []byte("second"), 0o644); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("second create: %v, want ErrExist", err)
+	}
+	if got, err := os.ReadFile(path); err != nil || string(got) != "first" {
+		t.Errorf("content %q, %v; want the first", got, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("files left: %v", entries)
+	}
+}

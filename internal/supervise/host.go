@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -264,19 +265,9 @@ func (d Dirs) pin(p *Proposal) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("proposal %d: %w", p.N, err)
 	}
-	// The pin is made whole beside its name and linked to it: a link never replaces, so
-	// when two host readers race, the first pin stands and the other compares with it.
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new-*")
-	if err != nil {
-		return fmt.Errorf("proposal %d: %w", p.N, err)
-	}
-	_, err = f.Write(data)
-	err = errors.Join(err, f.Sync(), f.Chmod(0o644), f.Close())
-	if err == nil {
-		err = os.Link(f.Name(), path)
-	}
-	_ = os.Remove(f.Name())
-	if err != nil && !errors.Is(err, os.ErrExist) {
+	// Created, never replaced: when two host readers race, the first pin stands and the
+	// other compares with it.
+	if err := state.CreateFile(path, data, 0o644); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("proposal %d: %w", p.N, err)
 	}
 	pinned, err := os.ReadFile(path)
