@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -365,28 +364,12 @@ func testBridge(t testing.TB, name string, addr netip.Prefix) {
 // live in TEST-NET-3), so the test picks another range instead of breaking the host.
 func refuseShadowing(t testing.TB, prefix netip.Prefix) {
 	t.Helper()
-	out, err := exec.Command("ip", "-o", "-4", "route", "show", "table", "all").Output()
+	host, err := slots.HostPrefixes()
 	if err != nil {
-		t.Fatalf("ip route show: %v", err)
+		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		dst := f[0]
-		if slices.Contains([]string{"broadcast", "local", "unicast"}, dst) && len(f) > 1 {
-			dst = f[1]
-		}
-		if dst == "default" {
-			continue
-		}
-		if !strings.Contains(dst, "/") {
-			dst += "/32"
-		}
-		if p, err := netip.ParsePrefix(dst); err == nil && p.Overlaps(prefix) {
-			t.Fatalf("test network %s overlaps the host's route %q: pick another test range", prefix, line)
-		}
+	if p, ok := slots.Overlap(host, prefix); ok {
+		t.Fatalf("test network %s overlaps the host's %s (an address or route): pick another test range", prefix, p)
 	}
 	hosts, err := os.ReadFile("/etc/hosts")
 	if err != nil {

@@ -41,9 +41,9 @@ func (u *k8sUpstream) headers() []http.Header {
 func newK8sUpstream(t *testing.T, names ...string) *k8sUpstream {
 	t.Helper()
 	const ns, hostIf, nsIf = "bk8s-up", "bk8s-uph", "bk8s-upn"
-	refuseShadowing(t, upstreamAddr.Masked())
-	exec.Command("ip", "netns", "del", ns).Run()
+	exec.Command("ip", "netns", "del", ns).Run() // an earlier run's
 	exec.Command("ip", "link", "del", hostIf).Run()
+	refuseShadowing(t, upstreamAddr.Masked())
 	hostAddr := netip.PrefixFrom(upstreamAddr.Masked().Addr().Next().Next(), upstreamAddr.Bits()) // .2: the namespace's gateway
 	t.Cleanup(func() {
 		exec.Command("ip", "link", "del", hostIf).Run()

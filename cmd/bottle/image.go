@@ -2,11 +2,10 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bottle-dev/bottle/internal/hostfile"
 	"github.com/bottle-dev/bottle/internal/imagebuild"
 	"github.com/bottle-dev/bottle/internal/names"
 	"github.com/bottle-dev/bottle/internal/runtime"
@@ -79,19 +78,9 @@ func imageCommand() *cli.Command {
 	}
 }
 
-// readDockerfile reads a Dockerfile, refusing one larger than a build accepts.
+// readDockerfile reads a Dockerfile (a host file: a regular one, at most as large as a
+// build accepts).
 func readDockerfile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, imagebuild.MaxDockerfileSize+1))
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	if len(data) > imagebuild.MaxDockerfileSize {
-		return "", fmt.Errorf("%s: %w: larger than %d bytes", path, imagebuild.ErrRefused, imagebuild.MaxDockerfileSize)
-	}
-	return string(data), nil
+	data, err := hostfile.Read(path, imagebuild.MaxDockerfileSize)
+	return string(data), err
 }

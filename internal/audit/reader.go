@@ -106,11 +106,9 @@ func (s *source) next() (Record, bool) {
 			s.partial = append(s.partial, chunk...)
 			if len(s.partial) > MaxLine {
 				s.partial = s.partial[:0]
-				if !s.skipping {
-					s.line++
-					s.problem(s.line, 0, "line longer than %d bytes", MaxLine)
-					s.linkBroken, s.skipping = true, true
-				}
+				s.line++
+				s.problem(s.line, 0, "line longer than %d bytes", MaxLine)
+				s.linkBroken, s.skipping = true, true
 			}
 			return Record{}, false
 		}

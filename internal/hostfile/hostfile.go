@@ -5,11 +5,13 @@
 package hostfile
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Size caps of the files bottle reads from the host. Real files are far smaller; the cap
@@ -29,28 +31,27 @@ func ReadPEM(path string) ([]byte, error) { return Read(path, MaxPEM) }
 // Read returns the content of the regular file at path, which may be a symbolic link to
 // one (keys and configs are often linked from elsewhere). Anything else (a named pipe, a
 // socket, a device, a directory) and a file larger than limit bytes is an error naming
-// the path. Nothing blocks: the path is checked before it is opened (opening a FIFO
-// waits for a writer, opening some devices has effects), opened non-blocking, and
-// checked again on the open file, which may have been replaced in between.
+// the path. Nothing blocks and nothing acts: the path is opened O_PATH (no open of the
+// object itself: opening a FIFO waits for a writer, opening some devices has effects),
+// checked, and only then that same object is opened for reading, non-blocking.
 func Read(path string, limit int64) ([]byte, error) {
-	st, err := os.Stat(path)
+	pf, err := os.OpenFile(path, unix.O_PATH, 0) // os adds O_CLOEXEC
+	if err != nil {
+		return nil, err
+	}
+	defer pf.Close()
+	st, err := pf.Stat()
 	if err != nil {
 		return nil, err
 	}
 	if err := check(path, st, limit); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0) // os adds O_CLOEXEC
+	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", pf.Fd()), os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "open", Path: path, Err: errors.Unwrap(err)}
 	}
 	defer f.Close()
-	if st, err = f.Stat(); err != nil {
-		return nil, err
-	}
-	if err := check(path, st, limit); err != nil {
-		return nil, err
-	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, err

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // read runs Read in a goroutine so that a regression that blocks fails the test
@@ -92,5 +94,38 @@ func TestOversizeRefused(t *testing.T) {
 	wantRefused(t, file, MaxResolvConf, "larger than 64 KiB")
 	if data, err := read(t, file, 64<<10+1); err != nil || len(data) != 64<<10+1 {
 		t.Errorf("a file of exactly the cap: %d bytes, %v", len(data), err)
+	}
+}
+
+// TestReadNeverOpensANonRegularFile: a FIFO is refused without being opened at all
+// (inotify sees no open), so the same holds for a device, whose open can act by itself.
+func TestReadNeverOpensANonRegularFile(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "config")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(in)
+	if _, err := unix.InotifyAddWatch(in, fifo, unix.IN_OPEN); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(fifo, 1<<20); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("Read of a FIFO: %v, want refused as not a regular file", err)
+	}
+	buf := make([]byte, 4096)
+	if n, err := unix.Read(in, buf); n > 0 || err != unix.EAGAIN {
+		t.Errorf("the FIFO was opened (inotify read %d bytes, %v)", n, err)
+	}
+	// The control: an open of it is seen.
+	f, err := os.OpenFile(fifo, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if n, _ := unix.Read(in, buf); n <= 0 {
+		t.Error("inotify saw no open even of a real open: the check above proves nothing")
 	}
 }

@@ -3,8 +3,6 @@ package protect
 import (
 	"bytes"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,12 +26,7 @@ func UserGitConfigs(home, xdgConfigHome string) []string {
 // not followed.
 func BareRepositoryPolicy(files []string) (value, from string) {
 	for _, file := range files {
-		f, err := os.Open(file)
-		if err != nil {
-			continue
-		}
-		data, err := io.ReadAll(io.LimitReader(f, maxConfigSize))
-		f.Close()
+		data, err := readUserConfig(file)
 		if err != nil {
 			continue
 		}

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/bottle-dev/bottle/internal/hostfile"
 )
 
 // User is what git reads outside the repository for the person who runs git on the
@@ -139,28 +139,14 @@ func readWorkspaceConfig(root *os.Root, p string) ([]byte, error) {
 }
 
 // readUserConfig reads one of the user's own config files, bounded (nil when it does not
-// exist). Links are followed: they are the user's own (dotfile managers link them), out
-// of the agent's reach; it must be a regular file, so that no fifo or device blocks.
+// exist or cannot be read). Links are followed: they are the user's own (dotfile managers
+// link them), out of the agent's reach; hostfile.Read opens nothing but a regular file.
 func readUserConfig(file string) ([]byte, error) {
-	// Opened O_PATH and checked before it is opened for reading: opening a device can
-	// act by itself (a watchdog arms, a tape rewinds).
-	pf, err := os.OpenFile(file, unix.O_PATH|unix.O_CLOEXEC, 0)
+	data, err := hostfile.Read(file, maxConfigSize)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	defer pf.Close()
-	if fi, err := pf.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
-	}
-	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", pf.Fd()), os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return readBounded(f)
+	return data, err
 }
 
 func readBounded(f *os.File) ([]byte, error) {

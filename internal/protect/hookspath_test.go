@@ -226,7 +226,7 @@ func TestPlanHooksPathLinkedWorktree(t *testing.T) {
 }
 
 // TestReadUserConfigOnlyRegular: a config path that is a FIFO or a device is refused
-// without being opened for reading (a device can act on open; a FIFO would block).
+// (hostfile's TestReadNeverOpensANonRegularFile shows it is not even opened).
 func TestReadUserConfigOnlyRegular(t *testing.T) {
 	fifo := filepath.Join(t.TempDir(), "config")
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -533,7 +534,7 @@ func (s *scanner) scanConfig(p string) ([]Finding, error) {
 			switch {
 			case !Dangerous(e):
 			case len(out) < maxFileFindings:
-				out = append(out, Finding{Path: p, What: fmt.Sprintf("config %s = %q", e.Key(), e.Value)})
+				out = append(out, Finding{Path: p, What: configFinding(e)})
 			default:
 				more++
 			}
@@ -656,4 +657,19 @@ func (s *scanner) firstLine(p string) string {
 	defer f.Close()
 	line, _ := bufio.NewReader(io.LimitReader(f, 512)).ReadString('\n')
 	return strings.TrimSpace(line)
+}
+
+// urlUserinfo matches the user[:password]@ of a URL: url.<base>.insteadOf and proxies
+// often carry a token there.
+var urlUserinfo = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s"]+@`)
+
+// configFinding describes a dangerous config entry without the secrets such entries
+// often hold (findings go to the terminal, the log and the audit trail, and a person's
+// own config is scanned too): a URL's userinfo, and a credential helper's command.
+func configFinding(e ConfigEntry) string {
+	key, value := urlUserinfo.ReplaceAllString(e.Key(), "${1}<redacted>@"), urlUserinfo.ReplaceAllString(e.Value, "${1}<redacted>@")
+	if e.Section == "credential" {
+		value = "<redacted>"
+	}
+	return fmt.Sprintf("config %s = %q", key, value)
 }

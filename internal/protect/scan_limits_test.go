@@ -177,3 +177,36 @@ func TestMoreDangerousKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigFindingsHoldNoSecret: a URL's credentials in a url.*.insteadOf key or value
+// and a credential helper's command are not in a finding, which goes to the terminal,
+// the log and the audit trail.
+func TestConfigFindingsHoldNoSecret(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, ".git"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := "[url \"https://x-access-token:SECRET1@github.com/\"]\n\tinsteadOf = https://github.com/\n" +
+		"[url \"https://example.test/\"]\n\tinsteadOf = https://bob:SECRET2@example.test/\n" +
+		"[credential]\n\thelper = \"!f() { echo password=SECRET3; }; f\"\n"
+	if err := os.WriteFile(filepath.Join(dir, ".git/config"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	found, _ := Scan(root, ".")
+	var all []string
+	for _, f := range found {
+		all = append(all, f.Path+": "+f.What)
+	}
+	text := strings.Join(all, "\n")
+	if strings.Contains(text, "SECRET") {
+		t.Errorf("a finding holds a secret:\n%s", text)
+	}
+	if !strings.Contains(text, "https://<redacted>@github.com/") || !strings.Contains(text, "credential.helper") {
+		t.Errorf("the entries are not reported, redacted:\n%s", text)
+	}
+}

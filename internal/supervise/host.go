@@ -120,14 +120,19 @@ const (
 	GitRulesFile      = "git-rules.json"
 )
 
-func (d Dirs) Proposals() string { return filepath.Join(d.Root, ProposalsSubdir) }
-func (d Dirs) Host() string      { return filepath.Join(d.Root, HostSubdir) }
-func (d Dirs) Changes() string   { return filepath.Join(d.Root, ChangesSubdir) }
-func (d Dirs) decision(n int) string {
-	return filepath.Join(d.Host(), DecisionsSubdir, strconv.Itoa(n)+".json")
+func (d Dirs) Proposals() string     { return filepath.Join(d.Root, ProposalsSubdir) }
+func (d Dirs) Host() string          { return filepath.Join(d.Root, HostSubdir) }
+func (d Dirs) Changes() string       { return filepath.Join(d.Root, ChangesSubdir) }
+func (d Dirs) decision(n int) string { return decisionPath(d.Host(), n) }
+func (d Dirs) applying(n int) string { return applyingPath(d.Host(), n) }
+
+// decisionPath and applyingPath are proposal n's decision and marker in the host dir
+// (the host's Dirs.Host(), the sidecar's read-only mount of it).
+func decisionPath(hostDir string, n int) string {
+	return filepath.Join(hostDir, DecisionsSubdir, strconv.Itoa(n)+".json")
 }
-func (d Dirs) applying(n int) string {
-	return filepath.Join(d.Host(), DecisionsSubdir, strconv.Itoa(n)+ApplyingSuffix)
+func applyingPath(hostDir string, n int) string {
+	return filepath.Join(hostDir, DecisionsSubdir, strconv.Itoa(n)+ApplyingSuffix)
 }
 func (d Dirs) pinned(n int) string {
 	return filepath.Join(d.Host(), PinnedSubdir, strconv.Itoa(n)+".json")
@@ -262,15 +267,18 @@ func (d Dirs) pin(p *Proposal) error {
 		return err
 	}
 	path := d.pinned(p.N)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("proposal %d: %w", p.N, err)
-	}
-	// Created, never replaced: when two host readers race, the first pin stands and the
-	// other compares with it.
-	if err := state.CreateFile(path, data, 0o644); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("proposal %d: %w", p.N, err)
-	}
 	pinned, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return fmt.Errorf("proposal %d: %w", p.N, err)
+		}
+		// Created, never replaced: when two host readers race, the first pin stands
+		// and the other compares with it.
+		if err := state.CreateFile(path, data, 0o644); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("proposal %d: %w", p.N, err)
+		}
+		pinned, err = os.ReadFile(path)
+	}
 	if err != nil {
 		return fmt.Errorf("proposal %d: %w", p.N, err)
 	}

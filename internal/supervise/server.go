@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -169,8 +168,7 @@ func (s *Server) write(p *Proposal) error {
 func (s *Server) wait(ctx context.Context, n int, deadline time.Time) Answer {
 	t := time.NewTicker(decisionPoll)
 	defer t.Stop()
-	path := filepath.Join(s.cfg.HostDir, DecisionsSubdir, fmt.Sprintf("%d.json", n))
-	applying := filepath.Join(s.cfg.HostDir, DecisionsSubdir, strconv.Itoa(n)+ApplyingSuffix)
+	path, applying := decisionPath(s.cfg.HostDir, n), applyingPath(s.cfg.HostDir, n)
 	for {
 		if data, err := os.ReadFile(path); err == nil {
 			var d Decision
